@@ -1,0 +1,65 @@
+"""The exception tree. Expected outcomes (a failed batch) are values; these are for not being able to act.
+
+TeckoCheckerError
+├── ConfigError            the configuration is invalid (carries every Diagnostic)
+├── StateStoreError        the state store cannot be opened or used
+├── PluginError            a plugin could not be loaded or registered
+├── SecretError            a secret cannot be resolved (names the secret, never the value)
+├── TransientError         observing or acting failed; a later try may work (optional retry_after)
+└── PermanentError         observing or acting cannot work until a person changes something
+    └── Rejected           the downstream system refused the request (e.g. HTTP 400/401/403/404)
+NotStarted (TransientError) an action start that certainly did not reach the downstream system
+InDoubt (TeckoCheckerError) an action start whose outcome is unknown: reconcile, never retry blindly
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from teckochecker.diagnostics import Diagnostic
+
+
+class TeckoCheckerError(Exception):
+    """Base of every error TeckoChecker raises on purpose."""
+
+
+class ConfigError(TeckoCheckerError):
+    def __init__(self, diagnostics: Sequence[Diagnostic]) -> None:
+        self.diagnostics = tuple(diagnostics)
+        super().__init__("\n".join(str(d) for d in self.diagnostics))
+
+
+class StateStoreError(TeckoCheckerError):
+    pass
+
+
+class PluginError(TeckoCheckerError):
+    pass
+
+
+class SecretError(TeckoCheckerError):
+    pass
+
+
+class TransientError(TeckoCheckerError):
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PermanentError(TeckoCheckerError):
+    pass
+
+
+class Rejected(PermanentError):
+    pass
+
+
+class NotStarted(TransientError):
+    pass
+
+
+class InDoubt(TeckoCheckerError):
+    pass

@@ -1,0 +1,253 @@
+"""What a plugin sees: the Source and Action base classes and the values they exchange with the core.
+
+A source plugin observes *targets* (e.g. OpenAI batch IDs) and reports a normalized state for each.
+An action plugin starts something downstream (e.g. a Keboola job) once, and can then follow it.
+Both declare a pydantic ``Options`` model so that ``validate-config`` checks their own fields.
+
+Plugins never touch the state store, the scheduler or the config files: the core owns those.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import httpx
+from pydantic import BaseModel, ConfigDict
+
+from teckochecker.clock import Clock
+
+__all__ = [
+    "Action",
+    "ActionOutcome",
+    "ActionRequest",
+    "ActionResult",
+    "CheckReport",
+    "Observation",
+    "OptionsModel",
+    "HttpClients",
+    "PluginContext",
+    "SecretName",
+    "Source",
+    "TargetState",
+]
+
+
+class TargetState(str, enum.Enum):
+    """The normalized state of one watched target, whatever the vendor calls it."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+    # The vendor answered with a status we do not know; we keep polling and count it.
+    UNKNOWN = "unknown"
+    # The target cannot be observed any more (e.g. the vendor says it does not exist).
+    ERROR = "error"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in _TERMINAL
+
+    @property
+    def is_success(self) -> bool:
+        return self is TargetState.SUCCEEDED
+
+
+_TERMINAL = frozenset(
+    {TargetState.SUCCEEDED, TargetState.FAILED, TargetState.CANCELLED, TargetState.EXPIRED, TargetState.ERROR}
+)
+
+
+class SecretName(str):
+    """An option that names a secret declared under ``secrets:``; the plugin reads it via ``context.secret``.
+
+    Typing an option field as ``SecretName`` is how the validator knows to check the reference.
+    """
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
+        from pydantic_core import core_schema
+
+        return core_schema.no_info_after_validator_function(cls, core_schema.str_schema(min_length=1))
+
+
+class OptionsModel(BaseModel):
+    """Base for plugin options: frozen, and unknown keys are errors."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What a source saw of one target on one check."""
+
+    target: str
+    state: TargetState
+    vendor_status: str | None = None
+    # JSON-serializable facts worth keeping (counts, file IDs, timestamps, errors).
+    details: Mapping[str, Any] = field(default_factory=dict)
+    # A message for people, e.g. the vendor's error text.
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """The result of one check of some targets.
+
+    ``transient_errors`` names targets that could not be observed this time (they keep their last state
+    and are checked again after a back-off); ``retry_after`` is the vendor's request to wait (seconds).
+    """
+
+    observations: tuple[Observation, ...] = ()
+    transient_errors: Mapping[str, str] = field(default_factory=dict)
+    retry_after: float | None = None
+
+
+class ActionOutcome(str, enum.Enum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    # Finished, but the downstream system reports a partial failure (e.g. Keboola "warning").
+    SUCCEEDED_WITH_WARNINGS = "succeeded_with_warnings"
+    FAILED = "failed"
+
+    @property
+    def is_finished(self) -> bool:
+        return self is not ActionOutcome.RUNNING
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    """What an action started downstream, and how it stands."""
+
+    external_id: str
+    outcome: ActionOutcome = ActionOutcome.RUNNING
+    vendor_status: str | None = None
+    url: str | None = None
+    created_at: dt.datetime | None = None
+    message: str | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ActionRequest:
+    """Everything an action may pass downstream about the finished set of targets."""
+
+    job_name: str
+    # Stable for every attempt of this action of this job: a marker the action can send and search for.
+    trigger_id: str
+    fired_at: dt.datetime
+    targets: tuple[Observation, ...]
+
+
+class SecretLookup(Protocol):
+    def __call__(self, name: str) -> str: ...
+
+
+class HttpClients(Protocol):
+    """Pooled HTTP clients owned by the daemon: one per ``key`` (e.g. endpoint + credential).
+
+    Every client shares the daemon's bound on concurrent outbound requests and its request metrics.
+    The daemon closes them on shutdown.
+    """
+
+    def client(
+        self,
+        key: str,
+        *,
+        base_url: str,
+        headers: Mapping[str, str] | None = None,
+        timeout: httpx.Timeout | float = 30.0,
+    ) -> httpx.AsyncClient: ...
+
+
+@dataclass(frozen=True)
+class PluginContext:
+    """Services the core hands to every plugin instance. Nothing here is a global."""
+
+    http: HttpClients
+    clock: Clock
+    secret: SecretLookup
+    logger: logging.Logger
+
+
+class Source(ABC):
+    """Observes targets. One instance per job; ``check`` is called with the targets not yet terminal."""
+
+    type_name: ClassVar[str]
+    Options: ClassVar[type[OptionsModel]]
+
+    def __init__(self, options: OptionsModel, context: PluginContext) -> None:
+        self.options = options
+        self.context = context
+
+    @abstractmethod
+    async def check(self, targets: Sequence[str]) -> CheckReport:
+        """Observe ``targets``.
+
+        Raise ``TransientError`` when nothing could be observed but a later try may work, and
+        ``PermanentError`` when the job cannot go on (e.g. the API key is rejected).
+        """
+
+    async def aclose(self) -> None:
+        """Release what the instance holds. The shared HTTP client is not the plugin's to close."""
+
+
+class Action(ABC):
+    """Starts one thing downstream per fired trigger. ``start`` is not assumed to be idempotent.
+
+    The core calls ``start`` only after it has durably recorded the intent, and after an in-doubt
+    outcome it calls ``find_started`` instead of starting again.
+    """
+
+    type_name: ClassVar[str]
+    Options: ClassVar[type[OptionsModel]]
+    # Seconds a just-started thing may stay invisible to ``find_started`` (a search index lag).
+    # An instance may override it (e.g. from its options).
+    search_lag: float = 0.0
+
+    def __init__(self, options: OptionsModel, context: PluginContext) -> None:
+        self.options = options
+        self.context = context
+
+    @property
+    @abstractmethod
+    def target_key(self) -> str:
+        """Identifies the downstream target; the core never has two unresolved starts on one key."""
+
+    @abstractmethod
+    async def start(self, request: ActionRequest) -> ActionResult:
+        """Start it. Raise ``NotStarted`` only when nothing can have been started (e.g. connection
+        refused), ``Rejected`` when the downstream system refused (do not retry), ``InDoubt`` when it
+        may or may not have been started."""
+
+    async def find_started(self, request: ActionRequest, since: dt.datetime) -> Sequence[ActionResult] | None:
+        """Things this action started for ``request`` since ``since``, oldest first.
+
+        Return None if the action cannot search; the core then treats an in-doubt start as failed
+        rather than risk a second start.
+        """
+        return None
+
+    async def follow(self, started: ActionResult) -> ActionResult:
+        """The current state of something started earlier. The default: it finished when started."""
+        return ActionResult(
+            external_id=started.external_id,
+            outcome=ActionOutcome.SUCCEEDED,
+            vendor_status=started.vendor_status,
+            url=started.url,
+        )
+
+    async def cancel(self, started: ActionResult) -> bool:
+        """Cancel a duplicate that has not started work yet. Return whether it was cancelled."""
+        return False
+
+    async def aclose(self) -> None:
+        """Release what the instance holds."""

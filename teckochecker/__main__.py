@@ -1,0 +1,5 @@
+import sys
+
+from teckochecker.cli import main
+
+sys.exit(main())

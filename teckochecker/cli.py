@@ -1,0 +1,171 @@
+"""The command line. The only module that prints and chooses exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from teckochecker import __version__
+from teckochecker.clock import SystemClock
+from teckochecker.errors import ConfigError, TeckoCheckerError
+from teckochecker.loader import load_file
+from teckochecker.logs import setup_logging
+from teckochecker.plugins import PluginRegistry, load_plugins
+from teckochecker.report import render_job, render_plugins, render_status
+from teckochecker.secrets import Redactor
+from teckochecker.state.location import resolve_state_url
+from teckochecker.state.store import StateStore
+from teckochecker.validate import Config, load_config
+
+CONFIG_ENV = "TECKOCHECKER_CONFIG"
+SYSTEM_CONFIG = Path("/etc/teckochecker/teckochecker.yaml")
+
+EXIT_OK, EXIT_INVALID, EXIT_ERROR = 0, 1, 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    environ = dict(os.environ)
+    try:
+        return int(args.handler(args, environ))
+    except ConfigError as exc:
+        for diagnostic in exc.diagnostics:
+            print(diagnostic, file=sys.stderr)
+        print(f"{len(exc.diagnostics)} problem(s) found", file=sys.stderr)
+        return EXIT_INVALID
+    except TeckoCheckerError as exc:
+        print(f"teckochecker: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="teckochecker",
+        description="Watch sets of asynchronous jobs (OpenAI batches) and run actions (Keboola jobs) once they finish.",
+    )
+    parser.add_argument("--version", action="version", version=f"teckochecker {__version__}")
+    parser.add_argument(
+        "--config", "-c", type=Path, metavar="PATH",
+        help=f"config file (default: ${CONFIG_ENV}, else ./teckochecker.yaml, else {SYSTEM_CONFIG})",
+    )
+    commands = parser.add_subparsers(title="commands", dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the daemon", description="Run the daemon in the foreground until SIGTERM/SIGINT.")
+    run.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="overrides log_level in the config")
+    run.add_argument("--log-format", choices=["text", "json"], default="text", help="json: one JSON object per line")
+    run.set_defaults(handler=cmd_run)
+
+    validate = commands.add_parser(
+        "validate-config", help="check a config file and exit",
+        description="Validate a config file with the daemon's own loader. Exit 0 if valid, 1 if not "
+        "(every problem printed as FILE:LINE:COL: path: message). Opens no network connection and no state store.",
+    )
+    validate.add_argument("path", nargs="?", type=Path, help="the file to check (default: the --config resolution)")
+    validate.set_defaults(handler=cmd_validate)
+
+    status = commands.add_parser("status", help="show every job's state", description="Show jobs from the state store.")
+    _state_url_option(status)
+    status.set_defaults(handler=cmd_status)
+
+    show = commands.add_parser("show", help="show one job: its targets, actions and event log")
+    show.add_argument("job", help="the job's name")
+    show.add_argument("--events", type=int, default=50, metavar="N", help="how many recent events (default 50)")
+    _state_url_option(show)
+    show.set_defaults(handler=cmd_show)
+
+    plugins = commands.add_parser("plugins", help="list loaded plugins and the types they provide")
+    plugins.set_defaults(handler=cmd_plugins)
+    return parser
+
+
+def _state_url_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--state-url", metavar="URL", help="read this state store instead of the config's")
+
+
+def find_config(explicit: Path | None, environ: Mapping[str, str], cwd: Path) -> Path:
+    if explicit is not None:
+        return explicit
+    if environ.get(CONFIG_ENV):
+        return Path(environ[CONFIG_ENV])
+    for candidate in (cwd / "teckochecker.yaml", SYSTEM_CONFIG):
+        if candidate.exists():
+            return candidate
+    raise TeckoCheckerError(
+        f"no config file: pass --config PATH, set {CONFIG_ENV}, or create ./teckochecker.yaml or {SYSTEM_CONFIG}"
+    )
+
+
+def _load(args: argparse.Namespace, environ: Mapping[str, str], path: Path | None = None) -> tuple[Config, PluginRegistry]:
+    registry = load_plugins(environ)
+    config_path = path or find_config(args.config, environ, Path.cwd())
+    return load_config(config_path, registry), registry
+
+
+def cmd_validate(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    config, _ = _load(args, environ, args.path)
+    print(config.summary())
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from teckochecker.app import Daemon  # keeps the read-only commands light
+
+    config, _ = _load(args, environ)
+    redactor = Redactor()
+    logger = setup_logging(args.log_level or config.log_level, args.log_format, redactor, environ)
+    daemon = Daemon(config, environ=environ, clock=SystemClock(), redactor=redactor, logger=logger, cwd=Path.cwd())
+    try:
+        asyncio.run(daemon.run())
+    except TeckoCheckerError as exc:
+        logger.error("%s", exc)
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+def _open_store(args: argparse.Namespace, environ: Mapping[str, str]) -> StateStore:
+    url = args.state_url
+    if not url:
+        # Only the state URL is needed: read it without full validation, so status works on a config
+        # that has since become invalid.
+        document, _ = load_file(find_config(args.config, environ, Path.cwd()))
+        state = document.data.get("state") if isinstance(document.data, dict) else None
+        configured = state.get("url") if isinstance(state, dict) else None
+        url = resolve_state_url(configured if isinstance(configured, str) else None, environ, Path.cwd())
+    return StateStore.open(url, readonly=True)
+
+
+def cmd_status(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    store = _open_store(args, environ)
+    try:
+        print(render_status(store.jobs(), SystemClock().now()))
+    finally:
+        store.close()
+    return EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    store = _open_store(args, environ)
+    try:
+        job = store.job(args.job)
+        if job is None:
+            raise TeckoCheckerError(f"no job named {args.job!r} in the state store (see 'teckochecker status')")
+        print(render_job(job, store.events(args.job, limit=args.events), SystemClock().now()))
+    finally:
+        store.close()
+    return EXIT_OK
+
+
+def cmd_plugins(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    print(render_plugins(load_plugins(environ)))
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""The configuration file's shape, as frozen pydantic models. Plugin options are validated by the
+plugins' own models (see validate.py); here they are only collected."""
+
+from __future__ import annotations
+
+import enum
+import re
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from teckochecker.durations import Duration
+
+MIN_INTERVAL = 30.0
+MAX_INTERVAL = 3600.0
+DEFAULT_INTERVAL = 120.0
+# A little after OpenAI's 24 h batch window.
+DEFAULT_DEADLINE = 25 * 3600.0
+DEFAULT_HTTP_PORT = 9718
+
+JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TriggerRule(str, enum.Enum):
+    """When a job fires its actions."""
+
+    ALL_TERMINAL = "all_terminal"  # every target finished, whatever the outcome
+    ALL_SUCCEEDED = "all_succeeded"  # every target succeeded; a failed target ends the job without firing
+
+
+class Condition(str, enum.Enum):
+    """Which outcomes of the targets an action runs for."""
+
+    ALWAYS = "always"
+    ALL_SUCCEEDED = "all_succeeded"
+    ANY_FAILED = "any_failed"
+
+
+class SecretRef(Model):
+    """Where a secret's value comes from. Exactly one kind is given."""
+
+    env: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_plain_values(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            raise ValueError(
+                "a secret is a reference, not a value: write {env: VARIABLE_NAME} "
+                "so the value never sits in this file"
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SecretRef:
+        given = [name for name in ("env",) if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of: env")
+        return self
+
+    def describe(self) -> str:
+        return f"env {self.env}"
+
+
+class StateSettings(Model):
+    url: str | None = Field(default=None, description="SQLAlchemy URL; default: a SQLite file in the state dir")
+
+
+class HttpSettings(Model):
+    listen: str = "127.0.0.1"
+    port: int = Field(default=DEFAULT_HTTP_PORT, ge=0, le=65535)
+
+
+class Defaults(Model):
+    interval: Duration = DEFAULT_INTERVAL
+    concurrency: int = Field(default=10, ge=1, le=1000)
+    deadline: Duration = DEFAULT_DEADLINE
+
+    _interval_range = field_validator("interval")(lambda v: _check_interval(v))
+
+
+def _check_interval(seconds: float) -> float:
+    if not MIN_INTERVAL <= seconds <= MAX_INTERVAL:
+        raise ValueError(f"must be between 30s and 1h (got {seconds:g}s)")
+    return seconds
+
+
+class PluginSpec(BaseModel):
+    """A ``type:`` plus the plugin's own keys, which its Options model validates later."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    type: str = Field(min_length=1)
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class SourceSpec(PluginSpec):
+    targets: Annotated[list[str], Field(min_length=1)]
+
+    @field_validator("targets")
+    @classmethod
+    def _unique_targets(cls, targets: list[str]) -> list[str]:
+        seen: set[str] = set()
+        for target in targets:
+            if not target.strip():
+                raise ValueError("a target may not be empty")
+            if target in seen:
+                raise ValueError(f"target {target!r} is listed twice")
+            seen.add(target)
+        return targets
+
+
+class ActionSpec(PluginSpec):
+    when: Condition = Condition.ALWAYS
+
+
+class JobSpec(Model):
+    name: str
+    source: SourceSpec
+    actions: Annotated[list[ActionSpec], Field(min_length=1)]
+    trigger: TriggerRule = TriggerRule.ALL_TERMINAL
+    interval: Duration | None = None
+    deadline: Duration | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name_shape(cls, name: str) -> str:
+        if not JOB_NAME.match(name):
+            raise ValueError("use letters, digits, '-', '_' and '.', starting with a letter or digit (max 128)")
+        return name
+
+    @field_validator("interval")
+    @classmethod
+    def _interval_range(cls, value: float | None) -> float | None:
+        return None if value is None else _check_interval(value)
+
+    @field_validator("deadline")
+    @classmethod
+    def _deadline_positive(cls, value: float | None) -> float | None:
+        if value is not None and value <= 0:
+            raise ValueError("must be longer than 0s")
+        return value
+
+
+class ConfigFile(Model):
+    state: StateSettings = StateSettings()
+    http: HttpSettings = HttpSettings()
+    log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+    secrets: dict[str, SecretRef] = {}
+    defaults: Defaults = Defaults()
+    jobs: list[JobSpec] = []

@@ -1,0 +1,61 @@
+"""The daemon's outbound HTTP: pooled clients per key, one bound on concurrent requests across all."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+
+import httpx
+
+from teckochecker import __version__
+
+USER_AGENT = f"teckochecker/{__version__}"
+
+
+class BoundedTransport(httpx.AsyncBaseTransport):
+    """Lets at most N requests be in flight at once, whichever client sends them."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, semaphore: asyncio.Semaphore) -> None:
+        self._inner = inner
+        self._semaphore = semaphore
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        async with self._semaphore:
+            response = await self._inner.handle_async_request(request)
+            # Read the body inside the bound, so that the slot is not given up before the work is done.
+            await response.aread()
+            return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class HttpClientPool:
+    """Implements plugin_api.HttpClients. Build it inside the running event loop."""
+
+    def __init__(self, concurrency: int, *, transport_factory: type[httpx.AsyncHTTPTransport] = httpx.AsyncHTTPTransport) -> None:
+        self._semaphore = asyncio.Semaphore(concurrency)
+        self._clients: dict[str, httpx.AsyncClient] = {}
+        self._transport_factory = transport_factory
+        self._concurrency = concurrency
+
+    def client(
+        self, key: str, *, base_url: str, headers: Mapping[str, str] | None = None,
+        timeout: httpx.Timeout | float = 30.0,
+    ) -> httpx.AsyncClient:
+        existing = self._clients.get(key)
+        if existing is not None:
+            return existing
+        limits = httpx.Limits(max_connections=self._concurrency, max_keepalive_connections=self._concurrency)
+        transport = BoundedTransport(self._transport_factory(limits=limits, retries=0), self._semaphore)
+        client = httpx.AsyncClient(
+            base_url=base_url, headers={"User-Agent": USER_AGENT, **(headers or {})}, timeout=timeout,
+            transport=transport, follow_redirects=False,
+        )
+        self._clients[key] = client
+        return client
+
+    async def aclose(self) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.aclose()

@@ -1,0 +1,111 @@
+"""One tick of one job: check the targets, persist what was seen, fire the trigger, drive the actions.
+
+A tick is a plain coroutine over (job, store, clock): it could run under a lease on another replica.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import random
+from dataclasses import dataclass
+
+from teckochecker.clock import Clock
+from teckochecker.crashpoints import CrashPoints
+from teckochecker.errors import PermanentError, TransientError
+from teckochecker.plugin_api import CheckReport
+from teckochecker.retry import backoff_delay
+from teckochecker.runtime import JobRuntime
+from teckochecker.state.models import JobSnapshot, JobState
+from teckochecker.state.store import StateStore
+from teckochecker.storeworker import StoreWorker
+from teckochecker.triggering import ActionDriver
+
+
+@dataclass(frozen=True)
+class TickResult:
+    # Run this job again after this many seconds instead of at its next interval.
+    next_in: float | None = None
+    # The job reached a final state: unschedule it.
+    done: bool = False
+
+
+class JobRunner:
+    def __init__(
+        self, store: StateStore, worker: StoreWorker, clock: Clock, crashpoints: CrashPoints,
+        logger: logging.Logger, rng: random.Random | None = None,
+    ) -> None:
+        self._store = store
+        self._db = worker
+        self._clock = clock
+        self._crash = crashpoints
+        self._log = logger
+        self._rng = rng or random.Random()
+        self._actions = ActionDriver(store, worker, clock, crashpoints, logger, self._rng)
+
+    async def tick(self, job: JobRuntime) -> TickResult:
+        snap = await self._db.run(self._store.job, job.name)
+        if snap is None or snap.state.is_final:
+            return TickResult(done=True)
+        if snap.paused:
+            return TickResult()
+        next_in: float | None = None
+        if snap.state is JobState.WATCHING:
+            snap, next_in = await self._watch(job, snap)
+        if snap.state is JobState.FIRING:
+            next_in = await self._actions.advance(job, snap)
+            if next_in is None:
+                return TickResult(done=True)
+        return TickResult(next_in=next_in, done=snap.state.is_final)
+
+    async def _watch(self, job: JobRuntime, snap: JobSnapshot) -> tuple[JobSnapshot, float | None]:
+        now = self._clock.now()
+        if snap.deadline_at is not None and now >= snap.deadline_at:
+            reason = f"deadline passed ({snap.deadline_at:%Y-%m-%d %H:%M:%S}Z) with {len(snap.pending_targets)} target(s) unfinished"
+            await self._db.run(self._store.fail_job, job.name, reason, now=now, kind="deadline_passed")
+            self._log.warning("job %s: %s", job.name, reason)
+            return await self._reload(job.name), None
+        if snap.consecutive_failures and snap.next_check_at and now < snap.next_check_at - dt.timedelta(seconds=1):
+            # Still backing off (e.g. the vendor asked us to wait longer than the interval).
+            return snap, (snap.next_check_at - now).total_seconds()
+        report = await self._check(job, snap, now)
+        if report is None:
+            return await self._reload(job.name), None
+        next_in = None
+        if report.transient_errors:
+            next_in = backoff_delay(snap.consecutive_failures + 1, report.retry_after, rng=self._rng)
+        interval = job.definition.interval
+        next_check_at = now + dt.timedelta(seconds=next_in if next_in is not None else interval)
+        snap = await self._db.run(
+            self._store.record_check, job.name, report, now=now, next_check_at=next_check_at,
+            deadline=job.definition.deadline, rule=job.definition.trigger, actions=job.planned_actions(),
+        )
+        self._crash.hit("after_check_commit")
+        if snap.state is JobState.FIRING:
+            self._log.info("job %s: trigger fired", job.name)
+        return snap, next_in
+
+    async def _check(self, job: JobRuntime, snap: JobSnapshot, now: dt.datetime) -> CheckReport | None:
+        pending = snap.pending_targets
+        try:
+            report = await job.source.check(pending)
+        except TransientError as exc:
+            return CheckReport(transient_errors=dict.fromkeys(pending, str(exc)), retry_after=exc.retry_after)
+        except PermanentError as exc:
+            await self._db.run(self._store.fail_job, job.name, str(exc), now=now)
+            self._log.error("job %s stopped: %s", job.name, exc)
+            return None
+        except Exception as exc:  # a plugin bug must not take the daemon down; it is retried like an outage
+            self._log.exception("job %s: source plugin %s failed", job.name, job.definition.source.type)
+            return CheckReport(transient_errors=dict.fromkeys(pending, f"source plugin error: {exc}"))
+        wanted = set(pending)
+        observations = tuple(o for o in report.observations if o.target in wanted)
+        for obs in observations:
+            if obs.state.value == "unknown":
+                self._log.warning("job %s: target %s has an undocumented status %r", job.name, obs.target, obs.vendor_status)
+        return CheckReport(observations, report.transient_errors, report.retry_after)
+
+    async def _reload(self, name: str) -> JobSnapshot:
+        snap = await self._db.run(self._store.job, name)
+        assert snap is not None
+        return snap

@@ -1,0 +1,68 @@
+"""Where the state lives: the default SQLite file, and the one-process lock SQLite needs."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from teckochecker.errors import StateStoreError
+
+DB_FILE = "state.db"
+
+
+def resolve_state_url(configured: str | None, environ: Mapping[str, str], cwd: Path) -> str:
+    """The configured URL, else a SQLite file in systemd's $STATE_DIRECTORY, else ./.teckochecker/."""
+    if configured:
+        try:
+            make_url(configured)
+        except ArgumentError as exc:
+            raise StateStoreError(f"state.url is not a valid SQLAlchemy URL: {exc}") from exc
+        return configured
+    state_dir = environ.get("STATE_DIRECTORY", "").split(":")[0]
+    directory = Path(state_dir) if state_dir else cwd / ".teckochecker"
+    return f"sqlite:///{(directory / DB_FILE).resolve()}"
+
+
+def sqlite_path(url: str) -> Path | None:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    return Path(parsed.database)
+
+
+class SingleInstanceLock:
+    """An exclusive flock beside a SQLite file: SQLite supports one daemon; use PostgreSQL for replicas."""
+
+    def __init__(self, db_path: Path) -> None:
+        self.path = db_path.with_name(db_path.name + ".lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StateStoreError(
+                f"another teckochecker daemon already uses {self.path.with_suffix('')}; "
+                "the SQLite state store supports one daemon (use PostgreSQL for several replicas)"
+            ) from None
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def ensure_parent(db_path: Path) -> None:
+    try:
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StateStoreError(f"cannot create the state directory {db_path.parent}: {exc.strerror}") from exc

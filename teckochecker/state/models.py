@@ -1,0 +1,131 @@
+"""What the state store hands out: frozen snapshots and state enums. Database rows never leave the store."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from teckochecker.plugin_api import ActionOutcome, ActionResult, Observation, TargetState
+
+
+class JobState(str, enum.Enum):
+    WATCHING = "watching"  # polling targets
+    FIRING = "firing"  # the trigger fired; actions are being started or followed
+    COMPLETED = "completed"
+    COMPLETED_WITH_FAILURES = "completed_with_failures"
+    FAILED = "failed"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (JobState.COMPLETED, JobState.COMPLETED_WITH_FAILURES, JobState.FAILED)
+
+
+class RunState(str, enum.Enum):
+    """One action of one job, through the effectively-once protocol (design/reliability.md §1.3)."""
+
+    PENDING = "pending"  # decided (the outbox row); not yet attempted, or a definite non-start
+    SENDING = "sending"  # intent committed; the start call may be under way
+    IN_DOUBT = "in_doubt"  # the start may or may not have happened: reconcile by searching
+    RUNNING = "running"  # started downstream; being followed
+    SUCCEEDED = "succeeded"
+    SUCCEEDED_WITH_WARNINGS = "succeeded_with_warnings"
+    FAILED = "failed"
+    REJECTED = "rejected"  # the downstream system refused the start; a person must look
+    SKIPPED = "skipped"  # its `when:` condition did not hold
+
+    @property
+    def is_final(self) -> bool:
+        return self in _FINAL_RUN_STATES
+
+    @classmethod
+    def from_outcome(cls, outcome: ActionOutcome) -> RunState:
+        return {
+            ActionOutcome.RUNNING: cls.RUNNING,
+            ActionOutcome.SUCCEEDED: cls.SUCCEEDED,
+            ActionOutcome.SUCCEEDED_WITH_WARNINGS: cls.SUCCEEDED_WITH_WARNINGS,
+            ActionOutcome.FAILED: cls.FAILED,
+        }[outcome]
+
+
+_FINAL_RUN_STATES = frozenset(
+    {RunState.SUCCEEDED, RunState.SUCCEEDED_WITH_WARNINGS, RunState.FAILED, RunState.REJECTED, RunState.SKIPPED}
+)
+
+
+@dataclass(frozen=True)
+class TargetSnapshot:
+    target: str
+    state: TargetState
+    vendor_status: str | None
+    details: Mapping[str, Any]
+    message: str | None
+    observed_at: dt.datetime | None
+
+    def as_observation(self) -> Observation:
+        return Observation(self.target, self.state, self.vendor_status, self.details, self.message)
+
+
+@dataclass(frozen=True)
+class RunSnapshot:
+    id: int
+    action_index: int
+    action_type: str
+    state: RunState
+    trigger_id: str
+    attempt: int
+    created_at: dt.datetime
+    intent_at: dt.datetime | None
+    next_try_at: dt.datetime | None
+    search_empty_count: int
+    external_id: str | None
+    external_url: str | None
+    vendor_status: str | None
+    message: str | None
+    details: Mapping[str, Any]
+
+    def as_result(self) -> ActionResult:
+        return ActionResult(
+            external_id=self.external_id or "",
+            vendor_status=self.vendor_status,
+            url=self.external_url,
+            message=self.message,
+            details=self.details,
+        )
+
+
+@dataclass(frozen=True)
+class JobSnapshot:
+    name: str
+    state: JobState
+    fingerprint: str
+    removed: bool
+    paused: bool
+    created_at: dt.datetime
+    first_observed_at: dt.datetime | None
+    deadline_at: dt.datetime | None
+    last_checked_at: dt.datetime | None
+    next_check_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    last_error: str | None
+    consecutive_failures: int
+    targets: tuple[TargetSnapshot, ...] = ()
+    runs: tuple[RunSnapshot, ...] = ()
+
+    @property
+    def pending_targets(self) -> list[str]:
+        return [t.target for t in self.targets if not t.state.is_terminal]
+
+    @property
+    def done_count(self) -> int:
+        return sum(1 for t in self.targets if t.state.is_terminal)
+
+
+@dataclass(frozen=True)
+class Event:
+    at: dt.datetime
+    kind: str
+    message: str
+    data: Mapping[str, Any] = field(default_factory=dict)

@@ -1,0 +1,142 @@
+"""Tables, and engines set up for a daemon: SQLite in WAL with synchronous=FULL and BEGIN IMMEDIATE
+(design/reliability.md §3), PostgreSQL as is."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+SCHEMA_VERSION = 1
+OPEN_RUN_STATES = ("sending", "in_doubt")
+
+
+class UTCDateTime(sa.types.TypeDecorator[dt.datetime]):
+    """Aware UTC datetimes in and out, also on SQLite (which forgets the zone)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the state store")
+        return value.astimezone(dt.timezone.utc)
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
+
+
+metadata = sa.MetaData()
+
+meta_table = sa.Table(
+    "tc_meta", metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.String(255), nullable=False),
+)
+
+jobs = sa.Table(
+    "tc_jobs", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(128), nullable=False, unique=True),
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("state", sa.String(32), nullable=False),
+    sa.Column("removed", sa.Boolean, nullable=False, default=False),
+    sa.Column("paused", sa.Boolean, nullable=False, default=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("first_observed_at", UTCDateTime),
+    sa.Column("deadline_at", UTCDateTime),
+    sa.Column("last_checked_at", UTCDateTime),
+    sa.Column("next_check_at", UTCDateTime),
+    sa.Column("finished_at", UTCDateTime),
+    sa.Column("last_error", sa.Text),
+    sa.Column("consecutive_failures", sa.Integer, nullable=False, default=0),
+)
+
+targets = sa.Table(
+    "tc_targets", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("job_id", sa.Integer, sa.ForeignKey("tc_jobs.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("target", sa.String(255), nullable=False),
+    sa.Column("position", sa.Integer, nullable=False),
+    sa.Column("state", sa.String(32), nullable=False),
+    sa.Column("vendor_status", sa.String(64)),
+    sa.Column("details", sa.JSON, nullable=False, default=dict),
+    sa.Column("message", sa.Text),
+    sa.Column("observed_at", UTCDateTime),
+    sa.Column("terminal_at", UTCDateTime),
+    sa.UniqueConstraint("job_id", "target", name="uq_target_per_job"),
+)
+
+runs = sa.Table(
+    "tc_action_runs", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("job_id", sa.Integer, sa.ForeignKey("tc_jobs.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("action_index", sa.Integer, nullable=False),
+    sa.Column("action_type", sa.String(64), nullable=False),
+    sa.Column("target_key", sa.String(512), nullable=False),
+    sa.Column("trigger_id", sa.String(64), nullable=False, unique=True),
+    sa.Column("state", sa.String(32), nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False, default=1),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("intent_at", UTCDateTime),
+    sa.Column("next_try_at", UTCDateTime),
+    sa.Column("search_empty_count", sa.Integer, nullable=False, default=0),
+    sa.Column("external_id", sa.String(255)),
+    sa.Column("external_url", sa.Text),
+    sa.Column("vendor_status", sa.String(64)),
+    sa.Column("message", sa.Text),
+    sa.Column("details", sa.JSON, nullable=False, default=dict),
+    sa.Column("finished_at", UTCDateTime),
+    sa.UniqueConstraint("job_id", "action_index", name="uq_run_per_action"),
+)
+# Never two unresolved starts against one downstream target: a search window then only holds ours.
+sa.Index(
+    "uq_open_run_per_target", runs.c.target_key, unique=True,
+    sqlite_where=runs.c.state.in_(OPEN_RUN_STATES), postgresql_where=runs.c.state.in_(OPEN_RUN_STATES),
+)
+
+events = sa.Table(
+    "tc_events", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("job_id", sa.Integer, sa.ForeignKey("tc_jobs.id", ondelete="CASCADE"), nullable=False, index=True),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("kind", sa.String(64), nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("data", sa.JSON, nullable=False, default=dict),
+)
+
+
+def create_engine(url: str, *, readonly: bool = False) -> Engine:
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"timeout": 10.0})
+        _configure_sqlite(engine, "BEGIN" if readonly else "BEGIN IMMEDIATE")
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+def _configure_sqlite(engine: Engine, begin: str) -> None:
+    # Python 3.11's sqlite3 runs in legacy transaction mode; take BEGIN into our hands (SQLAlchemy recipe).
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        # FULL, not NORMAL: a committed trigger intent must survive power loss (design/reliability.md §3).
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        # Writers must not start deferred: upgrading a read to a write fails at once with SQLITE_BUSY.
+        connection.exec_driver_sql(begin)

@@ -1,0 +1,237 @@
+"""Config files + plugin registry → a validated, immutable Config, or every problem at once.
+
+The daemon and ``validate-config`` both call ``load_config``: one validator for CI and runtime.
+It opens no network connection and no state store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path as FsPath
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from teckochecker.config import (
+    ActionSpec,
+    Condition,
+    ConfigFile,
+    Defaults,
+    HttpSettings,
+    JobSpec,
+    SecretRef,
+    StateSettings,
+    TriggerRule,
+)
+from teckochecker.diagnostics import Diagnostic, Path
+from teckochecker.errors import ConfigError
+from teckochecker.loader import Document, load_file
+from teckochecker.plugin_api import Action, OptionsModel, SecretName, Source
+from teckochecker.plugins import PluginRegistry
+
+
+@dataclass(frozen=True)
+class SourceDefinition:
+    type: str
+    targets: tuple[str, ...]
+    options: OptionsModel
+    cls: type[Source]
+
+
+@dataclass(frozen=True)
+class ActionDefinition:
+    index: int
+    type: str
+    when: Condition
+    options: OptionsModel
+    cls: type[Action]
+
+
+@dataclass(frozen=True)
+class JobDefinition:
+    name: str
+    source: SourceDefinition
+    actions: tuple[ActionDefinition, ...]
+    trigger: TriggerRule
+    interval: float
+    deadline: float
+    file: str
+    # Changes whenever anything about the job changes; a reload compares these.
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class Config:
+    file: str
+    state: StateSettings
+    http: HttpSettings
+    log_level: str
+    secrets: Mapping[str, SecretRef]
+    defaults: Defaults
+    jobs: Mapping[str, JobDefinition]
+
+    def summary(self) -> str:
+        targets = sum(len(j.source.targets) for j in self.jobs.values())
+        return (
+            f"{self.file}: OK: {len(self.jobs)} job(s), {targets} target(s), "
+            f"{len(self.secrets)} secret(s)"
+        )
+
+
+def load_config(path: FsPath, registry: PluginRegistry) -> Config:
+    """Load and validate ``path``. Raises ConfigError carrying every diagnostic, sorted by place."""
+    document, diagnostics = load_file(path)
+    config = None
+    if not diagnostics:
+        config, diagnostics = _validate_document(document, registry)
+    if diagnostics or config is None:
+        raise ConfigError(sorted(diagnostics, key=lambda d: (d.mark, d.message)))
+    return config
+
+
+def _validate_document(doc: Document, registry: PluginRegistry) -> tuple[Config | None, list[Diagnostic]]:
+    if not isinstance(doc.data, dict):
+        return None, [Diagnostic(doc.mark_for(()), (), "the file must be a mapping of keys (state, secrets, jobs, ...)")]
+    raw_jobs = doc.data.get("jobs", [])
+    top, diagnostics = _validate_model(ConfigFile, {**doc.data, "jobs": []}, (), doc)
+    if not isinstance(raw_jobs, list):
+        diagnostics.append(Diagnostic(doc.mark_for(("jobs",)), ("jobs",), "must be a list of jobs"))
+        raw_jobs = []
+    secrets = top.secrets if top else {}
+    defaults = top.defaults if top else Defaults()
+    jobs: dict[str, JobDefinition] = {}
+    for index, raw in enumerate(raw_jobs):
+        job, problems = _validate_job(raw, ("jobs", index), doc, registry, secrets, defaults)
+        diagnostics.extend(problems)
+        if job is None:
+            continue
+        if job.name in jobs:
+            diagnostics.append(
+                Diagnostic(doc.mark_for(("jobs", index, "name")), ("jobs", index, "name"), f"duplicate job name {job.name!r}")
+            )
+            continue
+        jobs[job.name] = job
+    if top is None or diagnostics:
+        return None, diagnostics
+    config = Config(
+        file=doc.file, state=top.state, http=top.http, log_level=top.log_level,
+        secrets=dict(top.secrets), defaults=top.defaults, jobs=jobs,
+    )
+    return config, []
+
+
+def _validate_job(
+    raw: Any, path: Path, doc: Document, registry: PluginRegistry, secrets: Mapping[str, SecretRef], defaults: Defaults
+) -> tuple[JobDefinition | None, list[Diagnostic]]:
+    spec, diagnostics = _validate_model(JobSpec, raw, path, doc)
+    if spec is None:
+        return None, diagnostics
+    source_path = (*path, "source")
+    source_cls = _lookup(registry.sources, spec.source.type, "source", source_path, doc, diagnostics)
+    source_options = _plugin_options(source_cls, spec.source.options, source_path, doc, secrets, diagnostics)
+    actions = []
+    for index, action in enumerate(spec.actions):
+        action_path = (*path, "actions", index)
+        action_cls = _lookup(registry.actions, action.type, "action", action_path, doc, diagnostics)
+        options = _plugin_options(action_cls, action.options, action_path, doc, secrets, diagnostics)
+        if action_cls is not None and options is not None:
+            actions.append(ActionDefinition(index, action.type, action.when, options, action_cls))
+    if diagnostics or source_cls is None or source_options is None:
+        return None, diagnostics
+    source = SourceDefinition(spec.source.type, tuple(spec.source.targets), source_options, source_cls)
+    job = JobDefinition(
+        name=spec.name, source=source, actions=tuple(actions), trigger=spec.trigger,
+        interval=spec.interval or defaults.interval, deadline=spec.deadline or defaults.deadline,
+        file=doc.file, fingerprint=_fingerprint(spec, source_options, actions, defaults),
+    )
+    return job, []
+
+
+def _lookup(
+    table: Mapping[str, type], type_name: str, kind: str, path: Path, doc: Document, diagnostics: list[Diagnostic]
+) -> Any:
+    cls = table.get(type_name)
+    if cls is None:
+        known = ", ".join(sorted(table)) or "none (no plugin provides one)"
+        diagnostics.append(
+            Diagnostic(doc.mark_for((*path, "type")), (*path, "type"), f"unknown {kind} type {type_name!r}; known: {known}")
+        )
+    return cls
+
+
+def _plugin_options(
+    cls: type[Source] | type[Action] | None, raw: dict[str, Any], path: Path, doc: Document,
+    secrets: Mapping[str, SecretRef], diagnostics: list[Diagnostic],
+) -> OptionsModel | None:
+    if cls is None:
+        return None
+    options, problems = _validate_model(cls.Options, raw, path, doc)
+    diagnostics.extend(problems)
+    if options is not None:
+        for field_path, name in _secret_names(options, path):
+            if name not in secrets:
+                defined = ", ".join(sorted(secrets)) or "none"
+                diagnostics.append(
+                    Diagnostic(
+                        doc.mark_for(field_path), field_path,
+                        f"secret {str(name)!r} is not defined under 'secrets:' (defined: {defined})",
+                    )
+                )
+    return options
+
+
+def _secret_names(value: Any, path: Path) -> Iterator[tuple[Path, SecretName]]:
+    """Every SecretName inside a plugin's options, with its path."""
+    if isinstance(value, SecretName):
+        yield path, value
+    elif isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            yield from _secret_names(getattr(value, name), (*path, name))
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from _secret_names(item, (*path, i))
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _secret_names(item, (*path, str(key)))
+
+
+def _validate_model(model: type[BaseModel], raw: Any, path: Path, doc: Document) -> tuple[Any, list[Diagnostic]]:
+    try:
+        return model.model_validate(raw), []
+    except ValidationError as exc:
+        return None, [_diagnostic(error, path, doc) for error in exc.errors(include_input=False, include_url=False)]
+
+
+def _diagnostic(error: Mapping[str, Any], path: Path, doc: Document) -> Diagnostic:
+    loc = (*path, *(part for part in error["loc"] if not _is_pydantic_tag(part)))
+    return Diagnostic(doc.mark_for(loc), loc, _message(error))
+
+
+def _is_pydantic_tag(part: Any) -> bool:
+    # Union and function-validator branches appear in locations as names like "function-after[...]".
+    return isinstance(part, str) and ("[" in part or part.startswith("function-"))
+
+
+def _message(error: Mapping[str, Any]) -> str:
+    kind, msg = error["type"], str(error["msg"])
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            return msg[len(prefix):]
+    return msg[0].lower() + msg[1:] if msg else kind
+
+
+def _fingerprint(spec: JobSpec, source_options: OptionsModel, actions: list[ActionDefinition], defaults: Defaults) -> str:
+    body = {
+        "job": spec.model_dump(mode="json"),
+        "source_options": source_options.model_dump(mode="json"),
+        "actions": [a.options.model_dump(mode="json") for a in actions],
+        "defaults": defaults.model_dump(mode="json"),
+    }
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from teckochecker.clock import Clock
 from teckochecker.crashpoints import CrashPoints
+from teckochecker.errors import SecretError
 from teckochecker.http import HttpClientPool
 from teckochecker.plugin_api import PluginContext
 from teckochecker.runner import JobRunner
@@ -25,7 +26,6 @@ from teckochecker.validate import Config
 
 # SIGTERM must end the process within 5 s; ticks get this long to finish their current step.
 SHUTDOWN_GRACE = 3.0
-FIRST_CHECK_SPREAD = 10.0
 
 
 class Daemon:
@@ -48,6 +48,7 @@ class Daemon:
         self._stop.set()
 
     async def run(self) -> None:
+        self._check_secrets()
         url = resolve_state_url(self.config.state.url, self._environ, self._cwd)
         lock = self._lock(url)
         store = StateStore.open(url)
@@ -61,6 +62,13 @@ class Daemon:
             if lock:
                 lock.release()
 
+    def _check_secrets(self) -> None:
+        """Fail at start, not at the first check hours later, when a secret cannot be read."""
+        resolver = SecretResolver(self.config.secrets, self._environ, self._redactor)
+        problems = [reason for reason in resolver.check_all().values() if reason]
+        if problems:
+            raise SecretError("; ".join(problems))
+
     def _lock(self, url: str) -> SingleInstanceLock | None:
         path = sqlite_path(url)
         if path is None:
@@ -71,9 +79,9 @@ class Daemon:
         return lock
 
     async def _serve(self, store: StateStore, worker: StoreWorker, http: HttpClientPool) -> None:
+        secrets = SecretResolver(self.config.secrets, self._environ, self._redactor)
         context = PluginContext(
-            http=http, clock=self._clock, secret=SecretResolver(self.config.secrets, self._environ, self._redactor),
-            logger=logging.getLogger("teckochecker.plugins"),
+            http=http, clock=self._clock, secret=secrets, logger=logging.getLogger("teckochecker.plugins"),
         )
         self._jobs = {name: JobRuntime.build(d, context) for name, d in self.config.jobs.items()}
         await worker.run(store.sync_jobs, [j.plan() for j in self._jobs.values()], self._clock.now())
@@ -81,11 +89,12 @@ class Daemon:
         self._ticker = Ticker(self._tick, self._clock, self._log)
         self._ticker.start()
         snapshots = {s.name: s for s in await worker.run(store.jobs)}
+        spread = self.config.defaults.startup_spread
         for name, job in self._jobs.items():
             snap = snapshots.get(name)
             if snap is None or snap.state.is_final:
                 continue
-            first = 0.0 if snap.state is JobState.FIRING else self._rng.uniform(0, min(FIRST_CHECK_SPREAD, job.definition.interval))
+            first = 0.0 if snap.state is JobState.FIRING else self._rng.uniform(0, min(spread, job.definition.interval))
             self._ticker.schedule(name, job.definition.interval, first)
         self._install_signals()
         self._log.info(

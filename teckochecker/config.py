@@ -79,6 +79,8 @@ class Defaults(Model):
     interval: Duration = DEFAULT_INTERVAL
     concurrency: int = Field(default=10, ge=1, le=1000)
     deadline: Duration = DEFAULT_DEADLINE
+    # The first checks after a start are spread over this long, so that many jobs do not all poll at once.
+    startup_spread: Duration = Field(default=10.0, ge=0, le=3600)
 
     _interval_range = field_validator("interval")(lambda v: _check_interval(v))
 

@@ -121,8 +121,10 @@ def load_text(text: str, file: str) -> tuple[Document, list[Diagnostic]]:
     try:
         builder.doc.data = builder.build(root, ())
     except _TooLarge as exc:
+        builder.doc.data = None
         return builder.doc, [Diagnostic(exc.mark, (), f"the document expands to more than {MAX_VALUES} values")]
     except yaml.constructor.ConstructorError as exc:
+        builder.doc.data = None
         mark = exc.problem_mark
         where = Mark(file, mark.line + 1, mark.column + 1) if mark else Mark(file, 1, 1)
         return builder.doc, [Diagnostic(where, (), f"YAML error: {exc.problem}")]
@@ -135,11 +137,11 @@ def load_file(path: FsPath) -> tuple[Document, list[Diagnostic]]:
     try:
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
-            return Document(file, {}), [Diagnostic(Mark(file, 1, 1), (), f"file is larger than {MAX_FILE_BYTES} bytes")]
+            return Document(file, None), [Diagnostic(Mark(file, 1, 1), (), f"file is larger than {MAX_FILE_BYTES} bytes")]
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        return Document(file, {}), [Diagnostic(Mark(file, 1, 1), (), "file not found")]
+        return Document(file, None), [Diagnostic(Mark(file, 1, 1), (), "file not found")]
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        return Document(file, {}), [Diagnostic(Mark(file, 1, 1), (), f"cannot read file: {reason}")]
+        return Document(file, None), [Diagnostic(Mark(file, 1, 1), (), f"cannot read file: {reason}")]
     return load_text(text, file)

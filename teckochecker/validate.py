@@ -85,8 +85,10 @@ def load_config(path: FsPath, registry: PluginRegistry) -> Config:
     """Load and validate ``path``. Raises ConfigError carrying every diagnostic, sorted by place."""
     document, diagnostics = load_file(path)
     config = None
-    if not diagnostics:
-        config, diagnostics = _validate_document(document, registry)
+    if document.data is not None:
+        # Duplicate keys are reported, and the rest of the document is still checked.
+        config, problems = _validate_document(document, registry)
+        diagnostics += problems
     if diagnostics or config is None:
         raise ConfigError(sorted(diagnostics, key=lambda d: (d.mark, d.message)))
     return config
@@ -100,7 +102,9 @@ def _validate_document(doc: Document, registry: PluginRegistry) -> tuple[Config 
     if not isinstance(raw_jobs, list):
         diagnostics.append(Diagnostic(doc.mark_for(("jobs",)), ("jobs",), "must be a list of jobs"))
         raw_jobs = []
-    secrets = top.secrets if top else {}
+    # Undefined-secret checks still work when another part of the top level is invalid.
+    raw_secrets = doc.data.get("secrets")
+    secrets = top.secrets if top else (dict.fromkeys(raw_secrets) if isinstance(raw_secrets, dict) else {})
     defaults = top.defaults if top else Defaults()
     jobs: dict[str, JobDefinition] = {}
     for index, raw in enumerate(raw_jobs):
@@ -124,22 +128,23 @@ def _validate_document(doc: Document, registry: PluginRegistry) -> tuple[Config 
 
 
 def _validate_job(
-    raw: Any, path: Path, doc: Document, registry: PluginRegistry, secrets: Mapping[str, SecretRef], defaults: Defaults
+    raw: Any, path: Path, doc: Document, registry: PluginRegistry, secrets: Mapping[str, Any], defaults: Defaults
 ) -> tuple[JobDefinition | None, list[Diagnostic]]:
     spec, diagnostics = _validate_model(JobSpec, raw, path, doc)
-    if spec is None:
-        return None, diagnostics
+    # Plugin options are checked from the raw mapping, so their problems show even when the job's own are wrong.
+    raw = raw if isinstance(raw, dict) else {}
     source_path = (*path, "source")
-    source_cls = _lookup(registry.sources, spec.source.type, "source", source_path, doc, diagnostics)
-    source_options = _plugin_options(source_cls, spec.source.options, source_path, doc, secrets, diagnostics)
+    source_cls, source_options = _plugin_part(
+        registry.sources, "source", raw.get("source"), {"type", "targets"}, source_path, doc, secrets, diagnostics)
+    raw_actions = raw.get("actions") if isinstance(raw.get("actions"), list) else []
     actions = []
-    for index, action in enumerate(spec.actions):
-        action_path = (*path, "actions", index)
-        action_cls = _lookup(registry.actions, action.type, "action", action_path, doc, diagnostics)
-        options = _plugin_options(action_cls, action.options, action_path, doc, secrets, diagnostics)
-        if action_cls is not None and options is not None:
-            actions.append(ActionDefinition(index, action.type, action.when, options, action_cls))
-    if diagnostics or source_cls is None or source_options is None:
+    for index, raw_action in enumerate(raw_actions):
+        action_cls, options = _plugin_part(
+            registry.actions, "action", raw_action, {"type", "when"}, (*path, "actions", index), doc, secrets, diagnostics)
+        if spec is not None and action_cls is not None and options is not None:
+            when = spec.actions[index].when
+            actions.append(ActionDefinition(index, spec.actions[index].type, when, options, action_cls))
+    if diagnostics or spec is None or source_cls is None or source_options is None:
         return None, diagnostics
     source = SourceDefinition(spec.source.type, tuple(spec.source.targets), source_options, source_cls)
     job = JobDefinition(
@@ -148,6 +153,17 @@ def _validate_job(
         file=doc.file, fingerprint=_fingerprint(spec, source_options, actions, defaults),
     )
     return job, []
+
+
+def _plugin_part(
+    table: Mapping[str, type], kind: str, raw: Any, core_keys: set[str], path: Path, doc: Document,
+    secrets: Mapping[str, Any], diagnostics: list[Diagnostic],
+) -> tuple[Any, OptionsModel | None]:
+    if not isinstance(raw, dict) or not isinstance(raw.get("type"), str):
+        return None, None  # the job model already reported it
+    cls = _lookup(table, raw["type"], kind, path, doc, diagnostics)
+    options = {k: v for k, v in raw.items() if k not in core_keys}
+    return cls, _plugin_options(cls, options, path, doc, secrets, diagnostics)
 
 
 def _lookup(
@@ -164,7 +180,7 @@ def _lookup(
 
 def _plugin_options(
     cls: type[Source] | type[Action] | None, raw: dict[str, Any], path: Path, doc: Document,
-    secrets: Mapping[str, SecretRef], diagnostics: list[Diagnostic],
+    secrets: Mapping[str, Any], diagnostics: list[Diagnostic],
 ) -> OptionsModel | None:
     if cls is None:
         return None

@@ -1,0 +1,60 @@
+"""Options of the ``keboola_job`` action."""
+
+from __future__ import annotations
+
+import urllib.parse
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from teckochecker.plugin_api import OptionsModel, SecretName
+from teckochecker_keboola.variables import RESERVED_VARIABLES
+
+__all__ = ["KeboolaJobOptions"]
+
+
+class KeboolaJobOptions(OptionsModel):
+    token: SecretName
+    # The stack's connection URL, e.g. https://connection.eu-central-1.keboola.com.
+    stack_url: str
+    component: str = Field(min_length=1)
+    config: str = Field(min_length=1)
+    config_row_ids: list[str] = Field(default_factory=list)
+    branch_id: str | None = Field(default=None, min_length=1)
+    mode: Literal["run", "debug", "forceRun"] = "run"
+    variables: dict[str, str] = Field(default_factory=dict)
+    # Whether to follow the job to its end; if not, the action counts as succeeded once the job exists.
+    follow: bool = True
+    # Seconds a new job may be missing from /search/jobs (the index is eventually consistent).
+    search_lag: float = Field(default=60.0, ge=0)
+    # Read timeout of the create call; connecting is always bounded by 5 s.
+    timeout: float = Field(default=15.0, gt=0)
+
+    @field_validator("stack_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urllib.parse.urlsplit(value.strip())
+        _ = parts.port  # raises ValueError on a malformed port
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"must be an http(s) URL such as https://connection.keboola.com, not {value!r}")
+        return value.strip().rstrip("/")
+
+    @field_validator("config_row_ids")
+    @classmethod
+    def _non_empty_rows(cls, value: list[str]) -> list[str]:
+        if any(not row for row in value):
+            raise ValueError("row ids must not be empty")
+        return value
+
+    @field_validator("variables")
+    @classmethod
+    def _usable_variables(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, content in value.items():
+            if not name:
+                raise ValueError("a variable name must not be empty")
+            if name in RESERVED_VARIABLES:
+                raise ValueError(f"variable {name!r} is set by TeckoChecker itself; choose another name")
+            if not content:
+                # Keboola refuses a job with an empty variable value.
+                raise ValueError(f"variable {name!r} has an empty value, which Keboola rejects")
+        return value

@@ -1,0 +1,303 @@
+"""Loopback HTTP plumbing shared by the fake vendor servers.
+
+Why the stdlib server and not a framework: fault modes need the raw socket (a TCP reset is SO_LINGER(1, 0)
+plus close, a hang is a request held until stop()), and the stdlib gives that with no event-loop coupling
+to the code under test, which runs its own asyncio loop.
+
+A fake is a subclass of `LoopbackFake`: it declares named listeners (one per vendor host) and implements
+`handle(request) -> Outcome`. Everything else (binding 127.0.0.1:0, keep-alive, Content-Length, request
+recording, prompt stop with idle or hanging connections) lives here.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import parse_qs, urlsplit
+
+# A hang is capped so a test that forgets stop() cannot leave a thread blocked forever.
+MAX_HANG_SECONDS = 300.0
+
+
+@dataclass
+class RecordedRequest:
+    """One request as the fake received it. Header names are lower-cased."""
+
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    body: bytes
+    at: float  # time.monotonic() when the request was fully read
+    service: str = ""  # which listener got it ("openai", "stack", "queue")
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A complete HTTP response. `truncate_to` sends only that many body bytes, then closes."""
+
+    status: int
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+    truncate_to: int | None = None
+
+
+@dataclass(frozen=True)
+class Reset:
+    """Answer with a TCP RST before any response byte."""
+
+
+@dataclass(frozen=True)
+class Hang:
+    """Send nothing until the fake stops; then close the connection without a response."""
+
+
+Outcome = Reply | Reset | Hang
+
+REASONS = {
+    200: "OK", 201: "Created", 202: "Accepted", 204: "No Content", 400: "Bad Request", 401: "Unauthorized",
+    403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict",
+    422: "Unprocessable Entity", 429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway",
+    503: "Service Unavailable", 504: "Gateway Timeout",
+}
+
+
+def json_reply(status: int, payload: Any, headers: dict[str, str] | None = None) -> Reply:
+    """Stable JSON (key order as built, compact separators) with the JSON content type."""
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    return Reply(status, body, {"content-type": "application/json", **(headers or {})})
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, like the real vendors
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.track(self.connection)
+
+    def finish(self) -> None:
+        self.server.untrack(self.connection)
+        try:
+            super().finish()
+        except OSError:
+            pass  # the socket may already be gone after a reset
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        pass  # the fakes record requests; stderr noise helps nobody
+
+    def do_GET(self) -> None:
+        self._dispatch()
+
+    do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = do_GET
+
+    def _dispatch(self) -> None:
+        request = self._read_request()
+        try:
+            outcome = self.server.fake_handler(request)
+        except Exception as exc:  # a bug in a fake must surface as a 500, not a silent dropped socket
+            outcome = json_reply(500, {"error": f"fake server bug: {exc!r}"})
+        self._deliver(outcome)
+
+    def _read_request(self) -> RecordedRequest:
+        split = urlsplit(self.path)
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        return RecordedRequest(
+            method=self.command,
+            path=split.path,
+            query=parse_qs(split.query, keep_blank_values=True),
+            headers=headers,
+            body=self._read_body(headers),
+            at=time.monotonic(),
+            service=self.server.service,
+        )
+
+    def _read_body(self, headers: dict[str, str]) -> bytes:
+        if headers.get("transfer-encoding", "").lower() == "chunked":
+            return self._read_chunked()
+        length = int(headers.get("content-length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _read_chunked(self) -> bytes:
+        parts: list[bytes] = []
+        for _ in range(100_000):  # bounded: a fake never needs more chunks than this
+            size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                    pass  # trailers
+                break
+            parts.append(self.rfile.read(size))
+            self.rfile.readline()
+        return b"".join(parts)
+
+    def _deliver(self, outcome: Outcome) -> None:
+        if isinstance(outcome, Reset):
+            self._reset()
+        elif isinstance(outcome, Hang):
+            self.server.stopping.wait(MAX_HANG_SECONDS)
+            self.close_connection = True
+        else:
+            if outcome.delay > 0 and self.server.stopping.wait(outcome.delay):
+                self.close_connection = True
+                return
+            self._write(outcome)
+
+    def _reset(self) -> None:
+        # SO_LINGER on with timeout 0 makes close() send RST instead of FIN: the client sees
+        # "connection reset by peer" with no response byte, exactly the in-doubt case.
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.connection.close()
+        self.close_connection = True
+
+    def _write(self, reply: Reply) -> None:
+        body = reply.body
+        lines = [f"HTTP/1.1 {reply.status} {REASONS.get(reply.status, 'Status')}"]
+        headers = {"date": email.utils.formatdate(usegmt=True), **reply.headers}
+        headers["content-length"] = str(len(body))
+        if self.close_connection:
+            headers["connection"] = "close"
+        lines += [f"{name}: {value}" for name, value in headers.items()]
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        if reply.truncate_to is not None:
+            # Promise the full length, send less, close: the client sees a truncated body.
+            self.wfile.write(head + body[: reply.truncate_to])
+            self.close_connection = True
+            return
+        self.wfile.write(head + (b"" if self.command == "HEAD" else body))
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True  # handler threads never keep the test process alive
+    block_on_close = False  # stop() closes sockets itself instead of joining threads
+
+    def __init__(self, port: int, service: str, handler: Callable[[RecordedRequest], Outcome],
+                 stopping: threading.Event) -> None:
+        self.service = service
+        self.fake_handler = handler
+        self.stopping = stopping
+        self._connections: set[socket.socket] = set()
+        self._conn_lock = threading.Lock()
+        super().__init__(("127.0.0.1", port), _Handler)
+
+    def track(self, conn: socket.socket) -> None:
+        with self._conn_lock:
+            self._connections.add(conn)
+
+    def untrack(self, conn: socket.socket) -> None:
+        with self._conn_lock:
+            self._connections.discard(conn)
+
+    def close_all_connections(self) -> None:
+        """Unblock handler threads parked on idle keep-alive sockets, so a stopped fake answers nothing."""
+        with self._conn_lock:
+            conns = list(self._connections)
+            self._connections.clear()
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+class _Listener:
+    """One bound port. Remembers its port so a restarted fake keeps its URLs."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self.port = 0
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self, handler: Callable[[RecordedRequest], Outcome], stopping: threading.Event) -> None:
+        self._server = _Server(self.port, self.service, handler, stopping)
+        self.port = self._server.server_address[1]
+        # A short poll interval keeps shutdown() (which waits for the serve loop) prompt.
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name=f"fake-{self.service}-{self.port}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._server is None:
+            return
+        self._server.shutdown()
+        self._server.close_all_connections()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._server = None
+        self._thread = None
+
+    @property
+    def url(self) -> str:
+        if not self.port:
+            raise RuntimeError(f"fake {self.service} server is not started")
+        return f"http://127.0.0.1:{self.port}"
+
+
+class LoopbackFake:
+    """Base of a fake vendor: named loopback listeners, one state lock, a request log.
+
+    Subclasses call `super().__init__(services=(...))` and implement `handle`. `stop()` returns promptly
+    even with hanging or idle keep-alive connections. `start()` after `stop()` rebinds the same ports, so a
+    test can take a vendor down and bring it back at the same URL.
+    """
+
+    def __init__(self, services: tuple[str, ...], *, record_requests: bool = True) -> None:
+        self._lock = threading.RLock()
+        self._listeners = {name: _Listener(name) for name in services}
+        self._stopping = threading.Event()
+        self._record = record_requests
+        self._request_total = 0
+        self.requests: list[RecordedRequest] = []
+
+    def start(self) -> Self:
+        self._stopping = threading.Event()
+        started: list[_Listener] = []
+        try:
+            for listener in self._listeners.values():
+                listener.start(self._receive, self._stopping)
+                started.append(listener)
+        except BaseException:
+            for listener in started:
+                listener.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        # Release hung and delayed handlers first, then stop accepting and cut every open connection.
+        self._stopping.set()
+        for listener in self._listeners.values():
+            listener.stop()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def _url(self, service: str) -> str:
+        return self._listeners[service].url
+
+    def _receive(self, request: RecordedRequest) -> Outcome:
+        with self._lock:
+            self._request_total += 1
+            if self._record:
+                self.requests.append(request)
+        return self.handle(request)
+
+    def handle(self, request: RecordedRequest) -> Outcome:
+        raise NotImplementedError

@@ -1,0 +1,209 @@
+"""validate-config: every kind of problem, located as FILE:LINE:COL: path: message, all at once."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from teckochecker.config import Condition, TriggerRule
+from teckochecker.durations import format_duration, parse_duration
+from teckochecker.errors import ConfigError
+from teckochecker.plugins import PluginRegistry
+from teckochecker.validate import load_config
+
+VALID = """\
+secrets:
+  tok: {env: TEST_TOKEN}
+defaults:
+  interval: 45s
+jobs:
+  - name: nightly
+    source:
+      type: status_file
+      path: /tmp/status.json
+      token: tok
+      targets: [a, b]
+    actions:
+      - type: record
+        ledger: /tmp/ledger.jsonl
+        when: all_succeeded
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "tc.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def problems(tmp_path: Path, registry: PluginRegistry, text: str) -> list[str]:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, registry)
+    return [str(d) for d in info.value.diagnostics]
+
+
+def test_valid_config_loads_typed_values(tmp_path: Path, registry: PluginRegistry) -> None:
+    config = load_config(write(tmp_path, VALID), registry)
+    job = config.jobs["nightly"]
+    assert job.interval == 45.0
+    assert job.deadline == 25 * 3600
+    assert job.trigger is TriggerRule.ALL_TERMINAL
+    assert job.source.targets == ("a", "b")
+    assert job.actions[0].when is Condition.ALL_SUCCEEDED
+    assert config.http.listen == "127.0.0.1"
+    assert "1 job(s), 2 target(s), 1 secret(s)" in config.summary()
+
+
+def test_defaults_apply(tmp_path: Path, registry: PluginRegistry) -> None:
+    config = load_config(write(tmp_path, VALID.replace("  interval: 45s\n", "  concurrency: 3\n")), registry)
+    assert config.jobs["nightly"].interval == 120.0
+    assert config.defaults.concurrency == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("45s", 45.0), ("2m", 120.0), ("1h", 3600.0), ("1h30m", 5400.0), ("500ms", 0.5), (" 2m ", 120.0),
+    ],
+)
+def test_durations(text: str, expected: float) -> None:
+    assert parse_duration(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["2", "2x", "", "m", "1h 2", "-5s", 5, True])
+def test_bad_durations_are_refused(bad: object) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(bad)
+
+
+def test_format_duration_round_trips() -> None:
+    assert format_duration(150) == "2m30s"
+    assert parse_duration(format_duration(5400)) == 5400
+
+
+def test_yaml_syntax_error_is_located(tmp_path: Path, registry: PluginRegistry) -> None:
+    found = problems(tmp_path, registry, "jobs: [\n  - name: a\n")
+    assert len(found) == 1
+    assert found[0].startswith(f"{tmp_path / 'tc.yaml'}:2:3: YAML syntax error: expected the node content")
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path, registry: PluginRegistry) -> None:
+    text = """\
+    secrets:
+      tok: {env: TEST_TOKEN}
+      plain: hunter2-secret
+    defaults:
+      interval: 10s
+      concurency: 5
+    jobs:
+      - name: a
+        interval: 2x
+        source:
+          type: nope
+          targets: [x]
+        actions:
+          - type: record
+            ledger: /tmp/l
+      - name: a
+        source:
+          type: status_file
+          path: /tmp/s
+          token: missing
+          targets: [x]
+        actions:
+          - type: ghost
+      - name: c
+        deadline: 1h
+        source: {type: status_file, path: 5, targets: x}
+        actions:
+          - {type: record, ledger: /tmp/l, when: sometimes, extra_key: 1}
+    """
+    found = problems(tmp_path, registry, text)
+    f = str(tmp_path / "tc.yaml")
+    expected_fragments = [
+        f"{f}:3:3: secrets.plain: a secret is a reference, not a value",
+        f"{f}:5:3: defaults.interval: must be between 30s and 1h (got 10s)",
+        f"{f}:6:3: defaults.concurency: unknown key",
+        f"{f}:9:5: jobs[0].interval: invalid duration '2x'",
+        f"{f}:20:7: jobs[1].source.token: secret 'missing' is not defined under 'secrets:' (defined: plain, tok)",
+        f"{f}:23:9: jobs[1].actions[0].type: unknown action type 'ghost'; known: keboola_job, record",
+        f"{f}:26:33: jobs[2].source.path: input should be a valid string",
+        f"{f}:26:42: jobs[2].source.targets: input should be a valid list",
+        f"{f}:28:40: jobs[2].actions[0].when: input should be 'always', 'all_succeeded' or 'any_failed'",
+        f"{f}:28:57: jobs[2].actions[0].extra_key: unknown key",
+    ]
+    for fragment in expected_fragments:
+        assert any(line.startswith(fragment) for line in found), f"missing {fragment!r} in:\n" + "\n".join(found)
+    # The secret's value never appears in the messages.
+    assert not any("hunter2" in line for line in found)
+
+
+def test_unknown_source_type_lists_known_ones(tmp_path: Path, registry: PluginRegistry) -> None:
+    found = problems(tmp_path, registry, VALID.replace("type: status_file", "type: status_fil"))
+    assert found == [f"{tmp_path / 'tc.yaml'}:8:7: jobs[0].source.type: unknown source type 'status_fil'; known: openai_batch, status_file"]
+
+
+def test_duplicate_keys_and_job_names(tmp_path: Path, registry: PluginRegistry) -> None:
+    text = VALID + VALID.split("jobs:\n")[1] + "defaults:\n  interval: 1m\n"
+    found = problems(tmp_path, registry, text)
+    f = str(tmp_path / "tc.yaml")
+    assert f"{f}:26:1: defaults: duplicate key (first defined at line 3)" in found
+    assert f"{f}:16:5: jobs[1].name: duplicate job name 'nightly'" in found
+
+
+@pytest.mark.parametrize(
+    ("snippet", "message"),
+    [
+        ("interval: 3601s", "must be between 30s and 1h (got 3601s)"),
+        ("interval: 29s", "must be between 30s and 1h (got 29s)"),
+        ("interval: 90", "a duration is written with a unit"),
+        ("trigger: whenever", "input should be 'all_terminal' or 'all_succeeded'"),
+        ("name: 'bad name!'", "use letters, digits"),
+    ],
+)
+def test_job_field_checks(tmp_path: Path, registry: PluginRegistry, snippet: str, message: str) -> None:
+    key = snippet.split(":")[0]
+    text = VALID.replace("  - name: nightly\n", f"  - name: nightly\n    {snippet}\n") if key != "name" else VALID.replace(
+        "name: nightly", snippet)
+    found = problems(tmp_path, registry, text)
+    assert len(found) == 1 and message in found[0], found
+
+
+def test_missing_required_keys(tmp_path: Path, registry: PluginRegistry) -> None:
+    found = problems(tmp_path, registry, "jobs:\n  - name: x\n")
+    f = str(tmp_path / "tc.yaml")
+    assert f"{f}:2:5: jobs[0].source: required key is missing" in found
+    assert f"{f}:2:5: jobs[0].actions: required key is missing" in found
+
+
+def test_secret_needs_exactly_one_source(tmp_path: Path, registry: PluginRegistry) -> None:
+    found = problems(tmp_path, registry, VALID.replace("{env: TEST_TOKEN}", "{}"))
+    assert any("secrets.tok: give exactly one of" in line for line in found), found
+
+
+def test_not_a_mapping_and_missing_file(tmp_path: Path, registry: PluginRegistry) -> None:
+    assert problems(tmp_path, registry, "- a\n- b\n")[0].endswith("the file must be a mapping of keys (state, secrets, jobs, ...)")
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "absent.yaml", registry)
+    assert str(info.value.diagnostics[0]) == f"{tmp_path / 'absent.yaml'}:1:1: file not found"
+
+
+def test_alias_bomb_is_refused(tmp_path: Path, registry: PluginRegistry) -> None:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 7)]
+    found = problems(tmp_path, registry, "\n".join(lines) + "\n")
+    assert len(found) == 1 and "expands to more than" in found[0]
+
+
+def test_empty_file_is_a_valid_config_with_no_jobs(tmp_path: Path, registry: PluginRegistry) -> None:
+    assert load_config(write(tmp_path, ""), registry).jobs == {}
+
+
+def test_fingerprint_changes_with_plugin_options(tmp_path: Path, registry: PluginRegistry) -> None:
+    a = load_config(write(tmp_path, VALID, "a.yaml"), registry).jobs["nightly"].fingerprint
+    b = load_config(write(tmp_path, VALID.replace("/tmp/ledger.jsonl", "/tmp/other"), "b.yaml"), registry).jobs["nightly"].fingerprint
+    c = load_config(write(tmp_path, VALID, "c.yaml"), registry).jobs["nightly"].fingerprint
+    assert a != b and a == c

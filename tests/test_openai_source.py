@@ -1,0 +1,430 @@
+"""The ``openai_batch`` source against the fake OpenAI server (real HTTP on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import socket
+from collections.abc import Awaitable, Iterator, Mapping
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+from fakes.openai import BATCH_STATUSES as DOCUMENTED_STATUSES
+from fakes.openai import FakeOpenAI
+from pydantic import ValidationError
+from teckochecker_openai import (
+    BATCH_STATUSES,
+    OpenAIBatchOptions,
+    OpenAIBatchSource,
+    teckochecker_source_types,
+)
+
+from teckochecker.errors import PermanentError
+from teckochecker.plugin_api import CheckReport, PluginContext, SecretName, TargetState
+
+API_KEY = "sk-CANARY-openai-5f0e1d2c3b4a59687766554433221100"
+T = TypeVar("T")
+
+
+class FixedClock:
+    def now(self) -> dt.datetime:
+        return dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
+
+    def monotonic(self) -> float:
+        return 1000.0
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(0)
+
+
+class Clients:
+    """A tiny stand-in for the daemon's pool: one httpx.AsyncClient per key."""
+
+    def __init__(self) -> None:
+        self.clients: dict[str, httpx.AsyncClient] = {}
+
+    def client(
+        self,
+        key: str,
+        *,
+        base_url: str,
+        headers: Mapping[str, str] | None = None,
+        timeout: httpx.Timeout | float = 30.0,
+    ) -> httpx.AsyncClient:
+        if key not in self.clients:
+            self.clients[key] = httpx.AsyncClient(
+                base_url=base_url, headers=headers, timeout=timeout, trust_env=False
+            )
+        return self.clients[key]
+
+    async def aclose(self) -> None:
+        for client in self.clients.values():
+            await client.aclose()
+        self.clients.clear()
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI(api_key=API_KEY) as server:
+        yield server
+
+
+@pytest.fixture
+def clients() -> Clients:
+    return Clients()
+
+
+def make_source(clients: Clients, base_url: str, *, key: str = API_KEY, **options: Any) -> OpenAIBatchSource:
+    context = PluginContext(
+        http=clients,
+        clock=FixedClock(),
+        secret=lambda name: {"openai": key}[name],
+        logger=logging.getLogger("teckochecker.test.openai"),
+    )
+    return OpenAIBatchSource(
+        OpenAIBatchOptions(api_key=SecretName("openai"), base_url=base_url, **options), context
+    )
+
+
+def run(clients: Clients, work: Awaitable[T]) -> T:
+    async def main() -> T:
+        try:
+            return await work
+        finally:
+            await clients.aclose()
+
+    return asyncio.run(main())
+
+
+def check(clients: Clients, source: OpenAIBatchSource, *targets: str) -> CheckReport:
+    return run(clients, source.check(list(targets)))
+
+
+def by_target(report: CheckReport) -> dict[str, Any]:
+    return {o.target: o for o in report.observations}
+
+
+def assert_no_secret(*texts: object) -> None:
+    for text in texts:
+        assert API_KEY not in str(text)
+
+
+# ----- statuses ----------------------------------------------------------------------------------
+
+
+def test_every_documented_status_is_mapped() -> None:
+    assert set(BATCH_STATUSES) == set(DOCUMENTED_STATUSES)
+
+
+EXPECTED = {
+    "validating": TargetState.PENDING,
+    "in_progress": TargetState.RUNNING,
+    "finalizing": TargetState.RUNNING,
+    "cancelling": TargetState.RUNNING,
+    "completed": TargetState.SUCCEEDED,
+    "failed": TargetState.FAILED,
+    "expired": TargetState.EXPIRED,
+    "cancelled": TargetState.CANCELLED,
+}
+
+
+def test_each_status_maps_to_its_state(fake: FakeOpenAI, clients: Clients) -> None:
+    ids = {status: fake.add_batch(status=status) for status in EXPECTED}
+    report = check(clients, make_source(clients, fake.base_url), *ids.values())
+    seen = by_target(report)
+    assert report.transient_errors == {}
+    for status, batch_id in ids.items():
+        assert seen[batch_id].state is EXPECTED[status], status
+        assert seen[batch_id].vendor_status == status
+    assert fake.request_count() == len(EXPECTED)
+
+
+def test_undocumented_status_is_unknown_and_logged(
+    fake: FakeOpenAI, clients: Clients, caplog: pytest.LogCaptureFixture
+) -> None:
+    batch_id = fake.add_batch(status="in_progress")
+    fake.set_status(batch_id, "paused_for_review")
+    with caplog.at_level(logging.WARNING):
+        report = check(clients, make_source(clients, fake.base_url), batch_id)
+    observation = by_target(report)[batch_id]
+    assert observation.state is TargetState.UNKNOWN
+    assert observation.vendor_status == "paused_for_review"
+    assert observation.details["status"] == "paused_for_review"
+    assert any("paused_for_review" in r.getMessage() and batch_id in r.getMessage() for r in caplog.records)
+
+
+# ----- details and messages ----------------------------------------------------------------------
+
+
+def test_details_keep_counts_files_errors_and_timestamps(fake: FakeOpenAI, clients: Clients) -> None:
+    batch_id = fake.add_batch(status="completed", total=10, endpoint="/v1/responses")
+    fake.set_status(
+        batch_id, "completed", completed=8, failed=2, output_file_id="file-out", error_file_id="file-err"
+    )
+    report = check(clients, make_source(clients, fake.base_url), batch_id)
+    observation = by_target(report)[batch_id]
+    batch = fake.batch(batch_id)
+    assert observation.state is TargetState.SUCCEEDED
+    details = observation.details
+    assert details["request_counts"] == {"total": 10, "completed": 8, "failed": 2}
+    assert details["output_file_id"] == "file-out"
+    assert details["error_file_id"] == "file-err"
+    assert details["errors"] is None
+    assert details["endpoint"] == "/v1/responses"
+    assert details["model"] == batch["model"]
+    for name in (
+        "created_at",
+        "in_progress_at",
+        "expires_at",
+        "finalizing_at",
+        "completed_at",
+        "failed_at",
+        "expired_at",
+        "cancelling_at",
+        "cancelled_at",
+    ):
+        assert details[name] == batch[name], name
+    assert details["completed_at"] is not None
+    assert observation.message == "2 of 10 requests failed"
+
+
+def test_completed_with_every_request_failed_is_succeeded_with_counts(
+    fake: FakeOpenAI, clients: Clients
+) -> None:
+    batch_id = fake.add_batch(status="completed", total=9)
+    fake.set_status(batch_id, "completed", completed=0, failed=9, output_file_id=None, error_file_id="file-e")
+    observation = by_target(check(clients, make_source(clients, fake.base_url), batch_id))[batch_id]
+    assert observation.state is TargetState.SUCCEEDED
+    assert observation.details["request_counts"] == {"total": 9, "completed": 0, "failed": 9}
+    assert observation.details["output_file_id"] is None
+    assert observation.details["error_file_id"] == "file-e"
+    assert observation.message == "9 of 9 requests failed"
+
+
+def test_empty_string_file_ids_are_none(fake: FakeOpenAI, clients: Clients) -> None:
+    batch_id = fake.add_batch(status="completed")
+    fake.set_status(batch_id, "completed", output_file_id="file-out", error_file_id="")
+    observation = by_target(check(clients, make_source(clients, fake.base_url), batch_id))[batch_id]
+    assert observation.details["error_file_id"] is None
+
+
+def test_failed_batch_carries_the_first_error_message(fake: FakeOpenAI, clients: Clients) -> None:
+    batch_id = fake.add_batch()
+    errors: list[dict[str, Any]] = [
+        {
+            "code": "token_limit_exceeded",
+            "message": "Enqueued token limit reached.",
+            "param": None,
+            "line": None,
+        },
+        {"code": "other", "message": "second", "param": None, "line": 3},
+    ]
+    fake.set_status(batch_id, "failed", errors=errors)
+    observation = by_target(check(clients, make_source(clients, fake.base_url), batch_id))[batch_id]
+    assert observation.state is TargetState.FAILED
+    assert observation.message == "Enqueued token limit reached."
+    assert observation.details["errors"] == errors
+    assert observation.details["failed_at"] is not None
+
+
+# ----- per-target errors -------------------------------------------------------------------------
+
+
+def test_unknown_batch_is_error_with_the_api_message(fake: FakeOpenAI, clients: Clients) -> None:
+    known = fake.add_batch(status="in_progress")
+    gone = fake.add_batch(status="in_progress")
+    fake.remove_batch(gone)
+    report = check(clients, make_source(clients, fake.base_url), known, gone)
+    observation = by_target(report)[gone]
+    assert observation.state is TargetState.ERROR
+    assert observation.vendor_status is None
+    assert gone in (observation.message or "")  # the fake's message names the unknown id
+    assert by_target(report)[known].state is TargetState.RUNNING
+    assert report.transient_errors == {}
+
+
+def test_forbidden_batch_is_error_not_transient(fake: FakeOpenAI, clients: Clients) -> None:
+    batch_id = fake.add_batch()
+    fake.inject(
+        403,
+        batch_id=batch_id,
+        body=b'{"error":{"message":"Not your batch.","type":"x","param":null,"code":null}}',
+    )
+    observation = by_target(check(clients, make_source(clients, fake.base_url), batch_id))[batch_id]
+    assert observation.state is TargetState.ERROR
+    assert observation.message == "Not your batch."
+    assert observation.details["http_status"] == 403
+
+
+def test_rejected_api_key_stops_the_job(
+    fake: FakeOpenAI, clients: Clients, caplog: pytest.LogCaptureFixture
+) -> None:
+    batch_id = fake.add_batch()
+    wrong = "sk-CANARY-wrong-key-0000000000000000"
+    source = make_source(clients, fake.base_url, key=wrong)
+    with caplog.at_level(logging.DEBUG), pytest.raises(PermanentError) as raised:
+        check(clients, source, batch_id)
+    message = str(raised.value)
+    assert "HTTP 401" in message and f"{fake.base_url}/batches/{batch_id}" in message
+    assert "Incorrect API key provided" in message
+    assert wrong not in message and wrong not in caplog.text
+
+
+def test_insufficient_quota_is_permanent(fake: FakeOpenAI, clients: Clients) -> None:
+    batch_id = fake.add_batch()
+    body = (
+        b'{"error":{"message":"You exceeded your current quota, please check your plan and billing details.",'
+        b'"type":"insufficient_quota","param":null,"code":"insufficient_quota"}}'
+    )
+    fake.inject(429, body=body)
+    with pytest.raises(PermanentError, match=r"insufficient_quota.*current quota"):
+        check(clients, make_source(clients, fake.base_url), batch_id)
+
+
+def test_rate_limit_is_transient_and_honours_the_largest_wait(fake: FakeOpenAI, clients: Clients) -> None:
+    seconds, millis, fine = (fake.add_batch(status="in_progress") for _ in range(3))
+    fake.inject(429, batch_id=seconds, headers={"Retry-After": "2"})
+    fake.inject(429, batch_id=millis, headers={"retry-after-ms": "3500"})
+    report = check(clients, make_source(clients, fake.base_url), seconds, millis, fine)
+    assert set(report.transient_errors) == {seconds, millis}
+    assert "HTTP 429" in report.transient_errors[seconds]
+    assert f"{fake.base_url}/batches/{seconds}" in report.transient_errors[seconds]
+    assert report.retry_after == 3.5
+    assert [o.target for o in report.observations] == [fine]
+
+
+def test_retry_after_ms_alone(fake: FakeOpenAI, clients: Clients) -> None:
+    batch_id = fake.add_batch()
+    fake.inject(429, headers={"retry-after-ms": "250"})
+    report = check(clients, make_source(clients, fake.base_url), batch_id)
+    assert report.retry_after == 0.25 and set(report.transient_errors) == {batch_id}
+
+
+def test_html_gateway_error_is_transient(fake: FakeOpenAI, clients: Clients) -> None:
+    batch_id = fake.add_batch()
+    fake.inject(502, body=b"<html><head><title>502 Bad Gateway</title></head><body>bad gateway</body></html>")
+    report = check(clients, make_source(clients, fake.base_url), batch_id)
+    assert report.observations == ()
+    message = report.transient_errors[batch_id]
+    assert "HTTP 502" in message and f"{fake.base_url}/batches/{batch_id}" in message
+    assert "<html>" not in message
+    assert report.retry_after is None
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [(b"this is not json", "not JSON"), (b'{"object":"batch","id":"x"}', "'status'"), (b"[1,2]", "'id'")],
+)
+def test_unreadable_success_is_transient(
+    fake: FakeOpenAI, clients: Clients, body: bytes, reason: str
+) -> None:
+    batch_id = fake.add_batch()
+    fake.inject(200, body=body)
+    report = check(clients, make_source(clients, fake.base_url), batch_id)
+    message = report.transient_errors[batch_id]
+    assert message.startswith(f"unexpected response from {fake.base_url}/batches/{batch_id}")
+    assert reason in message
+
+
+def test_cut_off_success_is_transient(fake: FakeOpenAI, clients: Clients) -> None:
+    batch_id = fake.add_batch()
+    fake.inject(200, truncate_to=20)
+    report = check(clients, make_source(clients, fake.base_url), batch_id)
+    assert f"could not reach {fake.base_url}/batches/{batch_id}" in report.transient_errors[batch_id]
+
+
+def test_no_targets_no_requests(fake: FakeOpenAI, clients: Clients) -> None:
+    assert check(clients, make_source(clients, fake.base_url)) == CheckReport()
+    assert fake.request_count() == 0
+
+
+def test_every_target_failing_still_returns_a_report(fake: FakeOpenAI, clients: Clients) -> None:
+    ids = [fake.add_batch() for _ in range(3)]
+    fake.inject(503, times=3, headers={"Retry-After": "7"})
+    report = check(clients, make_source(clients, fake.base_url), *ids)
+    assert report.observations == () and set(report.transient_errors) == set(ids)
+    assert report.retry_after == 7
+
+
+def test_unreachable_endpoint_is_transient(clients: Clients) -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    base_url = f"http://127.0.0.1:{port}/v1"
+    report = check(clients, make_source(clients, base_url), "batch_a")
+    assert f"could not reach {base_url}/batches/batch_a" in report.transient_errors["batch_a"]
+
+
+def test_timeout_is_transient(fake: FakeOpenAI, clients: Clients) -> None:
+    batch_id = fake.add_batch()
+    fake.inject(200, delay=2.0)
+    report = check(clients, make_source(clients, fake.base_url, timeout=0.3), batch_id)
+    assert "ReadTimeout" in report.transient_errors[batch_id]
+
+
+# ----- requests ----------------------------------------------------------------------------------
+
+
+def test_headers_and_concurrent_polling(clients: Clients) -> None:
+    with FakeOpenAI(api_key=API_KEY, organization="org-1", project="proj-1") as fake:
+        ids = [fake.add_batch(status="in_progress") for _ in range(8)]
+        source = make_source(clients, fake.base_url + "/", organization="org-1", project="proj-1")
+        report = check(clients, source, *ids, ids[0])
+        assert len(report.observations) == 8 and report.transient_errors == {}
+        assert len(fake.requests) == 8  # duplicates are asked once
+        headers = fake.requests[0].headers
+        assert headers["authorization"] == f"Bearer {API_KEY}"
+        assert headers["openai-organization"] == "org-1" and headers["openai-project"] == "proj-1"
+
+
+def test_optional_headers_are_absent_when_unset(fake: FakeOpenAI, clients: Clients) -> None:
+    batch_id = fake.add_batch()
+    check(clients, make_source(clients, fake.base_url), batch_id)
+    headers = fake.requests[-1].headers
+    assert "openai-organization" not in headers and "openai-project" not in headers
+    assert fake.requests[-1].path == f"/v1/batches/{batch_id}"
+
+
+def test_ids_are_quoted_into_the_path(fake: FakeOpenAI, clients: Clients) -> None:
+    report = check(clients, make_source(clients, fake.base_url), "../files?x=1")
+    assert fake.requests[-1].path.startswith("/v1/batches/..%2Ffiles%3Fx%3D1")
+    assert by_target(report)["../files?x=1"].state is TargetState.ERROR
+
+
+def test_secret_never_leaks(fake: FakeOpenAI, clients: Clients, caplog: pytest.LogCaptureFixture) -> None:
+    ok, gone, unknown, limited, broken = (fake.add_batch() for _ in range(5))
+    fake.remove_batch(gone)
+    fake.set_status(unknown, "mystery")
+    fake.inject(429, batch_id=limited, headers={"retry-after": "1"})
+    fake.inject(502, batch_id=broken, body=b"<html>bad</html>")
+    source = make_source(clients, fake.base_url)
+    with caplog.at_level(logging.DEBUG):
+        report = check(clients, source, ok, gone, unknown, limited, broken)
+    assert_no_secret(report, repr(source.options), caplog.text, *(r.body for r in fake.requests))
+    assert_no_secret(*(r.getMessage() for r in caplog.records))
+
+
+# ----- options and registration ------------------------------------------------------------------
+
+
+def test_options() -> None:
+    options = OpenAIBatchOptions(api_key=SecretName("openai"), base_url="https://example.test/openai/v1/")
+    assert options.base_url == "https://example.test/openai/v1"
+    assert options.timeout == 30.0 and options.organization is None
+    for bad in (
+        {"base_url": "ftp://example.test"},
+        {"base_url": "not a url"},
+        {"timeout": 0},
+        {"api_key": ""},
+        {"unknown": 1},
+    ):
+        with pytest.raises(ValidationError):
+            settings: dict[str, Any] = {"api_key": "openai", **bad}
+            OpenAIBatchOptions(**settings)
+
+
+def test_registered_through_the_hook() -> None:
+    assert teckochecker_source_types() == [OpenAIBatchSource]
+    assert OpenAIBatchSource.type_name == "openai_batch" and OpenAIBatchSource.Options is OpenAIBatchOptions

@@ -26,6 +26,9 @@ from teckochecker.validate import Config
 
 # SIGTERM must end the process within 5 s; ticks get this long to finish their current step.
 SHUTDOWN_GRACE = 3.0
+# Sooner than this, the next step of a job runs within the current tick.
+MIN_RESCHEDULE = 0.5
+MAX_STEPS_PER_TICK = 20
 
 
 class Daemon:
@@ -113,6 +116,17 @@ class Daemon:
         self._ticks.add(task)
         try:
             result = await self._runner.tick(job)
+            steps = 1
+            # A step due at once runs here: re-scheduling the job from inside its own run would be skipped.
+            while result.next_in is not None and result.next_in < MIN_RESCHEDULE and steps < MAX_STEPS_PER_TICK:
+                if self._stop.is_set():
+                    break
+                result = await self._runner.tick(job)
+                steps += 1
+        except asyncio.CancelledError:
+            # Only shutdown cancels a tick; the state machine picks up where it stopped (a start → in doubt).
+            self._log.info("tick of job %s cut short by shutdown", name)
+            return
         except Exception:
             self._log.exception("tick of job %s failed; it runs again at its next interval", name)
             return
@@ -121,7 +135,7 @@ class Daemon:
         if result.done:
             self._ticker.unschedule(name)
         elif result.next_in is not None:
-            self._ticker.run_in(name, result.next_in)
+            self._ticker.run_in(name, max(result.next_in, MIN_RESCHEDULE))
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
@@ -131,7 +145,7 @@ class Daemon:
     async def _shutdown(self, worker: StoreWorker, http: HttpClientPool) -> None:
         ticker = getattr(self, "_ticker", None)
         if ticker is not None:
-            ticker.shutdown()
+            ticker.pause()  # no new ticks; shutting APScheduler down now would cancel the running ones
         if self._ticks:
             # A tick cut short mid-start leaves its run as SENDING: the next start reconciles it.
             _, pending = await asyncio.wait(set(self._ticks), timeout=SHUTDOWN_GRACE)
@@ -139,6 +153,8 @@ class Daemon:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=0.5)
+        if ticker is not None:
+            ticker.shutdown()
         for job in self._jobs.values():
             await job.aclose()
         await http.aclose()

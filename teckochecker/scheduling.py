@@ -33,6 +33,10 @@ class Ticker:
         """Call from inside the running event loop."""
         self._scheduler.start()
 
+    def pause(self) -> None:
+        if self._scheduler.running:
+            self._scheduler.pause()
+
     def shutdown(self) -> None:
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)

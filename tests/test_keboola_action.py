@@ -39,6 +39,8 @@ COMPONENT = "kds-team.app-custom-python"
 CONFIG = "123456789"
 TRIGGER = "trig-0f1e2d3c"
 T = TypeVar("T")
+# Like the daemon, bound concurrent connections (the stdlib fake has a short listen backlog).
+LIMITS = httpx.Limits(max_connections=4)
 
 
 class FixedClock:
@@ -68,7 +70,7 @@ class Clients:
     ) -> httpx.AsyncClient:
         if key not in self.clients:
             self.clients[key] = httpx.AsyncClient(
-                base_url=base_url, headers=headers, timeout=timeout, trust_env=False
+                base_url=base_url, headers=headers, timeout=timeout, trust_env=False, limits=LIMITS
             )
         return self.clients[key]
 

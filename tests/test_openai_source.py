@@ -26,6 +26,8 @@ from teckochecker.plugin_api import CheckReport, PluginContext, SecretName, Targ
 
 API_KEY = "sk-CANARY-openai-5f0e1d2c3b4a59687766554433221100"
 T = TypeVar("T")
+# Like the daemon, bound concurrent connections (the stdlib fake has a short listen backlog).
+LIMITS = httpx.Limits(max_connections=4)
 
 
 class FixedClock:
@@ -55,7 +57,7 @@ class Clients:
     ) -> httpx.AsyncClient:
         if key not in self.clients:
             self.clients[key] = httpx.AsyncClient(
-                base_url=base_url, headers=headers, timeout=timeout, trust_env=False
+                base_url=base_url, headers=headers, timeout=timeout, trust_env=False, limits=LIMITS
             )
         return self.clients[key]
 

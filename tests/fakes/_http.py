@@ -11,6 +11,7 @@ recording, prompt stop with idle or hanging connections) lives here.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import json
 import socket
@@ -91,12 +92,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def finish(self) -> None:
         self.server.untrack(self.connection)
-        try:
+        with contextlib.suppress(OSError):  # the socket may already be gone after a reset
             super().finish()
-        except OSError:
-            pass  # the socket may already be gone after a reset
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         pass  # the fakes record requests; stderr noise helps nobody
 
     def do_GET(self) -> None:
@@ -206,10 +205,8 @@ class _Server(ThreadingHTTPServer):
             conns = list(self._connections)
             self._connections.clear()
         for conn in conns:
-            try:
+            with contextlib.suppress(OSError):  # already closed by its handler
                 conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
 
 class _Listener:
@@ -260,10 +257,13 @@ class LoopbackFake:
         self._listeners = {name: _Listener(name) for name in services}
         self._stopping = threading.Event()
         self._record = record_requests
+        self._running = False
         self._request_total = 0
         self.requests: list[RecordedRequest] = []
 
     def start(self) -> Self:
+        if self._running:
+            return self
         self._stopping = threading.Event()
         started: list[_Listener] = []
         try:
@@ -274,6 +274,7 @@ class LoopbackFake:
             for listener in started:
                 listener.stop()
             raise
+        self._running = True
         return self
 
     def stop(self) -> None:
@@ -281,6 +282,7 @@ class LoopbackFake:
         self._stopping.set()
         for listener in self._listeners.values():
             listener.stop()
+        self._running = False
 
     def __enter__(self) -> Self:
         return self.start()

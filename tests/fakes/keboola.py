@@ -1,6 +1,6 @@
 """A fake Keboola stack on 127.0.0.1: the connection host (service discovery) and the Queue API host.
 
-Follows shared/contracts/keboola-queue-api.md (§1–§5, §9) and checks every queue request against the Queue
+Follows shared/contracts/keboola-queue-api.md (§1 to §5, §9) and checks every queue request against the Queue
 API OpenAPI document (tests/contracts/keboola-queue-openapi.yaml) with openapi-core. Requests that do not
 validate are listed in `contract_violations`; an invalid POST /jobs body is also answered 400.
 
@@ -88,7 +88,8 @@ def _describe(error: Exception) -> str:
     if not schema_errors:
         return f"{type(error).__name__}: {error}"
     where = "request body" if "Body" in type(error).__name__ else str(error)
-    details = "; ".join(f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}" for e in schema_errors)
+    details = "; ".join(f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}"
+                        for e in schema_errors)
     return f"{type(error).__name__}: {where}: {details}"
 
 
@@ -293,8 +294,8 @@ class FakeKeboola(LoopbackFake):
                          {"id": "queue", "url": self.queue_url},
                          {"id": "sync-actions", "url": self.stack_url + "/sync-actions"}],
             "features": [],
-            "urlTemplates": {"orchestrationJob": "/admin/projects/{projectId}/orchestrations/{orchestrationId}"
-                                                 "/jobs/{jobId}"},
+            "urlTemplates": {
+                "orchestrationJob": "/admin/projects/{projectId}/orchestrations/{orchestrationId}/jobs/{jobId}"},
         }
         if "components" in exclude.split(","):
             del index["components"]

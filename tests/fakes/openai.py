@@ -66,8 +66,10 @@ def error_envelope(message: str, type_: str, code: str | None, param: str | None
 
 def default_error_body(status: int, batch_id: str | None = None) -> dict[str, Any]:
     if status == 404 and batch_id is not None:
-        return error_envelope(f"No batch found with id '{batch_id}'.", "invalid_request_error", "batch_not_found")
-    message, type_, code = _DEFAULT_ERRORS.get(status, _SERVER_ERROR if status >= 500 else _DEFAULT_ERRORS[400])
+        message = f"No batch found with id '{batch_id}'."
+        return error_envelope(message, "invalid_request_error", "batch_not_found")
+    fallback = _SERVER_ERROR if status >= 500 else _DEFAULT_ERRORS[400]
+    message, type_, code = _DEFAULT_ERRORS.get(status, fallback)
     return error_envelope(message, type_, code)
 
 
@@ -113,6 +115,7 @@ class FakeOpenAI(LoopbackFake):
         self._seq = 0
         self._injections: list[_Injection] = []
         self._gets: Counter[str] = Counter()
+        self._order: tuple[list[_Batch], dict[str, int]] | None = None
 
     # ----- test-facing API -------------------------------------------------------------------------
 
@@ -141,13 +144,14 @@ class FakeOpenAI(LoopbackFake):
                 raise ValueError(f"batch {batch_id} already exists")
             self._seq += 1
             self._batches[batch_id] = _Batch(obj, total, model, self._seq)
+            self._order = None
         if status != "validating":
             self.set_status(batch_id, status)
         return batch_id
 
     def set_status(self, batch_id: str, status: str, *, completed: int | None = None,
-                   failed: int | None = None, output_file_id: str | None | EllipsisType = ...,
-                   error_file_id: str | None | EllipsisType = ..., errors: list[dict[str, Any]] | None = None,
+                   failed: int | None = None, output_file_id: str | EllipsisType | None = ...,
+                   error_file_id: str | EllipsisType | None = ..., errors: list[dict[str, Any]] | None = None,
                    at: int | None = None) -> None:
         """Move a batch like the real API would (timestamps, counts, model, file ids); see the brief.
 
@@ -167,6 +171,7 @@ class FakeOpenAI(LoopbackFake):
     def remove_batch(self, batch_id: str) -> None:
         with self._lock:
             del self._batches[batch_id]
+            self._order = None
 
     def batch(self, batch_id: str) -> dict[str, Any]:
         """A deep copy of the batch object as the API would return it now."""
@@ -202,12 +207,12 @@ class FakeOpenAI(LoopbackFake):
             if request.method == "GET" and target is not None:
                 self._gets[target] += 1
             injected = self._take_injection(request, target)
-        if injected is not None:
+        if injected is not None and (injected.status != 200 or injected.body):
             return self._finish_injected(injected, target)
-        denied = self._check_auth(request.headers)
-        if denied is not None:
-            return denied
-        return self._route(request)
+        reply = self._check_auth(request.headers) or self._route(request)
+        if injected is not None:  # a 200 with no body: the real answer, only slow or cut off
+            return Reply(reply.status, reply.body, reply.headers, injected.delay, injected.truncate_to)
+        return reply
 
     def _route(self, request: RecordedRequest) -> Reply:
         path = request.path.rstrip("/")
@@ -259,16 +264,23 @@ class FakeOpenAI(LoopbackFake):
                 "invalid_request_error", f"integer_{word.replace(' ', '_')}_value", "limit"))
         after = query.get("after", [None])[-1]
         with self._lock:
-            ordered = sorted(self._batches.values(), key=lambda b: (b.obj["created_at"], b.seq), reverse=True)
-            ids = [b.obj["id"] for b in ordered]
+            ordered, position = self._newest_first()
             # An unknown cursor gives an empty page (undocumented upstream; see the report).
-            start = (ids.index(after) + 1 if after in ids else len(ids)) if after else 0
+            start = (position[after] + 1 if after in position else len(ordered)) if after else 0
             page = [b.obj for b in ordered[start:start + limit]]
             envelope = {"object": "list", "data": page,
                         "first_id": page[0]["id"] if page else None,
                         "last_id": page[-1]["id"] if page else None,
                         "has_more": start + limit < len(ordered)}
             return self._ok(envelope)
+
+    def _newest_first(self) -> tuple[list[_Batch], dict[str, int]]:
+        """Listing order (newest created_at first, then newest added), cached: paging 10,000 batches must not
+        sort them once per page. Call with the lock held."""
+        if self._order is None:
+            ordered = sorted(self._batches.values(), key=lambda b: (b.obj["created_at"], b.seq), reverse=True)
+            self._order = (ordered, {b.obj["id"]: i for i, b in enumerate(ordered)})
+        return self._order
 
     def _check_auth(self, headers: dict[str, str]) -> Reply | None:
         auth = headers.get("authorization", "")
@@ -283,8 +295,9 @@ class FakeOpenAI(LoopbackFake):
                 "Incorrect API key provided. You can find your API key at "
                 "https://platform.openai.com/account/api-keys.", "invalid_request_error", "invalid_api_key"))
         if self._organization is not None and headers.get("openai-organization") != self._organization:
-            return self._error(401, error_envelope("OpenAI-Organization header should match organization for "
-                                                   "API key", "invalid_request_error", "mismatched_organization"))
+            return self._error(401, error_envelope(
+                "OpenAI-Organization header should match organization for API key", "invalid_request_error",
+                "mismatched_organization"))
         if self._project is not None and headers.get("openai-project") != self._project:
             return self._error(401, error_envelope("OpenAI-Project header should match project for API key",
                                                    "invalid_request_error", "mismatched_project"))
@@ -302,13 +315,7 @@ class FakeOpenAI(LoopbackFake):
         return None
 
     def _finish_injected(self, reply: Reply, target: str | None) -> Reply:
-        body = reply.body
-        if not body and reply.status == 200 and target is not None:
-            with self._lock:
-                batch = self._batches.get(target)
-                body = _dumps(batch.obj) if batch else _dumps(default_error_body(404, target))
-        elif not body:
-            body = _dumps(default_error_body(reply.status, target if reply.status == 404 else None))
+        body = reply.body or _dumps(default_error_body(reply.status, target if reply.status == 404 else None))
         return Reply(reply.status, body, {**self._common_headers(), **reply.headers}, reply.delay,
                      reply.truncate_to)
 

@@ -1,0 +1,115 @@
+"""The real `teckochecker run` process: start, fire, SIGTERM, restart, crash."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import textwrap
+from pathlib import Path
+
+import pytest
+from daemon import DaemonProcess, read_ledger, run_cli
+
+
+def write_config(tmp_path: Path, jobs: str, extra: str = "") -> Path:
+    path = tmp_path / "teckochecker.yaml"
+    path.write_text(textwrap.dedent("""\
+        defaults:
+          interval: 30s
+          startup_spread: 0s
+        {extra}
+        jobs:
+        {jobs}
+        """).format(jobs=textwrap.indent(textwrap.dedent(jobs), ""), extra=extra))
+    return path
+
+
+def job(name: str, status: Path, ledger: Path, targets: str = "[a, b]", action: str = "") -> str:
+    return (f"  - name: {name}\n"
+            f"    source: {{type: status_file, path: {status}, targets: {targets}}}\n"
+            f"    actions:\n      - {{type: record, ledger: {ledger}{action}}}\n")
+
+
+def test_fires_stops_on_sigterm_and_never_fires_twice_after_restart(tmp_path: Path, plugin_env: dict[str, str]) -> None:
+    status, ledger = tmp_path / "status.json", tmp_path / "ledger.jsonl"
+    status.write_text(json.dumps({"a": "succeeded", "b": "succeeded", "c": "running"}))
+    config = write_config(tmp_path, job("done", status, ledger) + job("waiting", status, ledger, "[c]"))
+    daemon = DaemonProcess(config, plugin_env, tmp_path)
+    daemon.wait_for("job done: trigger fired")
+    code, took = daemon.stop(signal.SIGTERM)
+    assert code == 0 and took < 5.0, daemon.output
+    assert "Traceback" not in daemon.output
+    assert [e["job"] for e in read_ledger(ledger)] == ["done"]
+
+    db = tmp_path / ".teckochecker" / "state.db"
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        states = dict(conn.execute("select name, state from tc_jobs"))
+    assert states["waiting"] == "watching"
+    assert states["done"] in ("firing", "completed")
+
+    # Restart: the fired job resumes (following) but never starts again; the other keeps waiting.
+    again = DaemonProcess(config, plugin_env, tmp_path)
+    again.wait_for("teckochecker started")
+    again.wait_for("job done: completed", timeout=30)
+    code, _ = again.stop(signal.SIGINT)
+    assert code == 0
+    assert [e["job"] for e in read_ledger(ledger)] == ["done"]
+
+    third = DaemonProcess(config, plugin_env, tmp_path)
+    third.wait_for("1 scheduled")  # only "waiting" is scheduled: "done" is finished
+    third.stop()
+    assert len(read_ledger(ledger)) == 1
+    out = run_cli("--config", str(config), "status", env=plugin_env, cwd=tmp_path)
+    assert out.returncode == 0
+    assert "done     completed" in out.stdout and "waiting  watching   0/1" in out.stdout
+
+
+@pytest.mark.parametrize("point", ["after_check_commit", "after_intent_commit", "after_start_response"])
+def test_sigkill_at_each_step_of_the_trigger_still_fires_exactly_once(
+    tmp_path: Path, plugin_env: dict[str, str], point: str
+) -> None:
+    status, ledger = tmp_path / "status.json", tmp_path / "ledger.jsonl"
+    status.write_text(json.dumps({"a": "succeeded", "b": "failed"}))
+    config = write_config(tmp_path, job("j", status, ledger))
+    crashing = DaemonProcess(config, {**plugin_env, "TECKOCHECKER_CRASHPOINT": point}, tmp_path)
+    assert crashing.proc.wait(timeout=20) == -signal.SIGKILL, crashing.output
+    after_crash = len(read_ledger(ledger))
+    assert after_crash == (1 if point == "after_start_response" else 0)
+
+    restarted = DaemonProcess(config, plugin_env, tmp_path)
+    restarted.wait_for("job j: completed_with_failures", timeout=40)
+    restarted.stop()
+    assert len(read_ledger(ledger)) == 1
+    shown = run_cli("--config", str(config), "show", "j", env=plugin_env, cwd=tmp_path).stdout
+    assert "trigger_fired" in shown and shown.count("action_intent") == (1 if point != "after_intent_commit" else 2)
+
+
+def test_invalid_config_starts_nothing(tmp_path: Path, plugin_env: dict[str, str]) -> None:
+    config = write_config(tmp_path, "  - name: x\n    source: {type: nope, targets: [a]}\n    actions: [{type: record, ledger: l}]\n")
+    out = run_cli("--config", str(config), "run", env=plugin_env, cwd=tmp_path)
+    assert out.returncode == 1
+    assert f"{config}:7:12: jobs[0].source.type: unknown source type 'nope'" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / ".teckochecker").exists()
+
+
+def test_unreadable_secret_stops_the_start_with_its_name(tmp_path: Path, plugin_env: dict[str, str]) -> None:
+    status = tmp_path / "s.json"
+    config = write_config(tmp_path, job("j", status, tmp_path / "l"), extra="secrets:\n  tok: {env: TC_TEST_ABSENT}")
+    out = run_cli("--config", str(config), "run", env=plugin_env, cwd=tmp_path)
+    assert out.returncode == 2
+    assert "secret 'tok': environment variable TC_TEST_ABSENT is not set" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_second_daemon_on_the_same_sqlite_file_is_refused(tmp_path: Path, plugin_env: dict[str, str]) -> None:
+    status = tmp_path / "s.json"
+    config = write_config(tmp_path, job("j", status, tmp_path / "l"))
+    first = DaemonProcess(config, plugin_env, tmp_path)
+    first.wait_for("teckochecker started")
+    second = run_cli("--config", str(config), "run", env=plugin_env, cwd=tmp_path)
+    first.stop()
+    assert second.returncode == 2
+    assert "supports one daemon" in second.stderr

@@ -1,0 +1,268 @@
+"""One job's ticks, in process, with an injected clock and the test plugins: the trigger state machine."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import textwrap
+from pathlib import Path
+
+import pytest
+from clock import FakeClock
+from daemon import read_ledger
+
+from teckochecker.crashpoints import CrashPoints
+from teckochecker.plugin_api import PluginContext
+from teckochecker.plugins import PluginRegistry
+from teckochecker.runner import JobRunner, TickResult
+from teckochecker.runtime import JobRuntime
+from teckochecker.secrets import Redactor, SecretResolver
+from teckochecker.state.models import JobSnapshot, JobState, RunState
+from teckochecker.state.store import StateStore
+from teckochecker.storeworker import StoreWorker
+from teckochecker.validate import load_config
+
+
+class Harness:
+    def __init__(self, tmp_path: Path, registry: PluginRegistry, action: str = "", rule: str = "all_terminal",
+                 state_url: str | None = None) -> None:
+        self.status = tmp_path / "status.json"
+        self.ledger = tmp_path / "ledger.jsonl"
+        config_path = tmp_path / "tc.yaml"
+        config_path.write_text(textwrap.dedent(f"""\
+            jobs:
+              - name: j
+                interval: 30s
+                deadline: 1h
+                trigger: {rule}
+                source: {{type: status_file, path: {self.status}, targets: [a, b]}}
+                actions:
+                  - {{type: record, ledger: {self.ledger}{action}}}
+            """))
+        self.config = load_config(config_path, registry)
+        self.clock = FakeClock()
+        self.store = StateStore.open(state_url or f"sqlite:///{tmp_path / 'state.db'}")
+        self.worker = StoreWorker()
+        self.runner = JobRunner(self.store, self.worker, self.clock, CrashPoints({}), logging.getLogger("test"),
+                                random.Random(1))
+        context = PluginContext(http=None, clock=self.clock, logger=logging.getLogger("test.plugins"),  # type: ignore[arg-type]
+                                secret=SecretResolver({}, {}, Redactor()))
+        self.job = JobRuntime.build(self.config.jobs["j"], context)
+        self.store.sync_jobs([self.job.plan()], self.clock.now())
+
+    def set(self, **states: object) -> None:
+        self.status.write_text(json.dumps(states))
+
+    def tick(self) -> TickResult:
+        return asyncio.run(self.runner.tick(self.job))
+
+    def snap(self) -> JobSnapshot:
+        snap = self.store.job("j")
+        assert snap is not None
+        return snap
+
+    def kinds(self) -> list[str]:
+        return [e.kind for e in self.store.events("j")]
+
+    def close(self) -> None:
+        self.worker.close()
+        self.store.close()
+
+
+@pytest.fixture
+def make(tmp_path: Path, registry: PluginRegistry):
+    made: list[Harness] = []
+
+    def factory(**kwargs: object) -> Harness:
+        made.append(Harness(tmp_path, registry, **kwargs))  # type: ignore[arg-type]
+        return made[-1]
+
+    yield factory
+    for h in made:
+        h.close()
+
+
+def test_fires_once_when_every_target_is_terminal(make) -> None:
+    h = make()
+    h.set(a="running", b="pending")
+    assert h.tick() == TickResult(next_in=None, done=False)
+    assert h.snap().state is JobState.WATCHING and read_ledger(h.ledger) == []
+    h.set(a="succeeded", b="failed")
+    result = h.tick()
+    assert h.snap().state is JobState.FIRING and len(read_ledger(h.ledger)) == 1
+    assert result.next_in == 10.0  # follow the started action soon
+    h.clock.advance(10)
+    assert h.tick().done
+    snap = h.snap()
+    assert snap.state is JobState.COMPLETED_WITH_FAILURES
+    assert snap.runs[0].state is RunState.SUCCEEDED
+    assert read_ledger(h.ledger)[0]["targets"] == {"a": "succeeded", "b": "failed"}
+    # Ticks after the end do nothing.
+    assert h.tick().done and len(read_ledger(h.ledger)) == 1
+
+
+def test_only_unfinished_targets_are_checked_and_final_states_stick(make) -> None:
+    h = make()
+    h.set(a="succeeded", b="running")
+    h.tick()
+    h.set(a="failed", b="running")  # a source that changes its mind about a finished target is ignored
+    h.tick()
+    assert h.snap().targets[0].state.value == "succeeded"
+
+
+def test_all_succeeded_rule_ends_failed_without_running_actions(make) -> None:
+    h = make(rule="all_succeeded")
+    h.set(a="succeeded", b="expired")
+    assert h.tick().done
+    assert h.snap().state is JobState.FAILED and read_ledger(h.ledger) == []
+
+
+def test_transient_source_error_backs_off_and_honours_retry_after(make) -> None:
+    h = make()
+    h.status.write_text(json.dumps({"__error__": "transient", "__retry_after__": 45}))
+    result = h.tick()
+    assert result.next_in == 45
+    snap = h.snap()
+    assert snap.consecutive_failures == 1 and "try later" in snap.last_error
+    assert snap.next_check_at == h.clock.now() + __import__("datetime").timedelta(seconds=45)
+    # A tick before the back-off has passed does not call the source again.
+    h.set(a="succeeded", b="succeeded")
+    h.clock.advance(20)
+    assert h.tick().next_in == pytest.approx(25)
+    assert h.snap().state is JobState.WATCHING
+    h.clock.advance(25)
+    h.tick()
+    assert h.snap().state is JobState.FIRING and h.snap().consecutive_failures == 0
+
+
+def test_backoff_without_retry_after_is_full_jitter_capped_at_60s(make) -> None:
+    h = make()
+    h.status.write_text(json.dumps({"__error__": "transient"}))
+    delays = []
+    for _ in range(10):
+        delays.append(h.tick().next_in)
+        h.clock.advance(61)
+    assert all(0 <= d <= 60 for d in delays)
+    assert h.snap().consecutive_failures == 10
+
+
+def test_permanent_source_error_stops_the_job(make) -> None:
+    h = make()
+    h.status.write_text(json.dumps({"__error__": "permanent"}))
+    assert h.tick().done
+    snap = h.snap()
+    assert snap.state is JobState.FAILED and "credentials rejected" in snap.last_error
+
+
+def test_deadline_ends_the_job(make) -> None:
+    h = make()
+    h.set(a="running", b="running")
+    h.tick()
+    h.clock.advance(3601)
+    assert h.tick().done
+    snap = h.snap()
+    assert snap.state is JobState.FAILED and "deadline passed" in snap.last_error
+    assert "deadline_passed" in h.kinds() and read_ledger(h.ledger) == []
+
+
+def test_definite_non_start_retries_with_a_new_attempt(make) -> None:
+    h = make(action=", fault: not_started")
+    h.set(a="succeeded", b="succeeded")
+    result = h.tick()
+    run = h.snap().runs[0]
+    assert run.state is RunState.PENDING and run.attempt == 2
+    assert 0 <= result.next_in <= 1  # first back-off step: up to 1 s
+
+
+def test_rejected_start_fails_the_job_for_a_person(make) -> None:
+    h = make(action=", fault: reject")
+    h.set(a="succeeded", b="succeeded")
+    assert h.tick().done
+    snap = h.snap()
+    assert snap.state is JobState.FAILED and snap.runs[0].state is RunState.REJECTED
+    assert "downstream said 400" in snap.runs[0].message
+
+
+def test_in_doubt_start_that_happened_is_adopted_never_repeated(make) -> None:
+    h = make(action=", fault: in_doubt_created")
+    h.set(a="succeeded", b="succeeded")
+    h.tick()
+    assert h.snap().runs[0].state is RunState.IN_DOUBT
+    for _ in range(5):
+        h.clock.advance(2)
+        h.tick()
+    snap = h.snap()
+    assert len(read_ledger(h.ledger)) == 1
+    assert snap.runs[0].state is RunState.SUCCEEDED and snap.state is JobState.COMPLETED
+    assert snap.runs[0].external_id == read_ledger(h.ledger)[0]["id"]
+    assert "action_adopted" in h.kinds()
+
+
+def test_in_doubt_start_that_did_not_happen_is_retried_after_two_empty_searches(make) -> None:
+    h = make(action=", fault: in_doubt_not_created")
+    h.set(a="succeeded", b="succeeded")
+    h.tick()
+    h.clock.advance(2)
+    h.tick()
+    assert h.snap().runs[0].search_empty_count == 1 and h.snap().runs[0].state is RunState.IN_DOUBT
+    h.clock.advance(2)
+    assert h.tick().next_in == 0  # second empty search → a new attempt, due at once
+    run = h.snap().runs[0]
+    assert run.attempt == 2 and run.state is RunState.PENDING
+    h.tick()
+    assert h.snap().runs[0].state is RunState.IN_DOUBT  # same fault again: in doubt, still nothing started
+    assert h.kinds().count("action_search_empty") == 2 and read_ledger(h.ledger) == []
+
+
+def test_in_doubt_without_search_fails_instead_of_risking_a_duplicate(make) -> None:
+    h = make(action=", fault: in_doubt_created, searchable: false")
+    h.set(a="succeeded", b="succeeded")
+    h.tick()
+    h.clock.advance(2)
+    assert h.tick().done
+    snap = h.snap()
+    assert snap.state is JobState.FAILED and "cannot search" in snap.runs[0].message
+    assert len(read_ledger(h.ledger)) == 1
+
+
+def _crash_after_intent(h: Harness, *, start_happened: bool) -> None:
+    """Leave the run as a killed process would: intent committed (SENDING), maybe started, no result."""
+    from teckochecker.plugin_api import ActionRequest, CheckReport, Observation, TargetState
+
+    done = tuple(Observation(t, TargetState.SUCCEEDED, "completed") for t in ("a", "b"))
+    snap = h.store.record_check("j", CheckReport(done), now=h.clock.now(), next_check_at=None, deadline=60,
+                                rule=h.job.definition.trigger, actions=h.job.planned_actions())
+    run = snap.runs[0]
+    assert h.store.begin_run(run.id, now=h.clock.now())
+    if start_happened:
+        request = ActionRequest("j", run.trigger_id, run.created_at, tuple(t.as_observation() for t in snap.targets))
+        asyncio.run(h.job.actions[0].start(request))
+
+
+@pytest.mark.parametrize("start_happened", [True, False])
+def test_a_start_cut_off_by_a_crash_is_reconciled_not_repeated(make, start_happened: bool) -> None:
+    h = make()
+    _crash_after_intent(h, start_happened=start_happened)
+    h.tick()  # a new process finds the run SENDING: in doubt
+    assert h.snap().runs[0].state is RunState.IN_DOUBT
+    for _ in range(6):
+        h.clock.advance(10)
+        h.tick()
+    snap = h.snap()
+    assert snap.state is JobState.COMPLETED
+    assert len(read_ledger(h.ledger)) == 1
+    assert ("action_adopted" in h.kinds()) is start_happened
+
+
+def test_job_state_machine_on_postgres(tmp_path: Path, registry: PluginRegistry, postgres_url: str) -> None:
+    h = Harness(tmp_path, registry, state_url=postgres_url)
+    try:
+        h.set(a="succeeded", b="succeeded")
+        h.tick()
+        h.clock.advance(10)
+        assert h.tick().done
+        assert h.snap().state is JobState.COMPLETED and len(read_ledger(h.ledger)) == 1
+    finally:
+        h.close()

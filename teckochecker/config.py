@@ -158,3 +158,11 @@ class ConfigFile(Model):
     secrets: dict[str, SecretRef] = {}
     defaults: Defaults = Defaults()
     jobs: list[JobSpec] = []
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_sections_mean_defaults(cls, data: Any) -> Any:
+        # A section left with only comments in it is YAML null; treat it as absent.
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None}
+        return data

@@ -21,6 +21,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict
 
 from teckochecker.clock import Clock
+from teckochecker.durations import Duration
 
 __all__ = [
     "Action",
@@ -28,6 +29,7 @@ __all__ = [
     "ActionRequest",
     "ActionResult",
     "CheckReport",
+    "Duration",
     "Observation",
     "OptionsModel",
     "HttpClients",

@@ -97,7 +97,7 @@ def load_config(path: FsPath, registry: PluginRegistry) -> Config:
 def _validate_document(doc: Document, registry: PluginRegistry) -> tuple[Config | None, list[Diagnostic]]:
     if not isinstance(doc.data, dict):
         return None, [Diagnostic(doc.mark_for(()), (), "the file must be a mapping of keys (state, secrets, jobs, ...)")]
-    raw_jobs = doc.data.get("jobs", [])
+    raw_jobs = doc.data.get("jobs") or []
     top, diagnostics = _validate_model(ConfigFile, {**doc.data, "jobs": []}, (), doc)
     if not isinstance(raw_jobs, list):
         diagnostics.append(Diagnostic(doc.mark_for(("jobs",)), ("jobs",), "must be a list of jobs"))

@@ -254,7 +254,8 @@ def test_injected_429_500_and_html_502(oai: FakeOpenAI) -> None:
     rate, server, gateway = asyncio.run(three())
     assert isinstance(rate, openai.RateLimitError) and rate.code == "rate_limit_exceeded"
     assert rate.response.headers["retry-after"] == "2"
-    assert isinstance(server, openai.InternalServerError) and server.body["type"] == "server_error"
+    assert isinstance(server, openai.InternalServerError) and isinstance(server.body, dict)
+    assert server.body["type"] == "server_error"
     assert isinstance(gateway, openai.InternalServerError) and gateway.status_code == 502
     assert "502 Bad Gateway" in gateway.response.text
     assert gateway.response.headers["content-type"] == "text/html"
@@ -312,10 +313,10 @@ def test_missing_auth_is_401_and_truncated_and_slow_replies(oai: FakeOpenAI, htt
 
 CONTRACT_JOB_KEYS = {  # the contract's create-response example (DOCS-JOBS), plus the newer PHPCLI keys
     "id", "runId", "parentRunId", "project", "token", "status", "desiredStatus", "mode", "component",
-    "config", "configData", "configRowIds", "tag", "createdTime", "startTime", "endTime", "durationSeconds", "result",
-    "usageData", "isFinished", "url", "branchId", "variableValuesId", "variableValuesData", "backend",
-    "metrics", "behavior", "parallelism", "type", "executor", "orchestrationJobId", "orchestrationTaskId",
-    "onlyOrchestrationTaskIds", "previousJobId",
+    "config", "configData", "configRowIds", "tag", "createdTime", "startTime", "endTime",
+    "durationSeconds", "result", "usageData", "isFinished", "url", "branchId", "variableValuesId",
+    "variableValuesData", "backend", "metrics", "behavior", "parallelism", "type", "executor",
+    "orchestrationJobId", "orchestrationTaskId", "onlyOrchestrationTaskIds", "previousJobId",
 }
 TECKO_BODY = {"component": APP, "config": "123", "mode": "run",
               "variableValuesData": {"values": [{"name": "batch_ids_completed", "value": '["batch_abc"]'},
@@ -478,6 +479,20 @@ def test_config_lock_keeps_a_newer_job_waiting(kbc: FakeKeboola, http: httpx.Cli
     assert get_job(kbc, http, other_branch)["status"] == "processing"  # another branch, another lock
     assert [get_job(kbc, http, older)["status"] for _ in range(2)] == ["processing", "success"]
     assert get_job(kbc, http, newer)["status"] == "processing"
+
+
+def test_delayed_start_holds_the_job_in_created(kbc: FakeKeboola, http: httpx.Client) -> None:
+    held = create(kbc, http, {**TECKO_BODY, "delay": 3600}).json()
+    statuses = [get_job(kbc, http, held["id"])["status"] for _ in range(3)]
+    assert held["delayedStartTime"] and statuses == ["created"] * 3
+    soon = time.time() + 0.3
+    start = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(soon)) + f"{soon % 1:.3f}"[1:] + "+00:00"
+    job_id = create(kbc, http, {"component": "other.app", "delayedStartTime": start}).json()["id"]
+    assert get_job(kbc, http, job_id)["status"] == "created"
+    time.sleep(max(0.0, soon - time.time()) + 0.05)
+    assert get_job(kbc, http, job_id)["status"] == "processing"
+    assert create(kbc, http, {"component": APP, "delay": 1, "delayedStartTime": start}).status_code == 400
+    assert kbc.contract_violations == []
 
 
 def test_kill(kbc: FakeKeboola, http: httpx.Client) -> None:

@@ -94,6 +94,7 @@ def clients() -> Clients:
 
 
 def make_action(clients: Clients, stack_url: str, **options: Any) -> KeboolaJobAction:
+    options = {k: (f"{v}s" if k in ("timeout", "search_lag") and isinstance(v, (int, float)) else v) for k, v in options.items()}
     context = PluginContext(
         http=clients,
         clock=FixedClock(),

@@ -79,6 +79,7 @@ def clients() -> Clients:
 
 
 def make_source(clients: Clients, base_url: str, *, key: str = API_KEY, **options: Any) -> OpenAIBatchSource:
+    options = {k: (f"{v}s" if k in ("timeout", "search_lag") and isinstance(v, (int, float)) else v) for k, v in options.items()}
     context = PluginContext(
         http=clients,
         clock=FixedClock(),

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from teckochecker.plugin_api import OptionsModel, SecretName
+from teckochecker.plugin_api import Duration, OptionsModel, SecretName
 from teckochecker_keboola.variables import RESERVED_VARIABLES
 
 __all__ = ["KeboolaJobOptions"]
@@ -26,9 +26,9 @@ class KeboolaJobOptions(OptionsModel):
     # Whether to follow the job to its end; if not, the action counts as succeeded once the job exists.
     follow: bool = True
     # Seconds a new job may be missing from /search/jobs (the index is eventually consistent).
-    search_lag: float = Field(default=60.0, ge=0)
+    search_lag: Duration = Field(default=60.0, ge=0)
     # Read timeout of the create call; connecting is always bounded by 5 s.
-    timeout: float = Field(default=15.0, gt=0)
+    timeout: Duration = Field(default=15.0, gt=0)
 
     @field_validator("stack_url")
     @classmethod

@@ -16,7 +16,7 @@ import httpx
 from pydantic import Field, field_validator
 
 from teckochecker.errors import PermanentError
-from teckochecker.plugin_api import CheckReport, Observation, OptionsModel, SecretName, Source, TargetState
+from teckochecker.plugin_api import CheckReport, Duration, Observation, OptionsModel, SecretName, Source, TargetState
 from teckochecker.retry import is_transient_status, parse_retry_after
 from teckochecker_openai.statuses import batch_state
 
@@ -42,7 +42,7 @@ class OpenAIBatchOptions(OptionsModel):
     organization: str | None = Field(default=None, min_length=1)
     project: str | None = Field(default=None, min_length=1)
     base_url: str = "https://api.openai.com/v1"
-    timeout: float = Field(default=30.0, gt=0)
+    timeout: Duration = Field(default=30.0, gt=0)
 
     @field_validator("base_url")
     @classmethod

@@ -22,6 +22,7 @@ from teckochecker.config import Condition, TriggerRule
 from teckochecker.errors import StateStoreError
 from teckochecker.plugin_api import ActionResult, CheckReport, TargetState
 from teckochecker.state import schema
+from teckochecker.state.location import sqlite_path
 from teckochecker.state.models import Event, JobSnapshot, JobState, RunSnapshot, RunState, TargetSnapshot
 
 _JOB_FINAL = [s.value for s in JobState if s.is_final]
@@ -50,6 +51,9 @@ class StateStore:
 
     @classmethod
     def open(cls, url: str, *, readonly: bool = False) -> StateStore:
+        path = sqlite_path(url)
+        if readonly and path is not None and not path.exists():
+            raise StateStoreError(f"no state store at {path} (has the daemon run with this config?)")
         try:
             engine = schema.create_engine(url, readonly=readonly)
             store = cls(engine)

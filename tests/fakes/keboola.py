@@ -294,8 +294,8 @@ class FakeKeboola(LoopbackFake):
                          {"id": "queue", "url": self.queue_url},
                          {"id": "sync-actions", "url": self.stack_url + "/sync-actions"}],
             "features": [],
-            "urlTemplates": {
-                "orchestrationJob": "/admin/projects/{projectId}/orchestrations/{orchestrationId}/jobs/{jobId}"},
+            "urlTemplates": {"orchestrationJob": "/admin/projects/{projectId}/orchestrations/"
+                                                 "{orchestrationId}/jobs/{jobId}"},
         }
         if "components" in exclude.split(","):
             del index["components"]
@@ -403,8 +403,9 @@ class FakeKeboola(LoopbackFake):
         values_problem = _values_problem(values)
         if values_problem is not None:
             return values_problem
-        if body.get("delay") is not None and body.get("delayedStartTime") is not None:
-            return 'Only one of "delay" and "delayedStartTime" can be used.'
+        delay_problem = _delay_problem(body.get("delay"), body.get("delayedStartTime"))
+        if delay_problem is not None:
+            return delay_problem
         return self._config_problem(component, body.get("config"), body.get("mode", "run"))
 
     def _config_problem(self, component: str, config: Any, mode: str) -> str | None:
@@ -576,6 +577,8 @@ def _component_of(raw: bytes) -> str:
 
 def _values_problem(values: Any) -> str | None:
     """Each values[] item needs a non-empty string name and value (INTERNAL: isRequired, cannotBeEmpty)."""
+    if values is not None and not isinstance(values, list):
+        return 'Invalid type for path "job.variableValuesData.values". Expected "array".'
     for index, item in enumerate(values or []):
         if not isinstance(item, dict):
             return f'Invalid type for path "job.variableValuesData.values.{index}". Expected "array".'
@@ -584,6 +587,20 @@ def _values_problem(values: Any) -> str | None:
             if not isinstance(value, str) or value == "":
                 return (f'The path "job.variableValuesData.values.{index}.{key}" cannot contain an empty '
                         f'value, but got {json.dumps(value)}.')
+    return None
+
+
+def _delay_problem(delay: Any, delayed_start: Any) -> str | None:
+    """The document's rules: delay is an integer >= 0, delayedStartTime a date-time, never both."""
+    if delay is not None and delayed_start is not None:
+        return 'Only one of "delay" and "delayedStartTime" can be used.'
+    if delay is not None and (not isinstance(delay, int) or isinstance(delay, bool) or delay < 0):
+        return '"delay" must be an integer greater than or equal to 0.'
+    if delayed_start is not None:
+        try:
+            _parse_time(str(delayed_start), time.time())
+        except ValueError:
+            return f'"delayedStartTime" is not a valid date-time: {delayed_start!r}.'
     return None
 
 
@@ -631,16 +648,27 @@ def _predicate(params: dict[str, list[str]], now: float) -> Callable[[dict[str, 
     checks: list[Callable[[dict[str, Any]], bool]] = []
     for name, getter in _FIELD_OF.items():
         if name in params:
-            wanted = frozenset(params[name])
-            checks.append(lambda j, g=getter, w=wanted: g(j) in w)
+            checks.append(_member_check(getter, frozenset(params[name])))
     if "configRowIds" in params:
         rows = frozenset(params["configRowIds"])
         checks.append(lambda j: bool(rows.intersection(j["configRowIds"] or [])))
+
+    def parse_time(text: str) -> float:
+        return _parse_time(text, now)
+
     for prefix, field in _TIME_FIELDS.items():
-        checks.extend(_range_checks(params, prefix, lambda j, f=field: _epoch(j[f]),
-                                    lambda text: _parse_time(text, now)))
+        checks.extend(_range_checks(params, prefix, _time_of(field), parse_time))
     checks.extend(_range_checks(params, "durationSeconds", lambda j: j["durationSeconds"], float))
     return lambda job: all(check(job) for check in checks)
+
+
+def _member_check(getter: Callable[[dict[str, Any]], Any], wanted: frozenset[str]
+                  ) -> Callable[[dict[str, Any]], bool]:
+    return lambda job: getter(job) in wanted
+
+
+def _time_of(field: str) -> Callable[[dict[str, Any]], float | None]:
+    return lambda job: _epoch(job[field])
 
 
 def _range_checks(params: dict[str, list[str]], prefix: str, value_of: Callable[[dict[str, Any]], Any],

@@ -85,4 +85,4 @@ def test_broken_plugin_module_is_a_clear_error(plugin_env: dict[str, str], tmp_p
 def test_status_and_show_without_a_state_store(plugin_env: dict[str, str], tmp_path: Path) -> None:
     shutil.copy(EXAMPLE, tmp_path / "teckochecker.yaml")
     out = run_cli("status", env=plugin_env, cwd=tmp_path)
-    assert out.returncode == 2 and "has the daemon run?" in out.stderr and "Traceback" not in out.stderr
+    assert out.returncode == 2 and "has the daemon run with this config?" in out.stderr and "Traceback" not in out.stderr

@@ -1,0 +1,107 @@
+"""Every Prometheus metric the daemon exports, on a registry the daemon owns (never the global one).
+
+Naming follows Prometheus conventions: base units, ``_total`` for counters, ``_seconds`` for durations.
+The job name is the only unbounded label; batch IDs never become labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from teckochecker import __version__
+from teckochecker.state.models import JobSnapshot, JobState
+
+PREFIX = "teckochecker"
+_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_DELAY_BUCKETS = (0.1, 0.5, 1, 5, 15, 30, 60, 120, 300, 900, 3600)
+_LAG_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.build_info = Info(f"{PREFIX}_build", "TeckoChecker version.", registry=r)
+        self.build_info.info({"version": __version__})
+        self.config_last_reload_successful = Gauge(
+            f"{PREFIX}_config_last_reload_successful", "1 if the last config (re)load succeeded, else 0.", registry=r)
+        self.config_last_reload_success_timestamp = Gauge(
+            f"{PREFIX}_config_last_reload_success_timestamp_seconds", "When the config was last loaded successfully.",
+            registry=r)
+        self.config_reloads = Counter(
+            f"{PREFIX}_config_reloads", "Config reloads by result (success, failure, restart_required).",
+            ["result"], registry=r)
+        self.jobs = Gauge(f"{PREFIX}_jobs", "Configured jobs by state.", ["state"], registry=r)
+        self.targets = Gauge(f"{PREFIX}_targets", "Watched targets (batches) by job and normalized state.",
+                             ["job", "state"], registry=r)
+        self.batch_requests = Gauge(
+            f"{PREFIX}_batch_requests", "Requests inside a job's batches by kind (total, completed, failed).",
+            ["job", "kind"], registry=r)
+        self.job_deadline = Gauge(f"{PREFIX}_job_deadline_timestamp_seconds",
+                                  "When an unfinished job gives up waiting.", ["job"], registry=r)
+        self.job_deadline_exceeded = Counter(f"{PREFIX}_job_deadline_exceeded",
+                                             "Jobs that ended failed because their deadline passed.", ["job"], registry=r)
+        self.source_checks = Counter(
+            f"{PREFIX}_source_checks", "Source checks by source type and outcome (ok, transient_error, permanent_error).",
+            ["source_type", "outcome"], registry=r)
+        self.source_check_duration = Histogram(
+            f"{PREFIX}_source_check_duration_seconds", "How long one source check of one job took.",
+            ["source_type"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.http_requests = Counter(
+            f"{PREFIX}_http_requests", "Outbound HTTP requests by host and status class (2xx … 5xx, error).",
+            ["host", "status_class"], registry=r)
+        self.actions = Counter(
+            f"{PREFIX}_actions", "Action steps by type and outcome (started, adopted, not_started, in_doubt, rejected, "
+            "succeeded, succeeded_with_warnings, failed, skipped).", ["action_type", "outcome"], registry=r)
+        self.action_duration = Histogram(
+            f"{PREFIX}_action_duration_seconds", "How long one action start call took.", ["action_type"],
+            buckets=_LATENCY_BUCKETS, registry=r)
+        self.trigger_delay = Histogram(
+            f"{PREFIX}_trigger_delay_seconds", "From a job's last target observed finished to its action start.",
+            buckets=_DELAY_BUCKETS, registry=r)
+        self.downstream_jobs = Counter(
+            f"{PREFIX}_downstream_jobs", "Downstream (Keboola) jobs by final status.", ["action_type", "status"],
+            registry=r)
+        self.duplicate_starts = Counter(
+            f"{PREFIX}_duplicate_starts", "Downstream starts found beyond the one adopted for a trigger.",
+            ["action_type"], registry=r)
+        self.scheduler_lag = Histogram(
+            f"{PREFIX}_scheduler_lag_seconds", "How late a tick ran after its scheduled time.", buckets=_LAG_BUCKETS,
+            registry=r)
+        self.scheduler_skipped_ticks = Counter(
+            f"{PREFIX}_scheduler_skipped_ticks", "Ticks skipped because the previous one was still running or missed.",
+            registry=r)
+
+    def observe_jobs(self, snapshots: Iterable[JobSnapshot]) -> None:
+        """Refresh the state gauges from the store's view."""
+        counts = dict.fromkeys((s.value for s in JobState), 0)
+        self.targets.clear()
+        self.batch_requests.clear()
+        self.job_deadline.clear()
+        for job in snapshots:
+            if job.removed:
+                continue
+            counts[job.state.value] += 1
+            per_state: dict[str, int] = {}
+            totals = {"total": 0, "completed": 0, "failed": 0}
+            for target in job.targets:
+                per_state[target.state.value] = per_state.get(target.state.value, 0) + 1
+                request_counts = target.details.get("request_counts") if isinstance(target.details, dict) else None
+                if isinstance(request_counts, dict):
+                    for kind in totals:
+                        value = request_counts.get(kind)
+                        totals[kind] += value if isinstance(value, int) else 0
+            for state, count in per_state.items():
+                self.targets.labels(job.name, state).set(count)
+            for kind, value in totals.items():
+                self.batch_requests.labels(job.name, kind).set(value)
+            if job.deadline_at is not None and not job.state.is_final:
+                self.job_deadline.labels(job.name).set(job.deadline_at.timestamp())
+        for state, count in counts.items():
+            self.jobs.labels(state).set(count)
+
+
+def status_class(status_code: int | None) -> str:
+    return "error" if status_code is None else f"{status_code // 100}xx"

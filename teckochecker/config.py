@@ -73,6 +73,9 @@ class StateSettings(Model):
 class HttpSettings(Model):
     listen: str = "127.0.0.1"
     port: int = Field(default=DEFAULT_HTTP_PORT, ge=0, le=65535)
+    # The name of a secret holding the bearer token for the control endpoints (pause, resume, check-now).
+    # Without it those endpoints are off.
+    api_token: str | None = Field(default=None, min_length=1)
 
 
 class Defaults(Model):

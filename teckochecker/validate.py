@@ -118,6 +118,10 @@ def _validate_document(doc: Document, registry: PluginRegistry) -> tuple[Config 
             )
             continue
         jobs[job.name] = job
+    if top is not None and top.http.api_token and top.http.api_token not in top.secrets:
+        defined = ", ".join(sorted(top.secrets)) or "none"
+        diagnostics.append(Diagnostic(doc.mark_for(("http", "api_token")), ("http", "api_token"),
+                                      f"secret {top.http.api_token!r} is not defined under 'secrets:' (defined: {defined})"))
     if top is None or diagnostics:
         return None, diagnostics
     config = Config(

@@ -488,7 +488,7 @@ def test_delayed_start_holds_the_job_in_created(kbc: FakeKeboola, http: httpx.Cl
     soon = time.time() + 0.3
     start = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(soon)) + f"{soon % 1:.3f}"[1:] + "+00:00"
     job_id = create(kbc, http, {"component": "other.app", "delayedStartTime": start}).json()["id"]
-    assert get_job(kbc, http, job_id)["status"] == "created"
+    assert get_job(kbc, http, job_id)["status"] == "created" or time.time() >= soon  # (a stalled machine)
     time.sleep(max(0.0, soon - time.time()) + 0.05)
     assert get_job(kbc, http, job_id)["status"] == "processing"
     assert create(kbc, http, {"component": APP, "delay": 1, "delayedStartTime": start}).status_code == 400
@@ -541,8 +541,9 @@ def test_search_filters_key_forms_and_sorting(kbc: FakeKeboola, http: httpx.Clie
 
 def test_search_lag_hides_new_jobs(kbc: FakeKeboola, http: httpx.Client) -> None:
     kbc.search_lag = 0.3
+    created = time.monotonic()
     job_id = create(kbc, http).json()["id"]
-    assert search(kbc, http, "") == []
+    assert search(kbc, http, "") == [] or time.monotonic() - created >= 0.3  # (a stalled machine)
     assert get_job(kbc, http, job_id)["id"] == job_id  # GET reads the primary store
     deadline = time.monotonic() + 2
     while search(kbc, http, "") != [job_id]:

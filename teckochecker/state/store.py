@@ -242,6 +242,18 @@ class StateStore:
                 next_check_at=next_check_at, updated_at=now))
             _event(conn, row.id, now, "check_failed", message)
 
+    def set_paused(self, name: str, paused: bool, *, now: dt.datetime) -> bool:
+        """Pause or resume a job's checks; False if there is no such job. A paused job that already fired
+        keeps its actions paused too (nothing new is started)."""
+        with self._engine.begin() as conn:
+            row = conn.execute(sa.select(schema.jobs).where(schema.jobs.c.name == name)).first()
+            if row is None:
+                return False
+            if bool(row.paused) != paused:
+                conn.execute(sa.update(schema.jobs).where(schema.jobs.c.id == row.id).values(paused=paused, updated_at=now))
+                _event(conn, row.id, now, "paused" if paused else "resumed", "job paused" if paused else "job resumed")
+            return True
+
     def set_next_check(self, name: str, next_check_at: dt.datetime | None) -> None:
         with self._engine.begin() as conn:
             conn.execute(sa.update(schema.jobs).where(schema.jobs.c.name == name).values(next_check_at=next_check_at))

@@ -109,7 +109,10 @@ class _Handler(BaseHTTPRequestHandler):
             outcome = self.server.fake_handler(request)
         except Exception as exc:  # a bug in a fake must surface as a 500, not a silent dropped socket
             outcome = json_reply(500, {"error": f"fake server bug: {exc!r}"})
-        self._deliver(outcome)
+        try:
+            self._deliver(outcome)
+        except OSError:  # the client gave up first (its timeout, a reset): nothing left to answer
+            self.close_connection = True
 
     def _read_request(self) -> RecordedRequest:
         split = urlsplit(self.path)

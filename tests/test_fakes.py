@@ -15,7 +15,7 @@ import httpx
 import openai
 import pydantic
 import pytest
-from fakes import FakeKeboola, FakeOpenAI
+from fakes import FakeKeboola, FakeOpenAI, Step
 from fakes.keboola import response_violations
 from openai.types import Batch
 
@@ -156,6 +156,18 @@ def test_sdk_retrieves_every_status_over_the_wire(oai: FakeOpenAI) -> None:
     assert got["failed"].errors is not None and got["failed"].errors.data
     assert got["failed"].errors.data[0].code == "token_limit_exceeded"
     assert got["validating"].metadata == {"teckochecker_job": "nightly"}
+
+
+def test_timeline_moves_the_batch_by_polls(oai: FakeOpenAI, http: httpx.Client) -> None:
+    batch_id = oai.add_batch(total=4)
+    oai.set_timeline(batch_id, [("in_progress", 1), ("finalizing", 2), Step("completed", 1, failed=4)])
+    seen = [http.get(f"{oai.base_url}/batches/{batch_id}", headers=AUTH).json() for _ in range(5)]
+    assert [b["status"] for b in seen] == ["in_progress", "in_progress", "finalizing", "completed",
+                                           "completed"]
+    assert seen[-1]["output_file_id"] is None and seen[-1]["request_counts"]["failed"] == 4
+    with pytest.raises(ValueError):
+        oai.set_status(batch_id, "completed", completed=3, failed=3)
+    assert oai.batch(batch_id) == seen[-1], "a refused move leaves the batch as it was"
 
 
 def test_undocumented_status_is_served_verbatim(oai: FakeOpenAI) -> None:

@@ -13,13 +13,14 @@ import secrets
 import string
 import time
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from types import EllipsisType
 from typing import Any
 
 from ._http import LoopbackFake, Outcome, RecordedRequest, Reply, json_reply
 
-__all__ = ["BATCH_STATUSES", "TERMINAL_STATUSES", "FakeOpenAI", "RecordedRequest"]
+__all__ = ["BATCH_STATUSES", "TERMINAL_STATUSES", "FakeOpenAI", "RecordedRequest", "Step"]
 
 BATCH_STATUSES = ("validating", "failed", "in_progress", "finalizing", "completed", "expired", "cancelling",
                   "cancelled")
@@ -92,6 +93,17 @@ class _Injection:
     batch_id: str | None
 
 
+@dataclass(frozen=True)
+class Step:
+    """One step of a scripted timeline: the `after_gets`-th GET of the batch from the previous step on
+    answers with the batch moved to `status` (with these counts, as `set_status` would)."""
+
+    status: str
+    after_gets: int = 1
+    completed: int | None = None
+    failed: int | None = None
+
+
 @dataclass
 class _Batch:
     """A batch object plus what the real service knows but does not show yet."""
@@ -100,6 +112,8 @@ class _Batch:
     total: int  # the request count the input file holds (request_counts.total is 0 while validating)
     model: str
     seq: int  # creation order, the tie-break for newest-first listing
+    timeline: list[Step] = field(default_factory=list)
+    gets_into_step: int = 0
 
 
 class FakeOpenAI(LoopbackFake):
@@ -160,13 +174,29 @@ class FakeOpenAI(LoopbackFake):
         now = int(time.time()) if at is None else at
         with self._lock:
             batch = self._batches[batch_id]
-            _transition(batch, status, now, completed, failed, errors)
+            before = copy.deepcopy(batch.obj)
+            try:
+                _transition(batch, status, now, completed, failed, errors)
+            except ValueError:
+                batch.obj = before  # counts that do not fit: leave the batch as it was
+                raise
             if errors is not None and status != "failed":
                 batch.obj["errors"] = {"object": "list", "data": errors}
             if output_file_id is not ...:
                 batch.obj["output_file_id"] = output_file_id
             if error_file_id is not ...:
                 batch.obj["error_file_id"] = error_file_id
+
+    def set_timeline(self, batch_id: str, steps: Iterable[Step | tuple[str, int]]) -> None:
+        """Script the batch by polls: e.g. [("in_progress", 1), ("finalizing", 3), ("completed", 2)] makes
+        the 1st GET show in_progress, the 4th finalizing and the 6th completed. One step per GET at most,
+        so every step is seen; list calls do not advance it. Replaces any earlier timeline."""
+        script = [s if isinstance(s, Step) else Step(*s) for s in steps]
+        if any(step.after_gets < 1 for step in script):
+            raise ValueError("after_gets must be >= 1")
+        with self._lock:
+            batch = self._batches[batch_id]
+            batch.timeline, batch.gets_into_step = script, 0
 
     def remove_batch(self, batch_id: str) -> None:
         with self._lock:
@@ -234,6 +264,8 @@ class FakeOpenAI(LoopbackFake):
             batch = self._batches.get(batch_id)
             if batch is None:
                 return self._error(404, default_error_body(404, batch_id))
+            if batch.timeline:
+                _advance_timeline(batch)
             return self._ok(batch.obj)
 
     def _cancel(self, batch_id: str) -> Reply:
@@ -331,6 +363,15 @@ class FakeOpenAI(LoopbackFake):
 
     def _error(self, status: int, payload: dict[str, Any]) -> Reply:
         return json_reply(status, payload, self._common_headers())
+
+
+def _advance_timeline(batch: _Batch) -> None:
+    batch.gets_into_step += 1
+    step = batch.timeline[0]
+    if batch.gets_into_step >= step.after_gets:
+        _transition(batch, step.status, int(time.time()), step.completed, step.failed, None)
+        batch.timeline.pop(0)
+        batch.gets_into_step = 0
 
 
 def _dumps(payload: Any) -> bytes:

@@ -3,6 +3,7 @@ plugins' own models (see validate.py); here they are only collected."""
 
 from __future__ import annotations
 
+import base64
 import enum
 import re
 from typing import Annotated, Any
@@ -40,30 +41,91 @@ class Condition(str, enum.Enum):
     ANY_FAILED = "any_failed"
 
 
-class SecretRef(Model):
-    """Where a secret's value comes from. Exactly one kind is given."""
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+SECRET_KINDS = ("env", "file", "credential", "encrypted")
 
+
+class SecretRef(Model):
+    """Where a secret's value comes from. Exactly one kind is given; the value itself never sits in the file."""
+
+    # The name of an environment variable, checked for shape so that a pasted value is refused, not echoed.
     env: str | None = Field(default=None, min_length=1)
+    # An absolute path: the daemon's working directory is not the config file's directory.
+    file: str | None = Field(default=None, min_length=1)
+    # A systemd credential's name, read from $CREDENTIALS_DIRECTORY/NAME (LoadCredential=NAME:...).
+    credential: str | None = Field(default=None, min_length=1)
+    # A Fernet token made by `teckochecker secrets encrypt NAME`.
+    encrypted: str | None = Field(default=None, min_length=1)
 
     @model_validator(mode="before")
     @classmethod
     def _no_plain_values(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             raise ValueError(
-                "a secret is a reference, not a value: write {env: VARIABLE_NAME} "
-                "so the value never sits in this file"
+                "a secret is a reference, not a value: write one of {env: VARIABLE_NAME}, "
+                "{file: /path/to/file}, {credential: NAME} (systemd LoadCredential=) or {encrypted: TOKEN} "
+                "(made by `teckochecker secrets encrypt NAME`), so the value never sits in this file"
             )
         return data
 
+    @field_validator("env")
+    @classmethod
+    def _env_name(cls, name: str | None) -> str | None:
+        if name is not None and not ENV_NAME.match(name):
+            raise ValueError(
+                "must be an environment variable's name (letters, digits and '_'), not the value itself"
+            )
+        return name
+
+    @field_validator("file")
+    @classmethod
+    def _absolute_file(cls, path: str | None) -> str | None:
+        if path is not None and not path.startswith("/"):
+            raise ValueError("use an absolute path: the daemon's working directory is not this file's directory")
+        return path
+
+    @field_validator("credential")
+    @classmethod
+    def _credential_name(cls, name: str | None) -> str | None:
+        if name is not None and ("/" in name or name in (".", "..")):
+            raise ValueError("must be a credential's name (a plain file name, as in LoadCredential=NAME:...), not a path")
+        return name
+
+    @field_validator("encrypted")
+    @classmethod
+    def _token_shape(cls, token: str | None) -> str | None:
+        if token is not None and not is_fernet_token(token):
+            raise ValueError("is not a Fernet token: paste the whole output of `teckochecker secrets encrypt NAME`")
+        return token
+
     @model_validator(mode="after")
     def _exactly_one(self) -> SecretRef:
-        given = [name for name in ("env",) if getattr(self, name) is not None]
+        given = [kind for kind in SECRET_KINDS if getattr(self, kind) is not None]
         if len(given) != 1:
-            raise ValueError("give exactly one of: env")
+            raise ValueError(f"give exactly one of: {', '.join(SECRET_KINDS)}")
         return self
 
+    @property
+    def kind(self) -> str:
+        return next(kind for kind in SECRET_KINDS if getattr(self, kind) is not None)
+
     def describe(self) -> str:
-        return f"env {self.env}"
+        """Where the value comes from, for people; never the token itself."""
+        if self.encrypted is not None:
+            return "encrypted value"
+        return f"{self.kind} {getattr(self, self.kind)}"
+
+
+def is_fernet_token(token: str) -> bool:
+    """The shape of a Fernet token: url-safe base64 of version 0x80, timestamp, IV, AES blocks, HMAC."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]+=*", token):
+        return False
+    try:
+        raw = base64.urlsafe_b64decode(token)
+    except ValueError:
+        return False
+    # 1 version byte + 8 timestamp + 16 IV + at least one 16-byte block + 32 HMAC.
+    return len(raw) >= 73 and raw[0] == 0x80 and (len(raw) - 57) % 16 == 0
 
 
 class StateSettings(Model):
@@ -128,6 +190,8 @@ class ActionSpec(PluginSpec):
 
 class JobSpec(Model):
     name: str
+    # Set when the job came from a template; kept so a changed template changes the job's fingerprint.
+    template: str | None = None
     source: SourceSpec
     actions: Annotated[list[ActionSpec], Field(min_length=1)]
     trigger: TriggerRule = TriggerRule.ALL_TERMINAL
@@ -160,6 +224,10 @@ class ConfigFile(Model):
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
     secrets: dict[str, SecretRef] = {}
     defaults: Defaults = Defaults()
+    # Globs, relative to this file's directory, of drop-in files that add jobs (e.g. jobs.d/*.yaml).
+    include: list[Annotated[str, Field(min_length=1)]] = []
+    # Reusable job parts: a job says `template: NAME` and its own keys are merged over the template's.
+    templates: dict[str, dict[str, Any]] = {}
     jobs: list[JobSpec] = []
 
     @model_validator(mode="before")

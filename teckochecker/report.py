@@ -3,10 +3,52 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from teckochecker.plugins import PluginRegistry
 from teckochecker.state.models import Event, JobSnapshot, RunSnapshot
+
+
+BAR_WIDTH = 20
+
+
+@dataclass(frozen=True)
+class RequestCounts:
+    """How far one batch got, from the vendor's ``request_counts`` (OpenAI: total, completed, failed)."""
+
+    total: int
+    completed: int
+    failed: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.completed}/{self.total}" + (f" ({self.failed} failed)" if self.failed else "")
+
+
+def request_counts(details: object) -> RequestCounts | None:
+    """The counts in a target's details, or None while the vendor has none (e.g. still validating)."""
+    counts = details.get("request_counts") if isinstance(details, Mapping) else None
+    if not isinstance(counts, Mapping):
+        return None
+    total, completed, failed = (_count(counts.get(k)) for k in ("total", "completed", "failed"))
+    return RequestCounts(total, completed, failed) if total else None
+
+
+def _count(value: object) -> int:
+    # Vendor data: anything but a non-negative int counts as 0 rather than breaking a status view.
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def text_bar(counts: RequestCounts | None, width: int = BAR_WIDTH) -> str:
+    """``[#######x..]``: # completed, x failed, . not done yet."""
+    if counts is None:
+        return "[" + " " * width + "]"
+    done = min(width, counts.completed * width // counts.total)
+    failed_end = min(width, (counts.completed + counts.failed) * width // counts.total)
+    # Keep a single failure visible even when it is less than one cell.
+    failed = max(failed_end - done, 1 if counts.failed and done < width else 0)
+    return "[" + "#" * done + "x" * failed + "." * (width - done - failed) + "]"
 
 
 def render_status(jobs: Sequence[JobSnapshot], now: dt.datetime) -> str:
@@ -19,7 +61,26 @@ def render_status(jobs: Sequence[JobSnapshot], now: dt.datetime) -> str:
             job.name, state, f"{job.done_count}/{len(job.targets)}", _next_check(job, now),
             _actions_summary(job.runs), _clip(job.last_error or "", 60),
         ))
-    return _table(rows)
+    # The job table keeps its own column widths; each job's batch bars go right under its row.
+    table = _table_lines(rows)
+    lines = table[:1]
+    for job, row in zip(jobs, table[1:], strict=True):
+        lines.append(row)
+        lines += _target_bars(job)
+    return "\n".join(lines)
+
+
+def _target_bars(job: JobSnapshot) -> list[str]:
+    if not job.targets:
+        return []
+    width = max(len(t.target) for t in job.targets)
+    lines = []
+    for target in job.targets:
+        counts = request_counts(target.details)
+        label = counts.label if counts else "-"
+        status = target.state.value + (f" ({target.vendor_status})" if target.vendor_status else "")
+        lines.append(_one_line(f"  {target.target.ljust(width)}  {text_bar(counts)} {label.ljust(18)} {status}").rstrip())
+    return lines
 
 
 def render_job(job: JobSnapshot, events: Sequence[Event], now: dt.datetime) -> str:
@@ -41,8 +102,8 @@ def render_job(job: JobSnapshot, events: Sequence[Event], now: dt.datetime) -> s
             (str(r.action_index), r.action_type, r.state.value, r.external_id or "-", r.vendor_status or "-", r.external_url or "-")
             for r in job.runs
         ])]
-        lines += [f"  action {r.action_index}: {r.message}" for r in job.runs if r.message]
-    lines += ["", "EVENTS"] + [f"{_time(e.at)}  {e.kind:<20} {e.message}" for e in events]
+        lines += [_one_line(f"  action {r.action_index}: {r.message}") for r in job.runs if r.message]
+    lines += ["", "EVENTS"] + [_one_line(f"{_time(e.at)}  {e.kind:<20} {e.message}") for e in events]
     return "\n".join(lines)
 
 
@@ -70,10 +131,8 @@ def _next_check(job: JobSnapshot, now: dt.datetime) -> str:
 
 
 def _progress(details: object) -> str:
-    counts = details.get("request_counts") if isinstance(details, dict) else None
-    if not isinstance(counts, dict) or not counts.get("total"):
-        return "-"
-    return f"{counts.get('completed', 0)}/{counts['total']}" + (f" ({counts['failed']} failed)" if counts.get("failed") else "")
+    counts = request_counts(details)
+    return counts.label if counts else "-"
 
 
 def _time(value: dt.datetime | None) -> str:
@@ -84,6 +143,17 @@ def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _table(rows: Sequence[Sequence[str]]) -> str:
+def _one_line(text: str) -> str:
+    # Names and messages come from users and vendors: a newline would break the table and an escape
+    # sequence could rewrite the reader's terminal.
+    return "".join(" " if ord(c) < 32 or 127 <= ord(c) < 160 else c for c in text)
+
+
+def _table_lines(rows: Sequence[Sequence[str]]) -> list[str]:
+    rows = [[_one_line(cell) for cell in row] for row in rows]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+
+
+def _table(rows: Sequence[Sequence[str]]) -> str:
+    return "\n".join(_table_lines(rows))

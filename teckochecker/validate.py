@@ -28,7 +28,7 @@ from teckochecker.config import (
 )
 from teckochecker.diagnostics import Diagnostic, Path
 from teckochecker.errors import ConfigError
-from teckochecker.loader import Document, load_file
+from teckochecker.loader import Document, load_file, load_text
 from teckochecker.plugin_api import Action, OptionsModel, SecretName, Source
 from teckochecker.plugins import PluginRegistry
 
@@ -72,50 +72,71 @@ class Config:
     secrets: Mapping[str, SecretRef]
     defaults: Defaults
     jobs: Mapping[str, JobDefinition]
+    # Every file the config was read from (the main file first), and the drop-in directories.
+    files: tuple[str, ...] = ()
+    include_dirs: tuple[FsPath, ...] = ()
+    include: tuple[str, ...] = ()
+    templates: tuple[str, ...] = ()
 
     def summary(self) -> str:
         targets = sum(len(j.source.targets) for j in self.jobs.values())
+        drop_ins = f", {len(self.files) - 1} drop-in file(s)" if len(self.files) > 1 else ""
         return (
             f"{self.file}: OK: {len(self.jobs)} job(s), {targets} target(s), "
-            f"{len(self.secrets)} secret(s)"
+            f"{len(self.secrets)} secret(s){drop_ins}"
         )
 
 
-def load_config(path: FsPath, registry: PluginRegistry) -> Config:
-    """Load and validate ``path``. Raises ConfigError carrying every diagnostic, sorted by place."""
+def load_config(path: FsPath, registry: PluginRegistry, *, overlay: Mapping[FsPath, str | None] | None = None) -> Config:
+    """Load and validate ``path`` and its drop-ins. Raises ConfigError carrying every diagnostic, sorted by place.
+
+    ``overlay`` replaces the text of drop-in files (None: the file is absent), so that a change can be
+    validated as a whole before it is written.
+    """
     document, diagnostics = load_file(path)
     config = None
     if document.data is not None:
         # Duplicate keys are reported, and the rest of the document is still checked.
-        config, problems = _validate_document(document, registry)
+        config, problems = _validate_document(document, registry, dict(overlay or {}))
         diagnostics += problems
     if diagnostics or config is None:
         raise ConfigError(sorted(diagnostics, key=lambda d: (d.mark, d.message)))
     return config
 
 
-def _validate_document(doc: Document, registry: PluginRegistry) -> tuple[Config | None, list[Diagnostic]]:
+@dataclass(frozen=True)
+class _RawJob:
+    data: Any
+    path: Path
+    doc: Document
+
+
+def _validate_document(
+    doc: Document, registry: PluginRegistry, overlay: dict[FsPath, str | None]
+) -> tuple[Config | None, list[Diagnostic]]:
     if not isinstance(doc.data, dict):
         return None, [Diagnostic(doc.mark_for(()), (), "the file must be a mapping of keys (state, secrets, jobs, ...)")]
-    raw_jobs = doc.data.get("jobs") or []
     top, diagnostics = _validate_model(ConfigFile, {**doc.data, "jobs": []}, (), doc)
-    if not isinstance(raw_jobs, list):
-        diagnostics.append(Diagnostic(doc.mark_for(("jobs",)), ("jobs",), "must be a list of jobs"))
-        raw_jobs = []
+    raw_jobs = _jobs_of(doc, diagnostics, drop_in=False)
+    include_dirs, drop_ins = _drop_in_documents(doc, top, overlay, diagnostics)
+    for drop_in in drop_ins:
+        raw_jobs += _jobs_of(drop_in, diagnostics, drop_in=True)
     # Undefined-secret checks still work when another part of the top level is invalid.
     raw_secrets = doc.data.get("secrets")
     secrets = top.secrets if top else (dict.fromkeys(raw_secrets) if isinstance(raw_secrets, dict) else {})
     defaults = top.defaults if top else Defaults()
+    templates = top.templates if top else {}
     jobs: dict[str, JobDefinition] = {}
-    for index, raw in enumerate(raw_jobs):
-        job, problems = _validate_job(raw, ("jobs", index), doc, registry, secrets, defaults)
+    for raw in raw_jobs:
+        raw = _with_template(raw, templates, doc, diagnostics)
+        job, problems = _validate_job(raw.data, raw.path, raw.doc, registry, secrets, defaults)
         diagnostics.extend(problems)
         if job is None:
             continue
         if job.name in jobs:
-            diagnostics.append(
-                Diagnostic(doc.mark_for(("jobs", index, "name")), ("jobs", index, "name"), f"duplicate job name {job.name!r}")
-            )
+            where = raw.doc.mark_for((*raw.path, "name"))
+            diagnostics.append(Diagnostic(where, (*raw.path, "name"),
+                                          f"duplicate job name {job.name!r} (also in {jobs[job.name].file})"))
             continue
         jobs[job.name] = job
     if top is not None and top.http.api_token and top.http.api_token not in top.secrets:
@@ -127,8 +148,85 @@ def _validate_document(doc: Document, registry: PluginRegistry) -> tuple[Config 
     config = Config(
         file=doc.file, state=top.state, http=top.http, log_level=top.log_level,
         secrets=dict(top.secrets), defaults=top.defaults, jobs=jobs,
+        files=(doc.file, *(d.file for d in drop_ins)), include_dirs=include_dirs,
+        include=tuple(top.include), templates=tuple(sorted(top.templates)),
     )
     return config, []
+
+
+def _jobs_of(doc: Document, diagnostics: list[Diagnostic], *, drop_in: bool) -> list[_RawJob]:
+    data = doc.data if isinstance(doc.data, dict) else {}
+    if drop_in:
+        if not isinstance(doc.data, dict):
+            diagnostics.append(Diagnostic(doc.mark_for(()), (), "a drop-in file is a mapping with a 'jobs:' list"))
+        for key in data:
+            if key != "jobs":
+                diagnostics.append(Diagnostic(doc.mark_for((key,)), (key,), "unknown key (a drop-in file holds only 'jobs:')"))
+    raw_jobs = data.get("jobs") or []
+    if not isinstance(raw_jobs, list):
+        diagnostics.append(Diagnostic(doc.mark_for(("jobs",)), ("jobs",), "must be a list of jobs"))
+        return []
+    return [_RawJob(raw, ("jobs", i), doc) for i, raw in enumerate(raw_jobs)]
+
+
+def _drop_in_documents(
+    doc: Document, top: ConfigFile | None, overlay: dict[FsPath, str | None], diagnostics: list[Diagnostic]
+) -> tuple[tuple[FsPath, ...], list[Document]]:
+    if top is None:
+        return (), []
+    base = FsPath(doc.file).parent
+    dirs: list[FsPath] = []
+    documents: list[Document] = []
+    seen: set[FsPath] = set()
+    for index, pattern in enumerate(top.include):
+        if FsPath(pattern).is_absolute():
+            diagnostics.append(Diagnostic(doc.mark_for(("include", index)), ("include", index),
+                                          "use a path relative to this file's directory"))
+            continue
+        full = base / pattern
+        dirs.append(full.parent)
+        matches = set(full.parent.glob(full.name)) | {p for p in overlay if p.parent == full.parent and p.match(full.name)}
+        for path in sorted(matches):
+            if path in seen or path.name.startswith("."):
+                continue
+            seen.add(path)
+            text = overlay.get(path, "") if path in overlay else None
+            if path in overlay and text is None:
+                continue
+            loaded, problems = load_text(text, str(path)) if text is not None else load_file(path)
+            diagnostics.extend(problems)
+            if loaded.data is not None:
+                documents.append(loaded)
+    return tuple(dict.fromkeys(dirs)), documents
+
+
+def _with_template(raw: _RawJob, templates: Mapping[str, dict[str, Any]], main: Document,
+                   diagnostics: list[Diagnostic]) -> _RawJob:
+    if not isinstance(raw.data, dict) or "template" not in raw.data:
+        return raw
+    name = raw.data["template"]
+    template = templates.get(name) if isinstance(name, str) else None
+    if template is None:
+        defined = ", ".join(sorted(templates)) or "none"
+        diagnostics.append(Diagnostic(raw.doc.mark_for((*raw.path, "template")), (*raw.path, "template"),
+                                      f"unknown template {name!r} (defined: {defined})"))
+        return _RawJob({k: v for k, v in raw.data.items() if k != "template"}, raw.path, raw.doc)
+    merged = _deep_merge(template, raw.data)
+    # Problems in parts that came from the template are located in the template.
+    prefix = ("templates", name)
+    marks = {(*raw.path, *p[2:]): m for p, m in main.marks.items() if p[:2] == prefix}
+    marks.update(raw.doc.marks)
+    return _RawJob(merged, raw.path, Document(raw.doc.file, raw.doc.data, marks))
+
+
+def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def _validate_job(

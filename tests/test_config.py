@@ -151,7 +151,7 @@ def test_duplicate_keys_and_job_names(tmp_path: Path, registry: PluginRegistry) 
     found = problems(tmp_path, registry, text)
     f = str(tmp_path / "tc.yaml")
     assert f"{f}:26:1: defaults: duplicate key (first defined at line 3)" in found
-    assert f"{f}:16:5: jobs[1].name: duplicate job name 'nightly'" in found
+    assert f"{f}:16:5: jobs[1].name: duplicate job name 'nightly' (also in {f})" in found
 
 
 @pytest.mark.parametrize(
@@ -207,3 +207,51 @@ def test_fingerprint_changes_with_plugin_options(tmp_path: Path, registry: Plugi
     b = load_config(write(tmp_path, VALID.replace("/tmp/ledger.jsonl", "/tmp/other"), "b.yaml"), registry).jobs["nightly"].fingerprint
     c = load_config(write(tmp_path, VALID, "c.yaml"), registry).jobs["nightly"].fingerprint
     assert a != b and a == c
+
+
+def test_templates_and_drop_ins(tmp_path: Path, registry: PluginRegistry) -> None:
+    main = write(tmp_path, """\
+    include: [jobs.d/*.yaml]
+    templates:
+      standard:
+        interval: 1m
+        source: {type: status_file, path: /tmp/s.json}
+        actions:
+          - {type: record, ledger: /tmp/l}
+    jobs: []
+    """)
+    (tmp_path / "jobs.d").mkdir()
+    (tmp_path / "jobs.d" / "a.yaml").write_text("jobs:\n  - name: a\n    template: standard\n    source: {targets: [b1, b2]}\n")
+    (tmp_path / "jobs.d" / "b.yaml").write_text(
+        "jobs:\n  - name: b\n    template: standard\n    interval: 2m\n    source: {targets: [c1], path: /tmp/other}\n")
+    (tmp_path / "jobs.d" / ".hidden.yaml").write_text("not: [valid")
+    config = load_config(main, registry)
+    assert sorted(config.jobs) == ["a", "b"]
+    a, b = config.jobs["a"], config.jobs["b"]
+    assert a.interval == 60 and a.source.targets == ("b1", "b2") and a.file == str(tmp_path / "jobs.d" / "a.yaml")
+    assert b.interval == 120 and b.source.options.path == "/tmp/other"
+    assert config.files == (str(main), str(tmp_path / "jobs.d" / "a.yaml"), str(tmp_path / "jobs.d" / "b.yaml"))
+    assert "2 drop-in file(s)" in config.summary()
+
+
+def test_drop_in_problems_are_located_in_their_file_and_template(tmp_path: Path, registry: PluginRegistry) -> None:
+    main = write(tmp_path, """\
+    include: [jobs.d/*.yaml]
+    templates:
+      standard:
+        source: {type: status_file, path: 7}
+        actions: [{type: record, ledger: /tmp/l}]
+    jobs:
+      - name: dup
+        template: standard
+        source: {targets: [x]}
+    """)
+    (tmp_path / "jobs.d").mkdir()
+    drop = tmp_path / "jobs.d" / "x.yaml"
+    drop.write_text("secrets: {}\njobs:\n  - name: dup\n    template: nope\n    source: {type: status_file, path: p, targets: [y]}\n    actions: [{type: record, ledger: l}]\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(main, registry)
+    found = [str(d) for d in info.value.diagnostics]
+    assert f"{main}:4:33: jobs[0].source.path: input should be a valid string" in found
+    assert f"{drop}:1:1: secrets: unknown key (a drop-in file holds only 'jobs:')" in found
+    assert f"{drop}:4:5: jobs[0].template: unknown template 'nope' (defined: standard)" in found

@@ -180,7 +180,8 @@ def test_undocumented_status_is_served_verbatim(oai: FakeOpenAI) -> None:
 
     # The SDK does not validate responses, so the daemon sees the raw word and must map it to "unknown";
     # strict validation would reject it.
-    assert asyncio.run(fetch()).status == "paused"
+    status: str = asyncio.run(fetch()).status  # typed as the documented Literal, holds any word
+    assert status == "paused"
     with pytest.raises(pydantic.ValidationError):
         Batch.model_validate(oai.batch(batch_id))
 
@@ -344,7 +345,8 @@ def create(kbc: FakeKeboola, http: httpx.Client, body: dict[str, Any] | None = N
 def get_job(kbc: FakeKeboola, http: httpx.Client, job_id: str) -> dict[str, Any]:
     response = http.get(f"{kbc.queue_url}/jobs/{job_id}", headers=TOKEN)
     assert response.status_code == 200
-    return response.json()
+    job: dict[str, Any] = response.json()
+    return job
 
 
 def search(kbc: FakeKeboola, http: httpx.Client, query: str) -> list[str]:

@@ -1,19 +1,25 @@
-"""The composition root: builds everything the daemon needs, runs it, and shuts it down cleanly."""
+"""The composition root: builds everything the daemon needs, runs it, reloads it, shuts it down cleanly."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import signal
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
 from teckochecker.clock import Clock
+from teckochecker.control import ReloadStatus
 from teckochecker.crashpoints import CrashPoints
-from teckochecker.errors import SecretError
+from teckochecker.errors import ConfigError, SecretError, TeckoCheckerError
 from teckochecker.http import HttpClientPool
+from teckochecker.metrics import Metrics
 from teckochecker.plugin_api import PluginContext
+from teckochecker.plugins import PluginRegistry
+from teckochecker.reloader import Reloader, config_checksum, watched_dirs
 from teckochecker.runner import JobRunner
 from teckochecker.runtime import JobRuntime
 from teckochecker.scheduling import Ticker
@@ -22,21 +28,25 @@ from teckochecker.state.location import SingleInstanceLock, ensure_parent, resol
 from teckochecker.state.models import JobState
 from teckochecker.state.store import StateStore
 from teckochecker.storeworker import StoreWorker
-from teckochecker.validate import Config
+from teckochecker.validate import Config, load_config
 
 # SIGTERM must end the process within 5 s; ticks get this long to finish their current step.
 SHUTDOWN_GRACE = 3.0
 # Sooner than this, the next step of a job runs within the current tick.
 MIN_RESCHEDULE = 0.5
 MAX_STEPS_PER_TICK = 20
+GAUGE_REFRESH = 15.0
 
 
 class Daemon:
     def __init__(
-        self, config: Config, *, environ: Mapping[str, str], clock: Clock, redactor: Redactor,
-        logger: logging.Logger, cwd: Path,
+        self, config_path: Path, config: Config, *, registry: PluginRegistry, environ: Mapping[str, str],
+        clock: Clock, redactor: Redactor, logger: logging.Logger, cwd: Path, metrics: Metrics | None = None,
     ) -> None:
         self.config = config
+        self.config_path = config_path
+        self.metrics = metrics or Metrics()
+        self._registry = registry
         self._environ = environ
         self._clock = clock
         self._redactor = redactor
@@ -45,29 +55,83 @@ class Daemon:
         self._jobs: dict[str, JobRuntime] = {}
         self._ticks: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
+        self._reload_wanted = asyncio.Event()
+        self._reload_reasons: set[str] = set()
         self._rng = random.Random()
+        self._secrets = SecretResolver(config.secrets, environ, redactor)
+        self._attempted_checksum = config_checksum(config_path, config.include)
+        self.reload_status = ReloadStatus(successful=True, at=clock.now())
+
+    # ----- lifecycle -----
 
     def request_stop(self) -> None:
         self._stop.set()
 
+    def request_reload(self, reason: str) -> None:
+        self._reload_reasons.add(reason)
+        self._reload_wanted.set()
+
     async def run(self) -> None:
-        self._check_secrets()
+        self._check_secrets(self._secrets)
         url = resolve_state_url(self.config.state.url, self._environ, self._cwd)
         lock = self._lock(url)
-        store = StateStore.open(url)
-        worker = StoreWorker()
-        http = HttpClientPool(self.config.defaults.concurrency)
+        self.store = StateStore.open(url)
+        self._worker = StoreWorker()
+        self._http = HttpClientPool(self.config.defaults.concurrency, self.metrics)
         try:
-            await self._serve(store, worker, http)
+            await self._serve()
         finally:
-            await self._shutdown(worker, http)
-            store.close()
+            await self._shutdown()
+            self.store.close()
             if lock:
                 lock.release()
 
-    def _check_secrets(self) -> None:
-        """Fail at start, not at the first check hours later, when a secret cannot be read."""
-        resolver = SecretResolver(self.config.secrets, self._environ, self._redactor)
+    async def _serve(self) -> None:
+        self._context = PluginContext(
+            http=self._http, clock=self._clock, secret=self._secret, logger=logging.getLogger("teckochecker.plugins"),
+        )
+        self._jobs = {name: JobRuntime.build(d, self._context) for name, d in self.config.jobs.items()}
+        await self._worker.run(self.store.sync_jobs, [j.plan() for j in self._jobs.values()], self._clock.now())
+        self._runner = JobRunner(self.store, self._worker, self._clock, CrashPoints(self._environ), self._log,
+                                 self.metrics, self._rng)
+        self._ticker = Ticker(self._tick, self._clock, self._log, self.metrics)
+        self._ticker.start()
+        await self._schedule_all()
+        self._mark_reload(ReloadStatus(successful=True, at=self._clock.now()))
+        self._install_signals()
+        self._reloader = Reloader(self.request_reload, self._log)
+        self._reloader.start(watched_dirs(self.config_path, self.config.include))
+        background = [
+            asyncio.create_task(self._reload_loop(), name="reload"),
+            asyncio.create_task(self._gauge_loop(), name="gauges"),
+        ]
+        self._log.info("teckochecker started: %d job(s), %d scheduled, state %s", len(self._jobs),
+                       len(self._ticker.scheduled()), self.store.url)
+        try:
+            await self._stop.wait()
+        finally:
+            self._log.info("stopping")
+            await self._reloader.stop()
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+
+    async def _schedule_all(self) -> None:
+        snapshots = {s.name: s for s in await self._worker.run(self.store.jobs)}
+        spread = self.config.defaults.startup_spread
+        for name, job in self._jobs.items():
+            snap = snapshots.get(name)
+            if snap is None or snap.state.is_final:
+                continue
+            first = 0.0 if snap.state is JobState.FIRING else self._rng.uniform(0, min(spread, job.definition.interval))
+            self._ticker.schedule(name, job.definition.interval, first)
+
+    def _secret(self, name: str) -> str:
+        # Plugins hold this bound method; a reload swaps the resolver behind it.
+        return self._secrets(name)
+
+    def _check_secrets(self, resolver: SecretResolver) -> None:
+        """Fail at start (or refuse a reload), not at the first check hours later, when a secret cannot be read."""
         problems = [reason for reason in resolver.check_all().values() if reason]
         if problems:
             raise SecretError("; ".join(problems))
@@ -81,31 +145,13 @@ class Daemon:
         lock.acquire()
         return lock
 
-    async def _serve(self, store: StateStore, worker: StoreWorker, http: HttpClientPool) -> None:
-        secrets = SecretResolver(self.config.secrets, self._environ, self._redactor)
-        context = PluginContext(
-            http=http, clock=self._clock, secret=secrets, logger=logging.getLogger("teckochecker.plugins"),
-        )
-        self._jobs = {name: JobRuntime.build(d, context) for name, d in self.config.jobs.items()}
-        await worker.run(store.sync_jobs, [j.plan() for j in self._jobs.values()], self._clock.now())
-        self._runner = JobRunner(store, worker, self._clock, CrashPoints(self._environ), self._log, self._rng)
-        self._ticker = Ticker(self._tick, self._clock, self._log)
-        self._ticker.start()
-        snapshots = {s.name: s for s in await worker.run(store.jobs)}
-        spread = self.config.defaults.startup_spread
-        for name, job in self._jobs.items():
-            snap = snapshots.get(name)
-            if snap is None or snap.state.is_final:
-                continue
-            first = 0.0 if snap.state is JobState.FIRING else self._rng.uniform(0, min(spread, job.definition.interval))
-            self._ticker.schedule(name, job.definition.interval, first)
-        self._install_signals()
-        self._log.info(
-            "teckochecker started: %d job(s), %d scheduled, state %s", len(self._jobs),
-            len(self._ticker.scheduled()), store.url,
-        )
-        await self._stop.wait()
-        self._log.info("stopping")
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload, "SIGHUP")
+
+    # ----- ticking -----
 
     async def _tick(self, name: str) -> None:
         job = self._jobs.get(name)
@@ -134,15 +180,128 @@ class Daemon:
             self._ticks.discard(task)
         if result.done:
             self._ticker.unschedule(name)
+            await self._retire_if_removed(name)
         elif result.next_in is not None:
             self._ticker.run_in(name, max(result.next_in, MIN_RESCHEDULE))
 
-    def _install_signals(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop)
+    async def _retire_if_removed(self, name: str) -> None:
+        job = self._jobs.get(name)
+        if job is not None and name not in self.config.jobs:
+            del self._jobs[name]
+            await job.aclose()
 
-    async def _shutdown(self, worker: StoreWorker, http: HttpClientPool) -> None:
+    # ----- reload -----
+
+    async def _reload_loop(self) -> None:
+        while True:
+            await self._reload_wanted.wait()
+            self._reload_wanted.clear()
+            reasons, self._reload_reasons = self._reload_reasons, set()
+            try:
+                await self.reload(forced="SIGHUP" in reasons, reason=", ".join(sorted(reasons)))
+            except Exception:  # a reload must never take the daemon down
+                self._log.exception("config reload failed unexpectedly; the running config stays")
+
+    async def reload(self, *, forced: bool, reason: str) -> ReloadStatus | None:
+        """Validate the whole config; apply the difference, or keep the running config untouched."""
+        checksum = config_checksum(self.config_path, self.config.include)
+        if checksum == self._attempted_checksum and not forced:
+            return None
+        self._attempted_checksum = checksum
+        self._log.info("reloading config (%s)", reason)
+        try:
+            new = load_config(self.config_path, self._registry)
+            resolver = SecretResolver(new.secrets, self._environ, self._redactor)
+            self._check_secrets(resolver)
+        except ConfigError as exc:
+            return self._reload_failed([str(d) for d in exc.diagnostics])
+        except TeckoCheckerError as exc:
+            return self._reload_failed([str(exc)])
+        self._attempted_checksum = config_checksum(self.config_path, new.include)
+        new, restart_required = _keep_restart_only_settings(self.config, new)
+        for setting in restart_required:
+            self._log.warning("config: %s changed; it takes effect after a restart (not applied)", setting)
+        self._secrets = resolver
+        await self._apply(new)
+        self._reloader.watch(watched_dirs(self.config_path, new.include))
+        logging.getLogger().setLevel(new.log_level)
+        status = ReloadStatus(successful=True, at=self._clock.now(), restart_required=tuple(restart_required))
+        self._mark_reload(status)
+        return status
+
+    def _reload_failed(self, errors: list[str]) -> ReloadStatus:
+        for line in errors:
+            self._log.error("config reload: %s", line)
+        self._log.error("config reload failed (%d problem(s)); the running config stays", len(errors))
+        status = ReloadStatus(successful=False, at=self._clock.now(), errors=tuple(errors))
+        self._mark_reload(status)
+        return status
+
+    def _mark_reload(self, status: ReloadStatus) -> None:
+        self.reload_status = status
+        self.metrics.config_last_reload_successful.set(1 if status.successful else 0)
+        if status.successful:
+            self.metrics.config_last_reload_success_timestamp.set(time.time())
+        result = "success" if status.successful else "failure"
+        self.metrics.config_reloads.labels("restart_required" if status.restart_required else result).inc()
+
+    async def _apply(self, new: Config) -> None:
+        old_jobs, old_config = self._jobs, self.config
+        snapshots = {s.name: s for s in await self._worker.run(self.store.jobs)}
+        added = [n for n in new.jobs if n not in old_jobs]
+        removed = [n for n in old_jobs if n not in new.jobs]
+        changed = [n for n in new.jobs if n in old_jobs and new.jobs[n].fingerprint != old_jobs[n].definition.fingerprint]
+        self.config = new
+        jobs = dict(old_jobs)
+        for name in added:
+            jobs[name] = JobRuntime.build(new.jobs[name], self._context)
+        for name in changed:
+            if _firing(snapshots, name):
+                # It already fired: its actions finish with the definition they started with.
+                continue
+            await jobs[name].aclose()
+            jobs[name] = JobRuntime.build(new.jobs[name], self._context)
+        self._jobs = jobs
+        await self._worker.run(self.store.sync_jobs, [jobs[n].plan() for n in new.jobs], self._clock.now())
+        for name in removed:
+            if _firing(snapshots, name):
+                continue  # a reload never abandons a trigger: it runs to its end, then retires
+            self._ticker.unschedule(name)
+            await jobs.pop(name).aclose()
+        await self._reschedule(added, changed, old_config, snapshots)
+        self._log.info("config reloaded: %d added %s, %d changed %s, %d removed %s, %d unchanged",
+                       len(added), added, len(changed), changed, len(removed), removed,
+                       len(new.jobs) - len(added) - len(changed))
+
+    async def _reschedule(self, added: list[str], changed: list[str], old: Config, snapshots: Mapping[str, object]) -> None:
+        fresh = {s.name: s for s in await self._worker.run(self.store.jobs)}
+        for name in added:
+            snap = fresh.get(name)
+            if snap is not None and not snap.state.is_final:
+                self._ticker.schedule(name, self.config.jobs[name].interval, 0.0)
+        for name in changed:
+            snap = fresh.get(name)
+            if snap is None or snap.state.is_final:
+                continue
+            interval = self.config.jobs[name].interval
+            previous = self._ticker.next_run(name)
+            wait = interval if previous is None else (previous - self._clock.now()).total_seconds()
+            # Keep the job's rhythm; only a shorter interval brings its next check forward.
+            self._ticker.schedule(name, interval, max(0.0, min(wait, interval)))
+
+    # ----- gauges -----
+
+    async def _gauge_loop(self) -> None:
+        while True:
+            try:
+                self.metrics.observe_jobs(await self._worker.run(self.store.jobs, include_removed=False))
+            except Exception as exc:  # the state store may be briefly unreachable; metrics can wait
+                self._log.warning("cannot refresh job metrics: %s", exc)
+            await asyncio.sleep(GAUGE_REFRESH)
+
+    # ----- shutdown -----
+
+    async def _shutdown(self) -> None:
         ticker = getattr(self, "_ticker", None)
         if ticker is not None:
             ticker.pause()  # no new ticks; shutting APScheduler down now would cancel the running ones
@@ -157,5 +316,31 @@ class Daemon:
             ticker.shutdown()
         for job in self._jobs.values():
             await job.aclose()
-        await http.aclose()
-        await asyncio.get_running_loop().run_in_executor(None, worker.close)
+        await self._http.aclose()
+        await asyncio.get_running_loop().run_in_executor(None, self._worker.close)
+
+
+def _firing(snapshots: Mapping[str, object], name: str) -> bool:
+    snap = snapshots.get(name)
+    return snap is not None and getattr(snap, "state", None) is JobState.FIRING
+
+
+RESTART_ONLY = {
+    "state.url": lambda c: c.state.url,
+    "http.listen": lambda c: c.http.listen,
+    "http.port": lambda c: c.http.port,
+    "defaults.concurrency": lambda c: c.defaults.concurrency,
+}
+
+
+def _keep_restart_only_settings(old: Config, new: Config) -> tuple[Config, list[str]]:
+    """The new config, with settings that need a restart kept at their running values; and their names."""
+    changed = [name for name, get in RESTART_ONLY.items() if get(old) != get(new)]
+    if not changed:
+        return new, []
+    kept = dataclasses.replace(
+        new, state=old.state,
+        http=new.http.model_copy(update={"listen": old.http.listen, "port": old.http.port}),
+        defaults=new.defaults.model_copy(update={"concurrency": old.defaults.concurrency}),
+    )
+    return kept, changed

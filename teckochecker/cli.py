@@ -17,6 +17,7 @@ from teckochecker.logs import setup_logging
 from teckochecker.plugins import PluginRegistry, load_plugins
 from teckochecker.report import render_job, render_plugins, render_status
 from teckochecker.secrets import Redactor
+from teckochecker.secrets_cli import register_secrets_commands
 from teckochecker.state.location import resolve_state_url
 from teckochecker.state.store import StateStore
 from teckochecker.validate import Config, load_config
@@ -70,8 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("path", nargs="?", type=Path, help="the file to check (default: the --config resolution)")
     validate.set_defaults(handler=cmd_validate)
 
-    status = commands.add_parser("status", help="show every job's state", description="Show jobs from the state store.")
+    status = commands.add_parser(
+        "status", help="show every job's state",
+        description="Show jobs and their batches' progress from the state store, or from a running daemon (--url).",
+    )
     _state_url_option(status)
+    status.add_argument("--url", metavar="URL",
+                        help="read a running daemon's HTTP API instead of the state store (e.g. http://127.0.0.1:9718)")
     status.set_defaults(handler=cmd_status)
 
     show = commands.add_parser("show", help="show one job: its targets, actions and event log")
@@ -82,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     plugins = commands.add_parser("plugins", help="list loaded plugins and the types they provide")
     plugins.set_defaults(handler=cmd_plugins)
+    register_secrets_commands(commands)
     return parser
 
 
@@ -108,6 +115,10 @@ def _load(args: argparse.Namespace, environ: Mapping[str, str], path: Path | Non
     return load_config(config_path, registry), registry
 
 
+def _config_path(args: argparse.Namespace, environ: Mapping[str, str]) -> Path:
+    return find_config(args.config, environ, Path.cwd())
+
+
 def cmd_validate(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     config, _ = _load(args, environ, args.path)
     print(config.summary())
@@ -117,10 +128,12 @@ def cmd_validate(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 def cmd_run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from teckochecker.app import Daemon  # keeps the read-only commands light
 
-    config, _ = _load(args, environ)
+    config_path = _config_path(args, environ)
+    config, registry = _load(args, environ, config_path)
     redactor = Redactor()
     logger = setup_logging(args.log_level or config.log_level, args.log_format, redactor, environ)
-    daemon = Daemon(config, environ=environ, clock=SystemClock(), redactor=redactor, logger=logger, cwd=Path.cwd())
+    daemon = Daemon(config_path, config, registry=registry, environ=environ, clock=SystemClock(), redactor=redactor,
+                    logger=logger, cwd=Path.cwd())
     try:
         asyncio.run(daemon.run())
     except TeckoCheckerError as exc:
@@ -142,6 +155,13 @@ def _open_store(args: argparse.Namespace, environ: Mapping[str, str]) -> StateSt
 
 
 def cmd_status(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    if args.url:
+        if args.state_url:
+            raise TeckoCheckerError("give --url or --state-url, not both")
+        from teckochecker.api_client import fetch_jobs  # httpx only when asked to
+
+        print(render_status(fetch_jobs(args.url), SystemClock().now()))
+        return EXIT_OK
     store = _open_store(args, environ)
     try:
         print(render_status(store.jobs(), SystemClock().now()))

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 import httpx
 
 from teckochecker import __version__
+from teckochecker.metrics import Metrics, status_class
 
 USER_AGENT = f"teckochecker/{__version__}"
 
@@ -15,16 +16,23 @@ USER_AGENT = f"teckochecker/{__version__}"
 class BoundedTransport(httpx.AsyncBaseTransport):
     """Lets at most N requests be in flight at once, whichever client sends them."""
 
-    def __init__(self, inner: httpx.AsyncBaseTransport, semaphore: asyncio.Semaphore) -> None:
+    def __init__(self, inner: httpx.AsyncBaseTransport, semaphore: asyncio.Semaphore, metrics: Metrics) -> None:
         self._inner = inner
         self._semaphore = semaphore
+        self._metrics = metrics
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        host = request.url.host
         async with self._semaphore:
-            response = await self._inner.handle_async_request(request)
-            # Read the body inside the bound, so that the slot is not given up before the work is done.
-            await response.aread()
-            return response
+            try:
+                response = await self._inner.handle_async_request(request)
+                # Read the body inside the bound, so that the slot is not given up before the work is done.
+                await response.aread()
+            except Exception:
+                self._metrics.http_requests.labels(host, "error").inc()
+                raise
+        self._metrics.http_requests.labels(host, status_class(response.status_code)).inc()
+        return response
 
     async def aclose(self) -> None:
         await self._inner.aclose()
@@ -33,7 +41,11 @@ class BoundedTransport(httpx.AsyncBaseTransport):
 class HttpClientPool:
     """Implements plugin_api.HttpClients. Build it inside the running event loop."""
 
-    def __init__(self, concurrency: int, *, transport_factory: type[httpx.AsyncHTTPTransport] = httpx.AsyncHTTPTransport) -> None:
+    def __init__(
+        self, concurrency: int, metrics: Metrics, *,
+        transport_factory: type[httpx.AsyncHTTPTransport] = httpx.AsyncHTTPTransport,
+    ) -> None:
+        self._metrics = metrics
         self._semaphore = asyncio.Semaphore(concurrency)
         self._clients: dict[str, httpx.AsyncClient] = {}
         self._transport_factory = transport_factory
@@ -47,7 +59,7 @@ class HttpClientPool:
         if existing is not None:
             return existing
         limits = httpx.Limits(max_connections=self._concurrency, max_keepalive_connections=self._concurrency)
-        transport = BoundedTransport(self._transport_factory(limits=limits, retries=0), self._semaphore)
+        transport = BoundedTransport(self._transport_factory(limits=limits, retries=0), self._semaphore, self._metrics)
         client = httpx.AsyncClient(
             base_url=base_url, headers={"User-Agent": USER_AGENT, **(headers or {})}, timeout=timeout,
             transport=transport, follow_redirects=False,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from teckochecker.clock import Clock
 from teckochecker.crashpoints import CrashPoints
 from teckochecker.errors import PermanentError, TransientError
+from teckochecker.metrics import Metrics
 from teckochecker.plugin_api import CheckReport
 from teckochecker.retry import backoff_delay
 from teckochecker.runtime import JobRuntime
@@ -33,15 +34,16 @@ class TickResult:
 class JobRunner:
     def __init__(
         self, store: StateStore, worker: StoreWorker, clock: Clock, crashpoints: CrashPoints,
-        logger: logging.Logger, rng: random.Random | None = None,
+        logger: logging.Logger, metrics: Metrics, rng: random.Random | None = None,
     ) -> None:
         self._store = store
+        self._metrics = metrics
         self._db = worker
         self._clock = clock
         self._crash = crashpoints
         self._log = logger
         self._rng = rng or random.Random()
-        self._actions = ActionDriver(store, worker, clock, crashpoints, logger, self._rng)
+        self._actions = ActionDriver(store, worker, clock, crashpoints, logger, metrics, self._rng)
 
     async def tick(self, job: JobRuntime) -> TickResult:
         snap = await self._db.run(self._store.job, job.name)
@@ -63,6 +65,7 @@ class JobRunner:
         if snap.deadline_at is not None and now >= snap.deadline_at:
             reason = f"deadline passed ({snap.deadline_at:%Y-%m-%d %H:%M:%S}Z) with {len(snap.pending_targets)} target(s) unfinished"
             await self._db.run(self._store.fail_job, job.name, reason, now=now, kind="deadline_passed")
+            self._metrics.job_deadline_exceeded.labels(job.name).inc()
             self._log.warning("job %s: %s", job.name, reason)
             return await self._reload(job.name), None
         if snap.consecutive_failures and snap.next_check_at and now < snap.next_check_at - dt.timedelta(seconds=1):
@@ -86,6 +89,15 @@ class JobRunner:
         return snap, next_in
 
     async def _check(self, job: JobRuntime, snap: JobSnapshot, now: dt.datetime) -> CheckReport | None:
+        source_type = job.definition.source.type
+        started = self._clock.monotonic()
+        report = await self._call_source(job, snap, now)
+        self._metrics.source_check_duration.labels(source_type).observe(self._clock.monotonic() - started)
+        outcome = "permanent_error" if report is None else ("transient_error" if report.transient_errors else "ok")
+        self._metrics.source_checks.labels(source_type, outcome).inc()
+        return report
+
+    async def _call_source(self, job: JobRuntime, snap: JobSnapshot, now: dt.datetime) -> CheckReport | None:
         pending = snap.pending_targets
         try:
             report = await job.source.check(pending)

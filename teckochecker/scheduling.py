@@ -10,24 +10,33 @@ import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
 
-from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobExecutionEvent
+from apscheduler.events import (
+    EVENT_JOB_MAX_INSTANCES,
+    EVENT_JOB_MISSED,
+    EVENT_JOB_SUBMITTED,
+    JobEvent,
+    JobSubmissionEvent,
+)
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from teckochecker.clock import Clock
+from teckochecker.metrics import Metrics
 
 TickFunction = Callable[[str], Awaitable[None]]
 
 
 class Ticker:
-    def __init__(self, tick: TickFunction, clock: Clock, logger: logging.Logger) -> None:
+    def __init__(self, tick: TickFunction, clock: Clock, logger: logging.Logger, metrics: Metrics) -> None:
         self._tick = tick
         self._clock = clock
         self._log = logger
+        self._metrics = metrics
         self._scheduler = AsyncIOScheduler(timezone=dt.timezone.utc)
         self._scheduler.add_listener(self._on_skipped, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
-        self.skipped_ticks = 0
+        self._scheduler.add_listener(self._on_submitted, EVENT_JOB_SUBMITTED)
+        self.last_tick_at: float | None = None
 
     def start(self) -> None:
         """Call from inside the running event loop."""
@@ -77,9 +86,15 @@ class Ticker:
     def scheduled(self) -> dict[str, dt.datetime | None]:
         return {job.id: job.next_run_time for job in self._scheduler.get_jobs()}
 
-    def _on_skipped(self, event: JobExecutionEvent) -> None:
-        self.skipped_ticks += 1
+    def _on_skipped(self, event: JobEvent) -> None:
+        self._metrics.scheduler_skipped_ticks.inc()
         self._log.debug("tick of %s skipped (still running or missed)", event.job_id)
+
+    def _on_submitted(self, event: JobSubmissionEvent) -> None:
+        now = self._clock.now()
+        self.last_tick_at = self._clock.monotonic()
+        for scheduled in event.scheduled_run_times:
+            self._metrics.scheduler_lag.observe(max(0.0, (now - scheduled).total_seconds()))
 
 
 def _jitter(interval: float) -> int:

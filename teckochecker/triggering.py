@@ -20,6 +20,7 @@ import random
 from teckochecker.clock import Clock
 from teckochecker.crashpoints import CrashPoints
 from teckochecker.errors import InDoubt, NotStarted, PermanentError, TransientError
+from teckochecker.metrics import Metrics
 from teckochecker.plugin_api import Action, ActionOutcome, ActionRequest, ActionResult
 from teckochecker.retry import backoff_delay
 from teckochecker.runtime import JobRuntime
@@ -40,9 +41,10 @@ TARGET_BUSY_RETRY = 5.0
 class ActionDriver:
     def __init__(
         self, store: StateStore, worker: StoreWorker, clock: Clock, crashpoints: CrashPoints,
-        logger: logging.Logger, rng: random.Random,
+        logger: logging.Logger, metrics: Metrics, rng: random.Random,
     ) -> None:
         self._store = store
+        self._metrics = metrics
         self._db = worker
         self._clock = clock
         self._crash = crashpoints
@@ -88,24 +90,36 @@ class ActionDriver:
         if not await self._db.run(self._store.begin_run, run.id, now=self._clock.now()):
             return TARGET_BUSY_RETRY
         self._crash.hit("after_intent_commit")
+        if run.attempt == 1:
+            # From the check that saw the last target finish (it created this run) to the start call.
+            self._metrics.trigger_delay.observe(max(0.0, (self._clock.now() - run.created_at).total_seconds()))
+        started = self._clock.monotonic()
         try:
             result = await action.start(request)
         except NotStarted as exc:
+            self._count(action, "not_started")
             delay = backoff_delay(run.attempt, exc.retry_after, rng=self._rng)
             await self._db.run(self._store.run_not_started, run.id, str(exc), now=self._clock.now(),
                                next_try_at=self._clock.now() + dt.timedelta(seconds=delay))
             return delay
         except PermanentError as exc:
+            self._count(action, "rejected")
             await self._db.run(self._store.run_finished, run.id, RunState.REJECTED, str(exc), now=self._clock.now())
             self._log.error("action %s of job %s rejected: %s", run.action_index, request.job_name, exc)
             return 0.0
         except (InDoubt, TransientError) as exc:
+            self._count(action, "in_doubt")
             return await self._mark_in_doubt(action, run, str(exc))
         except Exception as exc:  # an unexpected plugin error after the call may have gone out: in doubt
             self._log.exception("action %s of job %s failed while starting", run.action_index, request.job_name)
+            self._count(action, "in_doubt")
             return await self._mark_in_doubt(action, run, f"action plugin error: {exc}")
+        finally:
+            self._metrics.action_duration.labels(action.type_name).observe(self._clock.monotonic() - started)
+        self._count(action, "started")
         self._crash.hit("after_start_response")
         await self._db.run(self._store.run_started, run.id, result, now=self._clock.now())
+        self._record_finish(action, result)
         return FOLLOW_INTERVAL if result.outcome is ActionOutcome.RUNNING else 0.0
 
     async def _mark_in_doubt(self, action: Action, run: RunSnapshot, message: str) -> float:
@@ -147,8 +161,11 @@ class ActionDriver:
     async def _adopt(self, action: Action, run: RunSnapshot, found: list[ActionResult]) -> float:
         first, duplicates = found[0], found[1:]
         await self._db.run(self._store.run_started, run.id, first, now=self._clock.now(), how="adopted")
+        self._count(action, "adopted")
+        self._record_finish(action, first)
         self._crash.hit("after_adopt")
         for duplicate in duplicates:
+            self._metrics.duplicate_starts.labels(action.type_name).inc()
             cancelled = await action.cancel(duplicate)
             self._log.error(
                 "job action %s: duplicate downstream start %s found; %s", run.id, duplicate.external_id,
@@ -168,7 +185,16 @@ class ActionDriver:
             return 0.0
         self._failures.pop(run.id, None)
         await self._db.run(self._store.run_progress, run.id, result, now=self._clock.now())
+        self._record_finish(action, result)
         return 0.0 if result.outcome.is_finished else FOLLOW_INTERVAL
+
+    def _count(self, action: Action, outcome: str) -> None:
+        self._metrics.actions.labels(action.type_name, outcome).inc()
+
+    def _record_finish(self, action: Action, result: ActionResult) -> None:
+        if result.outcome.is_finished:
+            self._count(action, result.outcome.value)
+            self._metrics.downstream_jobs.labels(action.type_name, result.vendor_status or result.outcome.value).inc()
 
     async def _defer(self, run: RunSnapshot, message: str, retry_after: float | None) -> float:
         attempt = self._failures[run.id] = self._failures.get(run.id, 0) + 1

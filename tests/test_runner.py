@@ -14,6 +14,7 @@ from clock import FakeClock
 from daemon import read_ledger
 
 from teckochecker.crashpoints import CrashPoints
+from teckochecker.metrics import Metrics
 from teckochecker.plugin_api import PluginContext
 from teckochecker.plugins import PluginRegistry
 from teckochecker.runner import JobRunner, TickResult
@@ -46,7 +47,7 @@ class Harness:
         self.store = StateStore.open(state_url or f"sqlite:///{tmp_path / 'state.db'}")
         self.worker = StoreWorker()
         self.runner = JobRunner(self.store, self.worker, self.clock, CrashPoints({}), logging.getLogger("test"),
-                                random.Random(1))
+                                Metrics(), random.Random(1))
         context = PluginContext(http=None, clock=self.clock, logger=logging.getLogger("test.plugins"),  # type: ignore[arg-type]
                                 secret=SecretResolver({}, {}, Redactor()))
         self.job = JobRuntime.build(self.config.jobs["j"], context)

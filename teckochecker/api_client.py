@@ -1,0 +1,135 @@
+"""Reads a running daemon's JSON API back into the snapshot types, so the CLI renders one view for both
+sources (the state store, or `status --url`)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import httpx
+
+from teckochecker.errors import TeckoCheckerError
+from teckochecker.plugin_api import TargetState
+from teckochecker.state.models import Event, JobSnapshot, JobState, RunSnapshot, RunState, TargetSnapshot
+
+TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+
+
+def fetch_jobs(base_url: str, *, transport: httpx.BaseTransport | None = None) -> list[JobSnapshot]:
+    body = _get(base_url, "/api/v1/jobs", transport)
+    jobs = body.get("jobs") if isinstance(body, Mapping) else None
+    if not isinstance(jobs, list):
+        raise TeckoCheckerError(f"{base_url} did not answer like a TeckoChecker daemon (no job list)")
+    return [_convert(base_url, job_from_json, job) for job in jobs]
+
+
+def fetch_job(base_url: str, name: str, events: int = 50, *,
+              transport: httpx.BaseTransport | None = None) -> tuple[JobSnapshot, list[Event]]:
+    body = _get(base_url, f"/api/v1/jobs/{quote(name, safe='')}?events={events}", transport)
+    job = _convert(base_url, job_from_json, body)
+    return job, [_convert(base_url, event_from_json, e) for e in body.get("events") or ()]
+
+
+def _get(base_url: str, path: str, transport: httpx.BaseTransport | None) -> Any:
+    root = _root(base_url)
+    try:
+        with httpx.Client(timeout=TIMEOUT, transport=transport, follow_redirects=False, trust_env=False) as client:
+            response = client.get(root + path, headers={"Accept": "application/json"})
+    except httpx.HTTPError as exc:
+        raise TeckoCheckerError(f"cannot reach the daemon at {base_url}: {_describe(exc)}") from exc
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if response.status_code != 200:
+        detail = body.get("error") if isinstance(body, Mapping) else None
+        raise TeckoCheckerError(f"the daemon at {base_url} answered HTTP {response.status_code}"
+                                + (f": {detail}" if detail else ""))
+    if body is None:
+        raise TeckoCheckerError(f"{base_url} did not answer with JSON (is it a TeckoChecker daemon?)")
+    return body
+
+
+def _root(base_url: str) -> str:
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise TeckoCheckerError(f"not an http(s) URL: {base_url!r} (e.g. http://127.0.0.1:9718)")
+    return base_url.rstrip("/")
+
+
+def _describe(exc: httpx.HTTPError) -> str:
+    return str(exc) or type(exc).__name__
+
+
+def _convert(base_url: str, convert: Any, data: Any) -> Any:
+    try:
+        return convert(data)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise TeckoCheckerError(f"{base_url} answered JSON this version cannot read ({type(exc).__name__}: {exc})") from exc
+
+
+def job_from_json(data: Mapping[str, Any]) -> JobSnapshot:
+    return JobSnapshot(
+        name=str(data["name"]),
+        state=JobState(data["state"]),
+        fingerprint=str(data.get("fingerprint") or ""),
+        removed=bool(data.get("removed")),
+        paused=bool(data.get("paused")),
+        created_at=_required_time(data["created_at"]),
+        first_observed_at=_time(data.get("first_observed_at")),
+        deadline_at=_time(data.get("deadline_at")),
+        last_checked_at=_time(data.get("last_checked_at")),
+        # The API gives the scheduler's plan; for a reader that is what "next check" means.
+        next_check_at=_time(data.get("next_check")),
+        finished_at=_time(data.get("finished_at")),
+        last_error=data.get("last_error"),
+        consecutive_failures=int(data.get("consecutive_failures") or 0),
+        targets=tuple(target_from_json(t) for t in data.get("targets") or ()),
+        runs=tuple(run_from_json(r) for r in data.get("runs") or ()),
+    )
+
+
+def target_from_json(data: Mapping[str, Any]) -> TargetSnapshot:
+    return TargetSnapshot(
+        target=str(data["target"]),
+        state=TargetState(data["state"]),
+        vendor_status=data.get("vendor_status"),
+        details=dict(data.get("details") or {}),
+        message=data.get("message"),
+        observed_at=_time(data.get("observed_at")),
+    )
+
+
+def run_from_json(data: Mapping[str, Any]) -> RunSnapshot:
+    return RunSnapshot(
+        id=int(data["id"]),
+        action_index=int(data["action_index"]),
+        action_type=str(data["type"]),
+        state=RunState(data["state"]),
+        trigger_id=str(data.get("trigger_id") or ""),
+        attempt=int(data.get("attempt") or 0),
+        created_at=_required_time(data["created_at"]),
+        intent_at=_time(data.get("intent_at")),
+        next_try_at=_time(data.get("next_try_at")),
+        search_empty_count=int(data.get("search_empty_count") or 0),
+        external_id=data.get("external_id"),
+        external_url=data.get("url"),
+        vendor_status=data.get("vendor_status"),
+        message=data.get("message"),
+        details=dict(data.get("details") or {}),
+    )
+
+
+def event_from_json(data: Mapping[str, Any]) -> Event:
+    return Event(at=_required_time(data["at"]), kind=str(data["kind"]), message=str(data["message"]),
+                 data=dict(data.get("data") or {}))
+
+
+def _time(value: Any) -> dt.datetime | None:
+    return None if value is None else dt.datetime.fromisoformat(value)
+
+
+def _required_time(value: Any) -> dt.datetime:
+    return dt.datetime.fromisoformat(value)

@@ -1,0 +1,467 @@
+"""The daemon's HTTP face: /metrics, health probes, the JSON API and the status page.
+
+Everything is read and done through DaemonControl; this module never touches the store or the scheduler.
+Every answer, errors included, is JSON (the status page and /metrics aside): ``{"error": ..., "path": ...}``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import hmac
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from prometheus_client import make_asgi_app
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from teckochecker import __version__
+from teckochecker.control import DaemonControl, ReloadStatus
+from teckochecker.errors import TeckoCheckerError
+from teckochecker.metrics import Metrics
+from teckochecker.report import request_counts
+from teckochecker.state.models import Event, JobSnapshot, RunSnapshot, TargetSnapshot
+from teckochecker.statuspage import render_page
+
+MAX_BODY_BYTES = 64 * 1024
+DEFAULT_EVENTS, MAX_EVENTS = 50, 1000
+PAGE_EVENTS = 10  # per job on the status page: enough to see what happened lately, short enough to scan
+# The config only accepts job names of this shape, so anything else cannot be a job: answer 404 without
+# asking the daemon.
+_JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_EVENTS_PARAM = re.compile(r"^[0-9]{1,4}$")
+_ENABLE_HINT = ("the control endpoints are off: set http.api_token in the config to the name of a secret "
+                "(declared under secrets:) that holds the bearer token, then reload or restart the daemon")
+
+
+def create_app(control: DaemonControl, metrics: Metrics, logger: logging.Logger) -> Starlette:
+    """The whole HTTP app. No CORS middleware on purpose: browsers on other origins get nothing."""
+    api = _Api(control, logger)
+    routes = [
+        Route("/", api.status_page),
+        Route("/healthz", api.healthz),
+        Route("/readyz", api.readyz),
+        Route("/metrics", _MetricsEndpoint(control, metrics, logger), methods=["GET"]),
+        Route("/api/v1/status", api.status),
+        Route("/api/v1/jobs", api.jobs),
+        Route("/api/v1/jobs/{name}", api.job),
+        Route("/api/v1/jobs/{name}/pause", api.pause, methods=["POST"]),
+        Route("/api/v1/jobs/{name}/resume", api.resume, methods=["POST"]),
+        Route("/api/v1/jobs/{name}/check-now", api.check_now, methods=["POST"]),
+    ]
+    return Starlette(
+        routes=routes,
+        # Outermost first: a bug anywhere below (including the body limit) still answers JSON.
+        middleware=[
+            Middleware(_CatchAll, logger=logger),
+            Middleware(_SecurityHeaders),
+            Middleware(_BodyLimit, max_bytes=MAX_BODY_BYTES),
+        ],
+        exception_handlers={HTTPException: _http_error, TeckoCheckerError: _daemon_unavailable(logger)},
+    )
+
+
+class _Api:
+    def __init__(self, control: DaemonControl, logger: logging.Logger) -> None:
+        self._control = control
+        self._logger = logger
+
+    # ----- probes -----
+
+    async def healthz(self, request: Request) -> Response:
+        # Answering at all proves the process and its event loop are alive.
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(self, request: Request) -> Response:
+        checks = {name: bool(ok) for name, ok in (await self._control.readiness()).items()}
+        ready = bool(checks) and all(checks.values())
+        return JSONResponse({"status": "ready" if ready else "not_ready", "checks": checks},
+                            status_code=200 if ready else 503)
+
+    # ----- reading -----
+
+    async def status(self, request: Request) -> Response:
+        return _json({"version": __version__, "reload": reload_to_json(self._control.reload_status())})
+
+    async def jobs(self, request: Request) -> Response:
+        jobs = await self._control.jobs()
+        return _json({"jobs": [job_to_json(job, self._control.next_run(job.name)) for job in jobs]})
+
+    async def job(self, request: Request) -> Response:
+        limit = _events_limit(request)
+        if isinstance(limit, Response):
+            return limit
+        name = request.path_params["name"]
+        job = await self._control.job(name) if _JOB_NAME.match(name) else None
+        if job is None:
+            return error_response(404, f"no job named {name!r}", _path(request))
+        events = await self._control.events(name, limit)
+        return _json(job_to_json(job, self._control.next_run(name), events))
+
+    async def status_page(self, request: Request) -> Response:
+        jobs = []
+        for job in await self._control.jobs():
+            events = await self._control.events(job.name, PAGE_EVENTS)
+            jobs.append(job_to_json(job, self._control.next_run(job.name), events))
+        reload = reload_to_json(self._control.reload_status())
+        page = render_page(jobs, reload, __version__, dt.datetime.now(dt.timezone.utc))
+        # No script runs on the page, so none may: a vendor message that slips past escaping stays inert.
+        return HTMLResponse(page, headers={
+            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; "
+                                       "form-action 'none'; frame-ancestors 'none'",
+            "Cache-Control": "no-store",
+        })
+
+    # ----- control (mutating) -----
+
+    async def pause(self, request: Request) -> Response:
+        return await self._mutate(request, "pause", self._control.pause)
+
+    async def resume(self, request: Request) -> Response:
+        return await self._mutate(request, "resume", self._control.resume)
+
+    async def check_now(self, request: Request) -> Response:
+        return await self._mutate(request, "check-now", self._control.check_now)
+
+    async def _mutate(self, request: Request, action: str, call: Callable[[str], Awaitable[bool]]) -> Response:
+        name = request.path_params["name"]
+        path = _path(request)
+        denied = self._authorize(request)
+        if denied is not None:
+            self._audit(action, name, request, f"denied ({denied.status_code})", logging.WARNING)
+            return denied
+        if not _JOB_NAME.match(name) or await self._control.job(name) is None:
+            self._audit(action, name, request, "no such job")
+            return error_response(404, f"no job named {name!r}", path)
+        if not await call(name):
+            self._audit(action, name, request, "refused")
+            if action == "check-now":  # the job exists but the scheduler has nothing to run for it
+                return error_response(409, f"job {name!r} is not scheduled (finished, paused or removed)", path)
+            return error_response(404, f"no job named {name!r}", path)  # removed between the two calls
+        self._audit(action, name, request, "ok")
+        return _json({"job": name, "action": action, "ok": True})
+
+    def _authorize(self, request: Request) -> Response | None:
+        """None if the caller may mutate; else the 403/401 answer. Which error comes first matters:
+        with no token configured nobody can be authorized, so say how to turn the endpoints on."""
+        expected = self._control.api_token()
+        path = _path(request)
+        if expected is None:
+            return error_response(403, _ENABLE_HINT, path)
+        given = _bearer_token(request.headers.get("authorization"))
+        if given is None or not hmac.compare_digest(given, expected.encode("utf-8")):
+            return error_response(401, "missing or wrong bearer token (Authorization: Bearer <token>)", path,
+                                  headers={"WWW-Authenticate": 'Bearer realm="teckochecker"'})
+        return None
+
+    def _audit(self, action: str, name: str, request: Request, result: str, level: int = logging.INFO) -> None:
+        # Never the token, not even a prefix; %r keeps a hostile job name on one line.
+        remote = request.client.host if request.client else "-"
+        self._logger.log(level, "audit: %s job=%r from %s: %s", action, name, remote, result)
+
+
+def _path(request: Request) -> str:
+    # The raw scope path, not request.url: building a URL parses the Host header, which a client controls.
+    return str(request.scope.get("path", ""))
+
+
+def _bearer_token(header: str | None) -> bytes | None:
+    if not header:
+        return None
+    scheme, _, value = header.strip().partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        return None
+    # ASGI headers are latin-1; going back to bytes keeps compare_digest total (str needs ASCII).
+    return value.strip().encode("latin-1")
+
+
+def _events_limit(request: Request) -> int | Response:
+    raw = request.query_params.get("events")
+    if raw is None:
+        return DEFAULT_EVENTS
+    if _EVENTS_PARAM.match(raw) and 1 <= int(raw) <= MAX_EVENTS:
+        return int(raw)
+    return error_response(400, f"events must be an integer from 1 to {MAX_EVENTS} (got {raw[:40]!r})",
+                          _path(request))
+
+
+# ----- JSON shapes (the API contract; api_client.py reads them back) -----
+
+
+def job_to_json(job: JobSnapshot, next_check: dt.datetime | None, events: list[Event] | None = None) -> dict[str, Any]:
+    totals = {"total": 0, "completed": 0, "failed": 0}
+    for target in job.targets:
+        counts = request_counts(target.details)
+        if counts:
+            totals = {"total": totals["total"] + counts.total, "completed": totals["completed"] + counts.completed,
+                      "failed": totals["failed"] + counts.failed}
+    body: dict[str, Any] = {
+        "name": job.name,
+        "state": job.state.value,
+        "final": job.state.is_final,
+        "paused": job.paused,
+        "removed": job.removed,
+        "fingerprint": job.fingerprint,
+        "created_at": _time(job.created_at),
+        "first_observed_at": _time(job.first_observed_at),
+        "deadline_at": _time(job.deadline_at),
+        "last_checked_at": _time(job.last_checked_at),
+        # The scheduler's plan, not the stored column: this is when the running daemon will look next.
+        "next_check": _time(next_check),
+        "finished_at": _time(job.finished_at),
+        "last_error": job.last_error,
+        "consecutive_failures": job.consecutive_failures,
+        "targets_done": job.done_count,
+        "targets_total": len(job.targets),
+        "requests": totals,
+        "targets": [target_to_json(t) for t in job.targets],
+        "runs": [run_to_json(r) for r in job.runs],
+    }
+    if events is not None:
+        body["events"] = [event_to_json(e) for e in events]
+    return body
+
+
+def target_to_json(target: TargetSnapshot) -> dict[str, Any]:
+    counts = request_counts(target.details)
+    return {
+        "target": target.target,
+        "state": target.state.value,
+        "terminal": target.state.is_terminal,
+        "vendor_status": target.vendor_status,
+        "message": target.message,
+        "observed_at": _time(target.observed_at),
+        "progress": None if counts is None else {
+            "total": counts.total, "completed": counts.completed, "failed": counts.failed, "label": counts.label},
+        "details": target.details,
+    }
+
+
+def run_to_json(run: RunSnapshot) -> dict[str, Any]:
+    return {
+        "id": run.id,
+        "action_index": run.action_index,
+        "type": run.action_type,
+        "state": run.state.value,
+        "final": run.state.is_final,
+        "trigger_id": run.trigger_id,
+        "attempt": run.attempt,
+        "created_at": _time(run.created_at),
+        "intent_at": _time(run.intent_at),
+        "next_try_at": _time(run.next_try_at),
+        "search_empty_count": run.search_empty_count,
+        "external_id": run.external_id,
+        "url": run.external_url,
+        "vendor_status": run.vendor_status,
+        "message": run.message,
+        "details": run.details,
+    }
+
+
+def event_to_json(event: Event) -> dict[str, Any]:
+    return {"at": _time(event.at), "kind": event.kind, "message": event.message, "data": event.data}
+
+
+def reload_to_json(status: ReloadStatus) -> dict[str, Any]:
+    return {"successful": status.successful, "at": _time(status.at), "errors": list(status.errors),
+            "restart_required": list(status.restart_required)}
+
+
+def _time(value: dt.datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _json_default(value: object) -> object:
+    # Snapshot details are read-only Mappings and vendor data may hold anything: never fail to encode.
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, (tuple, set, frozenset)):
+        return list(value)
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    if isinstance(value, enum.Enum):
+        return value.value
+    return str(value)
+
+
+class _JSON(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, default=_json_default, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _json(content: Any, status_code: int = 200) -> Response:
+    return _JSON(content, status_code=status_code)
+
+
+def error_response(status: int, message: str, path: str, headers: Mapping[str, str] | None = None) -> Response:
+    return _JSON({"error": message, "path": path}, status_code=status, headers=dict(headers or {}))
+
+
+# ----- errors -----
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """404 for unknown routes, 405 for a wrong method (with Allow), and any other HTTPException."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        message = f"no such endpoint: {request.method} {_path(request)}"
+    elif exc.status_code == 405:
+        message = f"method {request.method} not allowed here (allowed: {(exc.headers or {}).get('Allow', '-')})"
+    else:
+        message = str(exc.detail)
+    return error_response(exc.status_code, message, _path(request), exc.headers)
+
+
+def _daemon_unavailable(logger: logging.Logger) -> Callable[[Request, Exception], Awaitable[Response]]:
+    async def handler(request: Request, exc: Exception) -> Response:
+        # The daemon could not answer (e.g. the state store is down): not a bug in this request, not a 500.
+        logger.warning("HTTP %s %s: %s", request.method, _path(request), exc)
+        return error_response(503, f"the daemon cannot answer right now: {exc}", _path(request))
+
+    return handler
+
+
+# ----- ASGI middleware and endpoints -----
+
+
+async def _send_error(scope: Scope, receive: Receive, send: Send, status: int, message: str) -> None:
+    await error_response(status, message, scope.get("path", ""))(scope, receive, send)
+
+
+class _CatchAll:
+    """Real bugs: log with the traceback and answer a JSON 500; the exception stops here, so neither uvicorn
+    nor the daemon's loop ever sees it."""
+
+    def __init__(self, app: ASGIApp, logger: logging.Logger) -> None:
+        self._app = app
+        self._logger = logger
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self._app(scope, receive, tracking_send)
+        except Exception:
+            self._logger.exception("HTTP %s %s failed (a bug)", scope.get("method"), scope.get("path"))
+            if not started:
+                await _send_error(scope, receive, send, 500, "internal error (logged by the daemon)")
+
+
+class _SecurityHeaders:
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-content-type-options", b"nosniff"),
+                                      (b"referrer-policy", b"no-referrer")]
+            await send(message)
+
+        await self._app(scope, receive, with_headers if scope["type"] == "http" else send)
+
+
+class _BodyLimit:
+    """413 for bodies over the cap, decided before any endpoint runs, so an oversized POST never acts.
+
+    A declared Content-Length is checked up front; a chunked body is read (up to the cap) and replayed.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self._app = app
+        self._max = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self._max:
+            await _send_error(scope, receive, send, 413, f"request body over {self._max} bytes")
+            return
+        body, more, disconnected = b"", True, False
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                disconnected, more = True, False
+                break
+            body += message.get("body", b"")
+            more = bool(message.get("more_body"))
+            if len(body) > self._max:
+                await _send_error(scope, receive, send, 413, f"request body over {self._max} bytes")
+                return
+        await self._app(scope, _replay(body, disconnected, receive), send)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", []):
+        if name == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None
+
+
+def _replay(body: bytes, disconnected: bool, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            if disconnected:
+                return {"type": "http.disconnect"}
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()  # after the body: wait for the disconnect as a server would
+
+    return replay
+
+
+class _MetricsEndpoint:
+    """prometheus_client's ASGI app on the daemon's own registry, with the job gauges refreshed per scrape."""
+
+    def __init__(self, control: DaemonControl, metrics: Metrics, logger: logging.Logger) -> None:
+        self._control = control
+        self._metrics = metrics
+        self._logger = logger
+        self._app = make_asgi_app(registry=metrics.registry)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not _utf8_inputs(scope):
+            # prometheus_client decodes these as UTF-8 and would raise on anything else.
+            await _send_error(scope, receive, send, 400, "query string and Accept headers must be UTF-8")
+            return
+        try:
+            # Gauges from the store's view at scrape time, so they are never staler than the scrape.
+            self._metrics.observe_jobs(await self._control.jobs())
+        except TeckoCheckerError as exc:
+            # Keep serving the counters; the gauges keep their last values until the store answers.
+            self._logger.warning("metrics: could not read the jobs: %s", exc)
+        await self._app(scope, receive, send)
+
+
+def _utf8_inputs(scope: Scope) -> bool:
+    parts = [scope.get("query_string", b"")]
+    parts += [value for name, value in scope.get("headers", []) if name.lower() in (b"accept", b"accept-encoding")]
+    try:
+        for part in parts:
+            part.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True

@@ -1,0 +1,153 @@
+"""Runs the HTTP app with uvicorn inside the daemon's own event loop.
+
+The daemon owns the process: its signals (SIGTERM/SIGINT/SIGHUP), its logging and its shutdown order.
+So uvicorn gets a socket we bound ourselves, no signal handlers, and no logging config of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import ipaddress
+import logging
+import socket
+from collections.abc import Iterator
+
+import uvicorn
+from starlette.types import ASGIApp
+
+from teckochecker.errors import TeckoCheckerError
+
+STOP_TIMEOUT = 2.0
+START_TIMEOUT = 5.0
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn.Server minus its signal handling.
+
+    uvicorn >= 0.29 wraps serve() in capture_signals(), which replaces the SIGINT/SIGTERM handlers with
+    its own (stopping only the web server) and re-raises the signal afterwards. In the daemon that would
+    steal SIGTERM from the daemon's graceful shutdown.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    def install_signal_handlers(self) -> None:  # the pre-0.29 name of the same thing
+        return None
+
+
+class WebServer:
+    def __init__(self, app: ASGIApp, host: str, port: int, logger: logging.Logger) -> None:
+        self._app = app
+        self._host = host
+        self._port = port
+        self._logger = logger
+        self._server: _EmbeddedServer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._bound_port: int | None = None
+
+    @property
+    def bound_port(self) -> int:
+        """The port actually listened on (the real one when configured as 0)."""
+        if self._bound_port is None:
+            raise RuntimeError("the web server is not started")
+        return self._bound_port
+
+    @property
+    def url(self) -> str:
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"http://{host}:{self.bound_port}"
+
+    async def start(self) -> None:
+        """Bind and serve in the background; raises TeckoCheckerError if the address cannot be used."""
+        sock = _bind(self._host, self._port)
+        self._bound_port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self._app, host=self._host, port=self._bound_port, log_level="warning", lifespan="off",
+            access_log=False,
+            # None: leave logging alone, so uvicorn's records go through the daemon's (redacting) handlers.
+            log_config=None,
+            # The audit log names the TCP peer, not whatever an X-Forwarded-For header claims.
+            proxy_headers=False, server_header=False,
+            timeout_graceful_shutdown=1,
+        )
+        self._server = _EmbeddedServer(config)
+        self._task = asyncio.get_running_loop().create_task(self._server.serve(sockets=[sock]), name="http-server")
+        self._task.add_done_callback(self._on_exit)
+        await self._wait_started(sock)
+        if not _is_loopback(self._host):
+            self._logger.warning("HTTP listener on %s is not loopback: job data and metrics are readable by anyone "
+                                 "who can reach it; put a TLS reverse proxy in front", self._host)
+        self._logger.info("HTTP listening on %s", self.url)
+
+    async def _wait_started(self, sock: socket.socket) -> None:
+        assert self._server is not None and self._task is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + START_TIMEOUT
+        while not self._server.started:
+            if self._task.done():
+                sock.close()
+                exc = self._task.exception() if not self._task.cancelled() else None
+                raise TeckoCheckerError(f"the HTTP server on {self._host}:{self._port} did not start: {exc}")
+            if loop.time() > deadline:
+                await self.stop()
+                raise TeckoCheckerError(f"the HTTP server on {self._host}:{self._port} did not start in time")
+            await asyncio.sleep(0.01)
+
+    def _on_exit(self, task: asyncio.Task[None]) -> None:
+        # The listener ending on its own (not through stop()) is worth a line: /metrics and the API are gone.
+        if self._server is not None and not self._server.should_exit and not task.cancelled():
+            self._logger.error("the HTTP server stopped unexpectedly: %s", task.exception())
+
+    async def stop(self) -> None:
+        """Stop accepting, let in-flight requests finish, and give up after about STOP_TIMEOUT seconds."""
+        server, task = self._server, self._task
+        if server is None or task is None:
+            return
+        server.should_exit = True
+        try:
+            await asyncio.wait_for(asyncio.shield(task), STOP_TIMEOUT)
+        except asyncio.TimeoutError:
+            server.force_exit = True
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        except Exception:  # already logged by _on_exit; stopping must not fail the daemon's shutdown
+            pass
+        self._server = self._task = None
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """Bind here rather than in uvicorn: an address in use becomes one clear error, not a sys.exit."""
+    where = f"{host}:{port}"
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise TeckoCheckerError(f"cannot listen on {where}: cannot resolve {host!r} ({exc.strerror})") from exc
+    sock = socket.socket(family, kind, proto)
+    try:
+        # Lets a restarted daemon rebind while old connections sit in TIME_WAIT; on Linux it does *not*
+        # allow two live listeners on one port.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise TeckoCheckerError(f"cannot listen on {where}: address already in use "
+                                    "(is another teckochecker running? change http.port)") from exc
+        raise TeckoCheckerError(f"cannot listen on {where}: {exc.strerror or exc}") from exc
+    return sock
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

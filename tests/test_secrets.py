@@ -1,0 +1,439 @@
+"""Secrets: every source, master keys and rotation, the `secrets` commands, and no value in any output.
+
+The resolver is tested in-process; the commands run as real subprocesses, as an operator would run them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.fernet import Fernet
+from daemon import run_cli
+from pydantic import ValidationError
+
+from teckochecker.config import SecretRef
+from teckochecker.errors import SecretError
+from teckochecker.masterkey import load_master_keys
+from teckochecker.secrets import MASK, Redactor, SecretResolver
+
+# Canaries: if one of these shows up in any output or message, a value leaked.
+CANARY = "sk-CANARYCANARY-0123456789abcdef"
+CANARY_FILE = "CANARY-file-6f1d2c3b4a"
+CANARY_CRED = "CANARY-cred-9e8d7c6b5a"
+CANARY_ENC = "CANARY-enc-1a2b3c4d5e"
+CANARIES = (CANARY, CANARY_FILE, CANARY_CRED, CANARY_ENC)
+
+TOKEN = re.compile(r"gAAAAA[A-Za-z0-9_-]+=*")
+KEY_OLD = Fernet.generate_key().decode()
+KEY_NEW = Fernet.generate_key().decode()
+
+
+def resolver(refs: dict[str, dict[str, str]], environ: dict[str, str], redactor: Redactor | None = None) -> SecretResolver:
+    parsed = {name: SecretRef.model_validate(ref) for name, ref in refs.items()}
+    return SecretResolver(parsed, environ, redactor or Redactor())
+
+
+def encrypt(value: str, key: str = KEY_OLD) -> str:
+    return Fernet(key).encrypt(value.encode()).decode()
+
+
+def failure(refs: dict[str, dict[str, str]], environ: dict[str, str], name: str = "s") -> str:
+    with pytest.raises(SecretError) as info:
+        resolver(refs, environ)(name)
+    message = str(info.value)
+    assert message.startswith(f"secret {name!r}: "), message
+    assert not any(canary in message for canary in CANARIES), message
+    return message
+
+
+def assert_no_canary(*outputs: subprocess.CompletedProcess[str]) -> None:
+    for out in outputs:
+        for canary in CANARIES:
+            assert canary not in out.stdout and canary not in out.stderr, (canary, out.stdout, out.stderr)
+
+
+# --- each source --------------------------------------------------------------------------------------
+
+
+def test_env_source() -> None:
+    assert resolver({"s": {"env": "TOKEN"}}, {"TOKEN": CANARY})("s") == CANARY
+    assert failure({"s": {"env": "TOKEN"}}, {}) == "secret 's': environment variable TOKEN is not set or empty"
+    assert "not set or empty" in failure({"s": {"env": "TOKEN"}}, {"TOKEN": ""})
+
+
+@pytest.mark.parametrize(
+    ("content", "value"),
+    [
+        (CANARY_FILE + "\n", CANARY_FILE),
+        (CANARY_FILE + "\r\n", CANARY_FILE),
+        (CANARY_FILE, CANARY_FILE),
+        # Exactly one newline is stripped: the rest belongs to the value.
+        (CANARY_FILE + "\n\n", CANARY_FILE + "\n"),
+        (CANARY_FILE + " \n", CANARY_FILE + " "),
+    ],
+)
+def test_file_source_strips_one_trailing_newline(tmp_path: Path, content: str, value: str) -> None:
+    path = tmp_path / "secret"
+    path.write_bytes(content.encode())
+    assert resolver({"s": {"file": str(path)}}, {})("s") == value
+
+
+def test_file_source_problems(tmp_path: Path) -> None:
+    missing = tmp_path / "absent"
+    assert failure({"s": {"file": str(missing)}}, {}) == f"secret 's': file {missing} not readable: No such file or directory"
+    assert failure({"s": {"file": str(tmp_path)}}, {}) == f"secret 's': file {tmp_path} not readable: Is a directory"
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    assert failure({"s": {"file": str(empty)}}, {}) == f"secret 's': file {empty} is empty"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+def test_file_without_permission(tmp_path: Path) -> None:
+    path = tmp_path / "secret"
+    path.write_text(CANARY_FILE)
+    path.chmod(0)
+    assert failure({"s": {"file": str(path)}}, {}) == f"secret 's': file {path} not readable: Permission denied"
+
+
+def test_file_is_read_at_each_call(tmp_path: Path) -> None:
+    path = tmp_path / "secret"
+    path.write_text("first-value\n")
+    resolve = resolver({"s": {"file": str(path)}}, {})
+    assert resolve("s") == "first-value"
+    path.write_text("second-value\n")
+    assert resolve("s") == "second-value"
+
+
+def test_credential_source(tmp_path: Path) -> None:
+    (tmp_path / "keboola_token").write_text(CANARY_CRED + "\n")
+    environ = {"CREDENTIALS_DIRECTORY": str(tmp_path)}
+    assert resolver({"s": {"credential": "keboola_token"}}, environ)("s") == CANARY_CRED
+
+
+def test_credential_problems(tmp_path: Path) -> None:
+    ref = {"s": {"credential": "keboola_token"}}
+    assert failure(ref, {}) == (
+        "secret 's': credential 'keboola_token': CREDENTIALS_DIRECTORY is not set "
+        "(is it running under systemd with LoadCredential=?)"
+    )
+    message = failure(ref, {"CREDENTIALS_DIRECTORY": str(tmp_path)})
+    assert message.startswith(f"secret 's': credential 'keboola_token' not found in $CREDENTIALS_DIRECTORY ({tmp_path})")
+    assert "LoadCredential=keboola_token:" in message
+
+
+def test_encrypted_source() -> None:
+    environ = {"TECKOCHECKER_MASTER_KEY": KEY_OLD}
+    assert resolver({"s": {"encrypted": encrypt(CANARY_ENC)}}, environ)("s") == CANARY_ENC
+
+
+def test_wrong_master_key() -> None:
+    message = failure({"s": {"encrypted": encrypt(CANARY_ENC)}}, {"TECKOCHECKER_MASTER_KEY": KEY_NEW})
+    assert message == (
+        "secret 's': cannot decrypt: the master key from $TECKOCHECKER_MASTER_KEY does not match (was it rotated away?)"
+    )
+    assert KEY_NEW not in message
+
+
+def test_no_master_key() -> None:
+    message = failure({"s": {"encrypted": encrypt(CANARY_ENC)}}, {})
+    assert message.startswith("secret 's': no master key: make one with `teckochecker secrets keygen`")
+    assert "TECKOCHECKER_MASTER_KEY_FILE" in message
+
+
+def test_two_keys_newest_first_old_tokens_still_decrypt() -> None:
+    environ = {"TECKOCHECKER_MASTER_KEY": f"{KEY_NEW}, {KEY_OLD}"}
+    resolve = resolver({"old": {"encrypted": encrypt("old-value", KEY_OLD)},
+                        "new": {"encrypted": encrypt("new-value", KEY_NEW)}}, environ)
+    assert (resolve("old"), resolve("new")) == ("old-value", "new-value")
+    # The newest key is the one that encrypts.
+    token = load_master_keys(environ).fernet().encrypt(b"x")
+    assert Fernet(KEY_NEW).decrypt(token) == b"x"
+
+
+def test_master_key_file_and_credential(tmp_path: Path) -> None:
+    key_file = tmp_path / "keys"
+    key_file.write_text(f"# rotated 2024-06\n{KEY_NEW}\n{KEY_OLD}  # previous, drop after deploy\n")
+    ref = {"s": {"encrypted": encrypt(CANARY_ENC, KEY_OLD)}}
+    assert resolver(ref, {"TECKOCHECKER_MASTER_KEY_FILE": str(key_file)})("s") == CANARY_ENC
+    (tmp_path / "teckochecker_master_key").write_text(KEY_OLD + "\n")
+    assert resolver(ref, {"CREDENTIALS_DIRECTORY": str(tmp_path)})("s") == CANARY_ENC
+    # The variable wins over the file, which wins over the credential.
+    assert "does not match" in failure(ref, {"TECKOCHECKER_MASTER_KEY": KEY_NEW,
+                                             "TECKOCHECKER_MASTER_KEY_FILE": str(key_file)})
+    assert load_master_keys({"TECKOCHECKER_MASTER_KEY_FILE": str(key_file),
+                             "CREDENTIALS_DIRECTORY": str(tmp_path)}).keys == (KEY_NEW, KEY_OLD)
+
+
+def test_bad_master_keys_are_explained_not_shown(tmp_path: Path) -> None:
+    ref = {"s": {"encrypted": encrypt(CANARY_ENC)}}
+    not_a_key = "CANARY-enc-not-a-key-at-all"
+    message = failure(ref, {"TECKOCHECKER_MASTER_KEY": f"{KEY_OLD},{not_a_key}"})
+    assert message == (
+        "secret 's': $TECKOCHECKER_MASTER_KEY: key 2 of 2 is not a Fernet key "
+        "(44 url-safe base64 characters, as printed by `teckochecker secrets keygen`)"
+    )
+    assert not_a_key not in message and KEY_OLD not in message
+    missing = tmp_path / "nokeys"
+    assert failure(ref, {"TECKOCHECKER_MASTER_KEY_FILE": str(missing)}) == (
+        f"secret 's': key file {missing} ($TECKOCHECKER_MASTER_KEY_FILE) not readable: No such file or directory"
+    )
+    comments_only = tmp_path / "comments"
+    comments_only.write_text("# nothing yet\n")
+    assert "holds no key" in failure(ref, {"TECKOCHECKER_MASTER_KEY_FILE": str(comments_only)})
+
+
+def test_resolved_values_and_master_keys_are_registered_for_redaction(tmp_path: Path) -> None:
+    redactor = Redactor()
+    (tmp_path / "c").write_text(CANARY_CRED)
+    environ = {"TOKEN": CANARY, "TECKOCHECKER_MASTER_KEY": KEY_OLD, "CREDENTIALS_DIRECTORY": str(tmp_path)}
+    resolve = resolver({"e": {"env": "TOKEN"}, "c": {"credential": "c"}, "x": {"encrypted": encrypt(CANARY_ENC)}},
+                       environ, redactor)
+    assert resolve.check_all() == {"c": None, "e": None, "x": None}
+    text = f"sent {CANARY} and {CANARY_CRED} and {CANARY_ENC} with {KEY_OLD}"
+    assert redactor.redact(text) == f"sent {MASK} and {MASK} and {MASK} with {MASK}"
+
+
+def test_check_all_gives_each_reason() -> None:
+    problems = resolver({"a": {"env": "SET"}, "b": {"env": "UNSET"}}, {"SET": CANARY}).check_all()
+    assert problems == {"a": None, "b": "secret 'b': environment variable UNSET is not set or empty"}
+
+
+# --- the reference's shape ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ref", "message"),
+    [
+        ({}, "give exactly one of: env, file, credential, encrypted"),
+        ({"env": "A", "file": "/x"}, "give exactly one of: env, file, credential, encrypted"),
+        ({"credential": "dir/name"}, "a plain file name"),
+        ({"credential": ".."}, "a plain file name"),
+        ({"file": "relative/path"}, "use an absolute path"),
+        ({"env": CANARY}, "an environment variable's name"),
+        ({"encrypted": "gAAAAAB-truncated"}, "is not a Fernet token"),
+        ({"value": CANARY}, "Extra inputs are not permitted"),
+        (CANARY, "a secret is a reference, not a value"),
+    ],
+)
+def test_secret_ref_shape(ref: object, message: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        SecretRef.model_validate(ref)
+    assert message in str(info.value)
+    assert not any(canary in str(e["msg"]) for e in info.value.errors() for canary in CANARIES)
+
+
+def test_describe_names_the_source_never_the_token() -> None:
+    token = encrypt(CANARY_ENC)
+    assert SecretRef(env="OPENAI_API_KEY").describe() == "env OPENAI_API_KEY"
+    assert SecretRef(file="/etc/x").describe() == "file /etc/x"
+    assert SecretRef(credential="openai_api_key").describe() == "credential openai_api_key"
+    assert SecretRef(encrypted=token).describe() == "encrypted value"
+
+
+# --- the commands -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def env(plugin_env: dict[str, str]) -> dict[str, str]:
+    return {**plugin_env, "TECKOCHECKER_MASTER_KEY": KEY_OLD}
+
+
+def write_config(tmp_path: Path, secrets: str, name: str = "tc.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text("# test config\nsecrets:\n" + secrets + "jobs: []\n")
+    return path
+
+
+def test_secrets_help(plugin_env: dict[str, str], tmp_path: Path) -> None:
+    for command in ([], ["keygen"], ["encrypt"], ["rotate"], ["check"]):
+        out = run_cli("secrets", *command, "--help", env=plugin_env, cwd=tmp_path)
+        assert out.returncode == 0 and "usage: teckochecker secrets" in out.stdout, out.stderr
+    out = run_cli("secrets", "--help", env=plugin_env, cwd=tmp_path)
+    assert "AES-128-CBC with HMAC-SHA256" in " ".join(out.stdout.split())
+
+
+def test_keygen_prints_one_valid_key(plugin_env: dict[str, str], tmp_path: Path) -> None:
+    out = run_cli("secrets", "keygen", env=plugin_env, cwd=tmp_path)
+    assert out.returncode == 0
+    key = out.stdout.strip()
+    assert out.stdout == key + "\n"
+    Fernet(key)  # raises if not a key
+    assert key not in out.stderr and "secrets rotate" in out.stderr
+    again = run_cli("secrets", "keygen", env=plugin_env, cwd=tmp_path).stdout.strip()
+    assert again != key
+
+
+def test_encrypt_reads_stdin_and_output_is_valid_config(env: dict[str, str], tmp_path: Path) -> None:
+    out = run_cli("secrets", "encrypt", "keboola", env=env, cwd=tmp_path, stdin=CANARY_ENC + "\n")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("  keboola: {encrypted: gAAAAA") and out.stdout.endswith("}\n")
+    assert out.stdout.count("\n") == 1
+    assert "under 'secrets:'" in out.stderr
+    config = write_config(tmp_path, out.stdout)
+    validated = run_cli("validate-config", str(config), env=env, cwd=tmp_path)
+    assert validated.returncode == 0, validated.stderr
+    checked = run_cli("--config", str(config), "secrets", "check", env=env, cwd=tmp_path)
+    assert checked.returncode == 0 and checked.stdout == "keboola: OK (encrypted value)\n"
+    # The trailing newline from stdin is not part of the value.
+    token = out.stdout.split("encrypted: ")[1].rstrip("}\n")
+    assert Fernet(KEY_OLD).decrypt(token).decode() == CANARY_ENC
+    assert_no_canary(out, validated, checked)
+
+
+def test_encrypt_refusals(plugin_env: dict[str, str], env: dict[str, str], tmp_path: Path) -> None:
+    empty = run_cli("secrets", "encrypt", "x", env=env, cwd=tmp_path, stdin="\n")
+    assert empty.returncode == 1 and "the value is empty" in empty.stderr and empty.stdout == ""
+    no_key = run_cli("secrets", "encrypt", "x", env=plugin_env, cwd=tmp_path, stdin=CANARY_ENC)
+    assert no_key.returncode == 2 and no_key.stdout == ""
+    assert "teckochecker: error: no master key: make one with `teckochecker secrets keygen`" in no_key.stderr
+    # A value is never taken from the command line: there is no place for it.
+    argv = run_cli("secrets", "encrypt", "x", CANARY_ENC, env=env, cwd=tmp_path, stdin="")
+    assert argv.returncode == 2 and "unrecognized arguments" in argv.stderr
+    bad_name = run_cli("secrets", "encrypt", "a: b", env=env, cwd=tmp_path, stdin=CANARY_ENC)
+    assert bad_name.returncode == 2 and "not a usable secret name" in bad_name.stderr
+    assert_no_canary(empty, no_key, bad_name)
+
+
+def test_check_prints_names_and_reasons(env: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "cred").mkdir()
+    (tmp_path / "cred" / "openai_api_key").write_text(CANARY_CRED + "\n")
+    (tmp_path / "token").write_text(CANARY_FILE + "\n")
+    config = write_config(tmp_path, (
+        "  a_env: {env: TC_CANARY}\n"
+        f"  b_file: {{file: {tmp_path / 'token'}}}\n"
+        "  c_cred: {credential: openai_api_key}\n"
+        f"  d_enc: {{encrypted: {encrypt(CANARY_ENC)}}}\n"
+    ))
+    env = {**env, "TC_CANARY": CANARY, "CREDENTIALS_DIRECTORY": str(tmp_path / "cred")}
+    out = run_cli("--config", str(config), "secrets", "check", env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "a_env: OK (env TC_CANARY)",
+        f"b_file: OK (file {tmp_path / 'token'})",
+        "c_cred: OK (credential openai_api_key)",
+        "d_enc: OK (encrypted value)",
+    ]
+    broken = {**env, "TECKOCHECKER_MASTER_KEY": KEY_NEW}
+    del broken["TC_CANARY"], broken["CREDENTIALS_DIRECTORY"]
+    failed = run_cli("secrets", "check", str(config), env=broken, cwd=tmp_path)
+    assert failed.returncode == 1
+    assert failed.stdout.splitlines() == [
+        "a_env: FAILED: environment variable TC_CANARY is not set or empty",
+        f"b_file: OK (file {tmp_path / 'token'})",
+        "c_cred: FAILED: credential 'openai_api_key': CREDENTIALS_DIRECTORY is not set "
+        "(is it running under systemd with LoadCredential=?)",
+        "d_enc: FAILED: cannot decrypt: the master key from $TECKOCHECKER_MASTER_KEY does not match "
+        "(was it rotated away?)",
+    ]
+    assert_no_canary(out, failed)
+
+
+def test_plain_text_secret_is_a_located_error_naming_the_alternatives(env: dict[str, str], tmp_path: Path) -> None:
+    config = write_config(tmp_path, f"  openai: {CANARY}\n")
+    for args in (["validate-config", str(config)], ["secrets", "check", str(config)]):
+        out = run_cli(*args, env=env, cwd=tmp_path)
+        assert out.returncode == 1
+        first = out.stderr.splitlines()[0]
+        assert first.startswith(f"{config}:3:3: secrets.openai: a secret is a reference, not a value"), first
+        for alternative in ("{env:", "{file:", "{credential:", "{encrypted:", "teckochecker secrets encrypt"):
+            assert alternative in first
+        assert_no_canary(out)
+
+
+ROTATE_TEXT = """\
+# Production config.   Odd spacing and comments must survive.
+secrets:
+  # the Keboola token, flow style
+  keboola: {{encrypted: {flow}}}   # keep this comment
+  openai:
+    encrypted: {block}
+  quoted:
+    encrypted: "{double}"
+  single: {{ encrypted: '{single}' }}
+  plain: {{env: OPENAI_API_KEY}}
+jobs: []   # none yet
+"""
+
+
+@pytest.fixture
+def rotatable(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "tc.yaml"
+    tokens = {part: encrypt(f"{CANARY_ENC}-{part}", KEY_OLD) for part in ("flow", "block", "double", "single")}
+    path.write_text(ROTATE_TEXT.format(**tokens))
+    path.chmod(0o640)
+    yield path
+
+
+def decrypt_all(path: Path, key: str) -> dict[str, str]:
+    from teckochecker.loader import load_file
+
+    document, _ = load_file(path)
+    return {
+        name: Fernet(key).decrypt(ref["encrypted"]).decode()
+        for name, ref in document.data["secrets"].items() if "encrypted" in ref
+    }
+
+
+def test_rotate_re_encrypts_under_the_newest_key(env: dict[str, str], rotatable: Path, tmp_path: Path) -> None:
+    before = rotatable.read_text()
+    rotating = {**env, "TECKOCHECKER_MASTER_KEY": f"{KEY_NEW},{KEY_OLD}"}
+    out = run_cli("--config", str(rotatable), "secrets", "rotate", env=rotating, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == f"rotated 4 secret(s) in {rotatable}\n"
+    after = rotatable.read_text()
+    # Only the newest key is needed now.
+    assert decrypt_all(rotatable, KEY_NEW) == {
+        "keboola": f"{CANARY_ENC}-flow", "openai": f"{CANARY_ENC}-block",
+        "quoted": f"{CANARY_ENC}-double", "single": f"{CANARY_ENC}-single",
+    }
+    # Everything but the tokens is byte-for-byte the same: comments, spacing, quotes.
+    assert TOKEN.sub("TOKEN", after) == TOKEN.sub("TOKEN", before)
+    assert set(TOKEN.findall(after)).isdisjoint(TOKEN.findall(before))
+    assert "# keep this comment" in after and '"gAAAA' in after and "'gAAAA" in after
+    assert stat.S_IMODE(rotatable.stat().st_mode) == 0o640
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp file left
+    # A second run has nothing to do and leaves the file alone.
+    again = run_cli("secrets", "rotate", str(rotatable), env=rotating, cwd=tmp_path)
+    assert again.stdout == f"rotated 0 secret(s) in {rotatable} (4 already under the newest key)\n"
+    assert rotatable.read_text() == after
+    assert_no_canary(out, again)
+
+
+def test_rotate_with_an_undecryptable_token_changes_nothing(env: dict[str, str], rotatable: Path, tmp_path: Path) -> None:
+    text = rotatable.read_text().replace("  plain: {env: OPENAI_API_KEY}\n",
+                                         f"  stray: {{encrypted: {encrypt(CANARY_ENC, Fernet.generate_key().decode())}}}\n")
+    rotatable.write_text(text)
+    out = run_cli("secrets", "rotate", str(rotatable), env={**env, "TECKOCHECKER_MASTER_KEY": f"{KEY_NEW},{KEY_OLD}"},
+                  cwd=tmp_path)
+    assert out.returncode == 1
+    assert f"{rotatable}:10:20: secrets.stray.encrypted: cannot decrypt with any master key" in out.stderr
+    assert out.stderr.rstrip().endswith(f"nothing rotated; {rotatable} left unchanged")
+    assert rotatable.read_text() == text
+    assert_no_canary(out)
+
+
+def test_rotate_keeps_crlf_line_endings_and_symlinks(env: dict[str, str], rotatable: Path, tmp_path: Path) -> None:
+    crlf = rotatable.read_text().replace("\n", "\r\n").encode()
+    rotatable.write_bytes(crlf)
+    link = tmp_path / "link.yaml"
+    link.symlink_to(rotatable)
+    out = run_cli("secrets", "rotate", str(link), env={**env, "TECKOCHECKER_MASTER_KEY": f"{KEY_NEW},{KEY_OLD}"},
+                  cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert link.is_symlink()
+    data = rotatable.read_bytes()
+    assert data.count(b"\r\n") == crlf.count(b"\r\n") and data.count(b"\n") == crlf.count(b"\n")
+    assert len(decrypt_all(rotatable, KEY_NEW)) == 4
+
+
+def test_rotate_without_a_master_key(plugin_env: dict[str, str], rotatable: Path, tmp_path: Path) -> None:
+    before = rotatable.read_text()
+    out = run_cli("secrets", "rotate", str(rotatable), env=plugin_env, cwd=tmp_path)
+    assert out.returncode == 2 and "no master key" in out.stderr
+    assert rotatable.read_text() == before

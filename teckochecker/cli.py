@@ -88,6 +88,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     plugins = commands.add_parser("plugins", help="list loaded plugins and the types they provide")
     plugins.set_defaults(handler=cmd_plugins)
+
+    jobs = commands.add_parser("jobs", help="add or remove drop-in job files",
+                               description="Manage drop-in job files in the first include: directory.")
+    jobs_commands = jobs.add_subparsers(title="commands", dest="jobs_command", required=True, metavar="COMMAND")
+    add = jobs_commands.add_parser(
+        "add", help="write a drop-in job from a template",
+        description="Validate the whole config with the new job, then write NAME.yaml atomically into the first "
+        "include directory. A running daemon picks it up within seconds.")
+    add.add_argument("name", help="the new job's name")
+    add.add_argument("--template", "-t", required=True, help="a template from the main file's templates:")
+    add.add_argument("--batch", "-b", dest="targets", action="append", required=True, metavar="ID",
+                     help="a target (batch ID) to watch; repeat for several")
+    add.add_argument("--replace", action="store_true", help="overwrite an existing drop-in of that name")
+    add.set_defaults(handler=cmd_jobs_add)
+    remove = jobs_commands.add_parser("remove", help="delete a drop-in job file",
+                                      description="Delete the drop-in file that defines NAME. Its history is kept.")
+    remove.add_argument("name", help="the job's name")
+    remove.set_defaults(handler=cmd_jobs_remove)
     register_secrets_commands(commands)
     return parser
 
@@ -179,6 +197,23 @@ def cmd_show(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         print(render_job(job, store.events(args.job, limit=args.events), SystemClock().now()))
     finally:
         store.close()
+    return EXIT_OK
+
+
+def cmd_jobs_add(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from teckochecker.dropins import add_job
+
+    path = add_job(_config_path(args, environ), load_plugins(environ), args.name, args.template, args.targets,
+                   replace=args.replace)
+    print(f"wrote {path}: job {args.name!r} watching {len(args.targets)} target(s)")
+    return EXIT_OK
+
+
+def cmd_jobs_remove(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from teckochecker.dropins import remove_job
+
+    path = remove_job(_config_path(args, environ), args.name)
+    print(f"removed {path}")
     return EXIT_OK
 
 

@@ -46,7 +46,7 @@ SECRET_KINDS = ("env", "file", "credential", "encrypted")
 
 
 class SecretRef(Model):
-    """Where a secret's value comes from. Exactly one kind is given; the value itself never sits in the file."""
+    """Where a secret's value comes from: exactly one kind. The value itself never sits in the file."""
 
     # The name of an environment variable, checked for shape so that a pasted value is refused, not echoed.
     env: str | None = Field(default=None, min_length=1)
@@ -81,21 +81,21 @@ class SecretRef(Model):
     @classmethod
     def _absolute_file(cls, path: str | None) -> str | None:
         if path is not None and not path.startswith("/"):
-            raise ValueError("use an absolute path: the daemon's working directory is not this file's directory")
+            raise ValueError("use an absolute path: the daemon's working directory is not this file's")
         return path
 
     @field_validator("credential")
     @classmethod
     def _credential_name(cls, name: str | None) -> str | None:
         if name is not None and ("/" in name or name in (".", "..")):
-            raise ValueError("must be a credential's name (a plain file name, as in LoadCredential=NAME:...), not a path")
+            raise ValueError("must be a credential's name (a plain file name, as in LoadCredential=NAME:...)")
         return name
 
     @field_validator("encrypted")
     @classmethod
     def _token_shape(cls, token: str | None) -> str | None:
         if token is not None and not is_fernet_token(token):
-            raise ValueError("is not a Fernet token: paste the whole output of `teckochecker secrets encrypt NAME`")
+            raise ValueError("is not a Fernet token: paste what `teckochecker secrets encrypt` printed")
         return token
 
     @model_validator(mode="after")

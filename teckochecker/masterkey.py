@@ -1,4 +1,4 @@
-"""The master keys that decrypt ``encrypted:`` secrets: where they come from, and the MultiFernet built from them.
+"""The master keys that decrypt ``encrypted:`` secrets: where they come from, and their MultiFernet.
 
 Fernet is AES-128-CBC with HMAC-SHA256 (authenticated encryption). Several keys are accepted, newest
 first: the newest encrypts, any of them decrypts, so a key can be rotated without downtime.

@@ -16,6 +16,9 @@ from pathlib import Path
 import watchfiles
 
 CHECKSUM_INTERVAL = 30.0
+# Changes are grouped until the directory has been quiet this long (an editor's save is a burst of
+# events), but never for longer than the debounce.
+WATCH_QUIET_MS = 400
 WATCH_DEBOUNCE_MS = 1600
 
 
@@ -81,7 +84,8 @@ class Reloader:
     async def _watch(self, dirs: list[Path], stop: asyncio.Event) -> None:
         try:
             async for changes in watchfiles.awatch(
-                *dirs, stop_event=stop, debounce=WATCH_DEBOUNCE_MS, recursive=False, raise_interrupt=False,
+                *dirs, stop_event=stop, debounce=WATCH_DEBOUNCE_MS, step=WATCH_QUIET_MS, recursive=False,
+                raise_interrupt=False,
             ):
                 self._log.debug("config directory changed: %s", sorted(p for _, p in changes))
                 self._request("file change")

@@ -40,23 +40,26 @@ if TYPE_CHECKING:
     SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 EXIT_OK, EXIT_FAILED = 0, 1
-# A secret name is written unquoted as a YAML key by `encrypt`, so it keeps to characters that need no quoting.
+# `encrypt` writes the name as an unquoted YAML key, so it keeps to characters that need no quoting.
 SECRET_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+PATH_HELP = "the config file (default: the --config resolution)"
 
 
 def register_secrets_commands(subparsers: SubParsers) -> None:
     group = subparsers.add_parser(
         "secrets", help="make master keys, encrypt values, rotate keys, check every secret",
         description="Secrets in the config are references: {env: NAME}, {file: PATH}, {credential: NAME} "
-        "(systemd LoadCredential=) or {encrypted: TOKEN}. Encrypted values are Fernet tokens (AES-128-CBC with "
-        f"HMAC-SHA256) decrypted with the master keys from ${MASTER_KEY_ENV}, else the key file named by "
-        f"${MASTER_KEY_FILE_ENV}, else the systemd credential '{MASTER_KEY_CREDENTIAL}'; several keys, newest first.",
+        "(systemd LoadCredential=) or {encrypted: TOKEN}. Encrypted values are Fernet tokens "
+        f"(AES-128-CBC with HMAC-SHA256) decrypted with the master keys from ${MASTER_KEY_ENV}, else the key "
+        f"file named by ${MASTER_KEY_FILE_ENV}, else the systemd credential '{MASTER_KEY_CREDENTIAL}'; "
+        "several keys, newest first.",
     )
-    commands = group.add_subparsers(title="secrets commands", dest="secrets_command", required=True, metavar="COMMAND")
+    commands = group.add_subparsers(
+        title="secrets commands", dest="secrets_command", required=True, metavar="COMMAND")
 
     keygen = commands.add_parser(
         "keygen", help="print a new master key",
-        description="Print a new random Fernet key on stdout (and nothing else there); guidance goes to stderr.",
+        description="Print a new random Fernet key on stdout (nothing else goes there); guidance on stderr.",
     )
     keygen.set_defaults(handler=cmd_keygen)
 
@@ -71,11 +74,11 @@ def register_secrets_commands(subparsers: SubParsers) -> None:
 
     rotate = commands.add_parser(
         "rotate", help="re-encrypt a file's encrypted values under the newest master key",
-        description="Re-encrypt every 'secrets.NAME.encrypted' value of the file under the newest master key, "
-        "in place and atomically; comments and formatting are kept. Put the new key first, run this, deploy, "
-        "then drop the old key. If any value cannot be decrypted, nothing is written (exit 1).",
+        description="Re-encrypt every 'secrets.NAME.encrypted' value of the file under the newest master "
+        "key, in place and atomically; comments and formatting are kept. Put the new key first, run this, "
+        "deploy, then drop the old key. If any value cannot be decrypted, nothing is written (exit 1).",
     )
-    rotate.add_argument("path", nargs="?", type=Path, help="the config file (default: the --config resolution)")
+    rotate.add_argument("path", nargs="?", type=Path, help=PATH_HELP)
     rotate.set_defaults(handler=cmd_rotate)
 
     check = commands.add_parser(
@@ -83,7 +86,7 @@ def register_secrets_commands(subparsers: SubParsers) -> None:
         description="Validate the config, then resolve every secret as the daemon would and print "
         "'NAME: OK (source)' or 'NAME: FAILED: reason'. Never prints a value. Exit 1 if any failed.",
     )
-    check.add_argument("path", nargs="?", type=Path, help="the config file (default: the --config resolution)")
+    check.add_argument("path", nargs="?", type=Path, help=PATH_HELP)
     check.set_defaults(handler=cmd_check)
 
 
@@ -201,7 +204,7 @@ def cmd_rotate(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         try:
             _replace_file(target, new_text)
         except OSError as exc:
-            raise TeckoCheckerError(f"cannot write {path}: {exc.strerror or exc} (file left unchanged)") from None
+            raise TeckoCheckerError(f"cannot write {path}: {exc.strerror or exc}; left unchanged") from None
     note = f" ({current} already under the newest key)" if current else ""
     print(f"rotated {len(rotated)} secret(s) in {path}{note}")
     return EXIT_OK
@@ -257,7 +260,7 @@ def _rotate_tokens(
     for token in tokens:
         where = f"{file}:{token.line}:{token.column}: secrets.{token.name}.encrypted"
         if not is_fernet_token(token.value):
-            problems.append(f"{where}: is not a Fernet token (fix it, or re-create it with `secrets encrypt`)")
+            problems.append(f"{where}: is not a Fernet token (re-create it with `secrets encrypt`)")
             continue
         try:
             newest.decrypt(token.value)
@@ -280,7 +283,9 @@ def _apply(text: str, rotated: Mapping[_Token, str]) -> str:
     return text
 
 
-def _check_only_tokens_changed(old_data: Any, new_text: str, file: str, rotated: Mapping[_Token, str]) -> None:
+def _check_only_tokens_changed(
+    old_data: Any, new_text: str, file: str, rotated: Mapping[_Token, str],
+) -> None:
     """Refuse to write unless the new text parses to the old data with just the tokens swapped."""
     swaps = {token.value: new for token, new in rotated.items()}
     expected = copy.deepcopy(old_data)
@@ -289,11 +294,12 @@ def _check_only_tokens_changed(old_data: Any, new_text: str, file: str, rotated:
             ref["encrypted"] = swaps[ref["encrypted"]]
     document, diagnostics = load_text(new_text, file)
     if diagnostics or document.data != expected:
-        raise TeckoCheckerError(f"rotating would change more than the encrypted values of {file}; left unchanged")
+        raise TeckoCheckerError(
+            f"rotating would change more than the encrypted values of {file}; left unchanged")
 
 
 def _replace_file(path: Path, text: str) -> None:
-    """Write ``text`` over ``path`` atomically: a temp file beside it, fsynced, with the same mode and owner."""
+    """Write ``text`` over ``path`` atomically: a temp file beside it, fsynced, same mode and owner."""
     info = path.stat()
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".rotating")
     try:

@@ -397,18 +397,17 @@ class _BodyLimit:
         if declared is not None and declared > self._max:
             await _send_error(scope, receive, send, 413, f"request body over {self._max} bytes")
             return
-        body, more, disconnected = b"", True, False
+        body, more = b"", True
         while more:
             message = await receive()
             if message["type"] == "http.disconnect":
-                disconnected, more = True, False
-                break
+                return  # an incomplete request must not act, and nobody is left to answer
             body += message.get("body", b"")
             more = bool(message.get("more_body"))
             if len(body) > self._max:
                 await _send_error(scope, receive, send, 413, f"request body over {self._max} bytes")
                 return
-        await self._app(scope, _replay(body, disconnected, receive), send)
+        await self._app(scope, _replay(body, receive), send)
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -418,15 +417,13 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-def _replay(body: bytes, disconnected: bool, receive: Receive) -> Receive:
+def _replay(body: bytes, receive: Receive) -> Receive:
     sent = False
 
     async def replay() -> Message:
         nonlocal sent
         if not sent:
             sent = True
-            if disconnected:
-                return {"type": "http.disconnect"}
             return {"type": "http.request", "body": body, "more_body": False}
         return await receive()  # after the body: wait for the disconnect as a server would
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from prometheus_client.metrics import MetricWrapperBase
 
 from teckochecker.metrics import Metrics
 
@@ -38,6 +39,21 @@ def exported_sample_names() -> set[str]:
         names.update(family.name + suffix for suffix in SUFFIXES.get(family.type, ("",)))
         names.update(sample.name for sample in family.samples)
     return names
+
+
+def stored_label_names() -> dict[str, set[str]]:
+    """Sample name → its label names as Prometheus stores them: the daemon's `job` label becomes
+    `exported_job` because the scrape's own `job` wins (honor_labels: false)."""
+    stored: dict[str, set[str]] = {}
+    for metric in vars(Metrics()).values():
+        if not isinstance(metric, MetricWrapperBase) or metric._type == "info":
+            continue
+        # _labelnames/_name/_type are private, but the only way to see the labels of a metric with no
+        # children yet; they have been stable across prometheus_client releases.
+        labels = {"exported_job" if name == "job" else name for name in metric._labelnames}
+        for suffix in SUFFIXES[str(metric._type)]:
+            stored[metric._name + suffix] = labels | ({"le"} if suffix == "_bucket" else set())
+    return stored
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
@@ -95,6 +111,20 @@ def test_every_rule_metric_is_exported() -> None:
     assert used - exported == set(), f"exported: {sorted(exported)}"
 
 
+def test_rule_test_series_look_like_real_scrapes() -> None:
+    # The promtool tests prove the rules only if their input series carry the labels a real scrape has.
+    stored = stored_label_names()
+    for test in yaml.safe_load(RULE_TESTS.read_text())["tests"]:
+        for entry in test["input_series"]:
+            match = re.fullmatch(r"(\w+)\{(.*)\}", entry["series"])
+            assert match, entry["series"]
+            name, labels = match.groups()
+            keys = set(re.findall(r"(\w+)=", labels))
+            assert {"job", "instance"} <= keys, entry["series"]
+            if name != "up":
+                assert keys - {"job", "instance"} == stored[name], entry["series"]
+
+
 def test_every_alert_is_complete() -> None:
     rules = alerting_rules()
     assert {rule["alert"] for rule in rules} >= {
@@ -109,7 +139,8 @@ def test_every_alert_is_complete() -> None:
 
 
 def test_every_alert_has_a_firing_and_a_quiet_test_case() -> None:
-    cases = [case for test in yaml.safe_load(RULE_TESTS.read_text())["tests"] for case in test["alert_rule_test"]]
+    tests = yaml.safe_load(RULE_TESTS.read_text())["tests"]
+    cases = [case for test in tests for case in test["alert_rule_test"]]
     for rule in alerting_rules():
         mine = [case for case in cases if case["alertname"] == rule["alert"]]
         assert any(case["exp_alerts"] for case in mine), f"{rule['alert']} never tested firing"

@@ -73,7 +73,8 @@ def test_each_message_on_an_abstract_socket(abstract_systemd: FakeSystemd) -> No
     notifier.status("2 jobs waiting")
     notifier.watchdog()
     notifier.stopping()
-    assert [abstract_systemd.receive() for _ in range(3)] == ["STATUS=2 jobs waiting", "WATCHDOG=1", "STOPPING=1"]
+    received = [abstract_systemd.receive() for _ in range(3)]
+    assert received == ["STATUS=2 jobs waiting", "WATCHDOG=1", "STOPPING=1"]
 
 
 def test_reloading_carries_the_monotonic_timestamp(systemd: FakeSystemd) -> None:
@@ -178,7 +179,10 @@ def test_watchdog_withholds_pings_while_unhealthy(
 ) -> None:
     health = iter([True, False, False, True])
     sleep = ScriptedSleep(rounds=4)
-    with caplog.at_level(logging.WARNING, logger="teckochecker.sdnotify"), pytest.raises(asyncio.CancelledError):
+    with (
+        caplog.at_level(logging.WARNING, logger="teckochecker.sdnotify"),
+        pytest.raises(asyncio.CancelledError),
+    ):
         asyncio.run(run_watchdog(Notifier(_watchdog_env(systemd)), lambda: next(health), sleep))
     assert systemd.pending() == ["WATCHDOG=1"] * 2
     # One line when pings stop, one when they resume, not one per skipped ping.

@@ -34,7 +34,10 @@ KEY_OLD = Fernet.generate_key().decode()
 KEY_NEW = Fernet.generate_key().decode()
 
 
-def resolver(refs: dict[str, dict[str, str]], environ: dict[str, str], redactor: Redactor | None = None) -> SecretResolver:
+Refs = dict[str, dict[str, str]]
+
+
+def resolver(refs: Refs, environ: dict[str, str], redactor: Redactor | None = None) -> SecretResolver:
     parsed = {name: SecretRef.model_validate(ref) for name, ref in refs.items()}
     return SecretResolver(parsed, environ, redactor or Redactor())
 
@@ -43,7 +46,7 @@ def encrypt(value: str, key: str = KEY_OLD) -> str:
     return Fernet(key).encrypt(value.encode()).decode()
 
 
-def failure(refs: dict[str, dict[str, str]], environ: dict[str, str], name: str = "s") -> str:
+def failure(refs: Refs, environ: dict[str, str], name: str = "s") -> str:
     with pytest.raises(SecretError) as info:
         resolver(refs, environ)(name)
     message = str(info.value)
@@ -63,7 +66,8 @@ def assert_no_canary(*outputs: subprocess.CompletedProcess[str]) -> None:
 
 def test_env_source() -> None:
     assert resolver({"s": {"env": "TOKEN"}}, {"TOKEN": CANARY})("s") == CANARY
-    assert failure({"s": {"env": "TOKEN"}}, {}) == "secret 's': environment variable TOKEN is not set or empty"
+    assert failure({"s": {"env": "TOKEN"}}, {}) == (
+        "secret 's': environment variable TOKEN is not set or empty")
     assert "not set or empty" in failure({"s": {"env": "TOKEN"}}, {"TOKEN": ""})
 
 
@@ -86,8 +90,10 @@ def test_file_source_strips_one_trailing_newline(tmp_path: Path, content: str, v
 
 def test_file_source_problems(tmp_path: Path) -> None:
     missing = tmp_path / "absent"
-    assert failure({"s": {"file": str(missing)}}, {}) == f"secret 's': file {missing} not readable: No such file or directory"
-    assert failure({"s": {"file": str(tmp_path)}}, {}) == f"secret 's': file {tmp_path} not readable: Is a directory"
+    assert failure({"s": {"file": str(missing)}}, {}) == (
+        f"secret 's': file {missing} not readable: No such file or directory")
+    assert failure({"s": {"file": str(tmp_path)}}, {}) == (
+        f"secret 's': file {tmp_path} not readable: Is a directory")
     empty = tmp_path / "empty"
     empty.write_text("\n")
     assert failure({"s": {"file": str(empty)}}, {}) == f"secret 's': file {empty} is empty"
@@ -98,7 +104,8 @@ def test_file_without_permission(tmp_path: Path) -> None:
     path = tmp_path / "secret"
     path.write_text(CANARY_FILE)
     path.chmod(0)
-    assert failure({"s": {"file": str(path)}}, {}) == f"secret 's': file {path} not readable: Permission denied"
+    assert failure({"s": {"file": str(path)}}, {}) == (
+        f"secret 's': file {path} not readable: Permission denied")
 
 
 def test_file_is_read_at_each_call(tmp_path: Path) -> None:
@@ -123,7 +130,8 @@ def test_credential_problems(tmp_path: Path) -> None:
         "(is it running under systemd with LoadCredential=?)"
     )
     message = failure(ref, {"CREDENTIALS_DIRECTORY": str(tmp_path)})
-    assert message.startswith(f"secret 's': credential 'keboola_token' not found in $CREDENTIALS_DIRECTORY ({tmp_path})")
+    assert message.startswith(
+        f"secret 's': credential 'keboola_token' not found in $CREDENTIALS_DIRECTORY ({tmp_path})")
     assert "LoadCredential=keboola_token:" in message
 
 
@@ -135,7 +143,8 @@ def test_encrypted_source() -> None:
 def test_wrong_master_key() -> None:
     message = failure({"s": {"encrypted": encrypt(CANARY_ENC)}}, {"TECKOCHECKER_MASTER_KEY": KEY_NEW})
     assert message == (
-        "secret 's': cannot decrypt: the master key from $TECKOCHECKER_MASTER_KEY does not match (was it rotated away?)"
+        "secret 's': cannot decrypt: the master key from $TECKOCHECKER_MASTER_KEY does not match "
+        "(was it rotated away?)"
     )
     assert KEY_NEW not in message
 
@@ -181,7 +190,8 @@ def test_bad_master_keys_are_explained_not_shown(tmp_path: Path) -> None:
     assert not_a_key not in message and KEY_OLD not in message
     missing = tmp_path / "nokeys"
     assert failure(ref, {"TECKOCHECKER_MASTER_KEY_FILE": str(missing)}) == (
-        f"secret 's': key file {missing} ($TECKOCHECKER_MASTER_KEY_FILE) not readable: No such file or directory"
+        f"secret 's': key file {missing} ($TECKOCHECKER_MASTER_KEY_FILE) not readable: "
+        "No such file or directory"
     )
     comments_only = tmp_path / "comments"
     comments_only.write_text("# nothing yet\n")
@@ -192,8 +202,8 @@ def test_resolved_values_and_master_keys_are_registered_for_redaction(tmp_path: 
     redactor = Redactor()
     (tmp_path / "c").write_text(CANARY_CRED)
     environ = {"TOKEN": CANARY, "TECKOCHECKER_MASTER_KEY": KEY_OLD, "CREDENTIALS_DIRECTORY": str(tmp_path)}
-    resolve = resolver({"e": {"env": "TOKEN"}, "c": {"credential": "c"}, "x": {"encrypted": encrypt(CANARY_ENC)}},
-                       environ, redactor)
+    refs = {"e": {"env": "TOKEN"}, "c": {"credential": "c"}, "x": {"encrypted": encrypt(CANARY_ENC)}}
+    resolve = resolver(refs, environ, redactor)
     assert resolve.check_all() == {"c": None, "e": None, "x": None}
     text = f"sent {CANARY} and {CANARY_CRED} and {CANARY_ENC} with {KEY_OLD}"
     assert redactor.redact(text) == f"sent {MASK} and {MASK} and {MASK} with {MASK}"
@@ -334,7 +344,7 @@ def test_check_prints_names_and_reasons(env: dict[str, str], tmp_path: Path) -> 
     assert_no_canary(out, failed)
 
 
-def test_plain_text_secret_is_a_located_error_naming_the_alternatives(env: dict[str, str], tmp_path: Path) -> None:
+def test_plain_text_secret_is_a_located_error(env: dict[str, str], tmp_path: Path) -> None:
     config = write_config(tmp_path, f"  openai: {CANARY}\n")
     for args in (["validate-config", str(config)], ["secrets", "check", str(config)]):
         out = run_cli(*args, env=env, cwd=tmp_path)
@@ -364,7 +374,8 @@ jobs: []   # none yet
 @pytest.fixture
 def rotatable(tmp_path: Path) -> Iterator[Path]:
     path = tmp_path / "tc.yaml"
-    tokens = {part: encrypt(f"{CANARY_ENC}-{part}", KEY_OLD) for part in ("flow", "block", "double", "single")}
+    parts = ("flow", "block", "double", "single")
+    tokens = {part: encrypt(f"{CANARY_ENC}-{part}", KEY_OLD) for part in parts}
     path.write_text(ROTATE_TEXT.format(**tokens))
     path.chmod(0o640)
     yield path
@@ -380,9 +391,16 @@ def decrypt_all(path: Path, key: str) -> dict[str, str]:
     }
 
 
-def test_rotate_re_encrypts_under_the_newest_key(env: dict[str, str], rotatable: Path, tmp_path: Path) -> None:
+@pytest.fixture
+def rotating(env: dict[str, str]) -> dict[str, str]:
+    """The new key put first, the old one still there: the state in which `secrets rotate` is run."""
+    return {**env, "TECKOCHECKER_MASTER_KEY": f"{KEY_NEW},{KEY_OLD}"}
+
+
+def test_rotate_re_encrypts_under_the_newest_key(
+    rotating: dict[str, str], rotatable: Path, tmp_path: Path,
+) -> None:
     before = rotatable.read_text()
-    rotating = {**env, "TECKOCHECKER_MASTER_KEY": f"{KEY_NEW},{KEY_OLD}"}
     out = run_cli("--config", str(rotatable), "secrets", "rotate", env=rotating, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout == f"rotated 4 secret(s) in {rotatable}\n"
@@ -405,26 +423,29 @@ def test_rotate_re_encrypts_under_the_newest_key(env: dict[str, str], rotatable:
     assert_no_canary(out, again)
 
 
-def test_rotate_with_an_undecryptable_token_changes_nothing(env: dict[str, str], rotatable: Path, tmp_path: Path) -> None:
+def test_rotate_with_an_undecryptable_token_changes_nothing(
+    rotating: dict[str, str], rotatable: Path, tmp_path: Path,
+) -> None:
+    stranger = encrypt(CANARY_ENC, Fernet.generate_key().decode())
     text = rotatable.read_text().replace("  plain: {env: OPENAI_API_KEY}\n",
-                                         f"  stray: {{encrypted: {encrypt(CANARY_ENC, Fernet.generate_key().decode())}}}\n")
+                                         f"  stray: {{encrypted: {stranger}}}\n")
     rotatable.write_text(text)
-    out = run_cli("secrets", "rotate", str(rotatable), env={**env, "TECKOCHECKER_MASTER_KEY": f"{KEY_NEW},{KEY_OLD}"},
-                  cwd=tmp_path)
+    out = run_cli("secrets", "rotate", str(rotatable), env=rotating, cwd=tmp_path)
     assert out.returncode == 1
-    assert f"{rotatable}:10:20: secrets.stray.encrypted: cannot decrypt with any master key" in out.stderr
+    assert f"{rotatable}:10:22: secrets.stray.encrypted: cannot decrypt with any master key" in out.stderr
     assert out.stderr.rstrip().endswith(f"nothing rotated; {rotatable} left unchanged")
     assert rotatable.read_text() == text
     assert_no_canary(out)
 
 
-def test_rotate_keeps_crlf_line_endings_and_symlinks(env: dict[str, str], rotatable: Path, tmp_path: Path) -> None:
+def test_rotate_keeps_crlf_line_endings_and_symlinks(
+    rotating: dict[str, str], rotatable: Path, tmp_path: Path,
+) -> None:
     crlf = rotatable.read_text().replace("\n", "\r\n").encode()
     rotatable.write_bytes(crlf)
     link = tmp_path / "link.yaml"
     link.symlink_to(rotatable)
-    out = run_cli("secrets", "rotate", str(link), env={**env, "TECKOCHECKER_MASTER_KEY": f"{KEY_NEW},{KEY_OLD}"},
-                  cwd=tmp_path)
+    out = run_cli("secrets", "rotate", str(link), env=rotating, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert link.is_symlink()
     data = rotatable.read_bytes()

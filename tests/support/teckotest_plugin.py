@@ -25,6 +25,8 @@ from teckochecker.plugin_api import (
 class StatusFileOptions(OptionsModel):
     path: str
     token: SecretName | None = None
+    # Every check appends a line here, so tests can count checks.
+    check_log: str | None = None
 
 
 class StatusFileSource(Source):
@@ -37,6 +39,8 @@ class StatusFileSource(Source):
         options: StatusFileOptions = self.options  # type: ignore[assignment]
         if options.token:
             self.context.secret(options.token)
+        if options.check_log:
+            _append(Path(options.check_log), {"targets": list(targets)})
         try:
             data = json.loads(Path(options.path).read_text())
         except FileNotFoundError:
@@ -60,6 +64,8 @@ class RecordOptions(OptionsModel):
     fault: Literal["none", "not_started", "in_doubt_created", "in_doubt_not_created", "reject"] = "none"
     searchable: bool = True
     target: str = "default"
+    # False: the action is done as soon as it started (nothing to follow).
+    follow: bool = True
 
 
 class RecordAction(Action):
@@ -86,6 +92,8 @@ class RecordAction(Action):
         _append(Path(options.ledger), entry)
         if options.fault == "in_doubt_created":
             raise InDoubt("connection reset after sending (test)")
+        if not options.follow:
+            return ActionResult(entry["id"], ActionOutcome(options.outcome), options.outcome)
         return ActionResult(entry["id"], ActionOutcome.RUNNING, "created")
 
     async def find_started(self, request: ActionRequest, since: dt.datetime) -> Sequence[ActionResult] | None:

@@ -35,7 +35,8 @@ def fetch_job(base_url: str, name: str, events: int = 50, *,
 def _get(base_url: str, path: str, transport: httpx.BaseTransport | None) -> Any:
     root = _root(base_url)
     try:
-        with httpx.Client(timeout=TIMEOUT, transport=transport, follow_redirects=False, trust_env=False) as client:
+        # trust_env=False: an HTTP(S)_PROXY meant for the internet must not swallow a loopback daemon.
+        with httpx.Client(timeout=TIMEOUT, transport=transport, trust_env=False) as client:
             response = client.get(root + path, headers={"Accept": "application/json"})
     except httpx.HTTPError as exc:
         raise TeckoCheckerError(f"cannot reach the daemon at {base_url}: {_describe(exc)}") from exc
@@ -67,7 +68,8 @@ def _convert(base_url: str, convert: Any, data: Any) -> Any:
     try:
         return convert(data)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise TeckoCheckerError(f"{base_url} answered JSON this version cannot read ({type(exc).__name__}: {exc})") from exc
+        problem = f"{type(exc).__name__}: {exc}"
+        raise TeckoCheckerError(f"{base_url} answered JSON this version cannot read ({problem})") from exc
 
 
 def job_from_json(data: Mapping[str, Any]) -> JobSnapshot:

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from teckochecker.plugins import PluginRegistry
 from teckochecker.state.models import Event, JobSnapshot, RunSnapshot
 
-
 BAR_WIDTH = 20
 
 
@@ -79,20 +78,21 @@ def _target_bars(job: JobSnapshot) -> list[str]:
         counts = request_counts(target.details)
         label = counts.label if counts else "-"
         status = target.state.value + (f" ({target.vendor_status})" if target.vendor_status else "")
-        lines.append(_one_line(f"  {target.target.ljust(width)}  {text_bar(counts)} {label.ljust(18)} {status}").rstrip())
+        line = f"  {target.target.ljust(width)}  {text_bar(counts)} {label.ljust(18)} {status}"
+        lines.append(_one_line(line).rstrip())
     return lines
 
 
 def render_job(job: JobSnapshot, events: Sequence[Event], now: dt.datetime) -> str:
     lines = [
-        f"job:        {job.name}",
+        f"job:        {_one_line(job.name)}",
         f"state:      {job.state.value}" + (" (removed from config)" if job.removed else ""),
         f"targets:    {job.done_count}/{len(job.targets)} finished",
         f"next check: {_next_check(job, now)}",
         f"deadline:   {_time(job.deadline_at)}",
     ]
     if job.last_error:
-        lines.append(f"last error: {job.last_error}")
+        lines.append(f"last error: {_one_line(job.last_error)}")
     lines += ["", _table([("TARGET", "STATE", "STATUS", "PROGRESS", "SEEN", "MESSAGE")] + [
         (t.target, t.state.value, t.vendor_status or "-", _progress(t.details), _time(t.observed_at), _clip(t.message or "", 60))
         for t in job.targets

@@ -19,13 +19,16 @@ _STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:1.5rem;color:#1b1b1b;background:#fafafa}
 h1{font-size:1.4rem;margin:0 0 .2rem}h2{font-size:1.1rem;margin:0;display:inline}
 .meta,.empty{color:#555}
+#summary{list-style:none;padding:0;display:flex;gap:1rem;margin:.3rem 0}
 section.job{background:#fff;border:1px solid #ddd;border-left:6px solid #999;border-radius:4px;
  padding:.8rem 1rem;margin:1rem 0}
-section.job[data-state=watching]{border-left-color:#2f6fdf}section.job[data-state=firing]{border-left-color:#d98e04}
+section.job[data-state=watching]{border-left-color:#2f6fdf}
+section.job[data-state=firing]{border-left-color:#d98e04}
 section.job[data-state=completed]{border-left-color:#2a9d3a}
 section.job[data-state=completed_with_failures]{border-left-color:#c7a004}
 section.job[data-state=failed]{border-left-color:#c62828}
-.badge{display:inline-block;padding:0 .5em;border-radius:1em;background:#eee;font-size:.85rem;margin-left:.4em}
+.badge{display:inline-block;padding:0 .5em;border-radius:1em;background:#eee;font-size:.85rem;
+ margin-left:.4em}
 .badge.paused,.badge.removed{background:#ffe7b3}
 dl.job-meta{display:grid;grid-template-columns:max-content auto;gap:.1rem 1rem;margin:.5rem 0}
 dl.job-meta dt{color:#555}dl.job-meta dd{margin:0}
@@ -43,8 +46,11 @@ time{font-variant-numeric:tabular-nums;color:#555}
 """
 
 
-def render_page(jobs: Sequence[Mapping[str, Any]], reload: Mapping[str, Any], version: str, now: dt.datetime) -> str:
-    """``jobs`` are /api/v1/jobs/{name} bodies (with their recent ``events``); ``reload`` is /api/v1/status's."""
+def render_page(
+    jobs: Sequence[Mapping[str, Any]], reload: Mapping[str, Any], version: str, now: dt.datetime
+) -> str:
+    """``jobs`` are /api/v1/jobs/{name} bodies (with their recent ``events``); ``reload`` is the
+    ``reload`` part of /api/v1/status."""
     body = "\n".join(_job(job, now) for job in jobs) if jobs else '<p class="empty">No jobs yet.</p>'
     return f"""<!doctype html>
 <html lang="en">
@@ -58,7 +64,8 @@ def render_page(jobs: Sequence[Mapping[str, Any]], reload: Mapping[str, Any], ve
 <body>
 <header>
 <h1>TeckoChecker</h1>
-<p class="meta">version {_e(version)} · generated <time id="generated-at" datetime="{_e(now.isoformat())}">{_e(_when(now))}</time>
+<p class="meta">version {_e(version)} · generated \
+<time id="generated-at" datetime="{_e(now.isoformat())}">{_e(_when(now))}</time>
  · {_reload(reload)} · refreshes every {REFRESH_SECONDS}s</p>
 {_summary(jobs)}
 </header>
@@ -74,7 +81,8 @@ def _summary(jobs: Sequence[Mapping[str, Any]]) -> str:
     counts: dict[str, int] = {}
     for job in jobs:
         counts[job["state"]] = counts.get(job["state"], 0) + 1
-    items = "".join(f'<li class="count" data-state="{_e(state)}">{n} {_e(state)}</li>' for state, n in counts.items())
+    items = "".join(f'<li class="count" data-state="{_e(state)}">{n} {_e(state)}</li>'
+                    for state, n in counts.items())
     return f'<ul id="summary" class="meta">{items}</ul>'
 
 
@@ -106,7 +114,8 @@ data-paused="{str(bool(job.get('paused'))).lower()}" data-removed="{str(bool(job
 def _job_meta(job: Mapping[str, Any], now: dt.datetime) -> str:
     rows = [
         ("Batches finished", "targets-done", f"{job.get('targets_done', 0)}/{job.get('targets_total', 0)}"),
-        ("Next check", "next-check", "-" if job.get("final") else _relative(_parse(job.get("next_check")), now)),
+        ("Next check", "next-check",
+         "-" if job.get("final") else _relative(_parse(job.get("next_check")), now)),
         ("Deadline", "deadline", _when(_parse(job.get("deadline_at")))),
     ]
     if job.get("finished_at"):
@@ -122,7 +131,8 @@ def _targets(targets: Sequence[Mapping[str, Any]]) -> str:
         return '<p class="empty">No batches.</p>'
     rows = "\n".join(_target(t) for t in targets)
     return ('<table class="targets"><thead><tr><th>Batch</th><th>State</th><th>Vendor status</th>'
-            f"<th>Requests</th><th>Last seen</th><th>Message</th></tr></thead><tbody>\n{rows}\n</tbody></table>")
+            "<th>Requests</th><th>Last seen</th><th>Message</th></tr></thead>"
+            f"<tbody>\n{rows}\n</tbody></table>")
 
 
 def _target(target: Mapping[str, Any]) -> str:
@@ -154,13 +164,14 @@ def _runs(runs: Sequence[Mapping[str, Any]]) -> str:
         return ""
     rows = "\n".join(_run(r) for r in runs)
     return ('<table class="runs"><thead><tr><th>#</th><th>Action</th><th>State</th><th>Attempt</th>'
-            f"<th>Downstream job</th><th>Status</th><th>Message</th></tr></thead><tbody>\n{rows}\n</tbody></table>")
+            "<th>Downstream job</th><th>Status</th><th>Message</th></tr></thead>"
+            f"<tbody>\n{rows}\n</tbody></table>")
 
 
 def _run(run: Mapping[str, Any]) -> str:
     state = str(run["state"])
-    return (f'<tr class="run" data-action-index="{_e(run.get("action_index"))}" data-action-type="{_e(run.get("type"))}" '
-            f'data-state="{_e(state)}">'
+    return (f'<tr class="run" data-action-index="{_e(run.get("action_index"))}" '
+            f'data-action-type="{_e(run.get("type"))}" data-state="{_e(state)}">'
             f'<td>{_e(run.get("action_index"))}</td><td class="action-type">{_e(run.get("type"))}</td>'
             f'<td class="run-state">{_e(state)}</td><td class="attempt">{_e(run.get("attempt"))}</td>'
             f'<td>{_external(run.get("external_id"), run.get("url"))}</td>'
@@ -206,7 +217,7 @@ def _parse(value: object) -> dt.datetime | None:
 def _when(value: dt.datetime | None) -> str:
     if value is None:
         return "-"
-    return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def _relative(value: dt.datetime | None, now: dt.datetime) -> str:

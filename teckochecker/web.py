@@ -113,7 +113,7 @@ class _Api:
             events = await self._control.events(job.name, PAGE_EVENTS)
             jobs.append(job_to_json(job, self._control.next_run(job.name), events))
         reload = reload_to_json(self._control.reload_status())
-        page = render_page(jobs, reload, __version__, dt.datetime.now(dt.timezone.utc))
+        page = render_page(jobs, reload, __version__, dt.datetime.now(dt.UTC))
         # No script runs on the page, so none may: a vendor message that slips past escaping stays inert.
         return HTMLResponse(page, headers={
             "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; "
@@ -132,7 +132,9 @@ class _Api:
     async def check_now(self, request: Request) -> Response:
         return await self._mutate(request, "check-now", self._control.check_now)
 
-    async def _mutate(self, request: Request, action: str, call: Callable[[str], Awaitable[bool]]) -> Response:
+    async def _mutate(
+        self, request: Request, action: str, call: Callable[[str], Awaitable[bool]]
+    ) -> Response:
         name = request.path_params["name"]
         path = _path(request)
         denied = self._authorize(request)
@@ -145,7 +147,8 @@ class _Api:
         if not await call(name):
             self._audit(action, name, request, "refused")
             if action == "check-now":  # the job exists but the scheduler has nothing to run for it
-                return error_response(409, f"job {name!r} is not scheduled (finished, paused or removed)", path)
+                message = f"job {name!r} is not scheduled (finished, paused or removed)"
+                return error_response(409, message, path)
             return error_response(404, f"no job named {name!r}", path)  # removed between the two calls
         self._audit(action, name, request, "ok")
         return _json({"job": name, "action": action, "ok": True})
@@ -163,7 +166,9 @@ class _Api:
                                   headers={"WWW-Authenticate": 'Bearer realm="teckochecker"'})
         return None
 
-    def _audit(self, action: str, name: str, request: Request, result: str, level: int = logging.INFO) -> None:
+    def _audit(
+        self, action: str, name: str, request: Request, result: str, level: int = logging.INFO
+    ) -> None:
         # Never the token, not even a prefix; %r keeps a hostile job name on one line.
         remote = request.client.host if request.client else "-"
         self._logger.log(level, "audit: %s job=%r from %s: %s", action, name, remote, result)
@@ -197,13 +202,13 @@ def _events_limit(request: Request) -> int | Response:
 # ----- JSON shapes (the API contract; api_client.py reads them back) -----
 
 
-def job_to_json(job: JobSnapshot, next_check: dt.datetime | None, events: list[Event] | None = None) -> dict[str, Any]:
+def job_to_json(
+    job: JobSnapshot, next_check: dt.datetime | None, events: list[Event] | None = None
+) -> dict[str, Any]:
     totals = {"total": 0, "completed": 0, "failed": 0}
-    for target in job.targets:
-        counts = request_counts(target.details)
-        if counts:
-            totals = {"total": totals["total"] + counts.total, "completed": totals["completed"] + counts.completed,
-                      "failed": totals["failed"] + counts.failed}
+    for counts in filter(None, (request_counts(t.details) for t in job.targets)):
+        for kind in totals:
+            totals[kind] += getattr(counts, kind)
     body: dict[str, Any] = {
         "name": job.name,
         "state": job.state.value,
@@ -241,7 +246,9 @@ def target_to_json(target: TargetSnapshot) -> dict[str, Any]:
         "message": target.message,
         "observed_at": _time(target.observed_at),
         "progress": None if counts is None else {
-            "total": counts.total, "completed": counts.completed, "failed": counts.failed, "label": counts.label},
+            "total": counts.total, "completed": counts.completed, "failed": counts.failed,
+            "label": counts.label,
+        },
         "details": target.details,
     }
 
@@ -295,14 +302,17 @@ def _json_default(value: object) -> object:
 
 class _JSON(JSONResponse):
     def render(self, content: Any) -> bytes:
-        return json.dumps(content, default=_json_default, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        text = json.dumps(content, default=_json_default, ensure_ascii=False, separators=(",", ":"))
+        return text.encode("utf-8")
 
 
 def _json(content: Any, status_code: int = 200) -> Response:
     return _JSON(content, status_code=status_code)
 
 
-def error_response(status: int, message: str, path: str, headers: Mapping[str, str] | None = None) -> Response:
+def error_response(
+    status: int, message: str, path: str, headers: Mapping[str, str] | None = None
+) -> Response:
     return _JSON({"error": message, "path": path}, status_code=status, headers=dict(headers or {}))
 
 
@@ -315,7 +325,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     if exc.status_code == 404:
         message = f"no such endpoint: {request.method} {_path(request)}"
     elif exc.status_code == 405:
-        message = f"method {request.method} not allowed here (allowed: {(exc.headers or {}).get('Allow', '-')})"
+        allowed = (exc.headers or {}).get("Allow", "-")
+        message = f"method {request.method} not allowed here (allowed: {allowed})"
     else:
         message = str(exc.detail)
     return error_response(exc.status_code, message, _path(request), exc.headers)
@@ -455,7 +466,8 @@ class _MetricsEndpoint:
 
 def _utf8_inputs(scope: Scope) -> bool:
     parts = [scope.get("query_string", b"")]
-    parts += [value for name, value in scope.get("headers", []) if name.lower() in (b"accept", b"accept-encoding")]
+    parts += [value for name, value in scope.get("headers", [])
+              if name.lower() in (b"accept", b"accept-encoding")]
     try:
         for part in parts:
             part.decode("utf-8")

@@ -75,12 +75,13 @@ class WebServer:
             timeout_graceful_shutdown=1,
         )
         self._server = _EmbeddedServer(config)
-        self._task = asyncio.get_running_loop().create_task(self._server.serve(sockets=[sock]), name="http-server")
+        serving = self._server.serve(sockets=[sock])
+        self._task = asyncio.get_running_loop().create_task(serving, name="http-server")
         self._task.add_done_callback(self._on_exit)
         await self._wait_started(sock)
         if not _is_loopback(self._host):
-            self._logger.warning("HTTP listener on %s is not loopback: job data and metrics are readable by anyone "
-                                 "who can reach it; put a TLS reverse proxy in front", self._host)
+            self._logger.warning("HTTP listener on %s is not loopback: job data and metrics are readable by "
+                                 "anyone who can reach it; put a TLS reverse proxy in front", self._host)
         self._logger.info("HTTP listening on %s", self.url)
 
     async def _wait_started(self, sock: socket.socket) -> None:
@@ -110,7 +111,7 @@ class WebServer:
         server.should_exit = True
         try:
             await asyncio.wait_for(asyncio.shield(task), STOP_TIMEOUT)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             server.force_exit = True
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -127,7 +128,8 @@ def _bind(host: str, port: int) -> socket.socket:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                                              flags=socket.AI_PASSIVE)[0]
     except socket.gaierror as exc:
-        raise TeckoCheckerError(f"cannot listen on {where}: cannot resolve {host!r} ({exc.strerror})") from exc
+        message = f"cannot listen on {where}: cannot resolve {host!r} ({exc.strerror})"
+        raise TeckoCheckerError(message) from exc
     sock = socket.socket(family, kind, proto)
     try:
         # Lets a restarted daemon rebind while old connections sit in TIME_WAIT; on Linux it does *not*

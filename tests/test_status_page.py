@@ -12,6 +12,7 @@ import subprocess
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from test_web import StoreControl, _check, populate, serve_in_thread
@@ -72,7 +73,7 @@ class Node:
 class DomParser(HTMLParser):
     """Just enough of a DOM: Chromium's dump is well-formed, so a stack of open elements suffices."""
 
-    VOID = {"meta", "link", "br", "img", "input", "hr", "col", "area", "base", "wbr", "source"}
+    VOID: ClassVar[set[str]] = {"meta", "link", "br", "img", "input", "hr", "col", "area", "base", "wbr", "source"}
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)

@@ -60,6 +60,8 @@ def test_no_trailing_comments() -> None:
     for number, line in enumerate(UNIT.read_text().splitlines(), 1):
         if line.strip() and not line.lstrip().startswith(("#", ";")):
             assert "#" not in line, f"line {number}: comments go on their own line: {line!r}"
+        # A trailing backslash joins the next line; after a comment it could swallow a setting.
+        assert not line.rstrip().endswith("\\"), f"line {number} continues onto the next: {line!r}"
 
 
 def test_install_steps_are_documented_at_the_top() -> None:

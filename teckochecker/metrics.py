@@ -1,7 +1,8 @@
 """Every Prometheus metric the daemon exports, on a registry the daemon owns (never the global one).
 
 Naming follows Prometheus conventions: base units, ``_total`` for counters, ``_seconds`` for durations.
-The job name is the only unbounded label; batch IDs never become labels.
+The job name (label ``job_name``: ``job`` belongs to Prometheus's scrape) is the only unbounded
+label; batch IDs never become labels.
 """
 
 from __future__ import annotations
@@ -35,14 +36,14 @@ class Metrics:
             ["result"], registry=r)
         self.jobs = Gauge(f"{PREFIX}_jobs", "Configured jobs by state.", ["state"], registry=r)
         self.targets = Gauge(f"{PREFIX}_targets", "Watched targets (batches) by job and normalized state.",
-                             ["job", "state"], registry=r)
+                             ["job_name", "state"], registry=r)
         self.batch_requests = Gauge(
             f"{PREFIX}_batch_requests", "Requests inside a job's batches by kind (total, completed, failed).",
-            ["job", "kind"], registry=r)
+            ["job_name", "kind"], registry=r)
         self.job_deadline = Gauge(f"{PREFIX}_job_deadline_timestamp_seconds",
-                                  "When an unfinished job gives up waiting.", ["job"], registry=r)
+                                  "When an unfinished job gives up waiting.", ["job_name"], registry=r)
         self.job_deadline_exceeded = Counter(f"{PREFIX}_job_deadline_exceeded",
-                                             "Jobs that ended failed because their deadline passed.", ["job"], registry=r)
+                                             "Jobs that ended failed because their deadline passed.", ["job_name"], registry=r)
         self.source_checks = Counter(
             f"{PREFIX}_source_checks", "Source checks by source type and outcome (ok, transient_error, permanent_error).",
             ["source_type", "outcome"], registry=r)

@@ -107,8 +107,8 @@ def test_template_variables(dashboard: dict[str, Any]) -> None:
     assert variables["datasource"]["query"] == "prometheus"
     assert variables["job"]["type"] == "query"
     assert "label_values(" in variables["job"]["definition"]
-    # TeckoChecker's own `job` label arrives as `exported_job` (see config/prometheus/prometheus.yml).
-    assert "exported_job" in variables["tc_job"]["definition"]
+    # A TeckoChecker job's name is the `job_name` label; `job` is the scrape job's.
+    assert "job_name" in variables["tc_job"]["definition"]
     for variable in variables.values():
         if variable["type"] == "query":
             assert variable["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
@@ -213,14 +213,14 @@ def busy_metrics() -> Metrics:
 
 def scraped_series(metrics: Metrics) -> list[dict[str, str]]:
     """promtool input series for the exposition as Prometheus stores it after a scrape: target labels
-    added, the daemon's own `job` label renamed to `exported_job` (honor_labels: false)."""
+    added."""
     series = [{"series": 'up{job="teckochecker", instance="127.0.0.1:9718"}', "values": "1x30"}]
     exposition = generate_latest(metrics.registry).decode()
     for family in text_string_to_metric_families(exposition):
         for sample in family.samples:
             if sample.name.endswith("_created"):
                 continue
-            labels = {("exported_job" if k == "job" else k): v for k, v in sample.labels.items()}
+            labels = {k: v for k, v in sample.labels.items()}
             labels.update(job="teckochecker", instance="127.0.0.1:9718")
             selector = ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(labels.items()))
             # Counters and histograms keep growing so rate() and increase() see activity.
@@ -244,7 +244,7 @@ def as_non_empty_check(query: str) -> str:
 
 
 def test_every_query_returns_data_from_a_real_exposition(tmp_path: Path, dashboard: dict[str, Any]) -> None:
-    """Catches label mistakes no parser can: a `job` where Prometheus stores `exported_job`, a misspelt
+    """Catches label mistakes no parser can: `job` where `job_name` is meant, a misspelt
     `kind` or `outcome`. The series come from the daemon's real Metrics exposition."""
     tool = require_promtool()
     checks = [

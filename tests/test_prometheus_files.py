@@ -42,15 +42,14 @@ def exported_sample_names() -> set[str]:
 
 
 def stored_label_names() -> dict[str, set[str]]:
-    """Sample name → its label names as Prometheus stores them: the daemon's `job` label becomes
-    `exported_job` because the scrape's own `job` wins (honor_labels: false)."""
+    """Sample name → its label names as Prometheus stores them (plus the scrape's job and instance)."""
     stored: dict[str, set[str]] = {}
     for metric in vars(Metrics()).values():
         if not isinstance(metric, MetricWrapperBase) or metric._type == "info":
             continue
         # _labelnames/_name/_type are private, but the only way to see the labels of a metric with no
         # children yet; they have been stable across prometheus_client releases.
-        labels = {"exported_job" if name == "job" else name for name in metric._labelnames}
+        labels = {name for name in metric._labelnames}
         for suffix in SUFFIXES[str(metric._type)]:
             stored[metric._name + suffix] = labels | ({"le"} if suffix == "_bucket" else set())
     return stored
@@ -99,8 +98,6 @@ def test_scrape_config() -> None:
     (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "teckochecker"]
     assert job["metrics_path"] == "/metrics"
     assert job["static_configs"][0]["targets"] == ["127.0.0.1:9718"]
-    # With honor_labels the scraped `job` label (a TeckoChecker job name) would replace the scrape job,
-    # and the rules' `exported_job` would never exist.
     assert not job.get("honor_labels", False)
 
 

@@ -214,6 +214,8 @@ class Action(ABC):
     # Seconds a just-started thing may stay invisible to ``find_started`` (a search index lag).
     # An instance may override it (e.g. from its options).
     search_lag: float = 0.0
+    # Seconds between two `follow` reads of something still running.
+    follow_interval: float = 10.0
 
     def __init__(self, options: OptionsModel, context: PluginContext) -> None:
         self.options = options

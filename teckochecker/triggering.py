@@ -28,7 +28,8 @@ from teckochecker.state.models import JobSnapshot, RunSnapshot, RunState
 from teckochecker.state.store import StateStore
 from teckochecker.storeworker import StoreWorker
 
-FOLLOW_INTERVAL = 10.0
+# Look at a fired job this often while nothing else is due.
+IDLE_RECHECK = 10.0
 # How far before the intent a search looks, to absorb clock skew between us and the downstream system.
 SEARCH_MARGIN = dt.timedelta(minutes=10)
 # Two searches that find nothing must be at least this far apart, even for an action with no index lag.
@@ -71,7 +72,7 @@ class ActionDriver:
         if final is not None:
             self._log.info("job %s: %s", job.name, final.value)
             return None
-        return max(0.0, min(waits)) if waits else FOLLOW_INTERVAL
+        return max(0.0, min(waits)) if waits else IDLE_RECHECK
 
     async def _step(self, action: Action, run: RunSnapshot, request: ActionRequest) -> float:
         now = self._clock.now()
@@ -120,7 +121,7 @@ class ActionDriver:
         self._crash.hit("after_start_response")
         await self._db.run(self._store.run_started, run.id, result, now=self._clock.now())
         self._record_finish(action, result)
-        return FOLLOW_INTERVAL if result.outcome is ActionOutcome.RUNNING else 0.0
+        return action.follow_interval if result.outcome is ActionOutcome.RUNNING else 0.0
 
     async def _mark_in_doubt(self, action: Action, run: RunSnapshot, message: str) -> float:
         now = self._clock.now()
@@ -171,7 +172,7 @@ class ActionDriver:
                 "job action %s: duplicate downstream start %s found; %s", run.id, duplicate.external_id,
                 "cancelled it" if cancelled else "could NOT cancel it: a person must look",
             )
-        return 0.0 if first.outcome.is_finished else FOLLOW_INTERVAL
+        return 0.0 if first.outcome.is_finished else action.follow_interval
 
     async def _follow(self, action: Action, run: RunSnapshot) -> float:
         self._crash.hit("during_follow")
@@ -186,7 +187,7 @@ class ActionDriver:
         self._failures.pop(run.id, None)
         await self._db.run(self._store.run_progress, run.id, result, now=self._clock.now())
         self._record_finish(action, result)
-        return 0.0 if result.outcome.is_finished else FOLLOW_INTERVAL
+        return 0.0 if result.outcome.is_finished else action.follow_interval
 
     def _count(self, action: Action, outcome: str) -> None:
         self._metrics.actions.labels(action.type_name, outcome).inc()

@@ -25,6 +25,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from teckochecker import __version__
+from teckochecker.config import JOB_NAME
 from teckochecker.control import DaemonControl, ReloadStatus
 from teckochecker.errors import TeckoCheckerError
 from teckochecker.metrics import Metrics
@@ -35,9 +36,6 @@ from teckochecker.statuspage import render_page
 MAX_BODY_BYTES = 64 * 1024
 DEFAULT_EVENTS, MAX_EVENTS = 50, 1000
 PAGE_EVENTS = 10  # per job on the status page: enough to see what happened lately, short enough to scan
-# The config only accepts job names of this shape, so anything else cannot be a job: answer 404 without
-# asking the daemon.
-_JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _EVENTS_PARAM = re.compile(r"^[0-9]{1,4}$")
 _ENABLE_HINT = ("the control endpoints are off: set http.api_token in the config to the name of a secret "
                 "(declared under secrets:) that holds the bearer token, then reload or restart the daemon")
@@ -50,7 +48,7 @@ def create_app(control: DaemonControl, metrics: Metrics, logger: logging.Logger)
         Route("/", api.status_page),
         Route("/healthz", api.healthz),
         Route("/readyz", api.readyz),
-        Route("/metrics", _MetricsEndpoint(control, metrics, logger), methods=["GET"]),
+        Route("/metrics", _MetricsEndpoint(metrics), methods=["GET"]),
         Route("/api/v1/status", api.status),
         Route("/api/v1/jobs", api.jobs),
         Route("/api/v1/jobs/{name}", api.job),
@@ -101,7 +99,7 @@ class _Api:
         if isinstance(limit, Response):
             return limit
         name = request.path_params["name"]
-        job = await self._control.job(name) if _JOB_NAME.match(name) else None
+        job = await self._control.job(name) if _could_be_a_job(name) else None
         if job is None:
             return error_response(404, f"no job named {name!r}", _path(request))
         events = await self._control.events(name, limit)
@@ -141,7 +139,7 @@ class _Api:
         if denied is not None:
             self._audit(action, name, request, f"denied ({denied.status_code})", logging.WARNING)
             return denied
-        if not _JOB_NAME.match(name) or await self._control.job(name) is None:
+        if not _could_be_a_job(name) or await self._control.job(name) is None:
             self._audit(action, name, request, "no such job")
             return error_response(404, f"no job named {name!r}", path)
         if not await call(name):
@@ -171,7 +169,12 @@ class _Api:
     ) -> None:
         # Never the token, not even a prefix; %r keeps a hostile job name on one line.
         remote = request.client.host if request.client else "-"
-        self._logger.log(level, "audit: %s job=%r from %s: %s", action, name, remote, result)
+        self._logger.log(level, "audit: %s job=%r from %s: %s", action, name[:200], remote, result)
+
+
+def _could_be_a_job(name: str) -> bool:
+    # The config only accepts names of this shape, so anything else is a 404 without asking the daemon.
+    return JOB_NAME.fullmatch(name) is not None  # fullmatch: "$" alone would let "name\n" through
 
 
 def _path(request: Request) -> str:
@@ -193,7 +196,7 @@ def _events_limit(request: Request) -> int | Response:
     raw = request.query_params.get("events")
     if raw is None:
         return DEFAULT_EVENTS
-    if _EVENTS_PARAM.match(raw) and 1 <= int(raw) <= MAX_EVENTS:
+    if _EVENTS_PARAM.fullmatch(raw) and 1 <= int(raw) <= MAX_EVENTS:
         return int(raw)
     return error_response(400, f"events must be an integer from 1 to {MAX_EVENTS} (got {raw[:40]!r})",
                           _path(request))
@@ -442,12 +445,10 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 
 class _MetricsEndpoint:
-    """prometheus_client's ASGI app on the daemon's own registry, with the job gauges refreshed per scrape."""
+    """prometheus_client's ASGI app on the daemon's own registry. A scrape only reads the registry (the
+    daemon refreshes its gauges itself), so /metrics answers even while the state store does not."""
 
-    def __init__(self, control: DaemonControl, metrics: Metrics, logger: logging.Logger) -> None:
-        self._control = control
-        self._metrics = metrics
-        self._logger = logger
+    def __init__(self, metrics: Metrics) -> None:
         self._app = make_asgi_app(registry=metrics.registry)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -455,12 +456,6 @@ class _MetricsEndpoint:
             # prometheus_client decodes these as UTF-8 and would raise on anything else.
             await _send_error(scope, receive, send, 400, "query string and Accept headers must be UTF-8")
             return
-        try:
-            # Gauges from the store's view at scrape time, so they are never staler than the scrape.
-            self._metrics.observe_jobs(await self._control.jobs())
-        except TeckoCheckerError as exc:
-            # Keep serving the counters; the gauges keep their last values until the store answers.
-            self._logger.warning("metrics: could not read the jobs: %s", exc)
         await self._app(scope, receive, send)
 
 

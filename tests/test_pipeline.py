@@ -49,6 +49,7 @@ def job_yaml(name: str, config: str, batches: list[str]) -> str:
                 component: {COMPONENT}
                 config: "{config}"
                 search_lag: 1s
+                follow_interval: 1s
                 variables: {{pipeline: {name}}}
         """)
 

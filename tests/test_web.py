@@ -215,17 +215,25 @@ def test_readyz_lists_every_check_and_answers_503_when_one_fails(client: httpx.C
     assert response.json()["checks"] == {"config_loaded": True, "state_store": True, "scheduler": False}
 
 
-def test_metrics_exposition_on_the_app_registry(client: httpx.Client) -> None:
-    response = client.get("/metrics")
-    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
-    text = response.text
-    assert 'teckochecker_build_info{version="' in text
-    # The job gauges are refreshed from the daemon's view on every scrape.
-    assert 'teckochecker_jobs{state="watching"} 1.0' in text and 'teckochecker_jobs{state="failed"} 1.0' in text
-    assert 'teckochecker_batch_requests{job="watching",kind="completed"} 7.0' in text
-    # Nothing from the process-global registry: the daemon's registry is its own.
-    assert "python_gc_objects_collected_total" not in text
-    assert client.post("/metrics").status_code == 405
+def test_metrics_exposition_on_the_app_registry(control: StoreControl, store: StateStore) -> None:
+    metrics = Metrics()
+    metrics.source_checks.labels("openai_batch", "ok").inc(3)
+    metrics.observe_jobs(store.jobs())  # what the daemon's own gauge refresh does
+    with serve_in_thread(control, metrics) as base, httpx.Client(base_url=base, trust_env=False) as client:
+        response = client.get("/metrics")
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+        text = response.text
+        assert 'teckochecker_build_info{version="' in text
+        assert 'teckochecker_source_checks_total{outcome="ok",source_type="openai_batch"} 3.0' in text
+        assert 'teckochecker_jobs{state="watching"} 1.0' in text
+        assert 'teckochecker_batch_requests{job="watching",kind="completed"} 7.0' in text
+        # Nothing from the process-global registry: the daemon's registry is its own.
+        assert "python_gc_objects_collected_total" not in text
+        # prometheus_client's content negotiation is kept.
+        openmetrics = client.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+        assert openmetrics.headers["content-type"].startswith("application/openmetrics-text")
+        assert openmetrics.text.rstrip().endswith("# EOF")
+        assert client.post("/metrics").status_code == 405
 
 
 # ----- reading -----
@@ -275,7 +283,7 @@ def test_bad_events_parameter_is_400(client: httpx.Client, value: str) -> None:
     assert "1 to 1000" in body["error"]
 
 
-@pytest.mark.parametrize("name", ["nope", "x" * 200, "-dash", "a b", "ünï", "a%2Fb"])
+@pytest.mark.parametrize("name", ["nope", "x" * 200, "-dash", "a b", "ünï", "a%2Fb", "watching%0A", "watching%00"])
 def test_unknown_job_is_404(client: httpx.Client, name: str) -> None:
     response = client.get(f"/api/v1/jobs/{name}")
     assert response.status_code == 404 and response.json()["error"]
@@ -445,7 +453,7 @@ def test_a_daemon_that_cannot_answer_is_503(client: httpx.Client, control: Store
     control.fail_with = StateStoreError("database is locked")
     body = assert_json_error(client.get("/api/v1/jobs"), 503, "/api/v1/jobs")
     assert "database is locked" in body["error"]
-    # /metrics keeps serving the counters when the job gauges cannot be refreshed.
+    # /metrics does not depend on the daemon answering.
     assert client.get("/metrics").status_code == 200
 
 

@@ -69,6 +69,7 @@ class KeboolaJobAction(Action):
     def __init__(self, options: OptionsModel, context: PluginContext) -> None:
         super().__init__(options, context)
         self.search_lag = self.options.search_lag
+        self.follow_interval = self.options.follow_interval
         # Only a URL the stack index named is cached; a guessed one is re-checked on the next call.
         self._discovered_queue_url: str | None = None
 

@@ -27,6 +27,8 @@ class KeboolaJobOptions(OptionsModel):
     follow: bool = True
     # Seconds a new job may be missing from /search/jobs (the index is eventually consistent).
     search_lag: Duration = Field(default=60.0, ge=0)
+    # How often a running Keboola job is read while it is followed.
+    follow_interval: Duration = Field(default=10.0, ge=1.0, le=3600.0)
     # Read timeout of the create call; connecting is always bounded by 5 s.
     timeout: Duration = Field(default=15.0, gt=0)
 

@@ -23,6 +23,7 @@ from teckochecker.reloader import Reloader, config_checksum, watched_dirs
 from teckochecker.runner import JobRunner
 from teckochecker.runtime import JobRuntime
 from teckochecker.scheduling import Ticker
+from teckochecker.sdnotify import Notifier, run_watchdog
 from teckochecker.secrets import Redactor, SecretResolver
 from teckochecker.state.location import SingleInstanceLock, ensure_parent, resolve_state_url, sqlite_path
 from teckochecker.state.models import JobState
@@ -36,14 +37,18 @@ SHUTDOWN_GRACE = 3.0
 MIN_RESCHEDULE = 0.5
 MAX_STEPS_PER_TICK = 20
 GAUGE_REFRESH = 15.0
+# A scheduled tick this late means the loop is stuck: stop feeding the systemd watchdog.
+WATCHDOG_OVERDUE = 60.0
 
 
 class Daemon:
     def __init__(
         self, config_path: Path, config: Config, *, registry: PluginRegistry, environ: Mapping[str, str],
         clock: Clock, redactor: Redactor, logger: logging.Logger, cwd: Path, metrics: Metrics | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.config = config
+        self._notifier = notifier or Notifier({})
         self.config_path = config_path
         self.metrics = metrics or Metrics()
         self._registry = registry
@@ -105,16 +110,26 @@ class Daemon:
             asyncio.create_task(self._reload_loop(), name="reload"),
             asyncio.create_task(self._gauge_loop(), name="gauges"),
         ]
+        self._watchdog = asyncio.create_task(
+            run_watchdog(self._notifier, self._ticking, self._clock.sleep), name="watchdog")
         self._log.info("teckochecker started: %d job(s), %d scheduled, state %s", len(self._jobs),
                        len(self._ticker.scheduled()), self.store.url)
+        self._notifier.ready(f"{len(self._jobs)} job(s)")
         try:
             await self._stop.wait()
         finally:
+            self._notifier.stopping()
             self._log.info("stopping")
             await self._reloader.stop()
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
+
+    def _ticking(self) -> bool:
+        """For the systemd watchdog: the event loop runs (we are here) and no scheduled tick is overdue."""
+        now = self._clock.now()
+        return all(when is None or (now - when).total_seconds() < WATCHDOG_OVERDUE
+                   for when in self._ticker.scheduled().values())
 
     async def _schedule_all(self) -> None:
         snapshots = {s.name: s for s in await self._worker.run(self.store.jobs)}
@@ -209,6 +224,13 @@ class Daemon:
             return None
         self._attempted_checksum = checksum
         self._log.info("reloading config (%s)", reason)
+        self._notifier.reloading()
+        try:
+            return await self._load_and_apply()
+        finally:
+            self._notifier.ready()
+
+    async def _load_and_apply(self) -> ReloadStatus:
         try:
             new = load_config(self.config_path, self._registry)
             resolver = SecretResolver(new.secrets, self._environ, self._redactor)
@@ -314,6 +336,9 @@ class Daemon:
                 await asyncio.wait(pending, timeout=0.5)
         if ticker is not None:
             ticker.shutdown()
+        watchdog = getattr(self, "_watchdog", None)
+        if watchdog is not None:
+            watchdog.cancel()  # last: systemd keeps getting pings while the ticks drain
         for job in self._jobs.values():
             await job.aclose()
         await self._http.aclose()

@@ -145,13 +145,14 @@ def cmd_validate(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 def cmd_run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from teckochecker.app import Daemon  # keeps the read-only commands light
+    from teckochecker.sdnotify import Notifier
 
     config_path = _config_path(args, environ)
     config, registry = _load(args, environ, config_path)
     redactor = Redactor()
     logger = setup_logging(args.log_level or config.log_level, args.log_format, redactor, environ)
     daemon = Daemon(config_path, config, registry=registry, environ=environ, clock=SystemClock(), redactor=redactor,
-                    logger=logger, cwd=Path.cwd())
+                    logger=logger, cwd=Path.cwd(), notifier=Notifier(environ, logger=logger))
     try:
         asyncio.run(daemon.run())
     except TeckoCheckerError as exc:

@@ -226,7 +226,7 @@ def test_metrics_exposition_on_the_app_registry(control: StoreControl, store: St
         assert 'teckochecker_build_info{version="' in text
         assert 'teckochecker_source_checks_total{outcome="ok",source_type="openai_batch"} 3.0' in text
         assert 'teckochecker_jobs{state="watching"} 1.0' in text
-        assert 'teckochecker_batch_requests{job="watching",kind="completed"} 7.0' in text
+        assert 'teckochecker_batch_requests{job_name="watching",kind="completed"} 7.0' in text
         # Nothing from the process-global registry: the daemon's registry is its own.
         assert "python_gc_objects_collected_total" not in text
         # prometheus_client's content negotiation is kept.

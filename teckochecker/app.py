@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import logging
 import random
 import signal
@@ -26,7 +27,9 @@ from teckochecker.scheduling import Ticker
 from teckochecker.sdnotify import Notifier, run_watchdog
 from teckochecker.secrets import Redactor, SecretResolver
 from teckochecker.state.location import SingleInstanceLock, ensure_parent, resolve_state_url, sqlite_path
-from teckochecker.state.models import JobState
+from teckochecker.state.models import Event, JobSnapshot, JobState
+from teckochecker.web import create_app
+from teckochecker.webserver import WebServer
 from teckochecker.state.store import StateStore
 from teckochecker.storeworker import StoreWorker
 from teckochecker.validate import Config, load_config
@@ -101,6 +104,9 @@ class Daemon:
                                  self.metrics, self._rng)
         self._ticker = Ticker(self._tick, self._clock, self._log, self.metrics)
         self._ticker.start()
+        self._web = WebServer(create_app(DaemonControlImpl(self), self.metrics, logging.getLogger("teckochecker.http")),
+                              self.config.http.listen, self.config.http.port, self._log)
+        await self._web.start()
         await self._schedule_all()
         self._mark_reload(ReloadStatus(successful=True, at=self._clock.now()))
         self._install_signals()
@@ -327,6 +333,9 @@ class Daemon:
         ticker = getattr(self, "_ticker", None)
         if ticker is not None:
             ticker.pause()  # no new ticks; shutting APScheduler down now would cancel the running ones
+        web = getattr(self, "_web", None)
+        if web is not None:
+            await web.stop()
         if self._ticks:
             # A tick cut short mid-start leaves its run as SENDING: the next start reconciles it.
             _, pending = await asyncio.wait(set(self._ticks), timeout=SHUTDOWN_GRACE)
@@ -343,6 +352,56 @@ class Daemon:
             await job.aclose()
         await self._http.aclose()
         await asyncio.get_running_loop().run_in_executor(None, self._worker.close)
+
+
+class DaemonControlImpl:
+    """What the HTTP layer may ask of this daemon (teckochecker.control.DaemonControl)."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self._d = daemon
+
+    async def jobs(self) -> list[JobSnapshot]:
+        return await self._d._worker.run(self._d.store.jobs)
+
+    async def job(self, name: str) -> JobSnapshot | None:
+        return await self._d._worker.run(self._d.store.job, name)
+
+    async def events(self, name: str, limit: int) -> list[Event]:
+        return await self._d._worker.run(self._d.store.events, name, limit=limit)
+
+    def next_run(self, name: str) -> dt.datetime | None:
+        return self._d._ticker.next_run(name)
+
+    async def readiness(self) -> dict[str, bool]:
+        try:
+            await self._d._worker.run(self._d.store.ping)
+            store_ok = True
+        except Exception:
+            store_ok = False
+        return {"config_loaded": self._d.config is not None, "state_store": store_ok,
+                "scheduler": self._d._ticker.running}
+
+    async def pause(self, name: str) -> bool:
+        return await self._d._worker.run(self._d.store.set_paused, name, True, now=self._d._clock.now())
+
+    async def resume(self, name: str) -> bool:
+        resumed = await self._d._worker.run(self._d.store.set_paused, name, False, now=self._d._clock.now())
+        if resumed:
+            self._d._ticker.run_in(name, 0)
+        return resumed
+
+    async def check_now(self, name: str) -> bool:
+        if self._d._ticker.next_run(name) is None:
+            return False
+        self._d._ticker.run_in(name, 0)
+        return True
+
+    def reload_status(self) -> ReloadStatus:
+        return self._d.reload_status
+
+    def api_token(self) -> str | None:
+        name = self._d.config.http.api_token
+        return self._d._secret(name) if name else None
 
 
 def _firing(snapshots: Mapping[str, object], name: str) -> bool:

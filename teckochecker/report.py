@@ -94,12 +94,14 @@ def render_job(job: JobSnapshot, events: Sequence[Event], now: dt.datetime) -> s
     if job.last_error:
         lines.append(f"last error: {_one_line(job.last_error)}")
     lines += ["", _table([("TARGET", "STATE", "STATUS", "PROGRESS", "SEEN", "MESSAGE")] + [
-        (t.target, t.state.value, t.vendor_status or "-", _progress(t.details), _time(t.observed_at), _clip(t.message or "", 60))
+        (t.target, t.state.value, t.vendor_status or "-", _progress(t.details), _time(t.observed_at),
+         _clip(t.message or "", 60))
         for t in job.targets
     ])]
     if job.runs:
         lines += ["", _table([("ACTION", "TYPE", "STATE", "EXTERNAL ID", "STATUS", "URL")] + [
-            (str(r.action_index), r.action_type, r.state.value, r.external_id or "-", r.vendor_status or "-", r.external_url or "-")
+            (str(r.action_index), r.action_type, r.state.value, r.external_id or "-", r.vendor_status or "-",
+             r.external_url or "-")
             for r in job.runs
         ])]
         lines += [_one_line(f"  action {r.action_index}: {r.message}") for r in job.runs if r.message]

@@ -15,6 +15,7 @@ from daemon import DaemonProcess, read_ledger, run_cli
 def write_config(tmp_path: Path, jobs: str, extra: str = "") -> Path:
     path = tmp_path / "teckochecker.yaml"
     path.write_text(textwrap.dedent("""\
+        http: {{port: 0}}
         defaults:
           interval: 30s
           startup_spread: 0s
@@ -90,7 +91,7 @@ def test_invalid_config_starts_nothing(tmp_path: Path, plugin_env: dict[str, str
     config = write_config(tmp_path, "  - name: x\n    source: {type: nope, targets: [a]}\n    actions: [{type: record, ledger: l}]\n")
     out = run_cli("--config", str(config), "run", env=plugin_env, cwd=tmp_path)
     assert out.returncode == 1
-    assert f"{config}:7:12: jobs[0].source.type: unknown source type 'nope'" in out.stderr
+    assert f"{config}:8:12: jobs[0].source.type: unknown source type 'nope'" in out.stderr
     assert "Traceback" not in out.stderr
     assert not (tmp_path / ".teckochecker").exists()
 

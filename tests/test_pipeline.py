@@ -58,6 +58,7 @@ def write_config(tmp_path: Path, openai: FakeOpenAI, keboola: FakeKeboola, jobs:
     path = tmp_path / "teckochecker.yaml"
     path.write_text(textwrap.dedent(f"""\
         log_level: DEBUG
+        http: {{port: 0}}
         secrets:
           openai: {{env: OPENAI_API_KEY}}
           keboola: {{env: KEBOOLA_STORAGE_TOKEN}}

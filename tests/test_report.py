@@ -14,7 +14,8 @@ from teckochecker.state.models import Event, JobSnapshot, JobState, RunSnapshot,
 NOW = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
 
 
-def target(name: str, state: str, counts: tuple[int, int, int] | None = None, status: str | None = None) -> TargetSnapshot:
+def target(name: str, state: str, counts: tuple[int, int, int] | None = None,
+           status: str | None = None) -> TargetSnapshot:
     details: dict[str, Any] = {}
     if counts is not None:
         details["request_counts"] = dict(zip(("total", "completed", "failed"), counts, strict=True))

@@ -132,7 +132,8 @@ def test_status_page_in_a_real_browser(page_url: str, tmp_path: Path) -> None:
     assert {t: row.attrs["data-state"] for t, row in targets.items()} == {"batch_a": "running", "batch_b": "pending"}
     assert targets["batch_a"].find("span", "progress-label").text() == "7/10 (1 failed)"
     bar = targets["batch_a"].find("span", "bar")
-    assert bar.attrs["role"] == "progressbar" and bar.attrs["aria-valuenow"] == "7" and bar.attrs["aria-valuemax"] == "10"
+    assert bar.attrs["role"] == "progressbar"
+    assert bar.attrs["aria-valuenow"] == "7" and bar.attrs["aria-valuemax"] == "10"
     assert targets["batch_a"].find("td", "vendor-status").text() == "in_progress"
     assert targets["batch_b"].find("span", "progress-label").text() == "-"
     assert watching.find("dd", "targets-done").text() == "0/2"

@@ -50,7 +50,8 @@ def counts(total: int, completed: int, failed: int = 0) -> dict[str, Any]:
 
 
 def _check(store: StateStore, name: str, *observations: Observation, at: dt.datetime = T0) -> JobSnapshot:
-    return store.record_check(name, CheckReport(tuple(observations)), now=at, next_check_at=at + dt.timedelta(minutes=1),
+    return store.record_check(name, CheckReport(tuple(observations)), now=at,
+                              next_check_at=at + dt.timedelta(minutes=1),
                               deadline=3600, rule=TriggerRule.ALL_TERMINAL, actions=[KEBOOLA])
 
 
@@ -70,7 +71,8 @@ def populate(store: StateStore, *extra: JobPlan) -> None:
            Observation("batch_b", TargetState.PENDING, "validating", {}))
 
     fired = _check(store, "firing", Observation("batch_c", TargetState.SUCCEEDED, "completed", counts(5, 5)),
-                   Observation("batch_d", TargetState.SUCCEEDED, "completed", counts(3, 2, 1), "1 of 3 requests failed"))
+                   Observation("batch_d", TargetState.SUCCEEDED, "completed", counts(3, 2, 1),
+                               "1 of 3 requests failed"))
     run = fired.runs[0]
     store.begin_run(run.id, now=T0)
     store.run_started(run.id, ActionResult("4242", ActionOutcome.RUNNING, "processing",
@@ -251,7 +253,7 @@ def test_jobs_list_has_state_targets_progress_next_check_and_keboola_runs(client
     assert watching["targets_done"] == 0 and watching["targets_total"] == 2
     assert watching["requests"] == {"total": 10, "completed": 7, "failed": 1}
     batch_a, batch_b = watching["targets"]
-    assert batch_a["target"] == "batch_a" and batch_a["state"] == "running" and batch_a["vendor_status"] == "in_progress"
+    assert (batch_a["target"], batch_a["state"], batch_a["vendor_status"]) == ("batch_a", "running", "in_progress")
     assert batch_a["progress"] == {"total": 10, "completed": 7, "failed": 1, "label": "7/10 (1 failed)"}
     assert batch_a["observed_at"] == "2026-01-01T12:00:00+00:00"
     assert batch_b["progress"] is None and batch_b["vendor_status"] == "validating"
@@ -316,7 +318,8 @@ def test_control_endpoints_are_off_without_a_token(client: httpx.Client, control
 @pytest.mark.parametrize("headers", [
     {}, auth("wrong"), {"Authorization": "Bearer"}, {"Authorization": "Bearer  x"}, {"Authorization": f"Basic {TOKEN}"},
     {"Authorization": TOKEN}, {"Authorization": f"Bearer {TOKEN}x"}, {"Authorization": f"Bearer {TOKEN[:-1]}"},
-    {"Authorization": b"Bearer \xff\xfe\x80"}, {"Authorization": "Bearer tc-canary-9f8e7d6c5b4a\u00e9".encode("latin-1")},
+    {"Authorization": b"Bearer \xff\xfe\x80"},
+    {"Authorization": "Bearer tc-canary-9f8e7d6c5b4a\u00e9".encode("latin-1")},
 ])
 def test_wrong_or_missing_token_is_401(client: httpx.Client, store: StateStore, headers: dict[str, Any]) -> None:
     response = client.post("/api/v1/jobs/watching/pause", headers=headers)
@@ -333,7 +336,8 @@ def test_pause_resume_check_now_with_the_token(client: httpx.Client, control: St
     assert client.post("/api/v1/jobs/watching/resume", headers=auth()).status_code == 200
     assert store.job("watching").paused is False
     # The scheme name is case-insensitive (RFC 7235).
-    assert client.post("/api/v1/jobs/watching/check-now", headers={"Authorization": f"bearer {TOKEN}"}).status_code == 200
+    lower = {"Authorization": f"bearer {TOKEN}"}
+    assert client.post("/api/v1/jobs/watching/check-now", headers=lower).status_code == 200
     assert control.checked_now == ["watching"]
     # A finished job has nothing to run now.
     assert_json_error(client.post("/api/v1/jobs/done/check-now", headers=auth()), 409, "/api/v1/jobs/done/check-now")
@@ -431,7 +435,8 @@ def raw_request(url: str, request: bytes) -> int | None:
     b"GET //api/v1/jobs HTTP/1.1\r\nHost: x\r\n\r\n",
     b"GET /api/v1/jobs/../../etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n",
     b"GET /api/v1/jobs/ HTTP/1.1\r\nHost: x\r\n\r\n",
-    b"POST /api/v1/jobs/watching/pause HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\r\nContent-Length: 3\r\n\r\n{}}",
+    b"POST /api/v1/jobs/watching/pause HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\r\n"
+    b"Content-Length: 3\r\n\r\n{}}",
     b"POST /api/v1/jobs/watching/pause HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
     b"POST /api/v1/jobs/watching/pause HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999\r\n\r\n",
     b"POST /api/v1/jobs/watching/pause HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
@@ -463,7 +468,8 @@ def test_a_bug_is_a_logged_json_500_and_the_listener_survives(client: httpx.Clie
     body = assert_json_error(client.get("/api/v1/jobs/watching"), 500, "/api/v1/jobs/watching")
     assert "a bug" not in body["error"]  # internals stay in the log
     (error,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
-    assert error.exc_info and error.exc_info[0] is ZeroDivisionError and "GET /api/v1/jobs/watching" in error.getMessage()
+    assert error.exc_info and error.exc_info[0] is ZeroDivisionError
+    assert "GET /api/v1/jobs/watching" in error.getMessage()
     control.fail_with = None
     assert client.get("/api/v1/jobs/watching").status_code == 200
 
@@ -565,7 +571,8 @@ def test_api_client_reads_back_what_the_store_holds(url: str, store: StateStore,
         # next_check_at is the scheduler's plan over HTTP; everything else is the store's snapshot.
         assert got == type(want)(**{**want.__dict__, "next_check_at": control.next_run(want.name)})
     job, events = fetch_job(url, "firing", events=3)
-    assert job.runs[0].external_id == "4242" and [e.kind for e in events] == [e.kind for e in store.events("firing")][-3:]
+    assert job.runs[0].external_id == "4242"
+    assert [e.kind for e in events] == [e.kind for e in store.events("firing")][-3:]
     now = T0 + dt.timedelta(seconds=30)
     assert render_status(remote, now) == render_status(
         [type(j)(**{**j.__dict__, "next_check_at": control.next_run(j.name)}) for j in local], now)

@@ -201,7 +201,7 @@ class JobSpec(Model):
     @field_validator("name")
     @classmethod
     def _name_shape(cls, name: str) -> str:
-        if not JOB_NAME.match(name):
+        if not JOB_NAME.fullmatch(name):
             raise ValueError("use letters, digits, '-', '_' and '.', starting with a letter or digit (max 128)")
         return name
 

@@ -53,8 +53,10 @@ class StatusFileSource(Source):
         observations = []
         for target in targets:
             entry = data.get(target, "pending")
-            state, status = (entry, entry) if isinstance(entry, str) else (entry["state"], entry.get("status"))
-            observations.append(Observation(target, TargetState(state), status, {"seen": True}))
+            if isinstance(entry, str):
+                entry = {"state": entry, "status": entry}
+            details = {"seen": True, **entry.get("details", {})}
+            observations.append(Observation(target, TargetState(entry["state"]), entry.get("status"), details))
         return CheckReport(tuple(observations))
 
 

@@ -1,0 +1,104 @@
+"""The HTTP listener of the real daemon process: status page in Chromium, API, control, port conflicts."""
+
+from __future__ import annotations
+
+import json
+import re
+import textwrap
+from pathlib import Path
+
+import httpx
+import pytest
+from daemon import DaemonProcess, run_cli
+from test_status_page import parse, run_browser
+
+TOKEN = "control-token-0123456789"
+
+
+def write(tmp_path: Path, port: int = 0) -> Path:
+    status = tmp_path / "status.json"
+    status.write_text(json.dumps({
+        "d1": "succeeded",
+        "w1": {"state": "running", "status": "in_progress", "details": {"request_counts": {"total": 10, "completed": 7, "failed": 1}}},
+        "w2": {"state": "pending", "status": "validating"},
+        "r1": "succeeded",
+    }))
+    config = tmp_path / "teckochecker.yaml"
+    ledger = tmp_path / "ledger.jsonl"
+    config.write_text(textwrap.dedent(f"""\
+        http: {{port: {port}, api_token: control}}
+        secrets: {{control: {{env: TC_CONTROL_TOKEN}}}}
+        defaults: {{startup_spread: 0s}}
+        templates:
+          t:
+            source: {{type: status_file, path: {status}}}
+        jobs:
+          - {{name: done, template: t, source: {{targets: [d1]}}, actions: [{{type: record, ledger: {ledger}, follow: false}}]}}
+          - {{name: waiting, template: t, source: {{targets: [w1, w2]}}, actions: [{{type: record, ledger: {ledger}}}]}}
+          - {{name: refused, template: t, source: {{targets: [r1]}}, actions: [{{type: record, ledger: {ledger}, fault: reject}}]}}
+        """))
+    return config
+
+
+@pytest.fixture
+def running(tmp_path: Path, plugin_env: dict[str, str]):
+    env = {**plugin_env, "TC_CONTROL_TOKEN": TOKEN}
+    daemon = DaemonProcess(write(tmp_path), env, tmp_path)
+    daemon.wait_for("job done: completed")
+    daemon.wait_for("job refused: failed")
+    port = int(re.search(r"HTTP listening on http://127\.0\.0\.1:(\d+)", daemon.output).group(1))
+    yield daemon, f"http://127.0.0.1:{port}", env
+    code, _ = daemon.stop()
+    assert code == 0
+
+
+def test_status_page_of_a_running_daemon_in_chromium(running, tmp_path: Path) -> None:
+    _, base, _ = running
+    out = run_browser(tmp_path, "--dump-dom", base + "/")
+    assert out.returncode == 0, out.stderr[-2000:]
+    dom = parse(out.stdout)
+    jobs = {s.attrs["data-job"]: s for s in dom.find_all("section", "job")}
+    assert {n: s.attrs["data-state"] for n, s in jobs.items()} == {
+        "done": "completed", "waiting": "watching", "refused": "failed"}
+    targets = {r.attrs["data-target"]: r for r in jobs["waiting"].find_all("tr", "target")}
+    assert targets["w1"].find("span", "progress-label").text() == "7/10 (1 failed)"
+    assert targets["w2"].attrs["data-state"] == "pending"
+    assert jobs["refused"].find("tr", "run").attrs["data-state"] == "rejected"
+    assert any("trigger fired" in li.text() for li in jobs["done"].find_all("li", "event"))
+
+
+def test_api_health_metrics_and_control(running) -> None:
+    daemon, base, env = running
+    assert httpx.get(base + "/healthz").json() == {"status": "ok"}
+    ready = httpx.get(base + "/readyz")
+    assert ready.status_code == 200 and all(ready.json()["checks"].values())
+    jobs = {j["name"]: j for j in httpx.get(base + "/api/v1/jobs").json()["jobs"]}
+    assert jobs["waiting"]["next_check"] and jobs["done"]["state"] == "completed"
+    metrics = httpx.get(base + "/metrics").text
+    assert "teckochecker_build_info{" in metrics and "teckochecker_config_last_reload_successful 1.0" in metrics
+    assert httpx.post(base + "/api/v1/jobs/waiting/pause").status_code == 401
+    bad = httpx.post(base + "/api/v1/jobs/waiting/pause", headers={"Authorization": "Bearer nope"})
+    assert bad.status_code == 401 and TOKEN not in bad.text
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    assert httpx.post(base + "/api/v1/jobs/waiting/pause", headers=auth).json()["ok"] is True
+    assert httpx.get(base + "/api/v1/jobs/waiting").json()["paused"] is True
+    assert httpx.post(base + "/api/v1/jobs/waiting/resume", headers=auth).status_code == 200
+    assert httpx.post(base + "/api/v1/jobs/waiting/check-now", headers=auth).status_code == 200
+    assert httpx.post(base + "/api/v1/jobs/nope/check-now", headers=auth).status_code == 404
+    assert httpx.get(base + "/api/v1/jobs/nope").status_code == 404
+    assert httpx.get(base + "/api/v1/jobs/waiting?events=zero").status_code == 400
+    out = run_cli("status", "--url", base, env=env, cwd=daemon.log_path.parent)
+    assert out.returncode == 0 and "7/10 (1 failed)" in out.stdout
+    assert TOKEN not in daemon.output
+    assert "audit: pause job='waiting'" in daemon.output
+
+
+def test_port_in_use_refuses_to_start(running, tmp_path: Path, plugin_env: dict[str, str]) -> None:
+    _, base, env = running
+    port = int(base.rsplit(":", 1)[1])
+    other = tmp_path / "other"
+    other.mkdir()
+    out = run_cli("--config", str(write(other, port)), "run", env=env, cwd=other)
+    assert out.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}: address already in use" in out.stderr
+    assert "Traceback" not in out.stderr

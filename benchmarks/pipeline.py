@@ -45,20 +45,30 @@ def main() -> int:
     parser.add_argument("--state-url", help="state store URL (default: SQLite in a temp dir)")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="tc-bench-") as tmp, \
-            FakeOpenAI(api_key=OPENAI_KEY, record_requests=False) as openai, \
-            FakeKeboola(token=KEBOOLA_TOKEN, search_lag=1.0) as keboola:
+    with (
+        tempfile.TemporaryDirectory(prefix="tc-bench-") as tmp,
+        FakeOpenAI(api_key=OPENAI_KEY, record_requests=False) as openai,
+        FakeKeboola(token=KEBOOLA_TOKEN, search_lag=1.0) as keboola,
+    ):
         workdir = Path(tmp)
         batches = setup_fakes(openai, keboola, args.jobs, args.batches)
         port = free_port()
         config = write_config(workdir, openai, keboola, batches, args.interval, port, args.state_url)
-        print(f"{args.jobs} jobs × {args.batches} batches = {args.jobs * args.batches} batches, "
-              f"interval {args.interval}s; daemon on 127.0.0.1:{port}", flush=True)
+        print(
+            f"{args.jobs} jobs × {args.batches} batches = {args.jobs * args.batches} batches, "
+            f"interval {args.interval}s; daemon on 127.0.0.1:{port}",
+            flush=True,
+        )
         env = {**os.environ, "OPENAI_API_KEY": OPENAI_KEY, "KEBOOLA_STORAGE_TOKEN": KEBOOLA_TOKEN}
         log = (workdir / "daemon.log").open("wb")
         started = time.monotonic()
-        daemon = subprocess.Popen([str(Path(sys.executable).parent / "teckochecker"), "--config", str(config), "run"],
-                                  cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
+        daemon = subprocess.Popen(
+            [str(Path(sys.executable).parent / "teckochecker"), "--config", str(config), "run"],
+            cwd=workdir,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         try:
             return run(args, daemon, port, openai, keboola, batches, started, workdir)
         finally:
@@ -68,8 +78,16 @@ def main() -> int:
             log.close()
 
 
-def run(args: argparse.Namespace, daemon: subprocess.Popen[bytes], port: int, openai: FakeOpenAI,
-        keboola: FakeKeboola, batches: list[list[str]], started: float, workdir: Path) -> int:
+def run(
+    args: argparse.Namespace,
+    daemon: subprocess.Popen[bytes],
+    port: int,
+    openai: FakeOpenAI,
+    keboola: FakeKeboola,
+    batches: list[list[str]],
+    started: float,
+    workdir: Path,
+) -> int:
     metrics_url = f"http://127.0.0.1:{port}/metrics"
     wait_for(lambda: scrape(metrics_url) is not None, 120, "the daemon's HTTP listener", daemon)
     print(f"ready after {time.monotonic() - started:.1f}s; warming up for one interval", flush=True)
@@ -82,13 +100,18 @@ def run(args: argparse.Namespace, daemon: subprocess.Popen[bytes], port: int, op
     after_cpu, after_metrics, after_requests = cpu_seconds(daemon.pid), scrape(metrics_url), openai.request_count()
     assert before_metrics and after_metrics
 
-    job_checks = counter(after_metrics, "teckochecker_source_checks_total") - counter(before_metrics, "teckochecker_source_checks_total")
+    job_checks = counter(after_metrics, "teckochecker_source_checks_total") - counter(
+        before_metrics, "teckochecker_source_checks_total"
+    )
     batch_checks = job_checks * args.batches
     requests = after_requests - before_requests
     total_batches = args.jobs * args.batches
     cpu = after_cpu - before_cpu
-    print(f"measured {window:.0f}s: {job_checks:.0f} job checks = {batch_checks:.0f} batch checks, "
-          f"{requests} OpenAI requests, daemon CPU {cpu:.2f}s", flush=True)
+    print(
+        f"measured {window:.0f}s: {job_checks:.0f} job checks = {batch_checks:.0f} batch checks, "
+        f"{requests} OpenAI requests, daemon CPU {cpu:.2f}s",
+        flush=True,
+    )
 
     completed_at = time.monotonic()
     for group in batches:
@@ -104,18 +127,28 @@ def run(args: argparse.Namespace, daemon: subprocess.Popen[bytes], port: int, op
     skipped = counter(final_metrics, "teckochecker_scheduler_skipped_ticks_total")
 
     print()
-    print(f"CPU per 1000 batch checks:       {1000 * cpu / max(batch_checks, 1):.3f} s  "
-          f"({1e6 * cpu / max(batch_checks, 1):.0f} µs per check)")
+    print(
+        f"CPU per 1000 batch checks:       {1000 * cpu / max(batch_checks, 1):.3f} s  "
+        f"({1e6 * cpu / max(batch_checks, 1):.0f} µs per check)"
+    )
     print(f"peak RSS:                        {peak_rss_mb(daemon.pid):.0f} MB")
     print(f"requests per batch per interval: {requests / total_batches / (window / args.interval):.3f}")
-    print(f"checks per batch per interval:   {batch_checks / total_batches / (window / args.interval):.3f}  "
-          "(1.0 = never behind schedule)")
-    print(f"scheduler lag p50 / p99:         {lag_p50:.3f} s / {lag_p99:.3f} s  (histogram estimate); "
-          f"skipped ticks {skipped:.0f}")
-    print(f"completion → Keboola POST:       p50 {statistics.median(delays):.1f} s, "
-          f"p99 {quantile(delays, 0.99):.1f} s  (polling every {args.interval}s)")
-    print(f"Keboola jobs per fired trigger:  {len(keboola.jobs) / args.jobs:.3f}  ({len(keboola.jobs)} jobs, "
-          f"{len(posts)} POSTs, {args.jobs} triggers)")
+    print(
+        f"checks per batch per interval:   {batch_checks / total_batches / (window / args.interval):.3f}  "
+        "(1.0 = never behind schedule)"
+    )
+    print(
+        f"scheduler lag p50 / p99:         {lag_p50:.3f} s / {lag_p99:.3f} s  (histogram estimate); "
+        f"skipped ticks {skipped:.0f}"
+    )
+    print(
+        f"completion → Keboola POST:       p50 {statistics.median(delays):.1f} s, "
+        f"p99 {quantile(delays, 0.99):.1f} s  (polling every {args.interval}s)"
+    )
+    print(
+        f"Keboola jobs per fired trigger:  {len(keboola.jobs) / args.jobs:.3f}  ({len(keboola.jobs)} jobs, "
+        f"{len(posts)} POSTs, {args.jobs} triggers)"
+    )
     return 0
 
 
@@ -127,8 +160,15 @@ def setup_fakes(openai: FakeOpenAI, keboola: FakeKeboola, jobs: int, per_job: in
     return groups
 
 
-def write_config(workdir: Path, openai: FakeOpenAI, keboola: FakeKeboola, batches: list[list[str]],
-                 interval: int, port: int, state_url: str | None) -> Path:
+def write_config(
+    workdir: Path,
+    openai: FakeOpenAI,
+    keboola: FakeKeboola,
+    batches: list[list[str]],
+    interval: int,
+    port: int,
+    state_url: str | None,
+) -> Path:
     state = f"state: {{url: '{state_url}'}}\n" if state_url else ""
     head = textwrap.dedent(f"""\
         {state}http: {{port: {port}}}
@@ -147,7 +187,8 @@ def write_config(workdir: Path, openai: FakeOpenAI, keboola: FakeKeboola, batche
         lines.append(
             f"  - name: job{j}\n    template: bench\n    source: {{targets: [{', '.join(group)}]}}\n"
             f"    actions: [{{type: keboola_job, token: keboola, stack_url: '{keboola.stack_url}', "
-            f"component: {COMPONENT}, config: cfg{j}, search_lag: 2s, follow_interval: 5s}}]\n")
+            f"component: {COMPONENT}, config: cfg{j}, search_lag: 2s, follow_interval: 5s}}]\n"
+        )
     path = workdir / "teckochecker.yaml"
     path.write_text("".join(lines))
     return path
@@ -165,8 +206,10 @@ def counter(text: str, name: str) -> float:
 
 
 def histogram_quantiles(text: str, name: str, qs: tuple[float, ...]) -> tuple[float, ...]:
-    buckets = sorted((float("inf") if le == "+Inf" else float(le), float(v))
-                     for le, v in re.findall(rf'^{name}_bucket{{le="([^"]+)"}} (\S+)$', text, re.M))
+    buckets = sorted(
+        (float("inf") if le == "+Inf" else float(le), float(v))
+        for le, v in re.findall(rf'^{name}_bucket{{le="([^"]+)"}} (\S+)$', text, re.M)
+    )
     total = buckets[-1][1] if buckets else 0
     out = []
     for q in qs:
@@ -175,8 +218,11 @@ def histogram_quantiles(text: str, name: str, qs: tuple[float, ...]) -> tuple[fl
         for le, count in buckets:
             if count >= rank:
                 # Linear within the bucket, as Prometheus's histogram_quantile does.
-                value = prev_le if le == float("inf") else prev_le + (le - prev_le) * (
-                    (rank - prev_count) / max(count - prev_count, 1e-9))
+                value = (
+                    prev_le
+                    if le == float("inf")
+                    else prev_le + (le - prev_le) * ((rank - prev_count) / max(count - prev_count, 1e-9))
+                )
                 break
             prev_le, prev_count = le, count
         out.append(value)

@@ -25,8 +25,9 @@ def fetch_jobs(base_url: str, *, transport: httpx.BaseTransport | None = None) -
     return [_convert(base_url, job_from_json, job) for job in jobs]
 
 
-def fetch_job(base_url: str, name: str, events: int = 50, *,
-              transport: httpx.BaseTransport | None = None) -> tuple[JobSnapshot, list[Event]]:
+def fetch_job(
+    base_url: str, name: str, events: int = 50, *, transport: httpx.BaseTransport | None = None
+) -> tuple[JobSnapshot, list[Event]]:
     body = _get(base_url, f"/api/v1/jobs/{quote(name, safe='')}?events={events}", transport)
     job = _convert(base_url, job_from_json, body)
     return job, [_convert(base_url, event_from_json, e) for e in body.get("events") or ()]
@@ -46,8 +47,9 @@ def _get(base_url: str, path: str, transport: httpx.BaseTransport | None) -> Any
         body = None
     if response.status_code != 200:
         detail = body.get("error") if isinstance(body, Mapping) else None
-        raise TeckoCheckerError(f"the daemon at {base_url} answered HTTP {response.status_code}"
-                                + (f": {detail}" if detail else ""))
+        raise TeckoCheckerError(
+            f"the daemon at {base_url} answered HTTP {response.status_code}" + (f": {detail}" if detail else "")
+        )
     if body is None:
         raise TeckoCheckerError(f"{base_url} did not answer with JSON (is it a TeckoChecker daemon?)")
     return body
@@ -125,8 +127,12 @@ def run_from_json(data: Mapping[str, Any]) -> RunSnapshot:
 
 
 def event_from_json(data: Mapping[str, Any]) -> Event:
-    return Event(at=_required_time(data["at"]), kind=str(data["kind"]), message=str(data["message"]),
-                 data=dict(data.get("data") or {}))
+    return Event(
+        at=_required_time(data["at"]),
+        kind=str(data["kind"]),
+        message=str(data["message"]),
+        data=dict(data.get("data") or {}),
+    )
 
 
 def _time(value: Any) -> dt.datetime | None:

@@ -28,11 +28,11 @@ from teckochecker.sdnotify import Notifier, run_watchdog
 from teckochecker.secrets import Redactor, SecretResolver
 from teckochecker.state.location import SingleInstanceLock, ensure_parent, resolve_state_url, sqlite_path
 from teckochecker.state.models import Event, JobSnapshot, JobState
-from teckochecker.web import create_app
-from teckochecker.webserver import WebServer
 from teckochecker.state.store import StateStore
 from teckochecker.storeworker import StoreWorker
 from teckochecker.validate import Config, load_config
+from teckochecker.web import create_app
+from teckochecker.webserver import WebServer
 
 # SIGTERM must end the process within 5 s; ticks get this long to finish their current step.
 SHUTDOWN_GRACE = 3.0
@@ -46,8 +46,17 @@ WATCHDOG_OVERDUE = 60.0
 
 class Daemon:
     def __init__(
-        self, config_path: Path, config: Config, *, registry: PluginRegistry, environ: Mapping[str, str],
-        clock: Clock, redactor: Redactor, logger: logging.Logger, cwd: Path, metrics: Metrics | None = None,
+        self,
+        config_path: Path,
+        config: Config,
+        *,
+        registry: PluginRegistry,
+        environ: Mapping[str, str],
+        clock: Clock,
+        redactor: Redactor,
+        logger: logging.Logger,
+        cwd: Path,
+        metrics: Metrics | None = None,
         notifier: Notifier | None = None,
     ) -> None:
         self.config = config
@@ -96,16 +105,24 @@ class Daemon:
 
     async def _serve(self) -> None:
         self._context = PluginContext(
-            http=self._http, clock=self._clock, secret=self._secret, logger=logging.getLogger("teckochecker.plugins"),
+            http=self._http,
+            clock=self._clock,
+            secret=self._secret,
+            logger=logging.getLogger("teckochecker.plugins"),
         )
         self._jobs = {name: JobRuntime.build(d, self._context) for name, d in self.config.jobs.items()}
         await self._worker.run(self.store.sync_jobs, [j.plan() for j in self._jobs.values()], self._clock.now())
-        self._runner = JobRunner(self.store, self._worker, self._clock, CrashPoints(self._environ), self._log,
-                                 self.metrics, self._rng)
+        self._runner = JobRunner(
+            self.store, self._worker, self._clock, CrashPoints(self._environ), self._log, self.metrics, self._rng
+        )
         self._ticker = Ticker(self._tick, self._clock, self._log, self.metrics)
         self._ticker.start()
-        self._web = WebServer(create_app(DaemonControlImpl(self), self.metrics, logging.getLogger("teckochecker.http")),
-                              self.config.http.listen, self.config.http.port, self._log)
+        self._web = WebServer(
+            create_app(DaemonControlImpl(self), self.metrics, logging.getLogger("teckochecker.http")),
+            self.config.http.listen,
+            self.config.http.port,
+            self._log,
+        )
         await self._web.start()
         await self._schedule_all()
         self._mark_reload(ReloadStatus(successful=True, at=self._clock.now()))
@@ -117,9 +134,14 @@ class Daemon:
             asyncio.create_task(self._gauge_loop(), name="gauges"),
         ]
         self._watchdog = asyncio.create_task(
-            run_watchdog(self._notifier, self._ticking, self._clock.sleep), name="watchdog")
-        self._log.info("teckochecker started: %d job(s), %d scheduled, state %s", len(self._jobs),
-                       len(self._ticker.scheduled()), self.store.url)
+            run_watchdog(self._notifier, self._ticking, self._clock.sleep), name="watchdog"
+        )
+        self._log.info(
+            "teckochecker started: %d job(s), %d scheduled, state %s",
+            len(self._jobs),
+            len(self._ticker.scheduled()),
+            self.store.url,
+        )
         self._notifier.ready(f"{len(self._jobs)} job(s)")
         try:
             await self._stop.wait()
@@ -134,8 +156,10 @@ class Daemon:
     def _ticking(self) -> bool:
         """For the systemd watchdog: the event loop runs (we are here) and no scheduled tick is overdue."""
         now = self._clock.now()
-        return all(when is None or (now - when).total_seconds() < WATCHDOG_OVERDUE
-                   for when in self._ticker.scheduled().values())
+        return all(
+            when is None or (now - when).total_seconds() < WATCHDOG_OVERDUE
+            for when in self._ticker.scheduled().values()
+        )
 
     async def _schedule_all(self) -> None:
         snapshots = {s.name: s for s in await self._worker.run(self.store.jobs)}
@@ -278,7 +302,9 @@ class Daemon:
         snapshots = {s.name: s for s in await self._worker.run(self.store.jobs)}
         added = [n for n in new.jobs if n not in old_jobs]
         removed = [n for n in old_jobs if n not in new.jobs]
-        changed = [n for n in new.jobs if n in old_jobs and new.jobs[n].fingerprint != old_jobs[n].definition.fingerprint]
+        changed = [
+            n for n in new.jobs if n in old_jobs and new.jobs[n].fingerprint != old_jobs[n].definition.fingerprint
+        ]
         self.config = new
         jobs = dict(old_jobs)
         for name in added:
@@ -297,11 +323,20 @@ class Daemon:
             self._ticker.unschedule(name)
             await jobs.pop(name).aclose()
         await self._reschedule(added, changed, old_config, snapshots)
-        self._log.info("config reloaded: %d added %s, %d changed %s, %d removed %s, %d unchanged",
-                       len(added), added, len(changed), changed, len(removed), removed,
-                       len(new.jobs) - len(added) - len(changed))
+        self._log.info(
+            "config reloaded: %d added %s, %d changed %s, %d removed %s, %d unchanged",
+            len(added),
+            added,
+            len(changed),
+            changed,
+            len(removed),
+            removed,
+            len(new.jobs) - len(added) - len(changed),
+        )
 
-    async def _reschedule(self, added: list[str], changed: list[str], old: Config, snapshots: Mapping[str, object]) -> None:
+    async def _reschedule(
+        self, added: list[str], changed: list[str], old: Config, snapshots: Mapping[str, object]
+    ) -> None:
         fresh = {s.name: s for s in await self._worker.run(self.store.jobs)}
         for name in added:
             snap = fresh.get(name)
@@ -378,8 +413,11 @@ class DaemonControlImpl:
             store_ok = True
         except Exception:
             store_ok = False
-        return {"config_loaded": self._d.config is not None, "state_store": store_ok,
-                "scheduler": self._d._ticker.running}
+        return {
+            "config_loaded": self._d.config is not None,
+            "state_store": store_ok,
+            "scheduler": self._d._ticker.running,
+        }
 
     async def pause(self, name: str) -> bool:
         return await self._d._worker.run(self._d.store.set_paused, name, True, now=self._d._clock.now())
@@ -423,7 +461,8 @@ def _keep_restart_only_settings(old: Config, new: Config) -> tuple[Config, list[
     if not changed:
         return new, []
     kept = dataclasses.replace(
-        new, state=old.state,
+        new,
+        state=old.state,
         http=new.http.model_copy(update={"listen": old.http.listen, "port": old.http.port}),
         defaults=new.defaults.model_copy(update={"concurrency": old.defaults.concurrency}),
     )

@@ -53,18 +53,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"teckochecker {__version__}")
     parser.add_argument(
-        "--config", "-c", type=Path, metavar="PATH",
+        "--config",
+        "-c",
+        type=Path,
+        metavar="PATH",
         help=f"config file (default: ${CONFIG_ENV}, else ./teckochecker.yaml, else {SYSTEM_CONFIG})",
     )
     commands = parser.add_subparsers(title="commands", dest="command", required=True, metavar="COMMAND")
 
-    run = commands.add_parser("run", help="run the daemon", description="Run the daemon in the foreground until SIGTERM/SIGINT.")
-    run.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="overrides log_level in the config")
+    run = commands.add_parser(
+        "run", help="run the daemon", description="Run the daemon in the foreground until SIGTERM/SIGINT."
+    )
+    run.add_argument(
+        "--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="overrides log_level in the config"
+    )
     run.add_argument("--log-format", choices=["text", "json"], default="text", help="json: one JSON object per line")
     run.set_defaults(handler=cmd_run)
 
     validate = commands.add_parser(
-        "validate-config", help="check a config file and exit",
+        "validate-config",
+        help="check a config file and exit",
         description="Validate a config file with the daemon's own loader. Exit 0 if valid, 1 if not "
         "(every problem printed as FILE:LINE:COL: path: message). Opens no network connection and no state store.",
     )
@@ -72,12 +80,16 @@ def build_parser() -> argparse.ArgumentParser:
     validate.set_defaults(handler=cmd_validate)
 
     status = commands.add_parser(
-        "status", help="show every job's state",
+        "status",
+        help="show every job's state",
         description="Show jobs and their batches' progress from the state store, or from a running daemon (--url).",
     )
     _state_url_option(status)
-    status.add_argument("--url", metavar="URL",
-                        help="read a running daemon's HTTP API instead of the state store (e.g. http://127.0.0.1:9718)")
+    status.add_argument(
+        "--url",
+        metavar="URL",
+        help="read a running daemon's HTTP API instead of the state store (e.g. http://127.0.0.1:9718)",
+    )
     status.set_defaults(handler=cmd_status)
 
     show = commands.add_parser("show", help="show one job: its targets, actions and event log")
@@ -89,21 +101,36 @@ def build_parser() -> argparse.ArgumentParser:
     plugins = commands.add_parser("plugins", help="list loaded plugins and the types they provide")
     plugins.set_defaults(handler=cmd_plugins)
 
-    jobs = commands.add_parser("jobs", help="add or remove drop-in job files",
-                               description="Manage drop-in job files in the first include: directory.")
+    jobs = commands.add_parser(
+        "jobs",
+        help="add or remove drop-in job files",
+        description="Manage drop-in job files in the first include: directory.",
+    )
     jobs_commands = jobs.add_subparsers(title="commands", dest="jobs_command", required=True, metavar="COMMAND")
     add = jobs_commands.add_parser(
-        "add", help="write a drop-in job from a template",
+        "add",
+        help="write a drop-in job from a template",
         description="Validate the whole config with the new job, then write NAME.yaml atomically into the first "
-        "include directory. A running daemon picks it up within seconds.")
+        "include directory. A running daemon picks it up within seconds.",
+    )
     add.add_argument("name", help="the new job's name")
     add.add_argument("--template", "-t", required=True, help="a template from the main file's templates:")
-    add.add_argument("--batch", "-b", dest="targets", action="append", required=True, metavar="ID",
-                     help="a target (batch ID) to watch; repeat for several")
+    add.add_argument(
+        "--batch",
+        "-b",
+        dest="targets",
+        action="append",
+        required=True,
+        metavar="ID",
+        help="a target (batch ID) to watch; repeat for several",
+    )
     add.add_argument("--replace", action="store_true", help="overwrite an existing drop-in of that name")
     add.set_defaults(handler=cmd_jobs_add)
-    remove = jobs_commands.add_parser("remove", help="delete a drop-in job file",
-                                      description="Delete the drop-in file that defines NAME. Its history is kept.")
+    remove = jobs_commands.add_parser(
+        "remove",
+        help="delete a drop-in job file",
+        description="Delete the drop-in file that defines NAME. Its history is kept.",
+    )
     remove.add_argument("name", help="the job's name")
     remove.set_defaults(handler=cmd_jobs_remove)
     register_secrets_commands(commands)
@@ -127,7 +154,9 @@ def find_config(explicit: Path | None, environ: Mapping[str, str], cwd: Path) ->
     )
 
 
-def _load(args: argparse.Namespace, environ: Mapping[str, str], path: Path | None = None) -> tuple[Config, PluginRegistry]:
+def _load(
+    args: argparse.Namespace, environ: Mapping[str, str], path: Path | None = None
+) -> tuple[Config, PluginRegistry]:
     registry = load_plugins(environ)
     config_path = path or find_config(args.config, environ, Path.cwd())
     return load_config(config_path, registry), registry
@@ -151,8 +180,17 @@ def cmd_run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     config, registry = _load(args, environ, config_path)
     redactor = Redactor()
     logger = setup_logging(args.log_level or config.log_level, args.log_format, redactor, environ)
-    daemon = Daemon(config_path, config, registry=registry, environ=environ, clock=SystemClock(), redactor=redactor,
-                    logger=logger, cwd=Path.cwd(), notifier=Notifier(environ, logger=logger))
+    daemon = Daemon(
+        config_path,
+        config,
+        registry=registry,
+        environ=environ,
+        clock=SystemClock(),
+        redactor=redactor,
+        logger=logger,
+        cwd=Path.cwd(),
+        notifier=Notifier(environ, logger=logger),
+    )
     try:
         asyncio.run(daemon.run())
     except TeckoCheckerError as exc:
@@ -204,8 +242,9 @@ def cmd_show(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 def cmd_jobs_add(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from teckochecker.dropins import add_job
 
-    path = add_job(_config_path(args, environ), load_plugins(environ), args.name, args.template, args.targets,
-                   replace=args.replace)
+    path = add_job(
+        _config_path(args, environ), load_plugins(environ), args.name, args.template, args.targets, replace=args.replace
+    )
     print(f"wrote {path}: job {args.name!r} watching {len(args.targets)} target(s)")
     return EXIT_OK
 

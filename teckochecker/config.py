@@ -72,9 +72,7 @@ class SecretRef(Model):
     @classmethod
     def _env_name(cls, name: str | None) -> str | None:
         if name is not None and not ENV_NAME.match(name):
-            raise ValueError(
-                "must be an environment variable's name (letters, digits and '_'), not the value itself"
-            )
+            raise ValueError("must be an environment variable's name (letters, digits and '_'), not the value itself")
         return name
 
     @field_validator("file")

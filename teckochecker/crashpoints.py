@@ -11,7 +11,9 @@ import signal
 from collections.abc import Mapping
 
 ENV = "TECKOCHECKER_CRASHPOINT"
-POINTS = frozenset({"after_check_commit", "after_intent_commit", "after_start_response", "after_adopt", "during_follow"})
+POINTS = frozenset(
+    {"after_check_commit", "after_intent_commit", "after_start_response", "after_adopt", "during_follow"}
+)
 
 
 class CrashPoints:

@@ -22,8 +22,14 @@ from teckochecker.validate import load_config
 
 
 def add_job(
-    config_path: Path, registry: PluginRegistry, name: str, template: str, targets: Sequence[str],
-    *, replace: bool = False, now: dt.datetime | None = None,
+    config_path: Path,
+    registry: PluginRegistry,
+    name: str,
+    template: str,
+    targets: Sequence[str],
+    *,
+    replace: bool = False,
+    now: dt.datetime | None = None,
 ) -> Path:
     config = load_config(config_path, registry)
     if not config.include:
@@ -33,7 +39,9 @@ def add_job(
     path = _drop_in_path(config_path, config.include[0], name)
     existing = config.jobs.get(name)
     if existing is not None and not (replace and Path(existing.file) == path):
-        raise TeckoCheckerError(f"job {name!r} already exists in {existing.file}" + ("" if replace else " (use --replace)"))
+        raise TeckoCheckerError(
+            f"job {name!r} already exists in {existing.file}" + ("" if replace else " (use --replace)")
+        )
     text = render_drop_in(name, template, targets, now or dt.datetime.now(dt.timezone.utc))
     load_config(config_path, registry, overlay={path: text})  # raises ConfigError with every problem
     write_atomically(path, text)
@@ -52,8 +60,10 @@ def remove_job(config_path: Path, name: str) -> Path:
             if name not in names:
                 continue
             if len(names) > 1:
-                raise TeckoCheckerError(f"job {name!r} shares {path} with other jobs ({', '.join(sorted(names - {name}))}); "
-                                        "edit that file by hand")
+                raise TeckoCheckerError(
+                    f"job {name!r} shares {path} with other jobs ({', '.join(sorted(names - {name}))}); "
+                    "edit that file by hand"
+                )
             path.unlink()
             _fsync_dir(path.parent)
             return path
@@ -82,8 +92,9 @@ def _drop_in_path(config_path: Path, pattern: str, name: str) -> Path:
     full = config_path.parent / pattern
     path = full.parent / f"{name}.yaml"
     if not fnmatch.fnmatch(path.name, full.name):
-        raise TeckoCheckerError(f"{path.name} would not match the first include glob {pattern!r}; "
-                                "make it match *.yaml files")
+        raise TeckoCheckerError(
+            f"{path.name} would not match the first include glob {pattern!r}; make it match *.yaml files"
+        )
     return path
 
 

@@ -42,7 +42,10 @@ class HttpClientPool:
     """Implements plugin_api.HttpClients. Build it inside the running event loop."""
 
     def __init__(
-        self, concurrency: int, metrics: Metrics, *,
+        self,
+        concurrency: int,
+        metrics: Metrics,
+        *,
         transport_factory: type[httpx.AsyncHTTPTransport] = httpx.AsyncHTTPTransport,
     ) -> None:
         self._metrics = metrics
@@ -52,7 +55,11 @@ class HttpClientPool:
         self._concurrency = concurrency
 
     def client(
-        self, key: str, *, base_url: str, headers: Mapping[str, str] | None = None,
+        self,
+        key: str,
+        *,
+        base_url: str,
+        headers: Mapping[str, str] | None = None,
         timeout: httpx.Timeout | float = 30.0,
     ) -> httpx.AsyncClient:
         existing = self._clients.get(key)
@@ -61,8 +68,11 @@ class HttpClientPool:
         limits = httpx.Limits(max_connections=self._concurrency, max_keepalive_connections=self._concurrency)
         transport = BoundedTransport(self._transport_factory(limits=limits, retries=0), self._semaphore, self._metrics)
         client = httpx.AsyncClient(
-            base_url=base_url, headers={"User-Agent": USER_AGENT, **(headers or {})}, timeout=timeout,
-            transport=transport, follow_redirects=False,
+            base_url=base_url,
+            headers={"User-Agent": USER_AGENT, **(headers or {})},
+            timeout=timeout,
+            transport=transport,
+            follow_redirects=False,
         )
         self._clients[key] = client
         return client

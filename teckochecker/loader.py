@@ -137,7 +137,9 @@ def load_file(path: FsPath) -> tuple[Document, list[Diagnostic]]:
     try:
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
-            return Document(file, None), [Diagnostic(Mark(file, 1, 1), (), f"file is larger than {MAX_FILE_BYTES} bytes")]
+            return Document(file, None), [
+                Diagnostic(Mark(file, 1, 1), (), f"file is larger than {MAX_FILE_BYTES} bytes")
+            ]
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return Document(file, None), [Diagnostic(Mark(file, 1, 1), (), "file not found")]

@@ -27,53 +27,106 @@ class Metrics:
         self.build_info = Info(f"{PREFIX}_build", "TeckoChecker version.", registry=r)
         self.build_info.info({"version": __version__})
         self.config_last_reload_successful = Gauge(
-            f"{PREFIX}_config_last_reload_successful", "1 if the last config (re)load succeeded, else 0.", registry=r)
+            f"{PREFIX}_config_last_reload_successful", "1 if the last config (re)load succeeded, else 0.", registry=r
+        )
         self.config_last_reload_success_timestamp = Gauge(
-            f"{PREFIX}_config_last_reload_success_timestamp_seconds", "When the config was last loaded successfully.",
-            registry=r)
+            f"{PREFIX}_config_last_reload_success_timestamp_seconds",
+            "When the config was last loaded successfully.",
+            registry=r,
+        )
         self.config_reloads = Counter(
-            f"{PREFIX}_config_reloads", "Config reloads by result (success, failure, restart_required).",
-            ["result"], registry=r)
+            f"{PREFIX}_config_reloads",
+            "Config reloads by result (success, failure, restart_required).",
+            ["result"],
+            registry=r,
+        )
         self.jobs = Gauge(f"{PREFIX}_jobs", "Configured jobs by state.", ["state"], registry=r)
-        self.targets = Gauge(f"{PREFIX}_targets", "Watched targets (batches) by job and normalized state.",
-                             ["job_name", "state"], registry=r)
+        self.targets = Gauge(
+            f"{PREFIX}_targets",
+            "Watched targets (batches) by job and normalized state.",
+            ["job_name", "state"],
+            registry=r,
+        )
         self.batch_requests = Gauge(
-            f"{PREFIX}_batch_requests", "Requests inside a job's batches by kind (total, completed, failed).",
-            ["job_name", "kind"], registry=r)
-        self.job_deadline = Gauge(f"{PREFIX}_job_deadline_timestamp_seconds",
-                                  "When an unfinished job gives up waiting.", ["job_name"], registry=r)
-        self.job_deadline_exceeded = Counter(f"{PREFIX}_job_deadline_exceeded",
-                                             "Jobs that ended failed because their deadline passed.", ["job_name"], registry=r)
+            f"{PREFIX}_batch_requests",
+            "Requests inside a job's batches by kind (total, completed, failed).",
+            ["job_name", "kind"],
+            registry=r,
+        )
+        self.job_deadline = Gauge(
+            f"{PREFIX}_job_deadline_timestamp_seconds",
+            "When an unfinished job gives up waiting.",
+            ["job_name"],
+            registry=r,
+        )
+        self.job_deadline_exceeded = Counter(
+            f"{PREFIX}_job_deadline_exceeded",
+            "Jobs that ended failed because their deadline passed.",
+            ["job_name"],
+            registry=r,
+        )
         self.source_checks = Counter(
-            f"{PREFIX}_source_checks", "Source checks by source type and outcome (ok, transient_error, permanent_error).",
-            ["source_type", "outcome"], registry=r)
+            f"{PREFIX}_source_checks",
+            "Source checks by source type and outcome (ok, transient_error, permanent_error).",
+            ["source_type", "outcome"],
+            registry=r,
+        )
         self.source_check_duration = Histogram(
-            f"{PREFIX}_source_check_duration_seconds", "How long one source check of one job took.",
-            ["source_type"], buckets=_LATENCY_BUCKETS, registry=r)
+            f"{PREFIX}_source_check_duration_seconds",
+            "How long one source check of one job took.",
+            ["source_type"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.http_requests = Counter(
-            f"{PREFIX}_http_requests", "Outbound HTTP requests by host and status class (2xx … 5xx, error).",
-            ["host", "status_class"], registry=r)
+            f"{PREFIX}_http_requests",
+            "Outbound HTTP requests by host and status class (2xx … 5xx, error).",
+            ["host", "status_class"],
+            registry=r,
+        )
         self.actions = Counter(
-            f"{PREFIX}_actions", "Action steps by type and outcome (started, adopted, not_started, in_doubt, rejected, "
-            "succeeded, succeeded_with_warnings, failed, skipped).", ["action_type", "outcome"], registry=r)
+            f"{PREFIX}_actions",
+            "Action steps by type and outcome (started, adopted, not_started, in_doubt, rejected, "
+            "succeeded, succeeded_with_warnings, failed, skipped).",
+            ["action_type", "outcome"],
+            registry=r,
+        )
         self.action_duration = Histogram(
-            f"{PREFIX}_action_duration_seconds", "How long one action start call took.", ["action_type"],
-            buckets=_LATENCY_BUCKETS, registry=r)
+            f"{PREFIX}_action_duration_seconds",
+            "How long one action start call took.",
+            ["action_type"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.trigger_delay = Histogram(
-            f"{PREFIX}_trigger_delay_seconds", "From a job's last target observed finished to its action start.",
-            buckets=_DELAY_BUCKETS, registry=r)
+            f"{PREFIX}_trigger_delay_seconds",
+            "From a job's last target observed finished to its action start.",
+            buckets=_DELAY_BUCKETS,
+            registry=r,
+        )
         self.downstream_jobs = Counter(
-            f"{PREFIX}_downstream_jobs", "Downstream (Keboola) jobs by final status.", ["action_type", "status"],
-            registry=r)
+            f"{PREFIX}_downstream_jobs",
+            "Downstream (Keboola) jobs by final status.",
+            ["action_type", "status"],
+            registry=r,
+        )
         self.duplicate_starts = Counter(
-            f"{PREFIX}_duplicate_starts", "Downstream starts found beyond the one adopted for a trigger.",
-            ["action_type"], registry=r)
+            f"{PREFIX}_duplicate_starts",
+            "Downstream starts found beyond the one adopted for a trigger.",
+            ["action_type"],
+            registry=r,
+        )
         self.scheduler_lag = Histogram(
-            f"{PREFIX}_scheduler_lag_seconds", "How late a tick ran after its scheduled time.", buckets=_LAG_BUCKETS,
-            registry=r)
+            f"{PREFIX}_scheduler_lag_seconds",
+            "How late a tick ran after its scheduled time.",
+            buckets=_LAG_BUCKETS,
+            registry=r,
+        )
         self.scheduler_skipped_ticks = Counter(
-            f"{PREFIX}_scheduler_skipped_ticks", "Ticks skipped because the previous one was still running or missed.",
-            registry=r)
+            f"{PREFIX}_scheduler_skipped_ticks",
+            "Ticks skipped because the previous one was still running or missed.",
+            registry=r,
+        )
 
     def observe_jobs(self, snapshots: Iterable[JobSnapshot]) -> None:
         """Refresh the state gauges from the store's view."""

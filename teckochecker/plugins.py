@@ -32,7 +32,9 @@ class PluginRegistry:
     plugins: list[PluginInfo] = field(default_factory=list)
 
 
-def load_plugins(environ: Mapping[str, str], *, entry_points: bool = True, modules: Iterable[str] = ()) -> PluginRegistry:
+def load_plugins(
+    environ: Mapping[str, str], *, entry_points: bool = True, modules: Iterable[str] = ()
+) -> PluginRegistry:
     """A fresh plugin manager and the types its plugins register. Duplicate type names are fatal."""
     manager = pluggy.PluginManager(hookspecs.PROJECT)
     manager.add_hookspecs(hookspecs)
@@ -96,15 +98,15 @@ def _call(plugin: object, hook: str, name: str) -> list[type]:
         raise PluginError(f"plugin {name!r} failed in {hook}(): {exc}") from exc
 
 
-def _add(
-    table: dict[str, type], cls: type, base: type, plugin: str, providers: dict[str, str], kind: str
-) -> None:
+def _add(table: dict[str, type], cls: type, base: type, plugin: str, providers: dict[str, str], kind: str) -> None:
     if not (isinstance(cls, type) and issubclass(cls, base)):
         raise PluginError(f"plugin {plugin!r} registered {cls!r} as a {kind} type, but it is not a {base.__name__}")
     type_name = getattr(cls, "type_name", None)
     options = getattr(cls, "Options", None)
     if not type_name or not (isinstance(options, type) and issubclass(options, OptionsModel)):
-        raise PluginError(f"{kind} class {cls.__qualname__} of plugin {plugin!r} needs a type_name and an Options model")
+        raise PluginError(
+            f"{kind} class {cls.__qualname__} of plugin {plugin!r} needs a type_name and an Options model"
+        )
     key = f"{kind}:{type_name}"
     if key in providers:
         raise PluginError(

@@ -84,15 +84,23 @@ class Reloader:
     async def _watch(self, dirs: list[Path], stop: asyncio.Event) -> None:
         try:
             async for changes in watchfiles.awatch(
-                *dirs, stop_event=stop, debounce=WATCH_DEBOUNCE_MS, step=WATCH_QUIET_MS, recursive=False,
+                *dirs,
+                stop_event=stop,
+                debounce=WATCH_DEBOUNCE_MS,
+                step=WATCH_QUIET_MS,
+                recursive=False,
                 raise_interrupt=False,
             ):
                 self._log.debug("config directory changed: %s", sorted(p for _, p in changes))
                 self._request("file change")
         except (OSError, RuntimeError) as exc:
             # The checksum poll still covers us; say so rather than die.
-            self._log.warning("watching %s stopped (%s); relying on the %ds checksum check",
-                              ", ".join(map(str, dirs)), exc, int(CHECKSUM_INTERVAL))
+            self._log.warning(
+                "watching %s stopped (%s); relying on the %ds checksum check",
+                ", ".join(map(str, dirs)),
+                exc,
+                int(CHECKSUM_INTERVAL),
+            )
 
     async def _poll(self) -> None:
         while True:

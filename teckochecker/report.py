@@ -56,10 +56,16 @@ def render_status(jobs: Sequence[JobSnapshot], now: dt.datetime) -> str:
     rows = [("JOB", "STATE", "TARGETS", "NEXT CHECK", "ACTION", "LAST ERROR")]
     for job in jobs:
         state = job.state.value + (" (removed)" if job.removed else "") + (" (paused)" if job.paused else "")
-        rows.append((
-            job.name, state, f"{job.done_count}/{len(job.targets)}", _next_check(job, now),
-            _actions_summary(job.runs), _clip(job.last_error or "", 60),
-        ))
+        rows.append(
+            (
+                job.name,
+                state,
+                f"{job.done_count}/{len(job.targets)}",
+                _next_check(job, now),
+                _actions_summary(job.runs),
+                _clip(job.last_error or "", 60),
+            )
+        )
     # The job table keeps its own column widths; each job's batch bars go right under its row.
     table = _table_lines(rows)
     lines = table[:1]
@@ -93,17 +99,41 @@ def render_job(job: JobSnapshot, events: Sequence[Event], now: dt.datetime) -> s
     ]
     if job.last_error:
         lines.append(f"last error: {_one_line(job.last_error)}")
-    lines += ["", _table([("TARGET", "STATE", "STATUS", "PROGRESS", "SEEN", "MESSAGE")] + [
-        (t.target, t.state.value, t.vendor_status or "-", _progress(t.details), _time(t.observed_at),
-         _clip(t.message or "", 60))
-        for t in job.targets
-    ])]
+    lines += [
+        "",
+        _table(
+            [("TARGET", "STATE", "STATUS", "PROGRESS", "SEEN", "MESSAGE")]
+            + [
+                (
+                    t.target,
+                    t.state.value,
+                    t.vendor_status or "-",
+                    _progress(t.details),
+                    _time(t.observed_at),
+                    _clip(t.message or "", 60),
+                )
+                for t in job.targets
+            ]
+        ),
+    ]
     if job.runs:
-        lines += ["", _table([("ACTION", "TYPE", "STATE", "EXTERNAL ID", "STATUS", "URL")] + [
-            (str(r.action_index), r.action_type, r.state.value, r.external_id or "-", r.vendor_status or "-",
-             r.external_url or "-")
-            for r in job.runs
-        ])]
+        lines += [
+            "",
+            _table(
+                [("ACTION", "TYPE", "STATE", "EXTERNAL ID", "STATUS", "URL")]
+                + [
+                    (
+                        str(r.action_index),
+                        r.action_type,
+                        r.state.value,
+                        r.external_id or "-",
+                        r.vendor_status or "-",
+                        r.external_url or "-",
+                    )
+                    for r in job.runs
+                ]
+            ),
+        ]
         lines += [_one_line(f"  action {r.action_index}: {r.message}") for r in job.runs if r.message]
     lines += ["", "EVENTS"] + [_one_line(f"{_time(e.at)}  {e.kind:<20} {e.message}") for e in events]
     return "\n".join(lines)
@@ -114,8 +144,14 @@ def render_plugins(registry: PluginRegistry) -> str:
         return "no plugins loaded"
     rows = [("PLUGIN", "VERSION", "SOURCE TYPES", "ACTION TYPES")]
     for plugin in registry.plugins:
-        rows.append((plugin.name, plugin.version or "-", ", ".join(plugin.source_types) or "-",
-                     ", ".join(plugin.action_types) or "-"))
+        rows.append(
+            (
+                plugin.name,
+                plugin.version or "-",
+                ", ".join(plugin.source_types) or "-",
+                ", ".join(plugin.action_types) or "-",
+            )
+        )
     return _table(rows)
 
 

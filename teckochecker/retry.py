@@ -20,14 +20,20 @@ def is_transient_status(status_code: int) -> bool:
     return status_code in TRANSIENT_STATUSES or status_code >= 500
 
 
-def full_jitter(attempt: int, *, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP, rng: random.Random | None = None) -> float:
+def full_jitter(
+    attempt: int, *, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP, rng: random.Random | None = None
+) -> float:
     """Delay before try ``attempt`` (1-based): uniform in [0, min(cap, base * 2**(attempt-1))]."""
     ceiling = min(cap, base * 2 ** max(0, attempt - 1))
     return (rng or random).uniform(0, ceiling)
 
 
 def backoff_delay(
-    attempt: int, retry_after: float | None, *, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP,
+    attempt: int,
+    retry_after: float | None,
+    *,
+    base: float = BACKOFF_BASE,
+    cap: float = BACKOFF_CAP,
     rng: random.Random | None = None,
 ) -> float:
     """The wait before the next try: the vendor's Retry-After when given, else full jitter."""
@@ -37,7 +43,10 @@ def backoff_delay(
 
 
 def parse_retry_after(headers: Mapping[str, str], now: dt.datetime | None = None) -> float | None:
-    """Seconds to wait from ``retry-after-ms``, else ``retry-after`` (seconds or HTTP-date); None if absent or nonsense."""
+    """Seconds to wait from ``retry-after-ms``, else ``retry-after`` (seconds or HTTP-date).
+
+    None if absent or nonsense.
+    """
     lowered = {k.lower(): v for k, v in headers.items()}
     millis = _to_float(lowered.get("retry-after-ms"))
     if millis is not None and millis >= 0:

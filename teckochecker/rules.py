@@ -28,7 +28,9 @@ def evaluate(rule: TriggerRule, states: Sequence[TargetState]) -> Decision:
     if rule is TriggerRule.ALL_SUCCEEDED:
         failed = sum(1 for s in states if s.is_terminal and not s.is_success)
         if failed:
-            return Decision(Verdict.ABANDON, f"{failed} target(s) did not succeed and the trigger rule is all_succeeded")
+            return Decision(
+                Verdict.ABANDON, f"{failed} target(s) did not succeed and the trigger rule is all_succeeded"
+            )
     if states and all(s.is_terminal for s in states):
         return Decision(Verdict.FIRE, f"all {len(states)} target(s) are finished")
     return Decision(Verdict.WAIT)

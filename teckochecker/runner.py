@@ -33,8 +33,14 @@ class TickResult:
 
 class JobRunner:
     def __init__(
-        self, store: StateStore, worker: StoreWorker, clock: Clock, crashpoints: CrashPoints,
-        logger: logging.Logger, metrics: Metrics, rng: random.Random | None = None,
+        self,
+        store: StateStore,
+        worker: StoreWorker,
+        clock: Clock,
+        crashpoints: CrashPoints,
+        logger: logging.Logger,
+        metrics: Metrics,
+        rng: random.Random | None = None,
     ) -> None:
         self._store = store
         self._metrics = metrics
@@ -63,7 +69,8 @@ class JobRunner:
     async def _watch(self, job: JobRuntime, snap: JobSnapshot) -> tuple[JobSnapshot, float | None]:
         now = self._clock.now()
         if snap.deadline_at is not None and now >= snap.deadline_at:
-            reason = f"deadline passed ({snap.deadline_at:%Y-%m-%d %H:%M:%S}Z) with {len(snap.pending_targets)} target(s) unfinished"
+            unfinished = len(snap.pending_targets)
+            reason = f"deadline passed ({snap.deadline_at:%Y-%m-%d %H:%M:%S}Z) with {unfinished} target(s) unfinished"
             await self._db.run(self._store.fail_job, job.name, reason, now=now, kind="deadline_passed")
             self._metrics.job_deadline_exceeded.labels(job.name).inc()
             self._log.warning("job %s: %s", job.name, reason)
@@ -80,8 +87,14 @@ class JobRunner:
         interval = job.definition.interval
         next_check_at = now + dt.timedelta(seconds=next_in if next_in is not None else interval)
         snap = await self._db.run(
-            self._store.record_check, job.name, report, now=now, next_check_at=next_check_at,
-            deadline=job.definition.deadline, rule=job.definition.trigger, actions=job.planned_actions(),
+            self._store.record_check,
+            job.name,
+            report,
+            now=now,
+            next_check_at=next_check_at,
+            deadline=job.definition.deadline,
+            rule=job.definition.trigger,
+            actions=job.planned_actions(),
         )
         self._crash.hit("after_check_commit")
         if snap.state is JobState.FIRING:
@@ -114,7 +127,9 @@ class JobRunner:
         observations = tuple(o for o in report.observations if o.target in wanted)
         for obs in observations:
             if obs.state.value == "unknown":
-                self._log.warning("job %s: target %s has an undocumented status %r", job.name, obs.target, obs.vendor_status)
+                self._log.warning(
+                    "job %s: target %s has an undocumented status %r", job.name, obs.target, obs.vendor_status
+                )
         return CheckReport(observations, report.transient_errors, report.retry_after)
 
     async def _reload(self, name: str) -> JobSnapshot:

@@ -6,6 +6,7 @@ cannot be shared between processes).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
@@ -56,9 +57,14 @@ class Ticker:
 
     def schedule(self, name: str, interval: float, first_in: float = 0.0) -> None:
         self._scheduler.add_job(
-            self._tick, trigger=IntervalTrigger(seconds=interval, jitter=_jitter(interval)),
-            args=[name], id=name, name=name, replace_existing=True,
-            coalesce=True, max_instances=1,
+            self._tick,
+            trigger=IntervalTrigger(seconds=interval, jitter=_jitter(interval)),
+            args=[name],
+            id=name,
+            name=name,
+            replace_existing=True,
+            coalesce=True,
+            max_instances=1,
             # APScheduler's default grace is 1 s; a tick that is late is still worth running.
             misfire_grace_time=int(interval),
             next_run_time=self._clock.now() + dt.timedelta(seconds=max(0.0, first_in)),
@@ -74,10 +80,8 @@ class Ticker:
             job.modify(next_run_time=when)
 
     def unschedule(self, name: str) -> None:
-        try:
+        with contextlib.suppress(JobLookupError):
             self._scheduler.remove_job(name)
-        except JobLookupError:
-            pass
 
     def next_run(self, name: str) -> dt.datetime | None:
         job = self._scheduler.get_job(name)

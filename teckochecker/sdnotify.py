@@ -26,7 +26,10 @@ class Notifier:
     because a missing socket must not take the daemon down with it."""
 
     def __init__(
-        self, environ: Mapping[str, str], *, logger: logging.Logger | None = None,
+        self,
+        environ: Mapping[str, str],
+        *,
+        logger: logging.Logger | None = None,
         monotonic_ns: Callable[[], int] = _monotonic_ns,
     ) -> None:
         self._log = logger or _LOG
@@ -74,8 +77,9 @@ class Notifier:
             # Once: with WatchdogSec= this would otherwise repeat every few seconds for the whole run.
             if not self._send_failed:
                 self._send_failed = True
-                self._log.warning("cannot notify systemd at %s: %s (further failures not logged)",
-                                  self._display_address(), exc)
+                self._log.warning(
+                    "cannot notify systemd at %s: %s (further failures not logged)", self._display_address(), exc
+                )
 
     def _parse_address(self, raw: str) -> str | bytes | None:
         if not raw:
@@ -111,7 +115,9 @@ def _status_line(text: str) -> str:
 
 
 async def run_watchdog(
-    notifier: Notifier, healthy: Callable[[], bool], clock_sleep: Callable[[float], Awaitable[None]],
+    notifier: Notifier,
+    healthy: Callable[[], bool],
+    clock_sleep: Callable[[float], Awaitable[None]],
 ) -> None:
     """Ping WATCHDOG=1 every ``notifier.watchdog_interval`` seconds while ``healthy()`` holds; returns at
     once when systemd does not watch us. Run it as a task on the daemon's event loop, so a blocked loop

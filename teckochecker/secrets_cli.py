@@ -47,24 +47,26 @@ PATH_HELP = "the config file (default: the --config resolution)"
 
 def register_secrets_commands(subparsers: SubParsers) -> None:
     group = subparsers.add_parser(
-        "secrets", help="make master keys, encrypt values, rotate keys, check every secret",
+        "secrets",
+        help="make master keys, encrypt values, rotate keys, check every secret",
         description="Secrets in the config are references: {env: NAME}, {file: PATH}, {credential: NAME} "
         "(systemd LoadCredential=) or {encrypted: TOKEN}. Encrypted values are Fernet tokens "
         f"(AES-128-CBC with HMAC-SHA256) decrypted with the master keys from ${MASTER_KEY_ENV}, else the key "
         f"file named by ${MASTER_KEY_FILE_ENV}, else the systemd credential '{MASTER_KEY_CREDENTIAL}'; "
         "several keys, newest first.",
     )
-    commands = group.add_subparsers(
-        title="secrets commands", dest="secrets_command", required=True, metavar="COMMAND")
+    commands = group.add_subparsers(title="secrets commands", dest="secrets_command", required=True, metavar="COMMAND")
 
     keygen = commands.add_parser(
-        "keygen", help="print a new master key",
+        "keygen",
+        help="print a new master key",
         description="Print a new random Fernet key on stdout (nothing else goes there); guidance on stderr.",
     )
     keygen.set_defaults(handler=cmd_keygen)
 
     encrypt = commands.add_parser(
-        "encrypt", help="encrypt a value read from stdin or a hidden prompt; print the YAML line",
+        "encrypt",
+        help="encrypt a value read from stdin or a hidden prompt; print the YAML line",
         description="Encrypt a secret value with the newest master key and print the line to paste under "
         "'secrets:'. The value is read from stdin when it is not a terminal (one trailing newline is "
         "dropped), else from a hidden prompt, twice. It is never taken from the command line.",
@@ -73,7 +75,8 @@ def register_secrets_commands(subparsers: SubParsers) -> None:
     encrypt.set_defaults(handler=cmd_encrypt)
 
     rotate = commands.add_parser(
-        "rotate", help="re-encrypt a file's encrypted values under the newest master key",
+        "rotate",
+        help="re-encrypt a file's encrypted values under the newest master key",
         description="Re-encrypt every 'secrets.NAME.encrypted' value of the file under the newest master "
         "key, in place and atomically; comments and formatting are kept. Put the new key first, run this, "
         "deploy, then drop the old key. If any value cannot be decrypted, nothing is written (exit 1).",
@@ -82,7 +85,8 @@ def register_secrets_commands(subparsers: SubParsers) -> None:
     rotate.set_defaults(handler=cmd_rotate)
 
     check = commands.add_parser(
-        "check", help="resolve every secret and print its name and OK or the reason",
+        "check",
+        help="resolve every secret and print its name and OK or the reason",
         description="Validate the config, then resolve every secret as the daemon would and print "
         "'NAME: OK (source)' or 'NAME: FAILED: reason'. Never prints a value. Exit 1 if any failed.",
     )
@@ -134,8 +138,9 @@ def cmd_encrypt(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     if not value:
         return _fail("the value is empty; nothing was encrypted")
     token = keys.newest().encrypt(value.encode("utf-8")).decode("ascii")
-    print(f"# add under 'secrets:' in the config file (encrypted with the newest key from {keys.source})",
-          file=sys.stderr)
+    print(
+        f"# add under 'secrets:' in the config file (encrypted with the newest key from {keys.source})", file=sys.stderr
+    )
     print(f"  {args.name}: {{encrypted: {token}}}")
     return EXIT_OK
 
@@ -232,8 +237,15 @@ def _encrypted_tokens(text: str) -> Iterator[_Token]:
                 continue
             seen.add(node.start_mark.index)
             quote = node.style if node.style in ("'", '"') else ""
-            yield _Token(key, node.value, node.start_mark.index, node.end_mark.index, quote,
-                         node.start_mark.line + 1, node.start_mark.column + 1)
+            yield _Token(
+                key,
+                node.value,
+                node.start_mark.index,
+                node.end_mark.index,
+                quote,
+                node.start_mark.line + 1,
+                node.start_mark.column + 1,
+            )
 
 
 def _pairs(root: yaml.Node | None, section: str) -> Iterator[tuple[str, yaml.Node]]:
@@ -250,7 +262,9 @@ def _pairs_of(node: yaml.Node | None) -> Iterator[tuple[str, yaml.Node]]:
 
 
 def _rotate_tokens(
-    tokens: list[_Token], keys: MasterKeys, file: str,
+    tokens: list[_Token],
+    keys: MasterKeys,
+    file: str,
 ) -> tuple[dict[_Token, str], int, list[str]]:
     """Each token → its re-encryption under the newest key; how many were current already; the problems."""
     newest, every = keys.newest(), keys.fernet()
@@ -271,20 +285,25 @@ def _rotate_tokens(
         try:
             rotated[token] = every.rotate(token.value).decode("ascii")
         except InvalidToken:
-            problems.append(f"{where}: cannot decrypt with any master key from {keys.source} "
-                            "(was it encrypted under a key that has since been dropped?)")
+            problems.append(
+                f"{where}: cannot decrypt with any master key from {keys.source} "
+                "(was it encrypted under a key that has since been dropped?)"
+            )
     return rotated, current, problems
 
 
 def _apply(text: str, rotated: Mapping[_Token, str]) -> str:
     # From the end, so the earlier offsets stay valid.
     for token in sorted(rotated, key=lambda t: t.start, reverse=True):
-        text = text[: token.start] + token.quote + rotated[token] + token.quote + text[token.end:]
+        text = text[: token.start] + token.quote + rotated[token] + token.quote + text[token.end :]
     return text
 
 
 def _check_only_tokens_changed(
-    old_data: Any, new_text: str, file: str, rotated: Mapping[_Token, str],
+    old_data: Any,
+    new_text: str,
+    file: str,
+    rotated: Mapping[_Token, str],
 ) -> None:
     """Refuse to write unless the new text parses to the old data with just the tokens swapped."""
     swaps = {token.value: new for token, new in rotated.items()}
@@ -294,8 +313,7 @@ def _check_only_tokens_changed(
             ref["encrypted"] = swaps[ref["encrypted"]]
     document, diagnostics = load_text(new_text, file)
     if diagnostics or document.data != expected:
-        raise TeckoCheckerError(
-            f"rotating would change more than the encrypted values of {file}; left unchanged")
+        raise TeckoCheckerError(f"rotating would change more than the encrypted values of {file}; left unchanged")
 
 
 def _replace_file(path: Path, text: str) -> None:

@@ -46,9 +46,7 @@ time{font-variant-numeric:tabular-nums;color:#555}
 """
 
 
-def render_page(
-    jobs: Sequence[Mapping[str, Any]], reload: Mapping[str, Any], version: str, now: dt.datetime
-) -> str:
+def render_page(jobs: Sequence[Mapping[str, Any]], reload: Mapping[str, Any], version: str, now: dt.datetime) -> str:
     """``jobs`` are /api/v1/jobs/{name} bodies (with their recent ``events``); ``reload`` is the
     ``reload`` part of /api/v1/status."""
     body = "\n".join(_job(job, now) for job in jobs) if jobs else '<p class="empty">No jobs yet.</p>'
@@ -81,8 +79,7 @@ def _summary(jobs: Sequence[Mapping[str, Any]]) -> str:
     counts: dict[str, int] = {}
     for job in jobs:
         counts[job["state"]] = counts.get(job["state"], 0) + 1
-    items = "".join(f'<li class="count" data-state="{_e(state)}">{n} {_e(state)}</li>'
-                    for state, n in counts.items())
+    items = "".join(f'<li class="count" data-state="{_e(state)}">{n} {_e(state)}</li>' for state, n in counts.items())
     return f'<ul id="summary" class="meta">{items}</ul>'
 
 
@@ -102,7 +99,7 @@ def _job(job: Mapping[str, Any], now: dt.datetime) -> str:
     badges += '<span class="badge paused">paused</span>' if job.get("paused") else ""
     badges += '<span class="badge removed">removed from config</span>' if job.get("removed") else ""
     return f"""<section class="job" id="job-{_e(name)}" data-job="{_e(name)}" data-state="{_e(state)}" \
-data-paused="{str(bool(job.get('paused'))).lower()}" data-removed="{str(bool(job.get('removed'))).lower()}">
+data-paused="{str(bool(job.get("paused"))).lower()}" data-removed="{str(bool(job.get("removed"))).lower()}">
 <header><h2 class="job-name">{_e(name)}</h2>{badges}</header>
 {_job_meta(job, now)}
 {_targets(job.get("targets") or ())}
@@ -114,8 +111,7 @@ data-paused="{str(bool(job.get('paused'))).lower()}" data-removed="{str(bool(job
 def _job_meta(job: Mapping[str, Any], now: dt.datetime) -> str:
     rows = [
         ("Batches finished", "targets-done", f"{job.get('targets_done', 0)}/{job.get('targets_total', 0)}"),
-        ("Next check", "next-check",
-         "-" if job.get("final") else _relative(_parse(job.get("next_check")), now)),
+        ("Next check", "next-check", "-" if job.get("final") else _relative(_parse(job.get("next_check")), now)),
         ("Deadline", "deadline", _when(_parse(job.get("deadline_at")))),
     ]
     if job.get("finished_at"):
@@ -130,53 +126,65 @@ def _targets(targets: Sequence[Mapping[str, Any]]) -> str:
     if not targets:
         return '<p class="empty">No batches.</p>'
     rows = "\n".join(_target(t) for t in targets)
-    return ('<table class="targets"><thead><tr><th>Batch</th><th>State</th><th>Vendor status</th>'
-            "<th>Requests</th><th>Last seen</th><th>Message</th></tr></thead>"
-            f"<tbody>\n{rows}\n</tbody></table>")
+    return (
+        '<table class="targets"><thead><tr><th>Batch</th><th>State</th><th>Vendor status</th>'
+        "<th>Requests</th><th>Last seen</th><th>Message</th></tr></thead>"
+        f"<tbody>\n{rows}\n</tbody></table>"
+    )
 
 
 def _target(target: Mapping[str, Any]) -> str:
     name, state = str(target["target"]), str(target["state"])
-    return (f'<tr class="target" data-target="{_e(name)}" data-state="{_e(state)}">'
-            f'<td class="target-name"><code>{_e(name)}</code></td>'
-            f'<td class="target-state">{_e(state)}</td>'
-            f'<td class="vendor-status">{_e(target.get("vendor_status") or "-")}</td>'
-            f'<td class="progress">{_progress(target.get("progress"))}</td>'
-            f'<td class="observed-at">{_e(_when(_parse(target.get("observed_at"))))}</td>'
-            f'<td class="message">{_e(target.get("message") or "")}</td></tr>')
+    return (
+        f'<tr class="target" data-target="{_e(name)}" data-state="{_e(state)}">'
+        f'<td class="target-name"><code>{_e(name)}</code></td>'
+        f'<td class="target-state">{_e(state)}</td>'
+        f'<td class="vendor-status">{_e(target.get("vendor_status") or "-")}</td>'
+        f'<td class="progress">{_progress(target.get("progress"))}</td>'
+        f'<td class="observed-at">{_e(_when(_parse(target.get("observed_at"))))}</td>'
+        f'<td class="message">{_e(target.get("message") or "")}</td></tr>'
+    )
 
 
 def _progress(progress: Mapping[str, Any] | None) -> str:
     if not progress:
-        return '<span class="bar" role="progressbar" aria-label="no request counts yet"></span>' \
-               '<span class="progress-label">-</span>'
+        return (
+            '<span class="bar" role="progressbar" aria-label="no request counts yet"></span>'
+            '<span class="progress-label">-</span>'
+        )
     counts = RequestCounts(int(progress["total"]), int(progress["completed"]), int(progress["failed"]))
     done, failed = (min(100.0, 100.0 * n / counts.total) for n in (counts.completed, counts.failed))
-    return (f'<span class="bar" role="progressbar" aria-valuemin="0" aria-valuemax="{counts.total}" '
-            f'aria-valuenow="{counts.completed}" aria-label="{_e(counts.label)}">'
-            f'<span class="bar-completed" style="width:{done:.1f}%"></span>'
-            f'<span class="bar-failed" style="width:{min(failed, 100.0 - done):.1f}%"></span></span>'
-            f'<span class="progress-label">{_e(counts.label)}</span>')
+    return (
+        f'<span class="bar" role="progressbar" aria-valuemin="0" aria-valuemax="{counts.total}" '
+        f'aria-valuenow="{counts.completed}" aria-label="{_e(counts.label)}">'
+        f'<span class="bar-completed" style="width:{done:.1f}%"></span>'
+        f'<span class="bar-failed" style="width:{min(failed, 100.0 - done):.1f}%"></span></span>'
+        f'<span class="progress-label">{_e(counts.label)}</span>'
+    )
 
 
 def _runs(runs: Sequence[Mapping[str, Any]]) -> str:
     if not runs:
         return ""
     rows = "\n".join(_run(r) for r in runs)
-    return ('<table class="runs"><thead><tr><th>#</th><th>Action</th><th>State</th><th>Attempt</th>'
-            "<th>Downstream job</th><th>Status</th><th>Message</th></tr></thead>"
-            f"<tbody>\n{rows}\n</tbody></table>")
+    return (
+        '<table class="runs"><thead><tr><th>#</th><th>Action</th><th>State</th><th>Attempt</th>'
+        "<th>Downstream job</th><th>Status</th><th>Message</th></tr></thead>"
+        f"<tbody>\n{rows}\n</tbody></table>"
+    )
 
 
 def _run(run: Mapping[str, Any]) -> str:
     state = str(run["state"])
-    return (f'<tr class="run" data-action-index="{_e(run.get("action_index"))}" '
-            f'data-action-type="{_e(run.get("type"))}" data-state="{_e(state)}">'
-            f'<td>{_e(run.get("action_index"))}</td><td class="action-type">{_e(run.get("type"))}</td>'
-            f'<td class="run-state">{_e(state)}</td><td class="attempt">{_e(run.get("attempt"))}</td>'
-            f'<td>{_external(run.get("external_id"), run.get("url"))}</td>'
-            f'<td class="vendor-status">{_e(run.get("vendor_status") or "-")}</td>'
-            f'<td class="message">{_e(run.get("message") or "")}</td></tr>')
+    return (
+        f'<tr class="run" data-action-index="{_e(run.get("action_index"))}" '
+        f'data-action-type="{_e(run.get("type"))}" data-state="{_e(state)}">'
+        f'<td>{_e(run.get("action_index"))}</td><td class="action-type">{_e(run.get("type"))}</td>'
+        f'<td class="run-state">{_e(state)}</td><td class="attempt">{_e(run.get("attempt"))}</td>'
+        f"<td>{_external(run.get('external_id'), run.get('url'))}</td>"
+        f'<td class="vendor-status">{_e(run.get("vendor_status") or "-")}</td>'
+        f'<td class="message">{_e(run.get("message") or "")}</td></tr>'
+    )
 
 
 def _external(external_id: object, url: object) -> str:
@@ -184,7 +192,7 @@ def _external(external_id: object, url: object) -> str:
         return '<span class="external-id">-</span>'
     # Only web links: a vendor-supplied "javascript:" URL must never become clickable.
     if isinstance(url, str) and url.lower().startswith(("https://", "http://")):
-        return (f'<a class="external-id" href="{_e(url)}" rel="noopener noreferrer">{_e(external_id)}</a>')
+        return f'<a class="external-id" href="{_e(url)}" rel="noopener noreferrer">{_e(external_id)}</a>'
     return f'<span class="external-id">{_e(external_id)}</span>'
 
 

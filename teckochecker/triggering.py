@@ -41,8 +41,14 @@ TARGET_BUSY_RETRY = 5.0
 
 class ActionDriver:
     def __init__(
-        self, store: StateStore, worker: StoreWorker, clock: Clock, crashpoints: CrashPoints,
-        logger: logging.Logger, metrics: Metrics, rng: random.Random,
+        self,
+        store: StateStore,
+        worker: StoreWorker,
+        clock: Clock,
+        crashpoints: CrashPoints,
+        logger: logging.Logger,
+        metrics: Metrics,
+        rng: random.Random,
     ) -> None:
         self._store = store
         self._metrics = metrics
@@ -100,8 +106,13 @@ class ActionDriver:
         except NotStarted as exc:
             self._count(action, "not_started")
             delay = backoff_delay(run.attempt, exc.retry_after, rng=self._rng)
-            await self._db.run(self._store.run_not_started, run.id, str(exc), now=self._clock.now(),
-                               next_try_at=self._clock.now() + dt.timedelta(seconds=delay))
+            await self._db.run(
+                self._store.run_not_started,
+                run.id,
+                str(exc),
+                now=self._clock.now(),
+                next_try_at=self._clock.now() + dt.timedelta(seconds=delay),
+            )
             return delay
         except PermanentError as exc:
             self._count(action, "rejected")
@@ -138,24 +149,36 @@ class ActionDriver:
         except TransientError as exc:
             return await self._defer(run, f"search failed: {exc}", exc.retry_after)
         except PermanentError as exc:
-            await self._db.run(self._store.run_finished, run.id, RunState.FAILED,
-                               f"cannot tell whether it started: search refused: {exc}", now=self._clock.now())
+            await self._db.run(
+                self._store.run_finished,
+                run.id,
+                RunState.FAILED,
+                f"cannot tell whether it started: search refused: {exc}",
+                now=self._clock.now(),
+            )
             return 0.0
         self._failures.pop(run.id, None)
         now = self._clock.now()
         if found is None:
-            await self._db.run(self._store.run_finished, run.id, RunState.FAILED,
-                               "it may or may not have started, and this action cannot search for it; "
-                               "not started again to avoid a duplicate", now=now)
+            await self._db.run(
+                self._store.run_finished,
+                run.id,
+                RunState.FAILED,
+                "it may or may not have started, and this action cannot search for it; "
+                "not started again to avoid a duplicate",
+                now=now,
+            )
             return 0.0
         if found:
             return await self._adopt(action, run, list(found))
         spacing = max(action.search_lag, MIN_SEARCH_SPACING)
-        count = await self._db.run(self._store.run_search_empty, run.id, now=now,
-                                   next_try_at=now + dt.timedelta(seconds=spacing))
+        count = await self._db.run(
+            self._store.run_search_empty, run.id, now=now, next_try_at=now + dt.timedelta(seconds=spacing)
+        )
         if count >= EMPTY_SEARCHES_BEFORE_RETRY:
-            await self._db.run(self._store.run_not_started, run.id,
-                               f"{count} searches found nothing started", now=now, next_try_at=now)
+            await self._db.run(
+                self._store.run_not_started, run.id, f"{count} searches found nothing started", now=now, next_try_at=now
+            )
             return 0.0
         return spacing
 
@@ -169,7 +192,9 @@ class ActionDriver:
             self._metrics.duplicate_starts.labels(action.type_name).inc()
             cancelled = await action.cancel(duplicate)
             self._log.error(
-                "job action %s: duplicate downstream start %s found; %s", run.id, duplicate.external_id,
+                "job action %s: duplicate downstream start %s found; %s",
+                run.id,
+                duplicate.external_id,
                 "cancelled it" if cancelled else "could NOT cancel it: a person must look",
             )
         return 0.0 if first.outcome.is_finished else action.follow_interval
@@ -181,8 +206,13 @@ class ActionDriver:
         except TransientError as exc:
             return await self._defer(run, f"following {run.external_id} failed: {exc}", exc.retry_after)
         except PermanentError as exc:
-            await self._db.run(self._store.run_finished, run.id, RunState.FAILED,
-                               f"cannot follow {run.external_id}: {exc}", now=self._clock.now())
+            await self._db.run(
+                self._store.run_finished,
+                run.id,
+                RunState.FAILED,
+                f"cannot follow {run.external_id}: {exc}",
+                now=self._clock.now(),
+            )
             return 0.0
         self._failures.pop(run.id, None)
         await self._db.run(self._store.run_progress, run.id, result, now=self._clock.now())
@@ -201,10 +231,17 @@ class ActionDriver:
         attempt = self._failures[run.id] = self._failures.get(run.id, 0) + 1
         delay = backoff_delay(attempt, retry_after, rng=self._rng)
         now = self._clock.now()
-        await self._db.run(self._store.defer_run, run.id, message, now=now, next_try_at=now + dt.timedelta(seconds=delay))
+        await self._db.run(
+            self._store.defer_run, run.id, message, now=now, next_try_at=now + dt.timedelta(seconds=delay)
+        )
         return delay
 
     async def _orphaned(self, run: RunSnapshot) -> float:
-        await self._db.run(self._store.run_finished, run.id, RunState.FAILED,
-                           "its action was removed from the configuration before it finished", now=self._clock.now())
+        await self._db.run(
+            self._store.run_finished,
+            run.id,
+            RunState.FAILED,
+            "its action was removed from the configuration before it finished",
+            now=self._clock.now(),
+        )
         return 0.0

@@ -16,7 +16,6 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from teckochecker.config import (
-    ActionSpec,
     Condition,
     ConfigFile,
     Defaults,
@@ -81,13 +80,12 @@ class Config:
     def summary(self) -> str:
         targets = sum(len(j.source.targets) for j in self.jobs.values())
         drop_ins = f", {len(self.files) - 1} drop-in file(s)" if len(self.files) > 1 else ""
-        return (
-            f"{self.file}: OK: {len(self.jobs)} job(s), {targets} target(s), "
-            f"{len(self.secrets)} secret(s){drop_ins}"
-        )
+        return f"{self.file}: OK: {len(self.jobs)} job(s), {targets} target(s), {len(self.secrets)} secret(s){drop_ins}"
 
 
-def load_config(path: FsPath, registry: PluginRegistry, *, overlay: Mapping[FsPath, str | None] | None = None) -> Config:
+def load_config(
+    path: FsPath, registry: PluginRegistry, *, overlay: Mapping[FsPath, str | None] | None = None
+) -> Config:
     """Load and validate ``path`` and its drop-ins. Raises ConfigError carrying every diagnostic, sorted by place.
 
     ``overlay`` replaces the text of drop-in files (None: the file is absent), so that a change can be
@@ -115,7 +113,9 @@ def _validate_document(
     doc: Document, registry: PluginRegistry, overlay: dict[FsPath, str | None]
 ) -> tuple[Config | None, list[Diagnostic]]:
     if not isinstance(doc.data, dict):
-        return None, [Diagnostic(doc.mark_for(()), (), "the file must be a mapping of keys (state, secrets, jobs, ...)")]
+        return None, [
+            Diagnostic(doc.mark_for(()), (), "the file must be a mapping of keys (state, secrets, jobs, ...)")
+        ]
     top, diagnostics = _validate_model(ConfigFile, {**doc.data, "jobs": []}, (), doc)
     raw_jobs = _jobs_of(doc, diagnostics, drop_in=False)
     include_dirs, drop_ins = _drop_in_documents(doc, top, overlay, diagnostics)
@@ -135,21 +135,36 @@ def _validate_document(
             continue
         if job.name in jobs:
             where = raw.doc.mark_for((*raw.path, "name"))
-            diagnostics.append(Diagnostic(where, (*raw.path, "name"),
-                                          f"duplicate job name {job.name!r} (also in {jobs[job.name].file})"))
+            diagnostics.append(
+                Diagnostic(
+                    where, (*raw.path, "name"), f"duplicate job name {job.name!r} (also in {jobs[job.name].file})"
+                )
+            )
             continue
         jobs[job.name] = job
     if top is not None and top.http.api_token and top.http.api_token not in top.secrets:
         defined = ", ".join(sorted(top.secrets)) or "none"
-        diagnostics.append(Diagnostic(doc.mark_for(("http", "api_token")), ("http", "api_token"),
-                                      f"secret {top.http.api_token!r} is not defined under 'secrets:' (defined: {defined})"))
+        diagnostics.append(
+            Diagnostic(
+                doc.mark_for(("http", "api_token")),
+                ("http", "api_token"),
+                f"secret {top.http.api_token!r} is not defined under 'secrets:' (defined: {defined})",
+            )
+        )
     if top is None or diagnostics:
         return None, diagnostics
     config = Config(
-        file=doc.file, state=top.state, http=top.http, log_level=top.log_level,
-        secrets=dict(top.secrets), defaults=top.defaults, jobs=jobs,
-        files=(doc.file, *(d.file for d in drop_ins)), include_dirs=include_dirs,
-        include=tuple(top.include), templates=tuple(sorted(top.templates)),
+        file=doc.file,
+        state=top.state,
+        http=top.http,
+        log_level=top.log_level,
+        secrets=dict(top.secrets),
+        defaults=top.defaults,
+        jobs=jobs,
+        files=(doc.file, *(d.file for d in drop_ins)),
+        include_dirs=include_dirs,
+        include=tuple(top.include),
+        templates=tuple(sorted(top.templates)),
     )
     return config, []
 
@@ -161,7 +176,9 @@ def _jobs_of(doc: Document, diagnostics: list[Diagnostic], *, drop_in: bool) -> 
             diagnostics.append(Diagnostic(doc.mark_for(()), (), "a drop-in file is a mapping with a 'jobs:' list"))
         for key in data:
             if key != "jobs":
-                diagnostics.append(Diagnostic(doc.mark_for((key,)), (key,), "unknown key (a drop-in file holds only 'jobs:')"))
+                diagnostics.append(
+                    Diagnostic(doc.mark_for((key,)), (key,), "unknown key (a drop-in file holds only 'jobs:')")
+                )
     raw_jobs = data.get("jobs") or []
     if not isinstance(raw_jobs, list):
         diagnostics.append(Diagnostic(doc.mark_for(("jobs",)), ("jobs",), "must be a list of jobs"))
@@ -180,12 +197,17 @@ def _drop_in_documents(
     seen: set[FsPath] = set()
     for index, pattern in enumerate(top.include):
         if FsPath(pattern).is_absolute():
-            diagnostics.append(Diagnostic(doc.mark_for(("include", index)), ("include", index),
-                                          "use a path relative to this file's directory"))
+            diagnostics.append(
+                Diagnostic(
+                    doc.mark_for(("include", index)), ("include", index), "use a path relative to this file's directory"
+                )
+            )
             continue
         full = base / pattern
         dirs.append(full.parent)
-        matches = set(full.parent.glob(full.name)) | {p for p in overlay if p.parent == full.parent and p.match(full.name)}
+        matches = set(full.parent.glob(full.name)) | {
+            p for p in overlay if p.parent == full.parent and p.match(full.name)
+        }
         for path in sorted(matches):
             if path in seen or path.name.startswith("."):
                 continue
@@ -200,16 +222,22 @@ def _drop_in_documents(
     return tuple(dict.fromkeys(dirs)), documents
 
 
-def _with_template(raw: _RawJob, templates: Mapping[str, dict[str, Any]], main: Document,
-                   diagnostics: list[Diagnostic]) -> _RawJob:
+def _with_template(
+    raw: _RawJob, templates: Mapping[str, dict[str, Any]], main: Document, diagnostics: list[Diagnostic]
+) -> _RawJob:
     if not isinstance(raw.data, dict) or "template" not in raw.data:
         return raw
     name = raw.data["template"]
     template = templates.get(name) if isinstance(name, str) else None
     if template is None:
         defined = ", ".join(sorted(templates)) or "none"
-        diagnostics.append(Diagnostic(raw.doc.mark_for((*raw.path, "template")), (*raw.path, "template"),
-                                      f"unknown template {name!r} (defined: {defined})"))
+        diagnostics.append(
+            Diagnostic(
+                raw.doc.mark_for((*raw.path, "template")),
+                (*raw.path, "template"),
+                f"unknown template {name!r} (defined: {defined})",
+            )
+        )
         return _RawJob({k: v for k, v in raw.data.items() if k != "template"}, raw.path, raw.doc)
     merged = _deep_merge(template, raw.data)
     # Problems in parts that came from the template are located in the template.
@@ -237,12 +265,21 @@ def _validate_job(
     raw = raw if isinstance(raw, dict) else {}
     source_path = (*path, "source")
     source_cls, source_options = _plugin_part(
-        registry.sources, "source", raw.get("source"), {"type", "targets"}, source_path, doc, secrets, diagnostics)
+        registry.sources, "source", raw.get("source"), {"type", "targets"}, source_path, doc, secrets, diagnostics
+    )
     raw_actions = raw.get("actions") if isinstance(raw.get("actions"), list) else []
     actions = []
     for index, raw_action in enumerate(raw_actions):
         action_cls, options = _plugin_part(
-            registry.actions, "action", raw_action, {"type", "when"}, (*path, "actions", index), doc, secrets, diagnostics)
+            registry.actions,
+            "action",
+            raw_action,
+            {"type", "when"},
+            (*path, "actions", index),
+            doc,
+            secrets,
+            diagnostics,
+        )
         if spec is not None and action_cls is not None and options is not None:
             when = spec.actions[index].when
             actions.append(ActionDefinition(index, spec.actions[index].type, when, options, action_cls))
@@ -250,16 +287,27 @@ def _validate_job(
         return None, diagnostics
     source = SourceDefinition(spec.source.type, tuple(spec.source.targets), source_options, source_cls)
     job = JobDefinition(
-        name=spec.name, source=source, actions=tuple(actions), trigger=spec.trigger,
-        interval=spec.interval or defaults.interval, deadline=spec.deadline or defaults.deadline,
-        file=doc.file, fingerprint=_fingerprint(spec, source_options, actions, defaults),
+        name=spec.name,
+        source=source,
+        actions=tuple(actions),
+        trigger=spec.trigger,
+        interval=spec.interval or defaults.interval,
+        deadline=spec.deadline or defaults.deadline,
+        file=doc.file,
+        fingerprint=_fingerprint(spec, source_options, actions, defaults),
     )
     return job, []
 
 
 def _plugin_part(
-    table: Mapping[str, type], kind: str, raw: Any, core_keys: set[str], path: Path, doc: Document,
-    secrets: Mapping[str, Any], diagnostics: list[Diagnostic],
+    table: Mapping[str, type],
+    kind: str,
+    raw: Any,
+    core_keys: set[str],
+    path: Path,
+    doc: Document,
+    secrets: Mapping[str, Any],
+    diagnostics: list[Diagnostic],
 ) -> tuple[Any, OptionsModel | None]:
     if not isinstance(raw, dict) or not isinstance(raw.get("type"), str):
         return None, None  # the job model already reported it
@@ -275,14 +323,20 @@ def _lookup(
     if cls is None:
         known = ", ".join(sorted(table)) or "none (no plugin provides one)"
         diagnostics.append(
-            Diagnostic(doc.mark_for((*path, "type")), (*path, "type"), f"unknown {kind} type {type_name!r}; known: {known}")
+            Diagnostic(
+                doc.mark_for((*path, "type")), (*path, "type"), f"unknown {kind} type {type_name!r}; known: {known}"
+            )
         )
     return cls
 
 
 def _plugin_options(
-    cls: type[Source] | type[Action] | None, raw: dict[str, Any], path: Path, doc: Document,
-    secrets: Mapping[str, Any], diagnostics: list[Diagnostic],
+    cls: type[Source] | type[Action] | None,
+    raw: dict[str, Any],
+    path: Path,
+    doc: Document,
+    secrets: Mapping[str, Any],
+    diagnostics: list[Diagnostic],
 ) -> OptionsModel | None:
     if cls is None:
         return None
@@ -294,7 +348,8 @@ def _plugin_options(
                 defined = ", ".join(sorted(secrets)) or "none"
                 diagnostics.append(
                     Diagnostic(
-                        doc.mark_for(field_path), field_path,
+                        doc.mark_for(field_path),
+                        field_path,
                         f"secret {str(name)!r} is not defined under 'secrets:' (defined: {defined})",
                     )
                 )
@@ -341,11 +396,13 @@ def _message(error: Mapping[str, Any]) -> str:
         return "required key is missing"
     for prefix in ("Value error, ", "Assertion failed, "):
         if msg.startswith(prefix):
-            return msg[len(prefix):]
+            return msg[len(prefix) :]
     return msg[0].lower() + msg[1:] if msg else kind
 
 
-def _fingerprint(spec: JobSpec, source_options: OptionsModel, actions: list[ActionDefinition], defaults: Defaults) -> str:
+def _fingerprint(
+    spec: JobSpec, source_options: OptionsModel, actions: list[ActionDefinition], defaults: Defaults
+) -> str:
     body = {
         "job": spec.model_dump(mode="json"),
         "source_options": source_options.model_dump(mode="json"),

@@ -37,8 +37,10 @@ MAX_BODY_BYTES = 64 * 1024
 DEFAULT_EVENTS, MAX_EVENTS = 50, 1000
 PAGE_EVENTS = 10  # per job on the status page: enough to see what happened lately, short enough to scan
 _EVENTS_PARAM = re.compile(r"^[0-9]{1,4}$")
-_ENABLE_HINT = ("the control endpoints are off: set http.api_token in the config to the name of a secret "
-                "(declared under secrets:) that holds the bearer token, then reload or restart the daemon")
+_ENABLE_HINT = (
+    "the control endpoints are off: set http.api_token in the config to the name of a secret "
+    "(declared under secrets:) that holds the bearer token, then reload or restart the daemon"
+)
 
 
 def create_app(control: DaemonControl, metrics: Metrics, logger: logging.Logger) -> Starlette:
@@ -82,8 +84,9 @@ class _Api:
     async def readyz(self, request: Request) -> Response:
         checks = {name: bool(ok) for name, ok in (await self._control.readiness()).items()}
         ready = bool(checks) and all(checks.values())
-        return JSONResponse({"status": "ready" if ready else "not_ready", "checks": checks},
-                            status_code=200 if ready else 503)
+        return JSONResponse(
+            {"status": "ready" if ready else "not_ready", "checks": checks}, status_code=200 if ready else 503
+        )
 
     # ----- reading -----
 
@@ -113,11 +116,14 @@ class _Api:
         reload = reload_to_json(self._control.reload_status())
         page = render_page(jobs, reload, __version__, dt.datetime.now(dt.UTC))
         # No script runs on the page, so none may: a vendor message that slips past escaping stays inert.
-        return HTMLResponse(page, headers={
-            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; "
-                                       "form-action 'none'; frame-ancestors 'none'",
-            "Cache-Control": "no-store",
-        })
+        return HTMLResponse(
+            page,
+            headers={
+                "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; "
+                "form-action 'none'; frame-ancestors 'none'",
+                "Cache-Control": "no-store",
+            },
+        )
 
     # ----- control (mutating) -----
 
@@ -130,9 +136,7 @@ class _Api:
     async def check_now(self, request: Request) -> Response:
         return await self._mutate(request, "check-now", self._control.check_now)
 
-    async def _mutate(
-        self, request: Request, action: str, call: Callable[[str], Awaitable[bool]]
-    ) -> Response:
+    async def _mutate(self, request: Request, action: str, call: Callable[[str], Awaitable[bool]]) -> Response:
         name = request.path_params["name"]
         path = _path(request)
         denied = self._authorize(request)
@@ -160,13 +164,15 @@ class _Api:
             return error_response(403, _ENABLE_HINT, path)
         given = _bearer_token(request.headers.get("authorization"))
         if given is None or not hmac.compare_digest(given, expected.encode("utf-8")):
-            return error_response(401, "missing or wrong bearer token (Authorization: Bearer <token>)", path,
-                                  headers={"WWW-Authenticate": 'Bearer realm="teckochecker"'})
+            return error_response(
+                401,
+                "missing or wrong bearer token (Authorization: Bearer <token>)",
+                path,
+                headers={"WWW-Authenticate": 'Bearer realm="teckochecker"'},
+            )
         return None
 
-    def _audit(
-        self, action: str, name: str, request: Request, result: str, level: int = logging.INFO
-    ) -> None:
+    def _audit(self, action: str, name: str, request: Request, result: str, level: int = logging.INFO) -> None:
         # Never the token, not even a prefix; %r keeps a hostile job name on one line.
         remote = request.client.host if request.client else "-"
         self._logger.log(level, "audit: %s job=%r from %s: %s", action, name[:200], remote, result)
@@ -198,16 +204,13 @@ def _events_limit(request: Request) -> int | Response:
         return DEFAULT_EVENTS
     if _EVENTS_PARAM.fullmatch(raw) and 1 <= int(raw) <= MAX_EVENTS:
         return int(raw)
-    return error_response(400, f"events must be an integer from 1 to {MAX_EVENTS} (got {raw[:40]!r})",
-                          _path(request))
+    return error_response(400, f"events must be an integer from 1 to {MAX_EVENTS} (got {raw[:40]!r})", _path(request))
 
 
 # ----- JSON shapes (the API contract; api_client.py reads them back) -----
 
 
-def job_to_json(
-    job: JobSnapshot, next_check: dt.datetime | None, events: list[Event] | None = None
-) -> dict[str, Any]:
+def job_to_json(job: JobSnapshot, next_check: dt.datetime | None, events: list[Event] | None = None) -> dict[str, Any]:
     totals = {"total": 0, "completed": 0, "failed": 0}
     for counts in filter(None, (request_counts(t.details) for t in job.targets)):
         for kind in totals:
@@ -248,8 +251,12 @@ def target_to_json(target: TargetSnapshot) -> dict[str, Any]:
         "vendor_status": target.vendor_status,
         "message": target.message,
         "observed_at": _time(target.observed_at),
-        "progress": None if counts is None else {
-            "total": counts.total, "completed": counts.completed, "failed": counts.failed,
+        "progress": None
+        if counts is None
+        else {
+            "total": counts.total,
+            "completed": counts.completed,
+            "failed": counts.failed,
             "label": counts.label,
         },
         "details": target.details,
@@ -282,8 +289,12 @@ def event_to_json(event: Event) -> dict[str, Any]:
 
 
 def reload_to_json(status: ReloadStatus) -> dict[str, Any]:
-    return {"successful": status.successful, "at": _time(status.at), "errors": list(status.errors),
-            "restart_required": list(status.restart_required)}
+    return {
+        "successful": status.successful,
+        "at": _time(status.at),
+        "errors": list(status.errors),
+        "restart_required": list(status.restart_required),
+    }
 
 
 def _time(value: dt.datetime | None) -> str | None:
@@ -313,9 +324,7 @@ def _json(content: Any, status_code: int = 200) -> Response:
     return _JSON(content, status_code=status_code)
 
 
-def error_response(
-    status: int, message: str, path: str, headers: Mapping[str, str] | None = None
-) -> Response:
+def error_response(status: int, message: str, path: str, headers: Mapping[str, str] | None = None) -> Response:
     return _JSON({"error": message, "path": path}, status_code=status, headers=dict(headers or {}))
 
 
@@ -386,8 +395,11 @@ class _SecurityHeaders:
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-content-type-options", b"nosniff"),
-                                      (b"referrer-policy", b"no-referrer")]
+                message["headers"] = [
+                    *message["headers"],
+                    (b"x-content-type-options", b"nosniff"),
+                    (b"referrer-policy", b"no-referrer"),
+                ]
             await send(message)
 
         await self._app(scope, receive, with_headers if scope["type"] == "http" else send)
@@ -461,8 +473,7 @@ class _MetricsEndpoint:
 
 def _utf8_inputs(scope: Scope) -> bool:
     parts = [scope.get("query_string", b"")]
-    parts += [value for name, value in scope.get("headers", [])
-              if name.lower() in (b"accept", b"accept-encoding")]
+    parts += [value for name, value in scope.get("headers", []) if name.lower() in (b"accept", b"accept-encoding")]
     try:
         for part in parts:
             part.decode("utf-8")

@@ -66,12 +66,17 @@ class WebServer:
         sock = _bind(self._host, self._port)
         self._bound_port = sock.getsockname()[1]
         config = uvicorn.Config(
-            self._app, host=self._host, port=self._bound_port, log_level="warning", lifespan="off",
+            self._app,
+            host=self._host,
+            port=self._bound_port,
+            log_level="warning",
+            lifespan="off",
             access_log=False,
             # None: leave logging alone, so uvicorn's records go through the daemon's (redacting) handlers.
             log_config=None,
             # The audit log names the TCP peer, not whatever an X-Forwarded-For header claims.
-            proxy_headers=False, server_header=False,
+            proxy_headers=False,
+            server_header=False,
             timeout_graceful_shutdown=1,
         )
         self._server = _EmbeddedServer(config)
@@ -80,8 +85,11 @@ class WebServer:
         self._task.add_done_callback(self._on_exit)
         await self._wait_started(sock)
         if not _is_loopback(self._host):
-            self._logger.warning("HTTP listener on %s is not loopback: job data and metrics are readable by "
-                                 "anyone who can reach it; put a TLS reverse proxy in front", self._host)
+            self._logger.warning(
+                "HTTP listener on %s is not loopback: job data and metrics are readable by "
+                "anyone who can reach it; put a TLS reverse proxy in front",
+                self._host,
+            )
         self._logger.info("HTTP listening on %s", self.url)
 
     async def _wait_started(self, sock: socket.socket) -> None:
@@ -125,8 +133,9 @@ def _bind(host: str, port: int) -> socket.socket:
     """Bind here rather than in uvicorn: an address in use becomes one clear error, not a sys.exit."""
     where = f"{host}:{port}"
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                             flags=socket.AI_PASSIVE)[0]
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
     except socket.gaierror as exc:
         message = f"cannot listen on {where}: cannot resolve {host!r} ({exc.strerror})"
         raise TeckoCheckerError(message) from exc
@@ -140,8 +149,9 @@ def _bind(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
-            raise TeckoCheckerError(f"cannot listen on {where}: address already in use "
-                                    "(is another teckochecker running? change http.port)") from exc
+            raise TeckoCheckerError(
+                f"cannot listen on {where}: address already in use (is another teckochecker running? change http.port)"
+            ) from exc
         raise TeckoCheckerError(f"cannot listen on {where}: {exc.strerror or exc}") from exc
     return sock
 

@@ -61,8 +61,13 @@ def test_config_file_resolution(plugin_env: dict[str, str], tmp_path: Path) -> N
     other.write_text("jobs: []\n")
     out = run_cli("validate-config", env={**plugin_env, "TECKOCHECKER_CONFIG": str(other)}, cwd=tmp_path)
     assert out.stdout.startswith(f"{other}: OK: 0 job(s)")
-    out = run_cli("--config", str(tmp_path / "teckochecker.yaml"), "validate-config",
-                  env={**plugin_env, "TECKOCHECKER_CONFIG": str(other)}, cwd=tmp_path)
+    out = run_cli(
+        "--config",
+        str(tmp_path / "teckochecker.yaml"),
+        "validate-config",
+        env={**plugin_env, "TECKOCHECKER_CONFIG": str(other)},
+        cwd=tmp_path,
+    )
     assert "1 job(s)" in out.stdout
 
 
@@ -85,4 +90,6 @@ def test_broken_plugin_module_is_a_clear_error(plugin_env: dict[str, str], tmp_p
 def test_status_and_show_without_a_state_store(plugin_env: dict[str, str], tmp_path: Path) -> None:
     shutil.copy(EXAMPLE, tmp_path / "teckochecker.yaml")
     out = run_cli("status", env=plugin_env, cwd=tmp_path)
-    assert out.returncode == 2 and "has the daemon run with this config?" in out.stderr and "Traceback" not in out.stderr
+    assert (
+        out.returncode == 2 and "has the daemon run with this config?" in out.stderr and "Traceback" not in out.stderr
+    )

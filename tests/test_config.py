@@ -66,7 +66,12 @@ def test_defaults_apply(tmp_path: Path, registry: PluginRegistry) -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("45s", 45.0), ("2m", 120.0), ("1h", 3600.0), ("1h30m", 5400.0), ("500ms", 0.5), (" 2m ", 120.0),
+        ("45s", 45.0),
+        ("2m", 120.0),
+        ("1h", 3600.0),
+        ("1h30m", 5400.0),
+        ("500ms", 0.5),
+        (" 2m ", 120.0),
     ],
 )
 def test_durations(text: str, expected: float) -> None:
@@ -143,7 +148,10 @@ def test_every_problem_is_reported_at_once(tmp_path: Path, registry: PluginRegis
 
 def test_unknown_source_type_lists_known_ones(tmp_path: Path, registry: PluginRegistry) -> None:
     found = problems(tmp_path, registry, VALID.replace("type: status_file", "type: status_fil"))
-    assert found == [f"{tmp_path / 'tc.yaml'}:8:7: jobs[0].source.type: unknown source type 'status_fil'; known: openai_batch, status_file"]
+    assert found == [
+        f"{tmp_path / 'tc.yaml'}:8:7: jobs[0].source.type: unknown source type 'status_fil'; "
+        "known: openai_batch, status_file"
+    ]
 
 
 def test_duplicate_keys_and_job_names(tmp_path: Path, registry: PluginRegistry) -> None:
@@ -166,8 +174,11 @@ def test_duplicate_keys_and_job_names(tmp_path: Path, registry: PluginRegistry) 
 )
 def test_job_field_checks(tmp_path: Path, registry: PluginRegistry, snippet: str, message: str) -> None:
     key = snippet.split(":")[0]
-    text = VALID.replace("  - name: nightly\n", f"  - name: nightly\n    {snippet}\n") if key != "name" else VALID.replace(
-        "name: nightly", snippet)
+    text = (
+        VALID.replace("  - name: nightly\n", f"  - name: nightly\n    {snippet}\n")
+        if key != "name"
+        else VALID.replace("name: nightly", snippet)
+    )
     found = problems(tmp_path, registry, text)
     assert len(found) == 1 and message in found[0], found
 
@@ -185,7 +196,9 @@ def test_secret_needs_exactly_one_source(tmp_path: Path, registry: PluginRegistr
 
 
 def test_not_a_mapping_and_missing_file(tmp_path: Path, registry: PluginRegistry) -> None:
-    assert problems(tmp_path, registry, "- a\n- b\n")[0].endswith("the file must be a mapping of keys (state, secrets, jobs, ...)")
+    assert problems(tmp_path, registry, "- a\n- b\n")[0].endswith(
+        "the file must be a mapping of keys (state, secrets, jobs, ...)"
+    )
     with pytest.raises(ConfigError) as info:
         load_config(tmp_path / "absent.yaml", registry)
     assert str(info.value.diagnostics[0]) == f"{tmp_path / 'absent.yaml'}:1:1: file not found"
@@ -204,13 +217,19 @@ def test_empty_file_is_a_valid_config_with_no_jobs(tmp_path: Path, registry: Plu
 
 def test_fingerprint_changes_with_plugin_options(tmp_path: Path, registry: PluginRegistry) -> None:
     a = load_config(write(tmp_path, VALID, "a.yaml"), registry).jobs["nightly"].fingerprint
-    b = load_config(write(tmp_path, VALID.replace("/tmp/ledger.jsonl", "/tmp/other"), "b.yaml"), registry).jobs["nightly"].fingerprint
+    b = (
+        load_config(write(tmp_path, VALID.replace("/tmp/ledger.jsonl", "/tmp/other"), "b.yaml"), registry)
+        .jobs["nightly"]
+        .fingerprint
+    )
     c = load_config(write(tmp_path, VALID, "c.yaml"), registry).jobs["nightly"].fingerprint
     assert a != b and a == c
 
 
 def test_templates_and_drop_ins(tmp_path: Path, registry: PluginRegistry) -> None:
-    main = write(tmp_path, """\
+    main = write(
+        tmp_path,
+        """\
     include: [jobs.d/*.yaml]
     templates:
       standard:
@@ -219,11 +238,15 @@ def test_templates_and_drop_ins(tmp_path: Path, registry: PluginRegistry) -> Non
         actions:
           - {type: record, ledger: /tmp/l}
     jobs: []
-    """)
+    """,
+    )
     (tmp_path / "jobs.d").mkdir()
-    (tmp_path / "jobs.d" / "a.yaml").write_text("jobs:\n  - name: a\n    template: standard\n    source: {targets: [b1, b2]}\n")
+    (tmp_path / "jobs.d" / "a.yaml").write_text(
+        "jobs:\n  - name: a\n    template: standard\n    source: {targets: [b1, b2]}\n"
+    )
     (tmp_path / "jobs.d" / "b.yaml").write_text(
-        "jobs:\n  - name: b\n    template: standard\n    interval: 2m\n    source: {targets: [c1], path: /tmp/other}\n")
+        "jobs:\n  - name: b\n    template: standard\n    interval: 2m\n    source: {targets: [c1], path: /tmp/other}\n"
+    )
     (tmp_path / "jobs.d" / ".hidden.yaml").write_text("not: [valid")
     config = load_config(main, registry)
     assert sorted(config.jobs) == ["a", "b"]
@@ -235,7 +258,9 @@ def test_templates_and_drop_ins(tmp_path: Path, registry: PluginRegistry) -> Non
 
 
 def test_drop_in_problems_are_located_in_their_file_and_template(tmp_path: Path, registry: PluginRegistry) -> None:
-    main = write(tmp_path, """\
+    main = write(
+        tmp_path,
+        """\
     include: [jobs.d/*.yaml]
     templates:
       standard:
@@ -245,10 +270,14 @@ def test_drop_in_problems_are_located_in_their_file_and_template(tmp_path: Path,
       - name: dup
         template: standard
         source: {targets: [x]}
-    """)
+    """,
+    )
     (tmp_path / "jobs.d").mkdir()
     drop = tmp_path / "jobs.d" / "x.yaml"
-    drop.write_text("secrets: {}\njobs:\n  - name: dup\n    template: nope\n    source: {type: status_file, path: p, targets: [y]}\n    actions: [{type: record, ledger: l}]\n")
+    drop.write_text(
+        "secrets: {}\njobs:\n  - name: dup\n    template: nope\n"
+        "    source: {type: status_file, path: p, targets: [y]}\n    actions: [{type: record, ledger: l}]\n"
+    )
     with pytest.raises(ConfigError) as info:
         load_config(main, registry)
     found = [str(d) for d in info.value.diagnostics]

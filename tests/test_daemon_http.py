@@ -17,15 +17,24 @@ TOKEN = "control-token-0123456789"
 
 def write(tmp_path: Path, port: int = 0) -> Path:
     status = tmp_path / "status.json"
-    status.write_text(json.dumps({
-        "d1": "succeeded",
-        "w1": {"state": "running", "status": "in_progress", "details": {"request_counts": {"total": 10, "completed": 7, "failed": 1}}},
-        "w2": {"state": "pending", "status": "validating"},
-        "r1": "succeeded",
-    }))
+    status.write_text(
+        json.dumps(
+            {
+                "d1": "succeeded",
+                "w1": {
+                    "state": "running",
+                    "status": "in_progress",
+                    "details": {"request_counts": {"total": 10, "completed": 7, "failed": 1}},
+                },
+                "w2": {"state": "pending", "status": "validating"},
+                "r1": "succeeded",
+            }
+        )
+    )
     config = tmp_path / "teckochecker.yaml"
     ledger = tmp_path / "ledger.jsonl"
-    config.write_text(textwrap.dedent(f"""\
+    config.write_text(
+        textwrap.dedent(f"""\
         http: {{port: {port}, api_token: control}}
         secrets: {{control: {{env: TC_CONTROL_TOKEN}}}}
         defaults: {{startup_spread: 0s}}
@@ -33,10 +42,17 @@ def write(tmp_path: Path, port: int = 0) -> Path:
           t:
             source: {{type: status_file, path: {status}}}
         jobs:
-          - {{name: done, template: t, source: {{targets: [d1]}}, actions: [{{type: record, ledger: {ledger}, follow: false}}]}}
+          - name: done
+            template: t
+            source: {{targets: [d1]}}
+            actions: [{{type: record, ledger: {ledger}, follow: false}}]
           - {{name: waiting, template: t, source: {{targets: [w1, w2]}}, actions: [{{type: record, ledger: {ledger}}}]}}
-          - {{name: refused, template: t, source: {{targets: [r1]}}, actions: [{{type: record, ledger: {ledger}, fault: reject}}]}}
-        """))
+          - name: refused
+            template: t
+            source: {{targets: [r1]}}
+            actions: [{{type: record, ledger: {ledger}, fault: reject}}]
+        """)
+    )
     return config
 
 
@@ -59,7 +75,10 @@ def test_status_page_of_a_running_daemon_in_chromium(running, tmp_path: Path) ->
     dom = parse(out.stdout)
     jobs = {s.attrs["data-job"]: s for s in dom.find_all("section", "job")}
     assert {n: s.attrs["data-state"] for n, s in jobs.items()} == {
-        "done": "completed", "waiting": "watching", "refused": "failed"}
+        "done": "completed",
+        "waiting": "watching",
+        "refused": "failed",
+    }
     targets = {r.attrs["data-target"]: r for r in jobs["waiting"].find_all("tr", "target")}
     assert targets["w1"].find("span", "progress-label").text() == "7/10 (1 failed)"
     assert targets["w2"].attrs["data-state"] == "pending"

@@ -14,7 +14,8 @@ from daemon import DaemonProcess, read_ledger, run_cli
 
 def write_config(tmp_path: Path, jobs: str, extra: str = "") -> Path:
     path = tmp_path / "teckochecker.yaml"
-    path.write_text(textwrap.dedent("""\
+    path.write_text(
+        textwrap.dedent("""\
         http: {{port: 0}}
         defaults:
           interval: 30s
@@ -22,14 +23,17 @@ def write_config(tmp_path: Path, jobs: str, extra: str = "") -> Path:
         {extra}
         jobs:
         {jobs}
-        """).format(jobs=textwrap.indent(textwrap.dedent(jobs), ""), extra=extra))
+        """).format(jobs=textwrap.indent(textwrap.dedent(jobs), ""), extra=extra)
+    )
     return path
 
 
 def job(name: str, status: Path, ledger: Path, targets: str = "[a, b]", action: str = "") -> str:
-    return (f"  - name: {name}\n"
-            f"    source: {{type: status_file, path: {status}, targets: {targets}}}\n"
-            f"    actions:\n      - {{type: record, ledger: {ledger}{action}}}\n")
+    return (
+        f"  - name: {name}\n"
+        f"    source: {{type: status_file, path: {status}, targets: {targets}}}\n"
+        f"    actions:\n      - {{type: record, ledger: {ledger}{action}}}\n"
+    )
 
 
 def test_fires_stops_on_sigterm_and_never_fires_twice_after_restart(tmp_path: Path, plugin_env: dict[str, str]) -> None:
@@ -88,7 +92,9 @@ def test_sigkill_at_each_step_of_the_trigger_still_fires_exactly_once(
 
 
 def test_invalid_config_starts_nothing(tmp_path: Path, plugin_env: dict[str, str]) -> None:
-    config = write_config(tmp_path, "  - name: x\n    source: {type: nope, targets: [a]}\n    actions: [{type: record, ledger: l}]\n")
+    config = write_config(
+        tmp_path, "  - name: x\n    source: {type: nope, targets: [a]}\n    actions: [{type: record, ledger: l}]\n"
+    )
     out = run_cli("--config", str(config), "run", env=plugin_env, cwd=tmp_path)
     assert out.returncode == 1
     assert f"{config}:8:12: jobs[0].source.type: unknown source type 'nope'" in out.stderr

@@ -40,8 +40,9 @@ def key_tree(value: Any) -> Any:
 
 
 def sdk_client(fake: FakeOpenAI, **kwargs: Any) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(api_key=kwargs.pop("api_key", KEY), base_url=fake.base_url,
-                              max_retries=kwargs.pop("max_retries", 0), **kwargs)
+    return openai.AsyncOpenAI(
+        api_key=kwargs.pop("api_key", KEY), base_url=fake.base_url, max_retries=kwargs.pop("max_retries", 0), **kwargs
+    )
 
 
 @pytest.fixture
@@ -88,8 +89,9 @@ def make_scenario(fake: FakeOpenAI, name: str) -> str:
     return batch_id
 
 
-def test_every_batch_has_exactly_the_contract_key_set_and_parses_with_the_sdk(oai: FakeOpenAI,
-                                                                             http: httpx.Client) -> None:
+def test_every_batch_has_exactly_the_contract_key_set_and_parses_with_the_sdk(
+    oai: FakeOpenAI, http: httpx.Client
+) -> None:
     example_keys = {name: key_tree(obj) for name, obj in EXAMPLES["batches"].items()}
     for name in SCENARIOS:
         batch_id = make_scenario(oai, name)
@@ -110,8 +112,7 @@ def test_every_batch_has_exactly_the_contract_key_set_and_parses_with_the_sdk(oa
 def test_status_moves_set_what_the_real_api_sets(oai: FakeOpenAI) -> None:
     b = {name: oai.batch(make_scenario(oai, name)) for name in SCENARIOS}
     validating = b["validating"]
-    assert validating["model"] is None and validating["request_counts"] == {"total": 0, "completed": 0,
-                                                                            "failed": 0}
+    assert validating["model"] is None and validating["request_counts"] == {"total": 0, "completed": 0, "failed": 0}
     assert validating["usage"] == EXAMPLES["batches"]["validating"]["usage"]
     assert b["in_progress"]["model"] and b["in_progress"]["in_progress_at"]
     assert b["in_progress"]["request_counts"] == {"total": 10, "completed": 4, "failed": 1}
@@ -162,8 +163,7 @@ def test_timeline_moves_the_batch_by_polls(oai: FakeOpenAI, http: httpx.Client) 
     batch_id = oai.add_batch(total=4)
     oai.set_timeline(batch_id, [("in_progress", 1), ("finalizing", 2), Step("completed", 1, failed=4)])
     seen = [http.get(f"{oai.base_url}/batches/{batch_id}", headers=AUTH).json() for _ in range(5)]
-    assert [b["status"] for b in seen] == ["in_progress", "in_progress", "finalizing", "completed",
-                                           "completed"]
+    assert [b["status"] for b in seen] == ["in_progress", "in_progress", "finalizing", "completed", "completed"]
     assert seen[-1]["output_file_id"] is None and seen[-1]["request_counts"]["failed"] == 4
     with pytest.raises(ValueError):
         oai.set_status(batch_id, "completed", completed=3, failed=3)
@@ -237,8 +237,12 @@ def test_errors_map_to_sdk_exceptions_with_envelope_and_headers(oai: FakeOpenAI)
 
     seen = asyncio.run(errors())
     assert isinstance(seen["404"], openai.NotFoundError) and seen["404"].code == "batch_not_found"
-    assert seen["404"].body == {"message": f"No batch found with id '{batch_id}'.",
-                                "type": "invalid_request_error", "param": None, "code": "batch_not_found"}
+    assert seen["404"].body == {
+        "message": f"No batch found with id '{batch_id}'.",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "batch_not_found",
+    }
     assert isinstance(seen["401"], openai.AuthenticationError) and seen["401"].code == "invalid_api_key"
     assert "wrong" not in str(seen["401"]) and "sk-" not in seen["401"].message  # never echo the key
     for exc in seen.values():
@@ -325,21 +329,62 @@ def test_missing_auth_is_401_and_truncated_and_slow_replies(oai: FakeOpenAI, htt
 # ===== Keboola ====================================================================================
 
 CONTRACT_JOB_KEYS = {  # the contract's create-response example (DOCS-JOBS), plus the newer PHPCLI keys
-    "id", "runId", "parentRunId", "project", "token", "status", "desiredStatus", "mode", "component",
-    "config", "configData", "configRowIds", "tag", "createdTime", "startTime", "endTime",
-    "durationSeconds", "result", "usageData", "isFinished", "url", "branchId", "variableValuesId",
-    "variableValuesData", "backend", "metrics", "behavior", "parallelism", "type", "executor",
-    "orchestrationJobId", "orchestrationTaskId", "onlyOrchestrationTaskIds", "previousJobId",
+    "id",
+    "runId",
+    "parentRunId",
+    "project",
+    "token",
+    "status",
+    "desiredStatus",
+    "mode",
+    "component",
+    "config",
+    "configData",
+    "configRowIds",
+    "tag",
+    "createdTime",
+    "startTime",
+    "endTime",
+    "durationSeconds",
+    "result",
+    "usageData",
+    "isFinished",
+    "url",
+    "branchId",
+    "variableValuesId",
+    "variableValuesData",
+    "backend",
+    "metrics",
+    "behavior",
+    "parallelism",
+    "type",
+    "executor",
+    "orchestrationJobId",
+    "orchestrationTaskId",
+    "onlyOrchestrationTaskIds",
+    "previousJobId",
 }
-TECKO_BODY = {"component": APP, "config": "123", "mode": "run",
-              "variableValuesData": {"values": [{"name": "batch_ids_completed", "value": '["batch_abc"]'},
-                                                {"name": "batch_count_total", "value": "1"}]}}
+TECKO_BODY = {
+    "component": APP,
+    "config": "123",
+    "mode": "run",
+    "variableValuesData": {
+        "values": [
+            {"name": "batch_ids_completed", "value": '["batch_abc"]'},
+            {"name": "batch_count_total", "value": "1"},
+        ]
+    },
+}
 
 
-def create(kbc: FakeKeboola, http: httpx.Client, body: dict[str, Any] | None = None,
-           headers: dict[str, str] | None = None) -> httpx.Response:
-    return http.post(f"{kbc.queue_url}/jobs", json=TECKO_BODY if body is None else body,
-                     headers=TOKEN if headers is None else headers)
+def create(
+    kbc: FakeKeboola, http: httpx.Client, body: dict[str, Any] | None = None, headers: dict[str, str] | None = None
+) -> httpx.Response:
+    return http.post(
+        f"{kbc.queue_url}/jobs",
+        json=TECKO_BODY if body is None else body,
+        headers=TOKEN if headers is None else headers,
+    )
 
 
 def get_job(kbc: FakeKeboola, http: httpx.Client, job_id: str) -> dict[str, Any]:
@@ -397,35 +442,55 @@ def test_create_returns_201_with_the_contract_job(kbc: FakeKeboola, http: httpx.
 
 
 def test_create_echoes_branch_rows_tag_and_child_run_id(kbc: FakeKeboola, http: httpx.Client) -> None:
-    body = {"component": APP, "config": "123", "branchId": "456", "configRowIds": ["7"], "tag": "2.0.0",
-            "variableValuesId": "99"}
+    body = {
+        "component": APP,
+        "config": "123",
+        "branchId": "456",
+        "configRowIds": ["7"],
+        "tag": "2.0.0",
+        "variableValuesId": "99",
+    }
     job = create(kbc, http, body, {**TOKEN, "X-KBC-RunId": "555"}).json()
-    assert (job["branchId"], job["configRowIds"], job["tag"], job["variableValuesId"]) == ("456", ["7"],
-                                                                                           "2.0.0", "99")
+    assert (job["branchId"], job["configRowIds"], job["tag"], job["variableValuesId"]) == ("456", ["7"], "2.0.0", "99")
     assert job["runId"] == f"555.{job['id']}" and job["parentRunId"] == "555"
     assert job["variableValuesData"] == {"values": []}
 
 
-@pytest.mark.parametrize(("body", "message", "violates_document"), [
-    ({"mode": "run", "config": "123"}, None, True),
-    ({"component": APP, "mode": "fast"}, None, True),
-    ({"component": APP, "config": "999"},
-     'Cannot resolve job parameters: Configuration "999" not found', False),
-    ({"component": APP, "config": "off"}, f'Configuration "off" of component "{APP}" is disabled.', False),
-    ({"component": APP, "config": "123", "variableValuesId": "9",
-      "variableValuesData": {"values": [{"name": "a", "value": "b"}]}},
-     'Provide either "variableValuesId" or "variableValuesData", but not both.', False),
-    ({"component": APP, "variableValuesData": {"values": [{"name": "", "value": "b"}]}},
-     'The path "job.variableValuesData.values.0.name" cannot contain an empty value, but got "".', False),
-    ({"component": APP, "variableValuesData": {"values": [{"name": "a", "value": ""}]}},
-     'The path "job.variableValuesData.values.0.value" cannot contain an empty value, but got "".', False),
-    ({"component": APP, "variableValuesData": {"values": [{"name": "a"}]}}, None, True),
-    ({"component": APP, "variableValuesData": {}}, None, True),
-    ({"component": APP, "backend": "xsmall"}, None, True),
-])
+@pytest.mark.parametrize(
+    ("body", "message", "violates_document"),
+    [
+        ({"mode": "run", "config": "123"}, None, True),
+        ({"component": APP, "mode": "fast"}, None, True),
+        ({"component": APP, "config": "999"}, 'Cannot resolve job parameters: Configuration "999" not found', False),
+        ({"component": APP, "config": "off"}, f'Configuration "off" of component "{APP}" is disabled.', False),
+        (
+            {
+                "component": APP,
+                "config": "123",
+                "variableValuesId": "9",
+                "variableValuesData": {"values": [{"name": "a", "value": "b"}]},
+            },
+            'Provide either "variableValuesId" or "variableValuesData", but not both.',
+            False,
+        ),
+        (
+            {"component": APP, "variableValuesData": {"values": [{"name": "", "value": "b"}]}},
+            'The path "job.variableValuesData.values.0.name" cannot contain an empty value, but got "".',
+            False,
+        ),
+        (
+            {"component": APP, "variableValuesData": {"values": [{"name": "a", "value": ""}]}},
+            'The path "job.variableValuesData.values.0.value" cannot contain an empty value, but got "".',
+            False,
+        ),
+        ({"component": APP, "variableValuesData": {"values": [{"name": "a"}]}}, None, True),
+        ({"component": APP, "variableValuesData": {}}, None, True),
+        ({"component": APP, "backend": "xsmall"}, None, True),
+    ],
+)
 def test_business_rules_and_document_reject_with_400_and_create_nothing(
-        kbc: FakeKeboola, http: httpx.Client, body: dict[str, Any], message: str | None,
-        violates_document: bool) -> None:
+    kbc: FakeKeboola, http: httpx.Client, body: dict[str, Any], message: str | None, violates_document: bool
+) -> None:
     kbc.add_config(APP, "off", disabled=True)
     response = create(kbc, http, body)
     if message is not None:
@@ -456,8 +521,7 @@ def test_queue_needs_the_token(kbc: FakeKeboola, http: httpx.Client) -> None:
 
 
 @pytest.mark.parametrize(("outcome", "message"), [("success", None), ("error", "Boom."), ("warning", None)])
-def test_lifecycle_follows_the_script(kbc: FakeKeboola, http: httpx.Client, outcome: str,
-                                      message: str | None) -> None:
+def test_lifecycle_follows_the_script(kbc: FakeKeboola, http: httpx.Client, outcome: str, message: str | None) -> None:
     kbc.set_outcome(APP, "123", outcome, processing_after_gets=2, finish_after_gets=3, message=message)
     job_id = create(kbc, http).json()["id"]
     seen = [get_job(kbc, http, job_id) for _ in range(4)]
@@ -514,8 +578,11 @@ def test_kill(kbc: FakeKeboola, http: httpx.Client) -> None:
     killed = http.post(f"{kbc.queue_url}/jobs/{queued}/kill", headers=TOKEN)
     assert killed.status_code == 202 and killed.json()["desiredStatus"] == "terminating"
     cancelled = get_job(kbc, http, queued)
-    assert (cancelled["status"], cancelled["isFinished"], cancelled["desiredStatus"]) == ("cancelled", True,
-                                                                                          "terminating")
+    assert (cancelled["status"], cancelled["isFinished"], cancelled["desiredStatus"]) == (
+        "cancelled",
+        True,
+        "terminating",
+    )
     running = create(kbc, http).json()["id"]
     assert get_job(kbc, http, running)["status"] == "processing"
     assert http.post(f"{kbc.queue_url}/jobs/{running}/kill", headers=TOKEN).status_code == 202
@@ -565,12 +632,18 @@ def test_search_lag_hides_new_jobs(kbc: FakeKeboola, http: httpx.Client) -> None
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize(("mode", "status", "created"), [
-    ("reject_400", 400, 0), ("reject_401", 401, 0), ("503_before_create", 503, 0),
-    ("create_then_503", 503, 1),
-])
-def test_post_faults_with_a_response(kbc: FakeKeboola, http: httpx.Client, mode: str, status: int,
-                                     created: int) -> None:
+@pytest.mark.parametrize(
+    ("mode", "status", "created"),
+    [
+        ("reject_400", 400, 0),
+        ("reject_401", 401, 0),
+        ("503_before_create", 503, 0),
+        ("create_then_503", 503, 1),
+    ],
+)
+def test_post_faults_with_a_response(
+    kbc: FakeKeboola, http: httpx.Client, mode: str, status: int, created: int
+) -> None:
     kbc.post_fault(mode, times=2)
     responses = [create(kbc, http) for _ in range(3)]
     assert [r.status_code for r in responses] == [status, status, 201]

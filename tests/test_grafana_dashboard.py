@@ -136,11 +136,17 @@ def test_required_panels_exist(dashboard: dict[str, Any]) -> None:
     }
     everything = " ".join(exprs_by_title.values())
     for metric in (
-        "teckochecker_jobs", "teckochecker_batch_requests", "teckochecker_targets",
-        "teckochecker_trigger_delay_seconds_bucket", "teckochecker_source_checks_total",
-        "teckochecker_downstream_jobs_total", "teckochecker_config_last_reload_successful",
-        "teckochecker_config_last_reload_success_timestamp_seconds", "teckochecker_http_requests_total",
-        "teckochecker_scheduler_lag_seconds_bucket", "teckochecker_scheduler_skipped_ticks_total",
+        "teckochecker_jobs",
+        "teckochecker_batch_requests",
+        "teckochecker_targets",
+        "teckochecker_trigger_delay_seconds_bucket",
+        "teckochecker_source_checks_total",
+        "teckochecker_downstream_jobs_total",
+        "teckochecker_config_last_reload_successful",
+        "teckochecker_config_last_reload_success_timestamp_seconds",
+        "teckochecker_http_requests_total",
+        "teckochecker_scheduler_lag_seconds_bucket",
+        "teckochecker_scheduler_skipped_ticks_total",
     ):
         assert re.search(rf"\b{metric}\b", everything), f"no panel shows {metric}"
     trigger_delay = exprs_by_title["Trigger delay"]
@@ -168,9 +174,14 @@ def test_queries_parse_as_promql(tmp_path: Path, dashboard: dict[str, Any]) -> N
     tool = require_promtool()
     # promtool has no offline "parse this query"; a recording rule per query gets the same parser.
     exprs = [GRAFANA_RANGES.sub("5m", expr) for expr in queries(dashboard) if "label_values(" not in expr]
-    rules = {"groups": [{"name": "dashboard", "rules": [
-        {"record": f"dashboard:query{index}", "expr": expr} for index, expr in enumerate(exprs)
-    ]}]}
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [{"record": f"dashboard:query{index}", "expr": expr} for index, expr in enumerate(exprs)],
+            }
+        ]
+    }
     path = tmp_path / "dashboard.rules.yml"
     path.write_text(yaml.safe_dump(rules))
     result = subprocess.run([tool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
@@ -181,13 +192,28 @@ def busy_metrics() -> Metrics:
     """A registry after some activity: every metric has at least one labelled sample."""
     now = dt.datetime.now(dt.UTC)
     target = TargetSnapshot(
-        target="batch_1", state=TargetState.RUNNING, vendor_status="in_progress",
-        details={"request_counts": {"total": 10, "completed": 4, "failed": 1}}, message=None, observed_at=now,
+        target="batch_1",
+        state=TargetState.RUNNING,
+        vendor_status="in_progress",
+        details={"request_counts": {"total": 10, "completed": 4, "failed": 1}},
+        message=None,
+        observed_at=now,
     )
     job = JobSnapshot(
-        name="nightly", state=JobState.WATCHING, fingerprint="f", removed=False, paused=False, created_at=now,
-        first_observed_at=now, deadline_at=now + dt.timedelta(hours=1), last_checked_at=now,
-        next_check_at=now, finished_at=None, last_error=None, consecutive_failures=0, targets=(target,),
+        name="nightly",
+        state=JobState.WATCHING,
+        fingerprint="f",
+        removed=False,
+        paused=False,
+        created_at=now,
+        first_observed_at=now,
+        deadline_at=now + dt.timedelta(hours=1),
+        last_checked_at=now,
+        next_check_at=now,
+        finished_at=None,
+        last_error=None,
+        consecutive_failures=0,
+        targets=(target,),
     )
     metrics = Metrics()
     metrics.observe_jobs([job])
@@ -253,14 +279,23 @@ def test_every_query_returns_data_from_a_real_exposition(tmp_path: Path, dashboa
     ]
     (tmp_path / "empty.rules.yml").write_text("groups: []\n")
     test_file = tmp_path / "dashboard.test.yml"
-    test_file.write_text(yaml.safe_dump({
-        "rule_files": ["empty.rules.yml"],
-        "evaluation_interval": "1m",
-        "tests": [
-            {"interval": "1m", "input_series": scraped_series(busy_metrics()), "promql_expr_test": checks},
-        ],
-    }, width=1000))
+    test_file.write_text(
+        yaml.safe_dump(
+            {
+                "rule_files": ["empty.rules.yml"],
+                "evaluation_interval": "1m",
+                "tests": [
+                    {"interval": "1m", "input_series": scraped_series(busy_metrics()), "promql_expr_test": checks},
+                ],
+            },
+            width=1000,
+        )
+    )
     result = subprocess.run(
-        [tool, "test", "rules", test_file.name], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        [tool, "test", "rules", test_file.name],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout + result.stderr

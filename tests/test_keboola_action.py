@@ -94,7 +94,10 @@ def clients() -> Clients:
 
 
 def make_action(clients: Clients, stack_url: str, **options: Any) -> KeboolaJobAction:
-    options = {k: (f"{v}s" if k in ("timeout", "search_lag") and isinstance(v, (int, float)) else v) for k, v in options.items()}
+    options = {
+        k: (f"{v}s" if k in ("timeout", "search_lag") and isinstance(v, (int, float)) else v)
+        for k, v in options.items()
+    }
     context = PluginContext(
         http=clients,
         clock=FixedClock(),
@@ -301,9 +304,7 @@ def test_failed_index_falls_back_to_the_host_swap(clients: Clients, caplog: pyte
         run(clients, action.start(make_request()))
     guessed = f"http://queue.localhost:{port}"
     assert f"{guessed}/jobs" in str(raised.value)  # it tried the guessed queue host
-    assert any(
-        "guessing the Queue API" in r.getMessage() and guessed in r.getMessage() for r in caplog.records
-    )
+    assert any("guessing the Queue API" in r.getMessage() and guessed in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.parametrize(
@@ -455,9 +456,7 @@ def test_find_started_when_the_queue_is_down_is_transient(fake: FakeKeboola, cli
     ],
 )
 def test_follow_to_the_end(fake: FakeKeboola, clients: Clients, status: str, outcome: ActionOutcome) -> None:
-    fake.set_outcome(
-        COMPONENT, CONFIG, status, processing_after_gets=1, finish_after_gets=2, message="done: x"
-    )
+    fake.set_outcome(COMPONENT, CONFIG, status, processing_after_gets=1, finish_after_gets=2, message="done: x")
     action = make_action(clients, fake.stack_url)
 
     async def scenario() -> list[ActionResult]:
@@ -571,9 +570,7 @@ def test_target_key_and_options() -> None:
     assert options.stack_url == "https://connection.keboola.com"
     assert (options.mode, options.follow, options.search_lag, options.timeout) == ("run", True, 60.0, 15.0)
     assert options.config_row_ids == [] and options.variables == {} and options.branch_id is None
-    action = KeboolaJobAction(
-        options, PluginContext(Clients(), FixedClock(), lambda n: TOKEN, logging.getLogger())
-    )
+    action = KeboolaJobAction(options, PluginContext(Clients(), FixedClock(), lambda n: TOKEN, logging.getLogger()))
     assert action.target_key == f"keboola:https://connection.keboola.com:{COMPONENT}:{CONFIG}:default"
     assert action.search_lag == 60.0
 

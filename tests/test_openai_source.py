@@ -79,16 +79,17 @@ def clients() -> Clients:
 
 
 def make_source(clients: Clients, base_url: str, *, key: str = API_KEY, **options: Any) -> OpenAIBatchSource:
-    options = {k: (f"{v}s" if k in ("timeout", "search_lag") and isinstance(v, (int, float)) else v) for k, v in options.items()}
+    options = {
+        k: (f"{v}s" if k in ("timeout", "search_lag") and isinstance(v, (int, float)) else v)
+        for k, v in options.items()
+    }
     context = PluginContext(
         http=clients,
         clock=FixedClock(),
         secret=lambda name: {"openai": key}[name],
         logger=logging.getLogger("teckochecker.test.openai"),
     )
-    return OpenAIBatchSource(
-        OpenAIBatchOptions(api_key=SecretName("openai"), base_url=base_url, **options), context
-    )
+    return OpenAIBatchSource(OpenAIBatchOptions(api_key=SecretName("openai"), base_url=base_url, **options), context)
 
 
 def run(clients: Clients, work: Awaitable[T]) -> T:
@@ -163,9 +164,7 @@ def test_undocumented_status_is_unknown_and_logged(
 
 def test_details_keep_counts_files_errors_and_timestamps(fake: FakeOpenAI, clients: Clients) -> None:
     batch_id = fake.add_batch(status="completed", total=10, endpoint="/v1/responses")
-    fake.set_status(
-        batch_id, "completed", completed=8, failed=2, output_file_id="file-out", error_file_id="file-err"
-    )
+    fake.set_status(batch_id, "completed", completed=8, failed=2, output_file_id="file-out", error_file_id="file-err")
     report = check(clients, make_source(clients, fake.base_url), batch_id)
     observation = by_target(report)[batch_id]
     batch = fake.batch(batch_id)
@@ -193,9 +192,7 @@ def test_details_keep_counts_files_errors_and_timestamps(fake: FakeOpenAI, clien
     assert observation.message == "2 of 10 requests failed"
 
 
-def test_completed_with_every_request_failed_is_succeeded_with_counts(
-    fake: FakeOpenAI, clients: Clients
-) -> None:
+def test_completed_with_every_request_failed_is_succeeded_with_counts(fake: FakeOpenAI, clients: Clients) -> None:
     batch_id = fake.add_batch(status="completed", total=9)
     fake.set_status(batch_id, "completed", completed=0, failed=9, output_file_id=None, error_file_id="file-e")
     observation = by_target(check(clients, make_source(clients, fake.base_url), batch_id))[batch_id]
@@ -261,9 +258,7 @@ def test_forbidden_batch_is_error_not_transient(fake: FakeOpenAI, clients: Clien
     assert observation.details["http_status"] == 403
 
 
-def test_rejected_api_key_stops_the_job(
-    fake: FakeOpenAI, clients: Clients, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_rejected_api_key_stops_the_job(fake: FakeOpenAI, clients: Clients, caplog: pytest.LogCaptureFixture) -> None:
     batch_id = fake.add_batch()
     wrong = "sk-CANARY-wrong-key-0000000000000000"
     source = make_source(clients, fake.base_url, key=wrong)
@@ -320,9 +315,7 @@ def test_html_gateway_error_is_transient(fake: FakeOpenAI, clients: Clients) -> 
     ("body", "reason"),
     [(b"this is not json", "not JSON"), (b'{"object":"batch","id":"x"}', "'status'"), (b"[1,2]", "'id'")],
 )
-def test_unreadable_success_is_transient(
-    fake: FakeOpenAI, clients: Clients, body: bytes, reason: str
-) -> None:
+def test_unreadable_success_is_transient(fake: FakeOpenAI, clients: Clients, body: bytes, reason: str) -> None:
     batch_id = fake.add_batch()
     fake.inject(200, body=body)
     report = check(clients, make_source(clients, fake.base_url), batch_id)

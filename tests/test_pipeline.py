@@ -56,7 +56,8 @@ def job_yaml(name: str, config: str, batches: list[str]) -> str:
 
 def write_config(tmp_path: Path, openai: FakeOpenAI, keboola: FakeKeboola, jobs: str) -> Path:
     path = tmp_path / "teckochecker.yaml"
-    path.write_text(textwrap.dedent(f"""\
+    path.write_text(
+        textwrap.dedent(f"""\
         log_level: DEBUG
         http: {{port: 0}}
         secrets:
@@ -67,7 +68,9 @@ def write_config(tmp_path: Path, openai: FakeOpenAI, keboola: FakeKeboola, jobs:
           pipeline:
             source: {{type: openai_batch, api_key: openai, base_url: "{openai.base_url}"}}
         jobs:
-        """) + jobs.replace("{stack}", keboola.stack_url))
+        """)
+        + jobs.replace("{stack}", keboola.stack_url)
+    )
     return path
 
 
@@ -86,16 +89,23 @@ def wait_until(predicate, timeout: float, what: str, daemon: DaemonProcess | Non
 
 def test_three_jobs_end_to_end(tmp_path: Path, openai: FakeOpenAI, keboola: FakeKeboola, env: dict[str, str]) -> None:
     ok = [openai.add_batch(status="in_progress"), openai.add_batch(status="in_progress")]
-    mixed = [openai.add_batch(status="in_progress"), openai.add_batch(status="in_progress"),
-             openai.add_batch(status="in_progress")]
+    mixed = [
+        openai.add_batch(status="in_progress"),
+        openai.add_batch(status="in_progress"),
+        openai.add_batch(status="in_progress"),
+    ]
     never = [openai.add_batch(status="validating")]
     keboola.add_config(COMPONENT, "101")
     keboola.add_config(COMPONENT, "202")
     keboola.add_config(COMPONENT, "303")
     keboola.set_outcome(COMPONENT, "101", "success")
     keboola.set_outcome(COMPONENT, "202", "error", message="Missing values for placeholders: x")
-    config = write_config(tmp_path, openai, keboola,
-                          job_yaml("all-ok", "101", ok) + job_yaml("mixed", "202", mixed) + job_yaml("waits", "303", never))
+    config = write_config(
+        tmp_path,
+        openai,
+        keboola,
+        job_yaml("all-ok", "101", ok) + job_yaml("mixed", "202", mixed) + job_yaml("waits", "303", never),
+    )
     # Batches finish before the daemon's first check: it sees them finished and fires at once.
     openai.set_status(ok[0], "completed", completed=10, failed=0)
     openai.set_status(ok[1], "completed", completed=8, failed=2)
@@ -135,8 +145,9 @@ def test_three_jobs_end_to_end(tmp_path: Path, openai: FakeOpenAI, keboola: Fake
     assert "failed" in shown and "expired" in shown
 
 
-def test_batches_finishing_while_the_daemon_runs(tmp_path: Path, openai: FakeOpenAI, keboola: FakeKeboola,
-                                                  env: dict[str, str]) -> None:
+def test_batches_finishing_while_the_daemon_runs(
+    tmp_path: Path, openai: FakeOpenAI, keboola: FakeKeboola, env: dict[str, str]
+) -> None:
     batches = [openai.add_batch(status="in_progress"), openai.add_batch(status="validating")]
     keboola.add_config(COMPONENT, "101")
     config = write_config(tmp_path, openai, keboola, job_yaml("live", "101", batches))
@@ -162,7 +173,9 @@ def start_fired(tmp_path: Path, openai: FakeOpenAI, keboola: FakeKeboola) -> tup
     return config, done, pending
 
 
-@pytest.mark.parametrize("point", ["after_check_commit", "after_intent_commit", "after_start_response", "during_follow"])
+@pytest.mark.parametrize(
+    "point", ["after_check_commit", "after_intent_commit", "after_start_response", "during_follow"]
+)
 def test_sigkill_at_each_trigger_step_gives_exactly_one_keboola_job(
     tmp_path: Path, openai: FakeOpenAI, keboola: FakeKeboola, env: dict[str, str], point: str
 ) -> None:
@@ -195,8 +208,9 @@ def test_sigkill_after_the_post_was_sent_adopts_the_job_it_created(
     assert "action_adopted" in run_cli("--config", str(config), "show", "fire", env=env, cwd=tmp_path).stdout
 
 
-@pytest.mark.parametrize(("fault", "creates"), [("create_then_503", True), ("create_then_reset", True),
-                                                 ("503_before_create", False)])
+@pytest.mark.parametrize(
+    ("fault", "creates"), [("create_then_503", True), ("create_then_reset", True), ("503_before_create", False)]
+)
 def test_in_doubt_outcomes_are_reconciled_never_reposted_blindly(
     tmp_path: Path, openai: FakeOpenAI, keboola: FakeKeboola, env: dict[str, str], fault: str, creates: bool
 ) -> None:
@@ -212,8 +226,9 @@ def test_in_doubt_outcomes_are_reconciled_never_reposted_blindly(
     assert len(searches) >= (1 if creates else 2)
 
 
-def test_rejected_create_ends_in_a_visible_error(tmp_path: Path, openai: FakeOpenAI, keboola: FakeKeboola,
-                                                 env: dict[str, str]) -> None:
+def test_rejected_create_ends_in_a_visible_error(
+    tmp_path: Path, openai: FakeOpenAI, keboola: FakeKeboola, env: dict[str, str]
+) -> None:
     config, _, _ = start_fired(tmp_path, openai, keboola)
     keboola.post_fault("reject_400")
     daemon = DaemonProcess(config, env, tmp_path)
@@ -224,8 +239,9 @@ def test_rejected_create_ends_in_a_visible_error(tmp_path: Path, openai: FakeOpe
     assert "rejected" in shown and "HTTP 400" in shown
 
 
-def test_unknown_batch_and_rejected_key(tmp_path: Path, openai: FakeOpenAI, keboola: FakeKeboola,
-                                        env: dict[str, str]) -> None:
+def test_unknown_batch_and_rejected_key(
+    tmp_path: Path, openai: FakeOpenAI, keboola: FakeKeboola, env: dict[str, str]
+) -> None:
     real = openai.add_batch(status="in_progress")
     openai.set_status(real, "completed", completed=1, failed=0)
     keboola.add_config(COMPONENT, "101")

@@ -71,8 +71,12 @@ def alerting_rules() -> list[dict]:
 def test_exported_names_include_suffixed_samples() -> None:
     # Guards the helper the other tests rely on.
     names = exported_sample_names()
-    assert {"teckochecker_actions_total", "teckochecker_scheduler_lag_seconds_bucket",
-            "teckochecker_build_info", "teckochecker_jobs"} <= names
+    assert {
+        "teckochecker_actions_total",
+        "teckochecker_scheduler_lag_seconds_bucket",
+        "teckochecker_build_info",
+        "teckochecker_jobs",
+    } <= names
 
 
 def test_promtool_check_config() -> None:
@@ -125,8 +129,12 @@ def test_rule_test_series_look_like_real_scrapes() -> None:
 def test_every_alert_is_complete() -> None:
     rules = alerting_rules()
     assert {rule["alert"] for rule in rules} >= {
-        "TeckoCheckerDown", "TeckoCheckerConfigReloadFailed", "TeckoCheckerJobPastDeadline",
-        "TeckoCheckerTriggerFailures", "TeckoCheckerDownstreamJobFailed", "TeckoCheckerSchedulerBehind",
+        "TeckoCheckerDown",
+        "TeckoCheckerConfigReloadFailed",
+        "TeckoCheckerJobPastDeadline",
+        "TeckoCheckerTriggerFailures",
+        "TeckoCheckerDownstreamJobFailed",
+        "TeckoCheckerSchedulerBehind",
         "TeckoCheckerSourceErrors",
     }
     for rule in rules:

@@ -23,7 +23,8 @@ class Setup:
         self.status.write_text(json.dumps({"done1": "succeeded"}))
 
     def text(self, *, interval: str = "30s", extra_jobs: str = "", port: int = 0) -> str:
-        return textwrap.dedent(f"""\
+        return (
+            textwrap.dedent(f"""\
             http: {{port: {port}}}
             defaults: {{startup_spread: 0s}}
             include: [jobs.d/*.yaml]
@@ -43,7 +44,9 @@ class Setup:
                 template: std
                 interval: {interval}
                 source: {{targets: [never2]}}
-            """) + extra_jobs
+            """)
+            + extra_jobs
+        )
 
     def checks_of(self, job_target: str) -> int:
         return sum(1 for e in read_ledger(self.checks) if job_target in e["targets"])
@@ -126,17 +129,50 @@ def test_drop_ins_added_and_removed_with_the_cli(setup: Setup, plugin_env: dict[
     status = json.loads(setup.status.read_text())
     status["b-new"] = "succeeded"
     setup.status.write_text(json.dumps(status))
-    out = run_cli("--config", str(setup.config), "jobs", "add", "fresh", "--template", "std", "--batch", "b-new",
-                  env=plugin_env, cwd=setup.dir)
+    out = run_cli(
+        "--config",
+        str(setup.config),
+        "jobs",
+        "add",
+        "fresh",
+        "--template",
+        "std",
+        "--batch",
+        "b-new",
+        env=plugin_env,
+        cwd=setup.dir,
+    )
     assert out.returncode == 0, out.stderr
     assert (setup.dir / "jobs.d" / "fresh.yaml").exists()
     daemon.wait_for("job fresh: completed", timeout=20)
     assert "1 added ['fresh']" in daemon.output
-    dup = run_cli("--config", str(setup.config), "jobs", "add", "fresh", "--template", "std", "--batch", "x",
-                  env=plugin_env, cwd=setup.dir)
+    dup = run_cli(
+        "--config",
+        str(setup.config),
+        "jobs",
+        "add",
+        "fresh",
+        "--template",
+        "std",
+        "--batch",
+        "x",
+        env=plugin_env,
+        cwd=setup.dir,
+    )
     assert dup.returncode == 2 and "already exists" in dup.stderr
-    bad = run_cli("--config", str(setup.config), "jobs", "add", "other", "--template", "nope", "--batch", "x",
-                  env=plugin_env, cwd=setup.dir)
+    bad = run_cli(
+        "--config",
+        str(setup.config),
+        "jobs",
+        "add",
+        "other",
+        "--template",
+        "nope",
+        "--batch",
+        "x",
+        env=plugin_env,
+        cwd=setup.dir,
+    )
     assert bad.returncode == 1 and "unknown template 'nope'" in bad.stderr
     assert not (setup.dir / "jobs.d" / "other.yaml").exists()
     out = run_cli("--config", str(setup.config), "jobs", "remove", "fresh", env=plugin_env, cwd=setup.dir)

@@ -14,36 +14,74 @@ from teckochecker.state.models import Event, JobSnapshot, JobState, RunSnapshot,
 NOW = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
 
 
-def target(name: str, state: str, counts: tuple[int, int, int] | None = None,
-           status: str | None = None) -> TargetSnapshot:
+def target(
+    name: str, state: str, counts: tuple[int, int, int] | None = None, status: str | None = None
+) -> TargetSnapshot:
     details: dict[str, Any] = {}
     if counts is not None:
         details["request_counts"] = dict(zip(("total", "completed", "failed"), counts, strict=True))
     return TargetSnapshot(name, TargetState(state), status, details, None, NOW)
 
 
-def job(name: str, state: JobState, *targets: TargetSnapshot, runs: tuple[RunSnapshot, ...] = (),
-        last_error: str | None = None, next_check: dt.datetime | None = None) -> JobSnapshot:
-    return JobSnapshot(name=name, state=state, fingerprint="f", removed=False, paused=False, created_at=NOW,
-                       first_observed_at=NOW, deadline_at=None, last_checked_at=NOW, next_check_at=next_check,
-                       finished_at=None, last_error=last_error, consecutive_failures=0, targets=targets, runs=runs)
+def job(
+    name: str,
+    state: JobState,
+    *targets: TargetSnapshot,
+    runs: tuple[RunSnapshot, ...] = (),
+    last_error: str | None = None,
+    next_check: dt.datetime | None = None,
+) -> JobSnapshot:
+    return JobSnapshot(
+        name=name,
+        state=state,
+        fingerprint="f",
+        removed=False,
+        paused=False,
+        created_at=NOW,
+        first_observed_at=NOW,
+        deadline_at=None,
+        last_checked_at=NOW,
+        next_check_at=next_check,
+        finished_at=None,
+        last_error=last_error,
+        consecutive_failures=0,
+        targets=targets,
+        runs=runs,
+    )
 
 
 def run(state: RunState, external_id: str | None) -> RunSnapshot:
-    return RunSnapshot(id=1, action_index=0, action_type="keboola_job", state=state, trigger_id="t", attempt=1,
-                       created_at=NOW, intent_at=NOW, next_try_at=None, search_empty_count=0, external_id=external_id,
-                       external_url=None, vendor_status="processing", message=None, details={})
+    return RunSnapshot(
+        id=1,
+        action_index=0,
+        action_type="keboola_job",
+        state=state,
+        trigger_id="t",
+        attempt=1,
+        created_at=NOW,
+        intent_at=NOW,
+        next_try_at=None,
+        search_empty_count=0,
+        external_id=external_id,
+        external_url=None,
+        vendor_status="processing",
+        message=None,
+        details={},
+    )
 
 
-@pytest.mark.parametrize(("counts", "bar"), [
-    (RequestCounts(10, 7, 1), "[##############xx....]"),
-    (RequestCounts(10, 10, 0), "[####################]"),
-    (RequestCounts(10, 0, 0), "[....................]"),
-    (RequestCounts(1000, 990, 1), "[###################x]"),  # one failure stays visible
-    (RequestCounts(3, 0, 3), "[xxxxxxxxxxxxxxxxxxxx]"),
-    (RequestCounts(5, 9, 9), "[####################]"),  # nonsense from a vendor never overflows
-    (None, "[                    ]"),
-])
+@pytest.mark.parametrize(
+    ("counts", "bar"),
+    [
+        (RequestCounts(10, 7, 1), "[##############xx....]"),
+        (RequestCounts(10, 10, 0), "[####################]"),
+        (RequestCounts(10, 0, 0), "[....................]"),
+        (RequestCounts(1000, 990, 1), "[###################x]"),  # one failure stays visible
+        (RequestCounts(3, 0, 3), "[xxxxxxxxxxxxxxxxxxxx]"),
+        (RequestCounts(5, 9, 9), "[####################]"),  # nonsense from a vendor never overflows
+        (None, "[                    ]"),
+    ],
+)
 def test_text_bar(counts: RequestCounts | None, bar: str) -> None:
     assert text_bar(counts) == bar
 
@@ -60,10 +98,19 @@ def test_request_counts_tolerate_vendor_data() -> None:
 
 def test_status_shows_bars_under_each_job_row() -> None:
     jobs = [
-        job("done", JobState.COMPLETED, target("batch_x", "succeeded", (2, 2, 0), "completed"),
-            runs=(run(RunState.SUCCEEDED, "777"),)),
-        job("waiting", JobState.WATCHING, target("batch_abc", "running", (10, 7, 1), "in_progress"),
-            target("batch_b", "pending", None, "validating"), next_check=NOW + dt.timedelta(seconds=42)),
+        job(
+            "done",
+            JobState.COMPLETED,
+            target("batch_x", "succeeded", (2, 2, 0), "completed"),
+            runs=(run(RunState.SUCCEEDED, "777"),),
+        ),
+        job(
+            "waiting",
+            JobState.WATCHING,
+            target("batch_abc", "running", (10, 7, 1), "in_progress"),
+            target("batch_b", "pending", None, "validating"),
+            next_check=NOW + dt.timedelta(seconds=42),
+        ),
     ]
     lines = render_status(jobs, NOW).splitlines()
     assert lines == [
@@ -78,14 +125,23 @@ def test_status_shows_bars_under_each_job_row() -> None:
 
 def test_the_job_rows_keep_their_format() -> None:
     # tests/test_daemon_process.py reads these rows from the real CLI.
-    out = render_status([job("done", JobState.COMPLETED, target("a", "succeeded")),
-                         job("waiting", JobState.WATCHING, target("b", "pending"))], NOW)
+    out = render_status(
+        [
+            job("done", JobState.COMPLETED, target("a", "succeeded")),
+            job("waiting", JobState.WATCHING, target("b", "pending")),
+        ],
+        NOW,
+    )
     assert "done     completed" in out and "waiting  watching   0/1" in out
 
 
 def test_hostile_text_stays_on_its_line() -> None:
-    evil = job("j", JobState.WATCHING, target("batch\n\x1b[2Jx", "running", (4, 1, 0)),
-               last_error="line one\nline two\x1b[31m red")
+    evil = job(
+        "j",
+        JobState.WATCHING,
+        target("batch\n\x1b[2Jx", "running", (4, 1, 0)),
+        last_error="line one\nline two\x1b[31m red",
+    )
     lines = render_status([evil], NOW).splitlines()
     assert len(lines) == 3 and "\x1b" not in "".join(lines)
     assert "line one line two" in lines[1] and "1/4" in lines[2]

@@ -27,12 +27,19 @@ from teckochecker.validate import load_config
 
 
 class Harness:
-    def __init__(self, tmp_path: Path, registry: PluginRegistry, action: str = "", rule: str = "all_terminal",
-                 state_url: str | None = None) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        registry: PluginRegistry,
+        action: str = "",
+        rule: str = "all_terminal",
+        state_url: str | None = None,
+    ) -> None:
         self.status = tmp_path / "status.json"
         self.ledger = tmp_path / "ledger.jsonl"
         config_path = tmp_path / "tc.yaml"
-        config_path.write_text(textwrap.dedent(f"""\
+        config_path.write_text(
+            textwrap.dedent(f"""\
             jobs:
               - name: j
                 interval: 30s
@@ -41,15 +48,21 @@ class Harness:
                 source: {{type: status_file, path: {self.status}, targets: [a, b]}}
                 actions:
                   - {{type: record, ledger: {self.ledger}{action}}}
-            """))
+            """)
+        )
         self.config = load_config(config_path, registry)
         self.clock = FakeClock()
         self.store = StateStore.open(state_url or f"sqlite:///{tmp_path / 'state.db'}")
         self.worker = StoreWorker()
-        self.runner = JobRunner(self.store, self.worker, self.clock, CrashPoints({}), logging.getLogger("test"),
-                                Metrics(), random.Random(1))
-        context = PluginContext(http=None, clock=self.clock, logger=logging.getLogger("test.plugins"),  # type: ignore[arg-type]
-                                secret=SecretResolver({}, {}, Redactor()))
+        self.runner = JobRunner(
+            self.store, self.worker, self.clock, CrashPoints({}), logging.getLogger("test"), Metrics(), random.Random(1)
+        )
+        context = PluginContext(
+            http=None,
+            clock=self.clock,
+            logger=logging.getLogger("test.plugins"),  # type: ignore[arg-type]
+            secret=SecretResolver({}, {}, Redactor()),
+        )
         self.job = JobRuntime.build(self.config.jobs["j"], context)
         self.store.sync_jobs([self.job.plan()], self.clock.now())
 
@@ -233,8 +246,15 @@ def _crash_after_intent(h: Harness, *, start_happened: bool) -> None:
     from teckochecker.plugin_api import ActionRequest, CheckReport, Observation, TargetState
 
     done = tuple(Observation(t, TargetState.SUCCEEDED, "completed") for t in ("a", "b"))
-    snap = h.store.record_check("j", CheckReport(done), now=h.clock.now(), next_check_at=None, deadline=60,
-                                rule=h.job.definition.trigger, actions=h.job.planned_actions())
+    snap = h.store.record_check(
+        "j",
+        CheckReport(done),
+        now=h.clock.now(),
+        next_check_at=None,
+        deadline=60,
+        rule=h.job.definition.trigger,
+        actions=h.job.planned_actions(),
+    )
     run = snap.runs[0]
     assert h.store.begin_run(run.id, now=h.clock.now())
     if start_happened:

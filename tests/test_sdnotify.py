@@ -111,9 +111,7 @@ def test_unsupported_socket_kind_disables_notifications(caplog: pytest.LogCaptur
     assert "not a unix socket path" in caplog.text
 
 
-def test_a_vanished_socket_is_logged_once_and_never_raised(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_a_vanished_socket_is_logged_once_and_never_raised(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     notifier = Notifier({"NOTIFY_SOCKET": str(tmp_path / "gone.sock")})
     with caplog.at_level(logging.WARNING, logger="teckochecker.sdnotify"):
         notifier.ready()
@@ -174,9 +172,7 @@ def test_watchdog_pings_every_interval_while_healthy(systemd: FakeSystemd) -> No
     assert systemd.pending() == ["WATCHDOG=1"] * 3
 
 
-def test_watchdog_withholds_pings_while_unhealthy(
-    systemd: FakeSystemd, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_watchdog_withholds_pings_while_unhealthy(systemd: FakeSystemd, caplog: pytest.LogCaptureFixture) -> None:
     health = iter([True, False, False, True])
     sleep = ScriptedSleep(rounds=4)
     with (

@@ -66,8 +66,7 @@ def assert_no_canary(*outputs: subprocess.CompletedProcess[str]) -> None:
 
 def test_env_source() -> None:
     assert resolver({"s": {"env": "TOKEN"}}, {"TOKEN": CANARY})("s") == CANARY
-    assert failure({"s": {"env": "TOKEN"}}, {}) == (
-        "secret 's': environment variable TOKEN is not set or empty")
+    assert failure({"s": {"env": "TOKEN"}}, {}) == ("secret 's': environment variable TOKEN is not set or empty")
     assert "not set or empty" in failure({"s": {"env": "TOKEN"}}, {"TOKEN": ""})
 
 
@@ -91,9 +90,9 @@ def test_file_source_strips_one_trailing_newline(tmp_path: Path, content: str, v
 def test_file_source_problems(tmp_path: Path) -> None:
     missing = tmp_path / "absent"
     assert failure({"s": {"file": str(missing)}}, {}) == (
-        f"secret 's': file {missing} not readable: No such file or directory")
-    assert failure({"s": {"file": str(tmp_path)}}, {}) == (
-        f"secret 's': file {tmp_path} not readable: Is a directory")
+        f"secret 's': file {missing} not readable: No such file or directory"
+    )
+    assert failure({"s": {"file": str(tmp_path)}}, {}) == (f"secret 's': file {tmp_path} not readable: Is a directory")
     empty = tmp_path / "empty"
     empty.write_text("\n")
     assert failure({"s": {"file": str(empty)}}, {}) == f"secret 's': file {empty} is empty"
@@ -104,8 +103,7 @@ def test_file_without_permission(tmp_path: Path) -> None:
     path = tmp_path / "secret"
     path.write_text(CANARY_FILE)
     path.chmod(0)
-    assert failure({"s": {"file": str(path)}}, {}) == (
-        f"secret 's': file {path} not readable: Permission denied")
+    assert failure({"s": {"file": str(path)}}, {}) == (f"secret 's': file {path} not readable: Permission denied")
 
 
 def test_file_is_read_at_each_call(tmp_path: Path) -> None:
@@ -131,7 +129,8 @@ def test_credential_problems(tmp_path: Path) -> None:
     )
     message = failure(ref, {"CREDENTIALS_DIRECTORY": str(tmp_path)})
     assert message.startswith(
-        f"secret 's': credential 'keboola_token' not found in $CREDENTIALS_DIRECTORY ({tmp_path})")
+        f"secret 's': credential 'keboola_token' not found in $CREDENTIALS_DIRECTORY ({tmp_path})"
+    )
     assert "LoadCredential=keboola_token:" in message
 
 
@@ -143,8 +142,7 @@ def test_encrypted_source() -> None:
 def test_wrong_master_key() -> None:
     message = failure({"s": {"encrypted": encrypt(CANARY_ENC)}}, {"TECKOCHECKER_MASTER_KEY": KEY_NEW})
     assert message == (
-        "secret 's': cannot decrypt: the master key from $TECKOCHECKER_MASTER_KEY does not match "
-        "(was it rotated away?)"
+        "secret 's': cannot decrypt: the master key from $TECKOCHECKER_MASTER_KEY does not match (was it rotated away?)"
     )
     assert KEY_NEW not in message
 
@@ -157,8 +155,10 @@ def test_no_master_key() -> None:
 
 def test_two_keys_newest_first_old_tokens_still_decrypt() -> None:
     environ = {"TECKOCHECKER_MASTER_KEY": f"{KEY_NEW}, {KEY_OLD}"}
-    resolve = resolver({"old": {"encrypted": encrypt("old-value", KEY_OLD)},
-                        "new": {"encrypted": encrypt("new-value", KEY_NEW)}}, environ)
+    resolve = resolver(
+        {"old": {"encrypted": encrypt("old-value", KEY_OLD)}, "new": {"encrypted": encrypt("new-value", KEY_NEW)}},
+        environ,
+    )
     assert (resolve("old"), resolve("new")) == ("old-value", "new-value")
     # The newest key is the one that encrypts.
     token = load_master_keys(environ).fernet().encrypt(b"x")
@@ -173,10 +173,12 @@ def test_master_key_file_and_credential(tmp_path: Path) -> None:
     (tmp_path / "teckochecker_master_key").write_text(KEY_OLD + "\n")
     assert resolver(ref, {"CREDENTIALS_DIRECTORY": str(tmp_path)})("s") == CANARY_ENC
     # The variable wins over the file, which wins over the credential.
-    assert "does not match" in failure(ref, {"TECKOCHECKER_MASTER_KEY": KEY_NEW,
-                                             "TECKOCHECKER_MASTER_KEY_FILE": str(key_file)})
-    assert load_master_keys({"TECKOCHECKER_MASTER_KEY_FILE": str(key_file),
-                             "CREDENTIALS_DIRECTORY": str(tmp_path)}).keys == (KEY_NEW, KEY_OLD)
+    assert "does not match" in failure(
+        ref, {"TECKOCHECKER_MASTER_KEY": KEY_NEW, "TECKOCHECKER_MASTER_KEY_FILE": str(key_file)}
+    )
+    assert load_master_keys(
+        {"TECKOCHECKER_MASTER_KEY_FILE": str(key_file), "CREDENTIALS_DIRECTORY": str(tmp_path)}
+    ).keys == (KEY_NEW, KEY_OLD)
 
 
 def test_bad_master_keys_are_explained_not_shown(tmp_path: Path) -> None:
@@ -190,8 +192,7 @@ def test_bad_master_keys_are_explained_not_shown(tmp_path: Path) -> None:
     assert not_a_key not in message and KEY_OLD not in message
     missing = tmp_path / "nokeys"
     assert failure(ref, {"TECKOCHECKER_MASTER_KEY_FILE": str(missing)}) == (
-        f"secret 's': key file {missing} ($TECKOCHECKER_MASTER_KEY_FILE) not readable: "
-        "No such file or directory"
+        f"secret 's': key file {missing} ($TECKOCHECKER_MASTER_KEY_FILE) not readable: No such file or directory"
     )
     comments_only = tmp_path / "comments"
     comments_only.write_text("# nothing yet\n")
@@ -314,12 +315,15 @@ def test_check_prints_names_and_reasons(env: dict[str, str], tmp_path: Path) -> 
     (tmp_path / "cred").mkdir()
     (tmp_path / "cred" / "openai_api_key").write_text(CANARY_CRED + "\n")
     (tmp_path / "token").write_text(CANARY_FILE + "\n")
-    config = write_config(tmp_path, (
-        "  a_env: {env: TC_CANARY}\n"
-        f"  b_file: {{file: {tmp_path / 'token'}}}\n"
-        "  c_cred: {credential: openai_api_key}\n"
-        f"  d_enc: {{encrypted: {encrypt(CANARY_ENC)}}}\n"
-    ))
+    config = write_config(
+        tmp_path,
+        (
+            "  a_env: {env: TC_CANARY}\n"
+            f"  b_file: {{file: {tmp_path / 'token'}}}\n"
+            "  c_cred: {credential: openai_api_key}\n"
+            f"  d_enc: {{encrypted: {encrypt(CANARY_ENC)}}}\n"
+        ),
+    )
     env = {**env, "TC_CANARY": CANARY, "CREDENTIALS_DIRECTORY": str(tmp_path / "cred")}
     out = run_cli("--config", str(config), "secrets", "check", env=env, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
@@ -387,7 +391,8 @@ def decrypt_all(path: Path, key: str) -> dict[str, str]:
     document, _ = load_file(path)
     return {
         name: Fernet(key).decrypt(ref["encrypted"]).decode()
-        for name, ref in document.data["secrets"].items() if "encrypted" in ref
+        for name, ref in document.data["secrets"].items()
+        if "encrypted" in ref
     }
 
 
@@ -398,7 +403,9 @@ def rotating(env: dict[str, str]) -> dict[str, str]:
 
 
 def test_rotate_re_encrypts_under_the_newest_key(
-    rotating: dict[str, str], rotatable: Path, tmp_path: Path,
+    rotating: dict[str, str],
+    rotatable: Path,
+    tmp_path: Path,
 ) -> None:
     before = rotatable.read_text()
     out = run_cli("--config", str(rotatable), "secrets", "rotate", env=rotating, cwd=tmp_path)
@@ -407,8 +414,10 @@ def test_rotate_re_encrypts_under_the_newest_key(
     after = rotatable.read_text()
     # Only the newest key is needed now.
     assert decrypt_all(rotatable, KEY_NEW) == {
-        "keboola": f"{CANARY_ENC}-flow", "openai": f"{CANARY_ENC}-block",
-        "quoted": f"{CANARY_ENC}-double", "single": f"{CANARY_ENC}-single",
+        "keboola": f"{CANARY_ENC}-flow",
+        "openai": f"{CANARY_ENC}-block",
+        "quoted": f"{CANARY_ENC}-double",
+        "single": f"{CANARY_ENC}-single",
     }
     # Everything but the tokens is byte-for-byte the same: comments, spacing, quotes.
     assert TOKEN.sub("TOKEN", after) == TOKEN.sub("TOKEN", before)
@@ -424,11 +433,12 @@ def test_rotate_re_encrypts_under_the_newest_key(
 
 
 def test_rotate_with_an_undecryptable_token_changes_nothing(
-    rotating: dict[str, str], rotatable: Path, tmp_path: Path,
+    rotating: dict[str, str],
+    rotatable: Path,
+    tmp_path: Path,
 ) -> None:
     stranger = encrypt(CANARY_ENC, Fernet.generate_key().decode())
-    text = rotatable.read_text().replace("  plain: {env: OPENAI_API_KEY}\n",
-                                         f"  stray: {{encrypted: {stranger}}}\n")
+    text = rotatable.read_text().replace("  plain: {env: OPENAI_API_KEY}\n", f"  stray: {{encrypted: {stranger}}}\n")
     rotatable.write_text(text)
     out = run_cli("secrets", "rotate", str(rotatable), env=rotating, cwd=tmp_path)
     assert out.returncode == 1
@@ -439,7 +449,9 @@ def test_rotate_with_an_undecryptable_token_changes_nothing(
 
 
 def test_rotate_keeps_crlf_line_endings_and_symlinks(
-    rotating: dict[str, str], rotatable: Path, tmp_path: Path,
+    rotating: dict[str, str],
+    rotatable: Path,
+    tmp_path: Path,
 ) -> None:
     crlf = rotatable.read_text().replace("\n", "\r\n").encode()
     rotatable.write_bytes(crlf)

@@ -16,16 +16,28 @@ from teckochecker.state.models import JobState, RunState
 from teckochecker.state.store import JobPlan, PlannedAction, StateStore
 
 T0 = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
-ACTIONS = [PlannedAction(0, "record", "record:x", Condition.ALWAYS), PlannedAction(1, "record", "record:y", Condition.ANY_FAILED)]
+ACTIONS = [
+    PlannedAction(0, "record", "record:x", Condition.ALWAYS),
+    PlannedAction(1, "record", "record:y", Condition.ANY_FAILED),
+]
 
 
 def obs(target: str, state: str, status: str | None = None) -> Observation:
     return Observation(target, TargetState(state), status or state, {"n": 1})
 
 
-def check(store: StateStore, *observations: Observation, rule: TriggerRule = TriggerRule.ALL_TERMINAL, at: dt.datetime = T0):
-    return store.record_check("j", CheckReport(tuple(observations)), now=at, next_check_at=at + dt.timedelta(seconds=60),
-                              deadline=3600, rule=rule, actions=ACTIONS)
+def check(
+    store: StateStore, *observations: Observation, rule: TriggerRule = TriggerRule.ALL_TERMINAL, at: dt.datetime = T0
+):
+    return store.record_check(
+        "j",
+        CheckReport(tuple(observations)),
+        now=at,
+        next_check_at=at + dt.timedelta(seconds=60),
+        deadline=3600,
+        rule=rule,
+        actions=ACTIONS,
+    )
 
 
 @pytest.fixture
@@ -82,8 +94,15 @@ def test_terminal_targets_are_never_overwritten(store: StateStore) -> None:
 def test_intent_is_exclusive_per_downstream_target(store: StateStore) -> None:
     store.sync_jobs([JobPlan("j", "fp1", ["a", "b"]), JobPlan("k", "fp", ["a"])], T0)
     snap_j = check(store, obs("a", "succeeded"), obs("b", "succeeded"))
-    snap_k = store.record_check("k", CheckReport((obs("a", "succeeded"),)), now=T0, next_check_at=None,
-                                deadline=60, rule=TriggerRule.ALL_TERMINAL, actions=ACTIONS[:1])
+    snap_k = store.record_check(
+        "k",
+        CheckReport((obs("a", "succeeded"),)),
+        now=T0,
+        next_check_at=None,
+        deadline=60,
+        rule=TriggerRule.ALL_TERMINAL,
+        actions=ACTIONS[:1],
+    )
     run_j, run_k = snap_j.runs[0], snap_k.runs[0]
     assert store.begin_run(run_j.id, now=T0) is True
     assert store.begin_run(run_j.id, now=T0) is False  # not PENDING any more
@@ -105,7 +124,14 @@ def test_run_lifecycle_and_final_job_state(store: StateStore) -> None:
     job = store.job("j")
     assert job.state is JobState.COMPLETED_WITH_FAILURES and job.runs[0].external_id == "ext-9"
     kinds = [e.kind for e in store.events("j")]
-    for kind in ("action_intent", "action_in_doubt", "action_search_empty", "action_adopted", "action_finished", "job_finished"):
+    for kind in (
+        "action_intent",
+        "action_in_doubt",
+        "action_search_empty",
+        "action_adopted",
+        "action_finished",
+        "job_finished",
+    ):
         assert kind in kinds
 
 
@@ -162,6 +188,9 @@ def test_single_instance_lock(tmp_path: Path) -> None:
 def test_default_state_url(tmp_path: Path) -> None:
     assert resolve_state_url(None, {}, tmp_path) == f"sqlite:///{tmp_path / '.teckochecker' / 'state.db'}"
     assert resolve_state_url(None, {"STATE_DIRECTORY": "/var/lib/tc"}, tmp_path) == "sqlite:////var/lib/tc/state.db"
-    assert resolve_state_url("postgresql+psycopg://u@h/db", {"STATE_DIRECTORY": "/x"}, tmp_path) == "postgresql+psycopg://u@h/db"
+    assert (
+        resolve_state_url("postgresql+psycopg://u@h/db", {"STATE_DIRECTORY": "/x"}, tmp_path)
+        == "postgresql+psycopg://u@h/db"
+    )
     with pytest.raises(StateStoreError, match="not a valid SQLAlchemy URL"):
         resolve_state_url("not a url", {}, tmp_path)

@@ -21,7 +21,7 @@ from teckochecker.plugin_api import Observation, TargetState
 from teckochecker.state.store import JobPlan, StateStore
 
 BROWSER_TIMEOUT = 60  # seconds; a cold Chromium start on a slow CI machine takes a few
-HOSTILE = '<script>alert(1)</script>"&\''
+HOSTILE = "<script>alert(1)</script>\"&'"
 
 
 def chromium() -> str:
@@ -36,9 +36,18 @@ def chromium() -> str:
 
 def run_browser(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     command = [
-        chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chromium-profile'}", *args,
+        chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+        *args,
     ]
     return subprocess.run(command, capture_output=True, text=True, timeout=BROWSER_TIMEOUT, check=False)
 
@@ -123,7 +132,12 @@ def test_status_page_in_a_real_browser(page_url: str, tmp_path: Path) -> None:
 
     jobs = {s.attrs["data-job"]: s for s in dom.find_all("section", "job")}
     assert {name: s.attrs["data-state"] for name, s in jobs.items()} == {
-        "done": "completed", "firing": "firing", "hostile": "watching", "late": "failed", "watching": "watching"}
+        "done": "completed",
+        "firing": "firing",
+        "hostile": "watching",
+        "late": "failed",
+        "watching": "watching",
+    }
 
     # Watching: each batch with its state and a progress bar labelled completed/total (failed).
     watching = jobs["watching"]

@@ -150,7 +150,10 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
     tool = require_tool("systemd-analyze")
     copy = _local_copy(tmp_path)
     result = subprocess.run(
-        [tool, "verify", str(copy)], capture_output=True, text=True, timeout=60,
+        [tool, "verify", str(copy)],
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={**os.environ, "SYSTEMD_LOG_COLOR": "0"},
     )
     lines = (result.stdout + result.stderr).splitlines()
@@ -166,7 +169,10 @@ def test_systemd_analyze_security_exposure(tmp_path: Path) -> None:
     copy = _local_copy(tmp_path)
     result = subprocess.run(
         [tool, "security", "--offline=yes", "--threshold=20", "--no-pager", str(copy)],
-        capture_output=True, text=True, timeout=60, env={**os.environ, "SYSTEMD_LOG_COLOR": "0"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "SYSTEMD_LOG_COLOR": "0"},
     )
     summary = [line for line in result.stdout.splitlines() if "Overall exposure" in line]
     assert result.returncode == 0, "\n".join(summary) or result.stderr

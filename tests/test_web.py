@@ -50,9 +50,15 @@ def counts(total: int, completed: int, failed: int = 0) -> dict[str, Any]:
 
 
 def _check(store: StateStore, name: str, *observations: Observation, at: dt.datetime = T0) -> JobSnapshot:
-    return store.record_check(name, CheckReport(tuple(observations)), now=at,
-                              next_check_at=at + dt.timedelta(minutes=1),
-                              deadline=3600, rule=TriggerRule.ALL_TERMINAL, actions=[KEBOOLA])
+    return store.record_check(
+        name,
+        CheckReport(tuple(observations)),
+        now=at,
+        next_check_at=at + dt.timedelta(minutes=1),
+        deadline=3600,
+        rule=TriggerRule.ALL_TERMINAL,
+        actions=[KEBOOLA],
+    )
 
 
 def populate(store: StateStore, *extra: JobPlan) -> None:
@@ -64,25 +70,45 @@ def populate(store: StateStore, *extra: JobPlan) -> None:
     late:     failed (deadline passed) before anything finished
     and ``extra`` jobs, just registered.
     """
-    store.sync_jobs([JobPlan("watching", "f1", ["batch_a", "batch_b"]), JobPlan("firing", "f2", ["batch_c", "batch_d"]),
-                     JobPlan("done", "f3", ["batch_e"]), JobPlan("late", "f4", ["batch_f"]), *extra], T0)
-    _check(store, "watching",
-           Observation("batch_a", TargetState.RUNNING, "in_progress", counts(10, 7, 1)),
-           Observation("batch_b", TargetState.PENDING, "validating", {}))
+    store.sync_jobs(
+        [
+            JobPlan("watching", "f1", ["batch_a", "batch_b"]),
+            JobPlan("firing", "f2", ["batch_c", "batch_d"]),
+            JobPlan("done", "f3", ["batch_e"]),
+            JobPlan("late", "f4", ["batch_f"]),
+            *extra,
+        ],
+        T0,
+    )
+    _check(
+        store,
+        "watching",
+        Observation("batch_a", TargetState.RUNNING, "in_progress", counts(10, 7, 1)),
+        Observation("batch_b", TargetState.PENDING, "validating", {}),
+    )
 
-    fired = _check(store, "firing", Observation("batch_c", TargetState.SUCCEEDED, "completed", counts(5, 5)),
-                   Observation("batch_d", TargetState.SUCCEEDED, "completed", counts(3, 2, 1),
-                               "1 of 3 requests failed"))
+    fired = _check(
+        store,
+        "firing",
+        Observation("batch_c", TargetState.SUCCEEDED, "completed", counts(5, 5)),
+        Observation("batch_d", TargetState.SUCCEEDED, "completed", counts(3, 2, 1), "1 of 3 requests failed"),
+    )
     run = fired.runs[0]
     store.begin_run(run.id, now=T0)
-    store.run_started(run.id, ActionResult("4242", ActionOutcome.RUNNING, "processing",
-                                           url="https://queue.keboola.com/jobs/4242"), now=T0)
+    store.run_started(
+        run.id,
+        ActionResult("4242", ActionOutcome.RUNNING, "processing", url="https://queue.keboola.com/jobs/4242"),
+        now=T0,
+    )
 
     done = _check(store, "done", Observation("batch_e", TargetState.SUCCEEDED, "completed", counts(2, 2)))
     store.begin_run(done.runs[0].id, now=T0)
     store.run_started(done.runs[0].id, ActionResult("777", ActionOutcome.RUNNING, "created"), now=T0)
-    store.run_progress(done.runs[0].id, ActionResult("777", ActionOutcome.SUCCEEDED, "success",
-                                                     url="https://queue.keboola.com/jobs/777"), now=T0)
+    store.run_progress(
+        done.runs[0].id,
+        ActionResult("777", ActionOutcome.SUCCEEDED, "success", url="https://queue.keboola.com/jobs/777"),
+        now=T0,
+    )
     store.finish_job_if_done("done", now=T0)
 
     _check(store, "late", Observation("batch_f", TargetState.RUNNING, "in_progress", counts(100, 3)))
@@ -209,8 +235,10 @@ def test_healthz(client: httpx.Client) -> None:
 def test_readyz_lists_every_check_and_answers_503_when_one_fails(client: httpx.Client, control: StoreControl) -> None:
     response = client.get("/readyz")
     assert response.status_code == 200
-    assert response.json() == {"status": "ready",
-                               "checks": {"config_loaded": True, "state_store": True, "scheduler": True}}
+    assert response.json() == {
+        "status": "ready",
+        "checks": {"config_loaded": True, "state_store": True, "scheduler": True},
+    }
     control.ready["scheduler"] = False
     response = client.get("/readyz")
     assert response.status_code == 503
@@ -246,7 +274,11 @@ def test_jobs_list_has_state_targets_progress_next_check_and_keboola_runs(client
     assert response.status_code == 200
     jobs = {job["name"]: job for job in response.json()["jobs"]}
     assert {name: job["state"] for name, job in jobs.items()} == {
-        "done": "completed", "firing": "firing", "late": "failed", "watching": "watching"}
+        "done": "completed",
+        "firing": "firing",
+        "late": "failed",
+        "watching": "watching",
+    }
 
     watching = jobs["watching"]
     assert watching["next_check"] == "2026-01-01T12:01:00+00:00"
@@ -261,8 +293,13 @@ def test_jobs_list_has_state_targets_progress_next_check_and_keboola_runs(client
 
     (run,) = jobs["firing"]["runs"]
     assert {k: run[k] for k in ("type", "state", "external_id", "url", "vendor_status", "attempt")} == {
-        "type": "keboola_job", "state": "running", "external_id": "4242",
-        "url": "https://queue.keboola.com/jobs/4242", "vendor_status": "processing", "attempt": 1}
+        "type": "keboola_job",
+        "state": "running",
+        "external_id": "4242",
+        "url": "https://queue.keboola.com/jobs/4242",
+        "vendor_status": "processing",
+        "attempt": 1,
+    }
     assert jobs["firing"]["next_check"] is None  # not in the scheduler's plan
     assert jobs["done"]["runs"][0]["state"] == "succeeded" and jobs["done"]["final"] is True
     assert jobs["late"]["last_error"] == "deadline passed before every batch finished"
@@ -293,9 +330,14 @@ def test_unknown_job_is_404(client: httpx.Client, name: str) -> None:
 
 def test_reload_status(client: httpx.Client, control: StoreControl) -> None:
     assert client.get("/api/v1/status").json()["reload"] == {
-        "successful": True, "at": "2026-01-01T12:00:00+00:00", "errors": [], "restart_required": []}
-    control.reload = ReloadStatus(False, T0, ("tc.yaml:3:5: jobs[0].interval: must be between 30s and 1h",),
-                                  ("http.port",))
+        "successful": True,
+        "at": "2026-01-01T12:00:00+00:00",
+        "errors": [],
+        "restart_required": [],
+    }
+    control.reload = ReloadStatus(
+        False, T0, ("tc.yaml:3:5: jobs[0].interval: must be between 30s and 1h",), ("http.port",)
+    )
     body = client.get("/api/v1/status").json()
     assert body["reload"]["successful"] is False and body["reload"]["restart_required"] == ["http.port"]
     assert body["reload"]["errors"] == ["tc.yaml:3:5: jobs[0].interval: must be between 30s and 1h"]
@@ -305,8 +347,9 @@ def test_reload_status(client: httpx.Client, control: StoreControl) -> None:
 # ----- control endpoints -----
 
 
-def test_control_endpoints_are_off_without_a_token(client: httpx.Client, control: StoreControl,
-                                                   store: StateStore) -> None:
+def test_control_endpoints_are_off_without_a_token(
+    client: httpx.Client, control: StoreControl, store: StateStore
+) -> None:
     control.token = None
     for action in ("pause", "resume", "check-now"):
         path = f"/api/v1/jobs/watching/{action}"
@@ -315,12 +358,21 @@ def test_control_endpoints_are_off_without_a_token(client: httpx.Client, control
     assert store.job("watching").paused is False and control.checked_now == []
 
 
-@pytest.mark.parametrize("headers", [
-    {}, auth("wrong"), {"Authorization": "Bearer"}, {"Authorization": "Bearer  x"}, {"Authorization": f"Basic {TOKEN}"},
-    {"Authorization": TOKEN}, {"Authorization": f"Bearer {TOKEN}x"}, {"Authorization": f"Bearer {TOKEN[:-1]}"},
-    {"Authorization": b"Bearer \xff\xfe\x80"},
-    {"Authorization": "Bearer tc-canary-9f8e7d6c5b4a\u00e9".encode("latin-1")},
-])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        auth("wrong"),
+        {"Authorization": "Bearer"},
+        {"Authorization": "Bearer  x"},
+        {"Authorization": f"Basic {TOKEN}"},
+        {"Authorization": TOKEN},
+        {"Authorization": f"Bearer {TOKEN}x"},
+        {"Authorization": f"Bearer {TOKEN[:-1]}"},
+        {"Authorization": b"Bearer \xff\xfe\x80"},
+        {"Authorization": "Bearer tc-canary-9f8e7d6c5b4a\u00e9".encode("latin-1")},
+    ],
+)
 def test_wrong_or_missing_token_is_401(client: httpx.Client, store: StateStore, headers: dict[str, Any]) -> None:
     response = client.post("/api/v1/jobs/watching/pause", headers=headers)
     assert_json_error(response, 401, "/api/v1/jobs/watching/pause")
@@ -355,8 +407,10 @@ def test_audit_lines_and_the_token_never_leaks(client: httpx.Client, caplog: pyt
         client.post("/api/v1/jobs/watching/resume", headers=auth("wrong-token")),
         client.post("/api/v1/jobs/nope/check-now", headers=auth()),
     ]
-    responses += [client.get(path) for path in ("/", "/api/v1/jobs", "/api/v1/jobs/watching", "/api/v1/status",
-                                                "/metrics", "/readyz", "/nope")]
+    responses += [
+        client.get(path)
+        for path in ("/", "/api/v1/jobs", "/api/v1/jobs/watching", "/api/v1/status", "/metrics", "/readyz", "/nope")
+    ]
     for response in responses:
         assert TOKEN not in response.text and TOKEN not in str(response.headers)
     audit = [r.getMessage() for r in caplog.records if r.getMessage().startswith("audit:")]
@@ -396,8 +450,11 @@ def test_request_bodies_over_64_kib_are_413_and_do_not_act(client: httpx.Client,
 
 
 def test_an_incomplete_body_does_not_act(url: str, store: StateStore) -> None:
-    request = (b"POST /api/v1/jobs/watching/pause HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode()
-               + b"\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab")
+    request = (
+        b"POST /api/v1/jobs/watching/pause HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+        + TOKEN.encode()
+        + b"\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab"
+    )
     host, port = url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=WAIT) as sock:
         sock.sendall(request)
@@ -421,33 +478,37 @@ def raw_request(url: str, request: bytes) -> int | None:
     return int(data.split(b" ")[1])
 
 
-@pytest.mark.parametrize("request_bytes", [
-    b"GET /metrics?name[]=\xff HTTP/1.1\r\nHost: x\r\n\r\n",
-    b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: \xff\xfe\r\n\r\n",
-    b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept-Encoding: \xff\r\n\r\n",
-    b"GET /api/v1/jobs/%ff%fe HTTP/1.1\r\nHost: x\r\n\r\n",
-    b"GET /api/v1/jobs/a%00b HTTP/1.1\r\nHost: x\r\n\r\n",
-    b"GET /api/v1/jobs/\xc3\xbc HTTP/1.1\r\nHost: x\r\n\r\n",
-    b"GET /api/v1/jobs/watching?events=%ff HTTP/1.1\r\nHost: x\r\n\r\n",
-    b"GET /api/v1/jobs/watching?events=1&events=%00 HTTP/1.1\r\nHost: x\r\n\r\n",
-    b"GET /api/v1/jobs HTTP/1.1\r\nHost: [::1\r\n\r\n",
-    b"GET /api/v1/jobs/watching HTTP/1.1\r\nHost: a b c\r\n\r\n",
-    b"GET //api/v1/jobs HTTP/1.1\r\nHost: x\r\n\r\n",
-    b"GET /api/v1/jobs/../../etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n",
-    b"GET /api/v1/jobs/ HTTP/1.1\r\nHost: x\r\n\r\n",
-    b"POST /api/v1/jobs/watching/pause HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\r\n"
-    b"Content-Length: 3\r\n\r\n{}}",
-    b"POST /api/v1/jobs/watching/pause HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
-    b"POST /api/v1/jobs/watching/pause HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999\r\n\r\n",
-    b"POST /api/v1/jobs/watching/pause HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
-    b"GET / HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer\r\n\r\n",
-    b"BREW /api/v1/jobs HTTP/1.1\r\nHost: x\r\n\r\n",
-    b"GET /\x00 HTTP/1.1\r\nHost: x\r\n\r\n",
-    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 garbage that looks like TLS\r\n\r\n",
-    b"GET /healthz HTTP/1.1\r\n" + b"X-Long: " + b"a" * 100_000 + b"\r\n\r\n",
-])
-def test_malformed_input_never_gets_a_500(url: str, client: httpx.Client, request_bytes: bytes,
-                                          caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /metrics?name[]=\xff HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: \xff\xfe\r\n\r\n",
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept-Encoding: \xff\r\n\r\n",
+        b"GET /api/v1/jobs/%ff%fe HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /api/v1/jobs/a%00b HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /api/v1/jobs/\xc3\xbc HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /api/v1/jobs/watching?events=%ff HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /api/v1/jobs/watching?events=1&events=%00 HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /api/v1/jobs HTTP/1.1\r\nHost: [::1\r\n\r\n",
+        b"GET /api/v1/jobs/watching HTTP/1.1\r\nHost: a b c\r\n\r\n",
+        b"GET //api/v1/jobs HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /api/v1/jobs/../../etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /api/v1/jobs/ HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST /api/v1/jobs/watching/pause HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\r\n"
+        b"Content-Length: 3\r\n\r\n{}}",
+        b"POST /api/v1/jobs/watching/pause HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+        b"POST /api/v1/jobs/watching/pause HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999\r\n\r\n",
+        b"POST /api/v1/jobs/watching/pause HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer\r\n\r\n",
+        b"BREW /api/v1/jobs HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /\x00 HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 garbage that looks like TLS\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\n" + b"X-Long: " + b"a" * 100_000 + b"\r\n\r\n",
+    ],
+)
+def test_malformed_input_never_gets_a_500(
+    url: str, client: httpx.Client, request_bytes: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
     status = raw_request(url, request_bytes)
     assert status is None or 200 <= status < 500, status
     assert client.get("/healthz").status_code == 200  # and the listener is still there
@@ -462,8 +523,9 @@ def test_a_daemon_that_cannot_answer_is_503(client: httpx.Client, control: Store
     assert client.get("/metrics").status_code == 200
 
 
-def test_a_bug_is_a_logged_json_500_and_the_listener_survives(client: httpx.Client, control: StoreControl,
-                                                              caplog: pytest.LogCaptureFixture) -> None:
+def test_a_bug_is_a_logged_json_500_and_the_listener_survives(
+    client: httpx.Client, control: StoreControl, caplog: pytest.LogCaptureFixture
+) -> None:
     control.fail_with = ZeroDivisionError("a bug")
     body = assert_json_error(client.get("/api/v1/jobs/watching"), 500, "/api/v1/jobs/watching")
     assert "a bug" not in body["error"]  # internals stay in the log
@@ -477,8 +539,10 @@ def test_a_bug_is_a_logged_json_500_and_the_listener_survives(client: httpx.Clie
 def test_no_cors(client: httpx.Client) -> None:
     response = client.get("/api/v1/jobs", headers={"Origin": "https://evil.example"})
     assert "access-control-allow-origin" not in response.headers
-    preflight = client.options("/api/v1/jobs/watching/pause", headers={
-        "Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
+    preflight = client.options(
+        "/api/v1/jobs/watching/pause",
+        headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
+    )
     assert preflight.status_code == 405 and "access-control-allow-origin" not in preflight.headers
 
 
@@ -498,12 +562,14 @@ def test_port_in_use_is_a_clear_error(control: StoreControl) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        server = WebServer(create_app(control, Metrics(), logging.getLogger(LOGGER)), "127.0.0.1", port,
-                           logging.getLogger(LOGGER))
+        server = WebServer(
+            create_app(control, Metrics(), logging.getLogger(LOGGER)), "127.0.0.1", port, logging.getLogger(LOGGER)
+        )
         with pytest.raises(TeckoCheckerError) as info:
             asyncio.run(asyncio.wait_for(server.start(), WAIT))
-    assert str(info.value) == (f"cannot listen on 127.0.0.1:{port}: address already in use "
-                               "(is another teckochecker running? change http.port)")
+    assert str(info.value) == (
+        f"cannot listen on 127.0.0.1:{port}: address already in use (is another teckochecker running? change http.port)"
+    )
 
 
 def test_sigterm_stays_the_daemons(control: StoreControl) -> None:
@@ -516,8 +582,9 @@ def test_sigterm_stays_the_daemons(control: StoreControl) -> None:
         got_sigterm = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, got_sigterm.set)  # what the daemon does
         handler = signal.getsignal(signal.SIGTERM)
-        server = WebServer(create_app(control, Metrics(), logging.getLogger(LOGGER)), "127.0.0.1", 0,
-                           logging.getLogger(LOGGER))
+        server = WebServer(
+            create_app(control, Metrics(), logging.getLogger(LOGGER)), "127.0.0.1", 0, logging.getLogger(LOGGER)
+        )
         await server.start()
         try:
             assert signal.getsignal(signal.SIGTERM) is handler  # uvicorn installed nothing
@@ -544,8 +611,9 @@ def test_stop_is_bounded_with_a_request_in_flight(control: StoreControl) -> None
     slow = Slow(control.store)
 
     async def main() -> float:
-        server = WebServer(create_app(slow, Metrics(), logging.getLogger(LOGGER)), "127.0.0.1", 0,
-                           logging.getLogger(LOGGER))
+        server = WebServer(
+            create_app(slow, Metrics(), logging.getLogger(LOGGER)), "127.0.0.1", 0, logging.getLogger(LOGGER)
+        )
         await server.start()
         async with httpx.AsyncClient(base_url=server.url, timeout=WAIT, trust_env=False) as client:
             pending = asyncio.create_task(client.get("/api/v1/jobs"))
@@ -575,7 +643,8 @@ def test_api_client_reads_back_what_the_store_holds(url: str, store: StateStore,
     assert [e.kind for e in events] == [e.kind for e in store.events("firing")][-3:]
     now = T0 + dt.timedelta(seconds=30)
     assert render_status(remote, now) == render_status(
-        [type(j)(**{**j.__dict__, "next_check_at": control.next_run(j.name)}) for j in local], now)
+        [type(j)(**{**j.__dict__, "next_check_at": control.next_run(j.name)}) for j in local], now
+    )
 
 
 def test_api_client_errors_are_clear() -> None:

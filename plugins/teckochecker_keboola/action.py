@@ -91,9 +91,7 @@ class KeboolaJobAction(Action):
         except _NOTHING_SENT as exc:
             raise NotStarted(f"could not connect to Keboola at {url}: {describe(exc)}") from exc
         except httpx.RequestError as exc:
-            raise InDoubt(
-                f"the job may or may not have been created at {url}: {describe(exc)} after sending"
-            ) from exc
+            raise InDoubt(f"the job may or may not have been created at {url}: {describe(exc)} after sending") from exc
         return self._created(url, response)
 
     def _created(self, url: str, response: httpx.Response) -> ActionResult:
@@ -309,8 +307,7 @@ def _is_ours(job: Mapping[str, Any], options: KeboolaJobOptions, trigger_id: str
     values = _variable_values(job)
     if values:
         return any(
-            isinstance(v, dict) and v.get("name") == MARKER_VARIABLE and v.get("value") == trigger_id
-            for v in values
+            isinstance(v, dict) and v.get("name") == MARKER_VARIABLE and v.get("value") == trigger_id for v in values
         )
     # Our jobs always carry variables. If the API does not echo them back ([verify] in our notes), a job
     # with none created in the window is the best evidence we have; the core serialises starts per target.

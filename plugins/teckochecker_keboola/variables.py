@@ -28,9 +28,7 @@ RESERVED_VARIABLES = frozenset(
     }
 )
 # Every terminal state except success counts as failed; ERROR is a batch we could not observe any more.
-_FAILED_STATES = frozenset(
-    {TargetState.FAILED, TargetState.EXPIRED, TargetState.CANCELLED, TargetState.ERROR}
-)
+_FAILED_STATES = frozenset({TargetState.FAILED, TargetState.EXPIRED, TargetState.CANCELLED, TargetState.ERROR})
 
 
 def compact_json(value: Any) -> str:

@@ -95,9 +95,7 @@ class OpenAIBatchSource(Source):
             headers["OpenAI-Organization"] = options.organization
         if options.project:
             headers["OpenAI-Project"] = options.project
-        return self.context.http.client(
-            key, base_url=options.base_url, headers=headers, timeout=self._timeout()
-        )
+        return self.context.http.client(key, base_url=options.base_url, headers=headers, timeout=self._timeout())
 
     def _timeout(self) -> httpx.Timeout:
         return httpx.Timeout(self.options.timeout, connect=min(CONNECT_TIMEOUT, self.options.timeout))
@@ -144,9 +142,7 @@ class OpenAIBatchSource(Source):
         code = response.status_code
         error = _error_body(response, self.context.secret(self.options.api_key))
         if code == 401:
-            raise PermanentError(
-                f"OpenAI rejected the API key (HTTP 401) at {url}: {error.message or 'no message'}"
-            )
+            raise PermanentError(f"OpenAI rejected the API key (HTTP 401) at {url}: {error.message or 'no message'}")
         if code == 429 and "insufficient_quota" in (error.code, error.type):
             # Waiting does not refill a quota: someone has to change the plan or the billing.
             raise PermanentError(

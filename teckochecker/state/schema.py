@@ -36,13 +36,15 @@ class UTCDateTime(sa.types.TypeDecorator[dt.datetime]):
 metadata = sa.MetaData()
 
 meta_table = sa.Table(
-    "tc_meta", metadata,
+    "tc_meta",
+    metadata,
     sa.Column("key", sa.String(64), primary_key=True),
     sa.Column("value", sa.String(255), nullable=False),
 )
 
 jobs = sa.Table(
-    "tc_jobs", metadata,
+    "tc_jobs",
+    metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("name", sa.String(128), nullable=False, unique=True),
     sa.Column("fingerprint", sa.String(64), nullable=False),
@@ -61,7 +63,8 @@ jobs = sa.Table(
 )
 
 targets = sa.Table(
-    "tc_targets", metadata,
+    "tc_targets",
+    metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("job_id", sa.Integer, sa.ForeignKey("tc_jobs.id", ondelete="CASCADE"), nullable=False),
     sa.Column("target", sa.String(255), nullable=False),
@@ -76,7 +79,8 @@ targets = sa.Table(
 )
 
 runs = sa.Table(
-    "tc_action_runs", metadata,
+    "tc_action_runs",
+    metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("job_id", sa.Integer, sa.ForeignKey("tc_jobs.id", ondelete="CASCADE"), nullable=False),
     sa.Column("action_index", sa.Integer, nullable=False),
@@ -100,12 +104,16 @@ runs = sa.Table(
 )
 # Never two unresolved starts against one downstream target: a search window then only holds ours.
 sa.Index(
-    "uq_open_run_per_target", runs.c.target_key, unique=True,
-    sqlite_where=runs.c.state.in_(OPEN_RUN_STATES), postgresql_where=runs.c.state.in_(OPEN_RUN_STATES),
+    "uq_open_run_per_target",
+    runs.c.target_key,
+    unique=True,
+    sqlite_where=runs.c.state.in_(OPEN_RUN_STATES),
+    postgresql_where=runs.c.state.in_(OPEN_RUN_STATES),
 )
 
 events = sa.Table(
-    "tc_events", metadata,
+    "tc_events",
+    metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("job_id", sa.Integer, sa.ForeignKey("tc_jobs.id", ondelete="CASCADE"), nullable=False, index=True),
     sa.Column("at", UTCDateTime, nullable=False),

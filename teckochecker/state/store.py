@@ -79,11 +79,15 @@ class StateStore:
     def _create_schema(self) -> None:
         with self._engine.begin() as conn:
             schema.metadata.create_all(conn)
-            version = conn.execute(sa.select(schema.meta_table.c.value).where(schema.meta_table.c.key == "schema")).scalar()
+            version = conn.execute(
+                sa.select(schema.meta_table.c.value).where(schema.meta_table.c.key == "schema")
+            ).scalar()
             if version is None:
                 conn.execute(sa.insert(schema.meta_table).values(key="schema", value=str(schema.SCHEMA_VERSION)))
             elif int(version) != schema.SCHEMA_VERSION:
-                raise StateStoreError(f"state store has schema version {version}; this release uses {schema.SCHEMA_VERSION}")
+                raise StateStoreError(
+                    f"state store has schema version {version}; this release uses {schema.SCHEMA_VERSION}"
+                )
 
     def _check_schema(self) -> None:
         if not sa.inspect(self._engine).has_table("tc_jobs"):
@@ -105,14 +109,22 @@ class StateStore:
             configured = {p.name for p in plans}
             for name, row in existing.items():
                 if name not in configured and not row.removed:
-                    conn.execute(sa.update(schema.jobs).where(schema.jobs.c.id == row.id).values(removed=True, updated_at=now))
+                    conn.execute(
+                        sa.update(schema.jobs).where(schema.jobs.c.id == row.id).values(removed=True, updated_at=now)
+                    )
                     _event(conn, row.id, now, "removed", "job is no longer in the configuration; its history is kept")
 
     def _insert_job(self, conn: Connection, plan: JobPlan, now: dt.datetime) -> None:
         job_id = conn.execute(
             sa.insert(schema.jobs).values(
-                name=plan.name, fingerprint=plan.fingerprint, state=JobState.WATCHING.value, removed=False,
-                paused=False, created_at=now, updated_at=now, consecutive_failures=0,
+                name=plan.name,
+                fingerprint=plan.fingerprint,
+                state=JobState.WATCHING.value,
+                removed=False,
+                paused=False,
+                created_at=now,
+                updated_at=now,
+                consecutive_failures=0,
             )
         ).inserted_primary_key[0]
         _insert_targets(conn, job_id, plan.targets, 0)
@@ -126,7 +138,9 @@ class StateStore:
         if row.fingerprint != plan.fingerprint:
             changes["fingerprint"] = plan.fingerprint
             _event(conn, row.id, now, "definition_changed", "job definition changed")
-        known = {t for (t,) in conn.execute(sa.select(schema.targets.c.target).where(schema.targets.c.job_id == row.id))}
+        known = {
+            t for (t,) in conn.execute(sa.select(schema.targets.c.target).where(schema.targets.c.job_id == row.id))
+        }
         added = [t for t in plan.targets if t not in known]
         if added and row.state == JobState.WATCHING.value:
             _insert_targets(conn, row.id, added, len(known))
@@ -157,8 +171,10 @@ class StateStore:
         with self._engine.connect() as conn:
             job_id = self._job_id(conn, name)
             rows = conn.execute(
-                sa.select(schema.events).where(schema.events.c.job_id == job_id)
-                .order_by(schema.events.c.id.desc()).limit(limit)
+                sa.select(schema.events)
+                .where(schema.events.c.job_id == job_id)
+                .order_by(schema.events.c.id.desc())
+                .limit(limit)
             ).all()
         return [Event(r.at, r.kind, r.message, r.data or {}) for r in reversed(rows)]
 
@@ -180,8 +196,15 @@ class StateStore:
     # ----- watching -----
 
     def record_check(
-        self, name: str, report: CheckReport, *, now: dt.datetime, next_check_at: dt.datetime | None,
-        deadline: float, rule: TriggerRule, actions: Sequence[PlannedAction],
+        self,
+        name: str,
+        report: CheckReport,
+        *,
+        now: dt.datetime,
+        next_check_at: dt.datetime | None,
+        deadline: float,
+        rule: TriggerRule,
+        actions: Sequence[PlannedAction],
     ) -> JobSnapshot:
         """Persist what a check saw and, in the same transaction, fire the trigger if its rule holds.
 
@@ -197,49 +220,94 @@ class StateStore:
             if row.first_observed_at is None and report.observations:
                 changes |= {"first_observed_at": now, "deadline_at": now + dt.timedelta(seconds=deadline)}
             if report.transient_errors:
-                changes |= {"consecutive_failures": row.consecutive_failures + 1,
-                            "last_error": _first_error(report.transient_errors)}
-                _event(conn, row.id, now, "check_failed", f"{len(report.transient_errors)} target(s) could not be checked",
-                       {"errors": dict(list(report.transient_errors.items())[:20])})
+                changes |= {
+                    "consecutive_failures": row.consecutive_failures + 1,
+                    "last_error": _first_error(report.transient_errors),
+                }
+                _event(
+                    conn,
+                    row.id,
+                    now,
+                    "check_failed",
+                    f"{len(report.transient_errors)} target(s) could not be checked",
+                    {"errors": dict(list(report.transient_errors.items())[:20])},
+                )
             else:
                 changes |= {"consecutive_failures": 0, "last_error": None}
-            states = [TargetState(s) for (s,) in conn.execute(
-                sa.select(schema.targets.c.state).where(schema.targets.c.job_id == row.id))]
+            states = [
+                TargetState(s)
+                for (s,) in conn.execute(sa.select(schema.targets.c.state).where(schema.targets.c.job_id == row.id))
+            ]
             decision = rules.evaluate(rule, states)
             if decision.verdict is rules.Verdict.FIRE:
                 self._fire(conn, row.id, states, actions, now, decision.reason)
                 changes |= {"state": JobState.FIRING.value, "next_check_at": now}
             elif decision.verdict is rules.Verdict.ABANDON:
                 changes |= {"state": JobState.FAILED.value, "finished_at": now, "last_error": decision.reason}
-                _event(conn, row.id, now, "job_finished", f"job failed: {decision.reason}; no action was run",
-                       {"state": JobState.FAILED.value})
+                _event(
+                    conn,
+                    row.id,
+                    now,
+                    "job_finished",
+                    f"job failed: {decision.reason}; no action was run",
+                    {"state": JobState.FAILED.value},
+                )
             conn.execute(sa.update(schema.jobs).where(schema.jobs.c.id == row.id).values(**changes))
             return self._snapshot(conn, conn.execute(sa.select(schema.jobs).where(schema.jobs.c.id == row.id)).one())
 
     def _fire(
-        self, conn: Connection, job_id: int, states: Sequence[TargetState], actions: Sequence[PlannedAction],
-        now: dt.datetime, reason: str,
+        self,
+        conn: Connection,
+        job_id: int,
+        states: Sequence[TargetState],
+        actions: Sequence[PlannedAction],
+        now: dt.datetime,
+        reason: str,
     ) -> None:
         _event(conn, job_id, now, "trigger_fired", f"trigger fired: {reason}")
         for action in actions:
             holds = rules.condition_holds(action.when, states)
             state = RunState.PENDING if holds else RunState.SKIPPED
-            conn.execute(sa.insert(schema.runs).values(
-                job_id=job_id, action_index=action.index, action_type=action.type, target_key=action.target_key,
-                trigger_id=str(uuid.uuid4()), state=state.value, attempt=1, created_at=now, updated_at=now,
-                next_try_at=now, search_empty_count=0, details={},
-                finished_at=None if holds else now,
-            ))
+            conn.execute(
+                sa.insert(schema.runs).values(
+                    job_id=job_id,
+                    action_index=action.index,
+                    action_type=action.type,
+                    target_key=action.target_key,
+                    trigger_id=str(uuid.uuid4()),
+                    state=state.value,
+                    attempt=1,
+                    created_at=now,
+                    updated_at=now,
+                    next_try_at=now,
+                    search_empty_count=0,
+                    details={},
+                    finished_at=None if holds else now,
+                )
+            )
             if not holds:
-                _event(conn, job_id, now, "action_skipped",
-                       f"action {action.index} ({action.type}) skipped: condition {action.when.value} does not hold")
+                _event(
+                    conn,
+                    job_id,
+                    now,
+                    "action_skipped",
+                    f"action {action.index} ({action.type}) skipped: condition {action.when.value} does not hold",
+                )
 
     def record_check_failure(self, name: str, message: str, *, now: dt.datetime, next_check_at: dt.datetime) -> None:
         with self._engine.begin() as conn:
             row = conn.execute(sa.select(schema.jobs).where(schema.jobs.c.name == name)).one()
-            conn.execute(sa.update(schema.jobs).where(schema.jobs.c.id == row.id).values(
-                consecutive_failures=row.consecutive_failures + 1, last_error=message, last_checked_at=now,
-                next_check_at=next_check_at, updated_at=now))
+            conn.execute(
+                sa.update(schema.jobs)
+                .where(schema.jobs.c.id == row.id)
+                .values(
+                    consecutive_failures=row.consecutive_failures + 1,
+                    last_error=message,
+                    last_checked_at=now,
+                    next_check_at=next_check_at,
+                    updated_at=now,
+                )
+            )
             _event(conn, row.id, now, "check_failed", message)
 
     def set_paused(self, name: str, paused: bool, *, now: dt.datetime) -> bool:
@@ -250,7 +318,9 @@ class StateStore:
             if row is None:
                 return False
             if bool(row.paused) != paused:
-                conn.execute(sa.update(schema.jobs).where(schema.jobs.c.id == row.id).values(paused=paused, updated_at=now))
+                conn.execute(
+                    sa.update(schema.jobs).where(schema.jobs.c.id == row.id).values(paused=paused, updated_at=now)
+                )
                 _event(conn, row.id, now, "paused" if paused else "resumed", "job paused" if paused else "job resumed")
             return True
 
@@ -264,8 +334,13 @@ class StateStore:
             row = conn.execute(sa.select(schema.jobs).where(schema.jobs.c.name == name)).one()
             if row.state != JobState.WATCHING.value:
                 return
-            conn.execute(sa.update(schema.jobs).where(schema.jobs.c.id == row.id).values(
-                state=JobState.FAILED.value, finished_at=now, updated_at=now, last_error=reason, next_check_at=None))
+            conn.execute(
+                sa.update(schema.jobs)
+                .where(schema.jobs.c.id == row.id)
+                .values(
+                    state=JobState.FAILED.value, finished_at=now, updated_at=now, last_error=reason, next_check_at=None
+                )
+            )
             _event(conn, row.id, now, kind, f"job failed: {reason}", {"state": JobState.FAILED.value})
 
     # ----- action runs (the effectively-once protocol) -----
@@ -278,11 +353,19 @@ class StateStore:
                 run = _run_row(conn, run_id)
                 if run.state != RunState.PENDING.value:
                     return False
-                conn.execute(sa.update(schema.runs).where(schema.runs.c.id == run_id).values(
-                    state=RunState.SENDING.value, intent_at=now, updated_at=now))
-                _event(conn, run.job_id, now, "action_intent",
-                       f"action {run.action_index} ({run.action_type}): starting, attempt {run.attempt}",
-                       {"trigger_id": run.trigger_id, "attempt": run.attempt})
+                conn.execute(
+                    sa.update(schema.runs)
+                    .where(schema.runs.c.id == run_id)
+                    .values(state=RunState.SENDING.value, intent_at=now, updated_at=now)
+                )
+                _event(
+                    conn,
+                    run.job_id,
+                    now,
+                    "action_intent",
+                    f"action {run.action_index} ({run.action_type}): starting, attempt {run.attempt}",
+                    {"trigger_id": run.trigger_id, "attempt": run.attempt},
+                )
                 return True
         except IntegrityError:
             return False
@@ -294,50 +377,94 @@ class StateStore:
                 return
             _set_result(conn, run_id, result, now)
             verb = "adopted" if how == "adopted" else "started"
-            _event(conn, run.job_id, now, f"action_{verb}",
-                   f"action {run.action_index} ({run.action_type}) {verb} {result.external_id}"
-                   + (f" ({result.url})" if result.url else ""),
-                   {"external_id": result.external_id, "url": result.url, "status": result.vendor_status})
+            _event(
+                conn,
+                run.job_id,
+                now,
+                f"action_{verb}",
+                f"action {run.action_index} ({run.action_type}) {verb} {result.external_id}"
+                + (f" ({result.url})" if result.url else ""),
+                {"external_id": result.external_id, "url": result.url, "status": result.vendor_status},
+            )
 
     def run_not_started(self, run_id: int, message: str, *, now: dt.datetime, next_try_at: dt.datetime) -> None:
         """A definite non-start: back to PENDING for a new attempt."""
         with self._engine.begin() as conn:
             run = _run_row(conn, run_id)
-            conn.execute(sa.update(schema.runs).where(schema.runs.c.id == run_id).values(
-                state=RunState.PENDING.value, attempt=run.attempt + 1, next_try_at=next_try_at, message=message,
-                search_empty_count=0, intent_at=None, updated_at=now))
-            _event(conn, run.job_id, now, "action_not_started",
-                   f"action {run.action_index} ({run.action_type}) did not start: {message}; trying again")
+            conn.execute(
+                sa.update(schema.runs)
+                .where(schema.runs.c.id == run_id)
+                .values(
+                    state=RunState.PENDING.value,
+                    attempt=run.attempt + 1,
+                    next_try_at=next_try_at,
+                    message=message,
+                    search_empty_count=0,
+                    intent_at=None,
+                    updated_at=now,
+                )
+            )
+            _event(
+                conn,
+                run.job_id,
+                now,
+                "action_not_started",
+                f"action {run.action_index} ({run.action_type}) did not start: {message}; trying again",
+            )
 
     def run_in_doubt(self, run_id: int, message: str, *, now: dt.datetime, next_try_at: dt.datetime) -> None:
         with self._engine.begin() as conn:
             run = _run_row(conn, run_id)
             if run.state not in (RunState.SENDING.value, RunState.IN_DOUBT.value):
                 return
-            conn.execute(sa.update(schema.runs).where(schema.runs.c.id == run_id).values(
-                state=RunState.IN_DOUBT.value, message=message, next_try_at=next_try_at, updated_at=now))
-            _event(conn, run.job_id, now, "action_in_doubt",
-                   f"action {run.action_index} ({run.action_type}) may or may not have started ({message}); "
-                   "searching downstream before any new start")
+            conn.execute(
+                sa.update(schema.runs)
+                .where(schema.runs.c.id == run_id)
+                .values(state=RunState.IN_DOUBT.value, message=message, next_try_at=next_try_at, updated_at=now)
+            )
+            _event(
+                conn,
+                run.job_id,
+                now,
+                "action_in_doubt",
+                f"action {run.action_index} ({run.action_type}) may or may not have started ({message}); "
+                "searching downstream before any new start",
+            )
 
     def run_search_empty(self, run_id: int, *, now: dt.datetime, next_try_at: dt.datetime) -> int:
         with self._engine.begin() as conn:
             run = _run_row(conn, run_id)
             count = run.search_empty_count + 1
-            conn.execute(sa.update(schema.runs).where(schema.runs.c.id == run_id).values(
-                search_empty_count=count, next_try_at=next_try_at, updated_at=now))
-            _event(conn, run.job_id, now, "action_search_empty",
-                   f"action {run.action_index} ({run.action_type}): search {count} found nothing started")
+            conn.execute(
+                sa.update(schema.runs)
+                .where(schema.runs.c.id == run_id)
+                .values(search_empty_count=count, next_try_at=next_try_at, updated_at=now)
+            )
+            _event(
+                conn,
+                run.job_id,
+                now,
+                "action_search_empty",
+                f"action {run.action_index} ({run.action_type}): search {count} found nothing started",
+            )
             return count
 
     def run_finished(self, run_id: int, state: RunState, message: str, *, now: dt.datetime) -> None:
         """End a run without a downstream result (rejected, or unresolvable)."""
         with self._engine.begin() as conn:
             run = _run_row(conn, run_id)
-            conn.execute(sa.update(schema.runs).where(schema.runs.c.id == run_id).values(
-                state=state.value, message=message, finished_at=now, updated_at=now))
-            _event(conn, run.job_id, now, f"action_{state.value}",
-                   f"action {run.action_index} ({run.action_type}) {state.value}: {message}")
+            conn.execute(
+                sa.update(schema.runs)
+                .where(schema.runs.c.id == run_id)
+                .values(state=state.value, message=message, finished_at=now, updated_at=now)
+            )
+            _event(
+                conn,
+                run.job_id,
+                now,
+                f"action_{state.value}",
+                f"action {run.action_index} ({run.action_type}) {state.value}: {message}",
+            )
 
     def run_progress(self, run_id: int, result: ActionResult, *, now: dt.datetime) -> None:
         with self._engine.begin() as conn:
@@ -349,46 +476,77 @@ class StateStore:
                 text = f"action {run.action_index} ({run.action_type}) {result.external_id}: {result.vendor_status}"
                 if result.message and state.is_final:
                     text += f": {result.message}"
-                _event(conn, run.job_id, now, "action_finished" if state.is_final else "action_progress", text,
-                       {"external_id": result.external_id, "status": result.vendor_status, "outcome": state.value})
+                _event(
+                    conn,
+                    run.job_id,
+                    now,
+                    "action_finished" if state.is_final else "action_progress",
+                    text,
+                    {"external_id": result.external_id, "status": result.vendor_status, "outcome": state.value},
+                )
 
     def defer_run(self, run_id: int, message: str, *, now: dt.datetime, next_try_at: dt.datetime) -> None:
         with self._engine.begin() as conn:
             run = _run_row(conn, run_id)
-            conn.execute(sa.update(schema.runs).where(schema.runs.c.id == run_id).values(
-                next_try_at=next_try_at, message=message, updated_at=now))
-            _event(conn, run.job_id, now, "action_error",
-                   f"action {run.action_index} ({run.action_type}): {message}; trying again")
+            conn.execute(
+                sa.update(schema.runs)
+                .where(schema.runs.c.id == run_id)
+                .values(next_try_at=next_try_at, message=message, updated_at=now)
+            )
+            _event(
+                conn,
+                run.job_id,
+                now,
+                "action_error",
+                f"action {run.action_index} ({run.action_type}): {message}; trying again",
+            )
 
     def finish_job_if_done(self, name: str, *, now: dt.datetime) -> JobState | None:
         with self._engine.begin() as conn:
             row = conn.execute(sa.select(schema.jobs).where(schema.jobs.c.name == name)).one()
             if row.state != JobState.FIRING.value:
                 return None
-            run_states = [RunState(s) for (s,) in conn.execute(
-                sa.select(schema.runs.c.state).where(schema.runs.c.job_id == row.id))]
+            run_states = [
+                RunState(s)
+                for (s,) in conn.execute(sa.select(schema.runs.c.state).where(schema.runs.c.job_id == row.id))
+            ]
             if not all(s.is_final for s in run_states):
                 return None
-            target_states = [TargetState(s) for (s,) in conn.execute(
-                sa.select(schema.targets.c.state).where(schema.targets.c.job_id == row.id))]
+            target_states = [
+                TargetState(s)
+                for (s,) in conn.execute(sa.select(schema.targets.c.state).where(schema.targets.c.job_id == row.id))
+            ]
             final = rules.final_job_state(target_states, run_states)
-            conn.execute(sa.update(schema.jobs).where(schema.jobs.c.id == row.id).values(
-                state=final.value, finished_at=now, updated_at=now, next_check_at=None))
+            conn.execute(
+                sa.update(schema.jobs)
+                .where(schema.jobs.c.id == row.id)
+                .values(state=final.value, finished_at=now, updated_at=now, next_check_at=None)
+            )
             _event(conn, row.id, now, "job_finished", f"job {final.value.replace('_', ' ')}", {"state": final.value})
             return final
 
 
 def _insert_targets(conn: Connection, job_id: int, names: Sequence[str], start: int) -> None:
     if names:
-        conn.execute(sa.insert(schema.targets), [
-            {"job_id": job_id, "target": t, "position": start + i, "state": TargetState.PENDING.value, "details": {}}
-            for i, t in enumerate(names)
-        ])
+        conn.execute(
+            sa.insert(schema.targets),
+            [
+                {
+                    "job_id": job_id,
+                    "target": t,
+                    "position": start + i,
+                    "state": TargetState.PENDING.value,
+                    "details": {},
+                }
+                for i, t in enumerate(names)
+            ],
+        )
 
 
 def _apply_observation(conn: Connection, job_id: int, obs: Any, now: dt.datetime) -> None:
-    row = conn.execute(sa.select(schema.targets).where(
-        schema.targets.c.job_id == job_id, schema.targets.c.target == obs.target)).first()
+    row = conn.execute(
+        sa.select(schema.targets).where(schema.targets.c.job_id == job_id, schema.targets.c.target == obs.target)
+    ).first()
     if row is None or TargetState(row.state).is_terminal:
         return
     details = dict(obs.details)
@@ -396,8 +554,13 @@ def _apply_observation(conn: Connection, job_id: int, obs: Any, now: dt.datetime
     changed = row.state != obs.state.value or (row.vendor_status is not None and row.vendor_status != obs.vendor_status)
     if not changed and row.vendor_status == obs.vendor_status and row.details == details and row.message == obs.message:
         return
-    values: dict[str, Any] = {"state": obs.state.value, "vendor_status": obs.vendor_status, "details": details,
-                              "message": obs.message, "observed_at": now}
+    values: dict[str, Any] = {
+        "state": obs.state.value,
+        "vendor_status": obs.vendor_status,
+        "details": details,
+        "message": obs.message,
+        "observed_at": now,
+    }
     if obs.state.is_terminal:
         values["terminal_at"] = now
     conn.execute(sa.update(schema.targets).where(schema.targets.c.id == row.id).values(**values))
@@ -405,16 +568,32 @@ def _apply_observation(conn: Connection, job_id: int, obs: Any, now: dt.datetime
         text = f"{obs.target}: {row.vendor_status or row.state} → {obs.vendor_status or obs.state.value}"
         if obs.message:
             text += f" ({obs.message})"
-        _event(conn, job_id, now, "target_changed", text,
-               {"target": obs.target, "state": obs.state.value, "vendor_status": obs.vendor_status})
+        _event(
+            conn,
+            job_id,
+            now,
+            "target_changed",
+            text,
+            {"target": obs.target, "state": obs.state.value, "vendor_status": obs.vendor_status},
+        )
 
 
 def _set_result(conn: Connection, run_id: int, result: ActionResult, now: dt.datetime) -> RunState:
     state = RunState.from_outcome(result.outcome)
-    conn.execute(sa.update(schema.runs).where(schema.runs.c.id == run_id).values(
-        state=state.value, external_id=result.external_id, external_url=result.url,
-        vendor_status=result.vendor_status, message=result.message, details=dict(result.details),
-        updated_at=now, finished_at=now if state.is_final else None))
+    conn.execute(
+        sa.update(schema.runs)
+        .where(schema.runs.c.id == run_id)
+        .values(
+            state=state.value,
+            external_id=result.external_id,
+            external_url=result.url,
+            vendor_status=result.vendor_status,
+            message=result.message,
+            details=dict(result.details),
+            updated_at=now,
+            finished_at=now if state.is_final else None,
+        )
+    )
     return state
 
 
@@ -422,9 +601,12 @@ def _run_row(conn: Connection, run_id: int) -> Row[Any]:
     return conn.execute(sa.select(schema.runs).where(schema.runs.c.id == run_id)).one()
 
 
-def _event(conn: Connection, job_id: int, at: dt.datetime, kind: str, message: str,
-           data: Mapping[str, Any] | None = None) -> None:
-    conn.execute(sa.insert(schema.events).values(job_id=job_id, at=at, kind=kind, message=message, data=dict(data or {})))
+def _event(
+    conn: Connection, job_id: int, at: dt.datetime, kind: str, message: str, data: Mapping[str, Any] | None = None
+) -> None:
+    conn.execute(
+        sa.insert(schema.events).values(job_id=job_id, at=at, kind=kind, message=message, data=dict(data or {}))
+    )
 
 
 def _group(rows: Iterable[Row[Any]]) -> dict[int, list[Row[Any]]]:
@@ -436,20 +618,39 @@ def _group(rows: Iterable[Row[Any]]) -> dict[int, list[Row[Any]]]:
 
 def _job_snapshot(row: Row[Any], targets: Sequence[Row[Any]], runs: Sequence[Row[Any]]) -> JobSnapshot:
     return JobSnapshot(
-        name=row.name, state=JobState(row.state), fingerprint=row.fingerprint, removed=bool(row.removed),
-        paused=bool(row.paused), created_at=row.created_at, first_observed_at=row.first_observed_at,
-        deadline_at=row.deadline_at, last_checked_at=row.last_checked_at, next_check_at=row.next_check_at,
-        finished_at=row.finished_at, last_error=row.last_error, consecutive_failures=row.consecutive_failures,
+        name=row.name,
+        state=JobState(row.state),
+        fingerprint=row.fingerprint,
+        removed=bool(row.removed),
+        paused=bool(row.paused),
+        created_at=row.created_at,
+        first_observed_at=row.first_observed_at,
+        deadline_at=row.deadline_at,
+        last_checked_at=row.last_checked_at,
+        next_check_at=row.next_check_at,
+        finished_at=row.finished_at,
+        last_error=row.last_error,
+        consecutive_failures=row.consecutive_failures,
         targets=tuple(
             TargetSnapshot(t.target, TargetState(t.state), t.vendor_status, t.details or {}, t.message, t.observed_at)
             for t in targets
         ),
         runs=tuple(
             RunSnapshot(
-                id=r.id, action_index=r.action_index, action_type=r.action_type, state=RunState(r.state),
-                trigger_id=r.trigger_id, attempt=r.attempt, created_at=r.created_at, intent_at=r.intent_at,
-                next_try_at=r.next_try_at, search_empty_count=r.search_empty_count, external_id=r.external_id,
-                external_url=r.external_url, vendor_status=r.vendor_status, message=r.message,
+                id=r.id,
+                action_index=r.action_index,
+                action_type=r.action_type,
+                state=RunState(r.state),
+                trigger_id=r.trigger_id,
+                attempt=r.attempt,
+                created_at=r.created_at,
+                intent_at=r.intent_at,
+                next_try_at=r.next_try_at,
+                search_empty_count=r.search_empty_count,
+                external_id=r.external_id,
+                external_url=r.external_url,
+                vendor_status=r.vendor_status,
+                message=r.message,
                 details=r.details or {},
             )
             for r in runs

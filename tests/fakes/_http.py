@@ -69,10 +69,23 @@ class Hang:
 Outcome = Reply | Reset | Hang
 
 REASONS = {
-    200: "OK", 201: "Created", 202: "Accepted", 204: "No Content", 400: "Bad Request", 401: "Unauthorized",
-    403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict",
-    422: "Unprocessable Entity", 429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway",
-    503: "Service Unavailable", 504: "Gateway Timeout",
+    200: "OK",
+    201: "Created",
+    202: "Accepted",
+    204: "No Content",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    409: "Conflict",
+    422: "Unprocessable Entity",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
 }
 
 
@@ -185,8 +198,9 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True  # handler threads never keep the test process alive
     block_on_close = False  # stop() closes sockets itself instead of joining threads
 
-    def __init__(self, port: int, service: str, handler: Callable[[RecordedRequest], Outcome],
-                 stopping: threading.Event) -> None:
+    def __init__(
+        self, port: int, service: str, handler: Callable[[RecordedRequest], Outcome], stopping: threading.Event
+    ) -> None:
         self.service = service
         self.fake_handler = handler
         self.stopping = stopping
@@ -225,8 +239,12 @@ class _Listener:
         self._server = _Server(self.port, self.service, handler, stopping)
         self.port = self._server.server_address[1]
         # A short poll interval keeps shutdown() (which waits for the serve loop) prompt.
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name=f"fake-{self.service}-{self.port}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"fake-{self.service}-{self.port}",
+            daemon=True,
+        )
         self._thread.start()
 
     def stop(self) -> None:
@@ -290,8 +308,9 @@ class LoopbackFake:
     def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
     def _url(self, service: str) -> str:

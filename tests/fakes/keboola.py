@@ -24,22 +24,39 @@ from typing import Any
 
 from ._http import Hang, LoopbackFake, Outcome, RecordedRequest, Reply, Reset, json_reply
 
-__all__ = ["FINISHED_STATUSES", "POST_FAULT_MODES", "FakeKeboola", "RecordedRequest", "response_violations",
-           "spec_violations"]
+__all__ = [
+    "FINISHED_STATUSES",
+    "POST_FAULT_MODES",
+    "FakeKeboola",
+    "RecordedRequest",
+    "response_violations",
+    "spec_violations",
+]
 
 OPENAPI_PATH = Path(__file__).resolve().parents[1] / "contracts" / "keboola-queue-openapi.yaml"
 FINISHED_STATUSES = frozenset({"success", "warning", "error", "cancelled", "terminated"})
 OUTCOME_STATUSES = frozenset({"success", "warning", "error"})
-POST_FAULT_MODES = ("reject_400", "reject_401", "503_before_create", "create_then_503", "create_then_reset",
-                    "create_then_hang", "slow_create")  # plus "reject_<any 4xx/5xx code>"
+POST_FAULT_MODES = (
+    "reject_400",
+    "reject_401",
+    "503_before_create",
+    "create_then_503",
+    "create_then_reset",
+    "create_then_hang",
+    "slow_create",
+)  # plus "reject_<any 4xx/5xx code>"
 _BEFORE_CREATE = re.compile(r"^(reject_(\d{3})|503_before_create)$")
 _JOB_PATH = re.compile(r"^/jobs/([^/]+)$")
 _KILL_PATH = re.compile(r"^/jobs/([^/]+)/kill$")
 _BRACKET_KEY = re.compile(r"^(.+?)\[\d*\]$")  # status[] and status[0] → status; componentProps[type] stays
 _RELATIVE_TIME = re.compile(r"^([+-]?\d+)\s*(second|sec|minute|min|hour|day|week)s?(\s+ago)?$")
-_DEFAULT_MESSAGES = {"success": "Component processing finished.", "warning": "One of the child jobs failed.",
-                     "error": "User error: the component failed.", "cancelled": "Job has been cancelled.",
-                     "terminated": "Job has been terminated."}
+_DEFAULT_MESSAGES = {
+    "success": "Component processing finished.",
+    "warning": "One of the child jobs failed.",
+    "error": "User error: the component failed.",
+    "cancelled": "Job has been cancelled.",
+    "terminated": "Job has been terminated.",
+}
 
 
 # ----- OpenAPI request validation ------------------------------------------------------------------
@@ -72,8 +89,12 @@ class _SpecRequest:
         # PHP-style array keys (k[] and k[0]) are the documented way to send arrays, so validate them as k.
         # The deprecated aliases share their successor's schema; renaming them avoids openapi-core's
         # DeprecationWarning (its per-request warning is noise, and the aliases are still valid).
-        query = [(_ALIASES.get(name, name), v) for k, values in request.query.items()
-                 for name in (_plain_key(k),) for v in values]
+        query = [
+            (_ALIASES.get(name, name), v)
+            for k, values in request.query.items()
+            for name in (_plain_key(k),)
+            for v in values
+        ]
         self.parameters = RequestParameters(query=ImmutableMultiDict(query), header=Headers(request.headers))
 
 
@@ -88,8 +109,7 @@ def _describe(error: Exception) -> str:
     if not schema_errors:
         return f"{type(error).__name__}: {error}"
     where = "request body" if "Body" in type(error).__name__ else str(error)
-    details = "; ".join(f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}"
-                        for e in schema_errors)
+    details = "; ".join(f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}" for e in schema_errors)
     return f"{type(error).__name__}: {where}: {details}"
 
 
@@ -202,10 +222,18 @@ class _JobState:
 class FakeKeboola(LoopbackFake):
     """Fake connection host (`stack_url`) + Queue API host (`queue_url`). See the module docstring."""
 
-    def __init__(self, *, token: str = "kbc-test-token", token_id: str = "4242", search_lag: float = 0.0,
-                 validate: bool = True, token_description: str = "teckochecker@example.com",
-                 project_id: str = "7150", project_name: str = "TeckoChecker Fake",
-                 record_requests: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        token: str = "kbc-test-token",
+        token_id: str = "4242",
+        search_lag: float = 0.0,
+        validate: bool = True,
+        token_description: str = "teckochecker@example.com",
+        project_id: str = "7150",
+        project_name: str = "TeckoChecker Fake",
+        record_requests: bool = True,
+    ) -> None:
         super().__init__(("stack", "queue"), record_requests=record_requests)
         self._token = token
         self._token_id = token_id
@@ -233,22 +261,27 @@ class FakeKeboola(LoopbackFake):
     def queue_url(self) -> str:
         return self._url("queue")
 
-    def add_config(self, component: str, config_id: str, *, disabled: bool = False,
-                   tag: str | None = None) -> None:
+    def add_config(self, component: str, config_id: str, *, disabled: bool = False, tag: str | None = None) -> None:
         with self._lock:
             self._configs[(component, config_id)] = {"disabled": disabled, "tag": tag}
 
-    def set_outcome(self, component: str, config_id: str, status: str = "success", *,
-                    processing_after_gets: int = 1, finish_after_gets: int = 2,
-                    message: str | None = None) -> None:
+    def set_outcome(
+        self,
+        component: str,
+        config_id: str,
+        status: str = "success",
+        *,
+        processing_after_gets: int = 1,
+        finish_after_gets: int = 2,
+        message: str | None = None,
+    ) -> None:
         """Script jobs of this config: `processing` at the Nth counted GET, `status` at the Mth."""
         if status not in OUTCOME_STATUSES:
             raise ValueError(f"outcome must be one of {sorted(OUTCOME_STATUSES)}, not {status!r}")
         if not 0 <= processing_after_gets <= finish_after_gets:
             raise ValueError("need 0 <= processing_after_gets <= finish_after_gets")
         with self._lock:
-            self._scripts[(component, config_id)] = _Script(status, processing_after_gets, finish_after_gets,
-                                                            message)
+            self._scripts[(component, config_id)] = _Script(status, processing_after_gets, finish_after_gets, message)
 
     def finish_job(self, job_id: str, status: str, message: str | None = None) -> None:
         if status not in FINISHED_STATUSES:
@@ -287,15 +320,21 @@ class FakeKeboola(LoopbackFake):
     def _index(self, exclude: str) -> dict[str, Any]:
         # The queue is deliberately not the first service: clients must pick it by id.
         index: dict[str, Any] = {
-            "host": self.stack_url.removeprefix("http://"), "api": "storage", "version": "v2",
-            "revision": "fake", "documentation": "https://keboola.docs.apiary.io/",
+            "host": self.stack_url.removeprefix("http://"),
+            "api": "storage",
+            "version": "v2",
+            "revision": "fake",
+            "documentation": "https://keboola.docs.apiary.io/",
             "components": [],
-            "services": [{"id": "encryption", "url": self.stack_url + "/encryption"},
-                         {"id": "queue", "url": self.queue_url},
-                         {"id": "sync-actions", "url": self.stack_url + "/sync-actions"}],
+            "services": [
+                {"id": "encryption", "url": self.stack_url + "/encryption"},
+                {"id": "queue", "url": self.queue_url},
+                {"id": "sync-actions", "url": self.stack_url + "/sync-actions"},
+            ],
             "features": [],
-            "urlTemplates": {"orchestrationJob": "/admin/projects/{projectId}/orchestrations/"
-                                                 "{orchestrationId}/jobs/{jobId}"},
+            "urlTemplates": {
+                "orchestrationJob": "/admin/projects/{projectId}/orchestrations/{orchestrationId}/jobs/{jobId}"
+            },
         }
         if "components" in exclude.split(","):
             del index["components"]
@@ -425,12 +464,25 @@ class FakeKeboola(LoopbackFake):
         not_before = _not_before(body, now_epoch)
         job = self._job_object(job_id, body, parent_run_id, now_epoch, config, branch, not_before)
         return _JobState(
-            job=job, seq=self._next_id, created_mono=time.monotonic(), created_epoch=now_epoch,
+            job=job,
+            seq=self._next_id,
+            created_mono=time.monotonic(),
+            created_epoch=now_epoch,
             lock_key=(component, config, branch) if config is not None else None,
-            script=self._scripts.get((component, config or ""), _Script()), not_before=not_before)
+            script=self._scripts.get((component, config or ""), _Script()),
+            not_before=not_before,
+        )
 
-    def _job_object(self, job_id: str, body: dict[str, Any], parent_run_id: str | None, now_epoch: float,
-                    config: str | None, branch: str | None, not_before: float | None) -> dict[str, Any]:
+    def _job_object(
+        self,
+        job_id: str,
+        body: dict[str, Any],
+        parent_run_id: str | None,
+        now_epoch: float,
+        config: str | None,
+        branch: str | None,
+        not_before: float | None,
+    ) -> dict[str, Any]:
         """A Job exactly like the contract's example create response (keys in that order)."""
         component = body["component"]
         settings = self._configs.get((component, config or ""), {})
@@ -440,19 +492,36 @@ class FakeKeboola(LoopbackFake):
             "parentRunId": parent_run_id or "",
             "project": dict(self._project),
             "token": {"id": self._token_id, "description": self._token_description},
-            "status": "created", "desiredStatus": "processing",
-            "mode": body.get("mode", "run"), "component": component, "config": config,
+            "status": "created",
+            "desiredStatus": "processing",
+            "mode": body.get("mode", "run"),
+            "component": component,
+            "config": config,
             "configData": body.get("configData", []),  # PHP serialises an empty array as []
             "configRowIds": list(body.get("configRowIds") or []),
             "tag": body.get("tag") or settings.get("tag") or "1.2.3",
-            "createdTime": _iso(now_epoch), "startTime": None, "endTime": None, "durationSeconds": 0,
-            "result": [], "usageData": [], "isFinished": False, "url": f"{self.queue_url}/jobs/{job_id}",
-            "branchId": branch, "variableValuesId": body.get("variableValuesId"),
+            "createdTime": _iso(now_epoch),
+            "startTime": None,
+            "endTime": None,
+            "durationSeconds": 0,
+            "result": [],
+            "usageData": [],
+            "isFinished": False,
+            "url": f"{self.queue_url}/jobs/{job_id}",
+            "branchId": branch,
+            "variableValuesId": body.get("variableValuesId"),
             "variableValuesData": body.get("variableValuesData") or {"values": []},
-            "backend": body.get("backend") or {}, "executor": body.get("executor", "dind"), "metrics": [],
-            "behavior": {"onError": None}, "parallelism": body.get("parallelism"), "type": "standard",
-            "orchestrationJobId": None, "orchestrationTaskId": None, "onlyOrchestrationTaskIds": None,
-            "previousJobId": None, "delayedStartTime": _iso(not_before) if not_before else None,
+            "backend": body.get("backend") or {},
+            "executor": body.get("executor", "dind"),
+            "metrics": [],
+            "behavior": {"onError": None},
+            "parallelism": body.get("parallelism"),
+            "type": "standard",
+            "orchestrationJobId": None,
+            "orchestrationTaskId": None,
+            "onlyOrchestrationTaskIds": None,
+            "previousJobId": None,
+            "delayedStartTime": _iso(not_before) if not_before else None,
         }
 
     # ----- GET /jobs/{id}, kill, lifecycle ---------------------------------------------------------
@@ -488,8 +557,10 @@ class FakeKeboola(LoopbackFake):
         """Config lock: an older unfinished job of the same component + config + branch holds it."""
         if state.lock_key is None:
             return False
-        return any(other.lock_key == state.lock_key and other.seq < state.seq and not other.job["isFinished"]
-                   for other in self._states.values())
+        return any(
+            other.lock_key == state.lock_key and other.seq < state.seq and not other.job["isFinished"]
+            for other in self._states.values()
+        )
 
     def _advance(self, state: _JobState, *, counted_get: bool) -> None:
         """Apply the config lock, delayed start and the script. Only GET /jobs/{id} counts toward it."""
@@ -527,8 +598,13 @@ class FakeKeboola(LoopbackFake):
         job["isFinished"] = True
         job["endTime"] = _iso(now)
         job["durationSeconds"] = int(now - state.started_epoch) if state.started_epoch is not None else 0
-        result: dict[str, Any] = {"message": message or _DEFAULT_MESSAGES[status], "configVersion": 1,
-                                  "images": [], "input": {"tables": []}, "output": {"tables": []}}
+        result: dict[str, Any] = {
+            "message": message or _DEFAULT_MESSAGES[status],
+            "configVersion": 1,
+            "images": [],
+            "input": {"tables": []},
+            "output": {"tables": []},
+        }
         if status == "error":
             result["error"] = {"type": "user", "exceptionId": _exception_id()}
         job["result"] = result
@@ -554,7 +630,7 @@ class FakeKeboola(LoopbackFake):
                 self._advance(state, counted_get=False)
             found = [s.job for s in visible if predicate(s.job)]
             found.sort(key=_sort_key(sort_by), reverse=sort_order == "desc")
-            return json_reply(200, found[offset:offset + limit])
+            return json_reply(200, found[offset : offset + limit])
 
 
 def _after_create(mode: str | None, reply: Reply) -> Outcome:
@@ -585,8 +661,10 @@ def _values_problem(values: Any) -> str | None:
         for key in ("name", "value"):
             value = item.get(key)
             if not isinstance(value, str) or value == "":
-                return (f'The path "job.variableValuesData.values.{index}.{key}" cannot contain an empty '
-                        f'value, but got {json.dumps(value)}.')
+                return (
+                    f'The path "job.variableValuesData.values.{index}.{key}" cannot contain an empty '
+                    f"value, but got {json.dumps(value)}."
+                )
     return None
 
 
@@ -630,8 +708,23 @@ _FIELD_OF: dict[str, Callable[[dict[str, Any]], Any]] = {
 _TIME_FIELDS = {"createdTime": "createdTime", "startTime": "startTime", "endTime": "endTime"}
 _SORT_ONLY_FIELDS: dict[str, Callable[[dict[str, Any]], Any]] = {"projectId": lambda j: j["project"]["id"]}
 # The document's sortBy enum; anything else is a 400 (and a contract violation).
-_SORTABLE = frozenset({"id", "runId", "projectId", "branchId", "componentId", "configId", "tokenDescription",
-                       "status", "createdTime", "updatedTime", "startTime", "endTime", "durationSeconds"})
+_SORTABLE = frozenset(
+    {
+        "id",
+        "runId",
+        "projectId",
+        "branchId",
+        "componentId",
+        "configId",
+        "tokenDescription",
+        "status",
+        "createdTime",
+        "updatedTime",
+        "startTime",
+        "endTime",
+        "durationSeconds",
+    }
+)
 
 
 def _normalise_query(query: dict[str, list[str]]) -> dict[str, list[str]]:
@@ -662,8 +755,7 @@ def _predicate(params: dict[str, list[str]], now: float) -> Callable[[dict[str, 
     return lambda job: all(check(job) for check in checks)
 
 
-def _member_check(getter: Callable[[dict[str, Any]], Any], wanted: frozenset[str]
-                  ) -> Callable[[dict[str, Any]], bool]:
+def _member_check(getter: Callable[[dict[str, Any]], Any], wanted: frozenset[str]) -> Callable[[dict[str, Any]], bool]:
     return lambda job: getter(job) in wanted
 
 
@@ -671,8 +763,9 @@ def _time_of(field: str) -> Callable[[dict[str, Any]], float | None]:
     return lambda job: _epoch(job[field])
 
 
-def _range_checks(params: dict[str, list[str]], prefix: str, value_of: Callable[[dict[str, Any]], Any],
-                  parse: Callable[[str], float]) -> Iterable[Callable[[dict[str, Any]], bool]]:
+def _range_checks(
+    params: dict[str, list[str]], prefix: str, value_of: Callable[[dict[str, Any]], Any], parse: Callable[[str], float]
+) -> Iterable[Callable[[dict[str, Any]], bool]]:
     """Inclusive From/To bounds; a job without the value (e.g. no endTime yet) does not match."""
     if prefix + "From" in params:
         low = parse(params[prefix + "From"][-1])
@@ -692,4 +785,3 @@ def _sort_key(sort_by: str) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
         return lambda j: (int(j["id"]),)
     getter = _FIELD_OF.get(sort_by) or _SORT_ONLY_FIELDS.get(sort_by) or (lambda j: j.get(sort_by))
     return lambda j: ((v := getter(j)) is not None, v if v is not None else "", int(j["id"]))
-

@@ -22,8 +22,16 @@ from ._http import LoopbackFake, Outcome, RecordedRequest, Reply, json_reply
 
 __all__ = ["BATCH_STATUSES", "TERMINAL_STATUSES", "FakeOpenAI", "RecordedRequest", "Step"]
 
-BATCH_STATUSES = ("validating", "failed", "in_progress", "finalizing", "completed", "expired", "cancelling",
-                  "cancelled")
+BATCH_STATUSES = (
+    "validating",
+    "failed",
+    "in_progress",
+    "finalizing",
+    "completed",
+    "expired",
+    "cancelling",
+    "cancelled",
+)
 TERMINAL_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
 CANCELLABLE_STATUSES = frozenset({"validating", "in_progress", "finalizing"})
 DEFAULT_MODEL = "gpt-4o-mini-2024-07-18"
@@ -40,11 +48,14 @@ _DEFAULT_ERRORS: dict[int, tuple[str, str, str | None]] = {
     404: ("Not found.", "invalid_request_error", None),
     409: ("The request conflicts with the current state of the resource.", "invalid_request_error", None),
     422: ("Unprocessable request.", "invalid_request_error", None),
-    429: ("Rate limit reached for requests in organization org-fake on requests per min (RPM): Limit 5000, "
-          "Used 5000, Requested 1. Please try again in 12ms.", "requests", "rate_limit_exceeded"),
+    429: (
+        "Rate limit reached for requests in organization org-fake on requests per min (RPM): Limit 5000, "
+        "Used 5000, Requested 1. Please try again in 12ms.",
+        "requests",
+        "rate_limit_exceeded",
+    ),
 }
-_SERVER_ERROR = ("The server had an error while processing your request. Sorry about that!", "server_error",
-                 None)
+_SERVER_ERROR = ("The server had an error while processing your request. Sorry about that!", "server_error", None)
 
 
 def new_batch_id() -> str:
@@ -75,15 +86,25 @@ def default_error_body(status: int, batch_id: str | None = None) -> dict[str, An
 
 
 def _zero_usage() -> dict[str, Any]:
-    return {"input_tokens": 0, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 0,
-            "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 0}
+    return {
+        "input_tokens": 0,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": 0,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": 0,
+    }
 
 
 def _usage_for(done: int) -> dict[str, Any]:
     """Plausible, deterministic token usage for `done` finished requests."""
     inp, out = done * 120, done * 24
-    return {"input_tokens": inp, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": out,
-            "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": inp + out}
+    return {
+        "input_tokens": inp,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": out,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": inp + out,
+    }
 
 
 @dataclass
@@ -119,8 +140,14 @@ class _Batch:
 class FakeOpenAI(LoopbackFake):
     """Fake OpenAI Batch API. Thread-safe; `stop()` is prompt. See the module docstring for routes."""
 
-    def __init__(self, *, api_key: str = "sk-test-key", organization: str | None = None,
-                 project: str | None = None, record_requests: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        api_key: str = "sk-test-key",
+        organization: str | None = None,
+        project: str | None = None,
+        record_requests: bool = True,
+    ) -> None:
         super().__init__(("openai",), record_requests=record_requests)
         self._api_key = api_key
         self._organization = organization
@@ -137,20 +164,43 @@ class FakeOpenAI(LoopbackFake):
     def base_url(self) -> str:
         return self._url("openai") + "/v1"
 
-    def add_batch(self, batch_id: str | None = None, *, status: str = "validating", total: int = 10,
-                  endpoint: str = "/v1/chat/completions", metadata: dict[str, str] | None = None,
-                  created_at: int | None = None, model: str = DEFAULT_MODEL) -> str:
+    def add_batch(
+        self,
+        batch_id: str | None = None,
+        *,
+        status: str = "validating",
+        total: int = 10,
+        endpoint: str = "/v1/chat/completions",
+        metadata: dict[str, str] | None = None,
+        created_at: int | None = None,
+        model: str = DEFAULT_MODEL,
+    ) -> str:
         """Create a batch as the real create call would (validating), then move it to `status`."""
         _check_metadata(metadata)
         batch_id = batch_id or new_batch_id()
         created = int(time.time()) if created_at is None else created_at
         obj = {
-            "id": batch_id, "object": "batch", "endpoint": endpoint, "model": None, "errors": None,
-            "input_file_id": new_file_id(), "completion_window": "24h", "status": "validating",
-            "output_file_id": None, "error_file_id": None, "created_at": created, "in_progress_at": None,
-            "expires_at": created + 86400, "finalizing_at": None, "completed_at": None, "failed_at": None,
-            "expired_at": None, "cancelling_at": None, "cancelled_at": None,
-            "request_counts": {"total": 0, "completed": 0, "failed": 0}, "usage": _zero_usage(),
+            "id": batch_id,
+            "object": "batch",
+            "endpoint": endpoint,
+            "model": None,
+            "errors": None,
+            "input_file_id": new_file_id(),
+            "completion_window": "24h",
+            "status": "validating",
+            "output_file_id": None,
+            "error_file_id": None,
+            "created_at": created,
+            "in_progress_at": None,
+            "expires_at": created + 86400,
+            "finalizing_at": None,
+            "completed_at": None,
+            "failed_at": None,
+            "expired_at": None,
+            "cancelling_at": None,
+            "cancelled_at": None,
+            "request_counts": {"total": 0, "completed": 0, "failed": 0},
+            "usage": _zero_usage(),
             "metadata": dict(metadata) if metadata is not None else None,
         }
         with self._lock:
@@ -163,10 +213,18 @@ class FakeOpenAI(LoopbackFake):
             self.set_status(batch_id, status)
         return batch_id
 
-    def set_status(self, batch_id: str, status: str, *, completed: int | None = None,
-                   failed: int | None = None, output_file_id: str | EllipsisType | None = ...,
-                   error_file_id: str | EllipsisType | None = ..., errors: list[dict[str, Any]] | None = None,
-                   at: int | None = None) -> None:
+    def set_status(
+        self,
+        batch_id: str,
+        status: str,
+        *,
+        completed: int | None = None,
+        failed: int | None = None,
+        output_file_id: str | EllipsisType | None = ...,
+        error_file_id: str | EllipsisType | None = ...,
+        errors: list[dict[str, Any]] | None = None,
+        at: int | None = None,
+    ) -> None:
         """Move a batch like the real API would (timestamps, counts, model, file ids); see the brief.
 
         An undocumented status word is stored verbatim with no other change, to test "unknown" mapping.
@@ -208,17 +266,24 @@ class FakeOpenAI(LoopbackFake):
         with self._lock:
             return copy.deepcopy(self._batches[batch_id].obj)
 
-    def inject(self, status: int, *, times: int = 1, headers: dict[str, str] | None = None,
-               body: bytes | None = None, batch_id: str | None = None, delay: float = 0.0,
-               truncate_to: int | None = None) -> None:
+    def inject(
+        self,
+        status: int,
+        *,
+        times: int = 1,
+        headers: dict[str, str] | None = None,
+        body: bytes | None = None,
+        batch_id: str | None = None,
+        delay: float = 0.0,
+        truncate_to: int | None = None,
+    ) -> None:
         """The next `times` GETs (of `batch_id`, or any GET under /v1/batches) get this response instead.
 
         Default body: the JSON error envelope for `status` (200 with no body sends the batch object, so
         `delay`/`truncate_to` alone make a slow or cut-off real response). A body starting with "<" is
         sent as text/html (the gateway 502 seen in the wild).
         """
-        reply_headers = {"content-type": "text/html" if body and body.lstrip().startswith(b"<")
-                         else "application/json"}
+        reply_headers = {"content-type": "text/html" if body and body.lstrip().startswith(b"<") else "application/json"}
         reply_headers.update({k.lower(): v for k, v in (headers or {}).items()})
         reply = Reply(status, body if body is not None else b"", reply_headers, delay, truncate_to)
         with self._lock:
@@ -254,10 +319,15 @@ class FakeOpenAI(LoopbackFake):
         if request.method == "POST" and cancel:
             return self._cancel(cancel.group(1))
         if retrieve or cancel or path == "/v1/batches":
-            return self._error(405, error_envelope(
-                f"Invalid method for URL ({request.method} {request.path}).", "invalid_request_error", None))
-        return self._error(404, error_envelope(f"Invalid URL ({request.method} {request.path})",
-                                               "invalid_request_error", None))
+            return self._error(
+                405,
+                error_envelope(
+                    f"Invalid method for URL ({request.method} {request.path}).", "invalid_request_error", None
+                ),
+            )
+        return self._error(
+            404, error_envelope(f"Invalid URL ({request.method} {request.path})", "invalid_request_error", None)
+        )
 
     def _retrieve(self, batch_id: str) -> Reply:
         with self._lock:
@@ -277,8 +347,9 @@ class FakeOpenAI(LoopbackFake):
             if status in CANCELLABLE_STATUSES:
                 _transition(batch, "cancelling", int(time.time()), None, None, None)
             elif status != "cancelling":  # cancelling again is a no-op that returns the batch
-                return self._error(400, error_envelope(f"Cannot cancel a batch with status '{status}'.",
-                                                       "invalid_request_error", None))
+                return self._error(
+                    400, error_envelope(f"Cannot cancel a batch with status '{status}'.", "invalid_request_error", None)
+                )
             return self._ok(batch.obj)
 
     def _list(self, query: dict[str, list[str]]) -> Reply:
@@ -286,24 +357,39 @@ class FakeOpenAI(LoopbackFake):
         try:
             limit = int(limit_text)
         except ValueError:
-            return self._error(400, error_envelope(
-                f"Invalid 'limit': expected an integer, but got '{limit_text}' instead.",
-                "invalid_request_error", "invalid_type", "limit"))
+            return self._error(
+                400,
+                error_envelope(
+                    f"Invalid 'limit': expected an integer, but got '{limit_text}' instead.",
+                    "invalid_request_error",
+                    "invalid_type",
+                    "limit",
+                ),
+            )
         if not 1 <= limit <= 100:
             word, bound = ("below minimum", ">= 1") if limit < 1 else ("above maximum", "<= 100")
-            return self._error(400, error_envelope(
-                f"Invalid 'limit': integer {word} value. Expected a value {bound}, but got {limit} instead.",
-                "invalid_request_error", f"integer_{word.replace(' ', '_')}_value", "limit"))
+            return self._error(
+                400,
+                error_envelope(
+                    f"Invalid 'limit': integer {word} value. Expected a value {bound}, but got {limit} instead.",
+                    "invalid_request_error",
+                    f"integer_{word.replace(' ', '_')}_value",
+                    "limit",
+                ),
+            )
         after = query.get("after", [None])[-1]
         with self._lock:
             ordered, position = self._newest_first()
             # An unknown cursor gives an empty page (undocumented upstream; see the report).
             start = (position[after] + 1 if after in position else len(ordered)) if after else 0
-            page = [b.obj for b in ordered[start:start + limit]]
-            envelope = {"object": "list", "data": page,
-                        "first_id": page[0]["id"] if page else None,
-                        "last_id": page[-1]["id"] if page else None,
-                        "has_more": start + limit < len(ordered)}
+            page = [b.obj for b in ordered[start : start + limit]]
+            envelope = {
+                "object": "list",
+                "data": page,
+                "first_id": page[0]["id"] if page else None,
+                "last_id": page[-1]["id"] if page else None,
+                "has_more": start + limit < len(ordered),
+            }
             return self._ok(envelope)
 
     def _newest_first(self) -> tuple[list[_Batch], dict[str, int]]:
@@ -318,21 +404,44 @@ class FakeOpenAI(LoopbackFake):
         auth = headers.get("authorization", "")
         if not auth.startswith("Bearer ") or not auth[7:].strip():
             # The real message explains Bearer auth; it never echoes a key.
-            return self._error(401, error_envelope(
-                "You didn't provide an API key. You need to provide your API key in an Authorization header "
-                "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).", "invalid_request_error", None))
+            return self._error(
+                401,
+                error_envelope(
+                    "You didn't provide an API key. You need to provide your API key in an Authorization header "
+                    "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+                    "invalid_request_error",
+                    None,
+                ),
+            )
         if not secrets.compare_digest(auth[7:].strip().encode(), self._api_key.encode()):
             # Never echo the key back, not even masked: logs of the client would then carry part of it.
-            return self._error(401, error_envelope(
-                "Incorrect API key provided. You can find your API key at "
-                "https://platform.openai.com/account/api-keys.", "invalid_request_error", "invalid_api_key"))
+            return self._error(
+                401,
+                error_envelope(
+                    "Incorrect API key provided. You can find your API key at "
+                    "https://platform.openai.com/account/api-keys.",
+                    "invalid_request_error",
+                    "invalid_api_key",
+                ),
+            )
         if self._organization is not None and headers.get("openai-organization") != self._organization:
-            return self._error(401, error_envelope(
-                "OpenAI-Organization header should match organization for API key", "invalid_request_error",
-                "mismatched_organization"))
+            return self._error(
+                401,
+                error_envelope(
+                    "OpenAI-Organization header should match organization for API key",
+                    "invalid_request_error",
+                    "mismatched_organization",
+                ),
+            )
         if self._project is not None and headers.get("openai-project") != self._project:
-            return self._error(401, error_envelope("OpenAI-Project header should match project for API key",
-                                                   "invalid_request_error", "mismatched_project"))
+            return self._error(
+                401,
+                error_envelope(
+                    "OpenAI-Project header should match project for API key",
+                    "invalid_request_error",
+                    "mismatched_project",
+                ),
+            )
         return None
 
     def _take_injection(self, request: RecordedRequest, target: str | None) -> Reply | None:
@@ -348,12 +457,15 @@ class FakeOpenAI(LoopbackFake):
 
     def _finish_injected(self, reply: Reply, target: str | None) -> Reply:
         body = reply.body or _dumps(default_error_body(reply.status, target if reply.status == 404 else None))
-        return Reply(reply.status, body, {**self._common_headers(), **reply.headers}, reply.delay,
-                     reply.truncate_to)
+        return Reply(reply.status, body, {**self._common_headers(), **reply.headers}, reply.delay, reply.truncate_to)
 
     def _common_headers(self) -> dict[str, str]:
-        headers = {"content-type": "application/json", "x-request-id": new_request_id(),
-                   "openai-version": OPENAI_VERSION, "openai-processing-ms": "12"}
+        headers = {
+            "content-type": "application/json",
+            "x-request-id": new_request_id(),
+            "openai-version": OPENAI_VERSION,
+            "openai-processing-ms": "12",
+        }
         if self._organization is not None:
             headers["openai-organization"] = self._organization
         return headers
@@ -395,8 +507,9 @@ def _check_metadata(metadata: dict[str, str] | None) -> None:
 # ----- the state machine ---------------------------------------------------------------------------
 
 
-def _transition(batch: _Batch, status: str, now: int, completed: int | None, failed: int | None,
-                errors: list[dict[str, Any]] | None) -> None:
+def _transition(
+    batch: _Batch, status: str, now: int, completed: int | None, failed: int | None, errors: list[dict[str, Any]] | None
+) -> None:
     obj = batch.obj
     obj["status"] = status
     mover = _MOVES.get(status)
@@ -423,16 +536,19 @@ def _set_counts(batch: _Batch, completed: int, failed: int) -> None:
     batch.obj["request_counts"] = {"total": batch.total, "completed": completed, "failed": failed}
 
 
-def _move_in_progress(batch: _Batch, now: int, completed: int | None, failed: int | None,
-                      errors: list[dict[str, Any]] | None) -> None:
+def _move_in_progress(
+    batch: _Batch, now: int, completed: int | None, failed: int | None, errors: list[dict[str, Any]] | None
+) -> None:
     _start_processing(batch, now)
     counts = batch.obj["request_counts"]
-    _set_counts(batch, counts["completed"] if completed is None else completed,
-                counts["failed"] if failed is None else failed)
+    _set_counts(
+        batch, counts["completed"] if completed is None else completed, counts["failed"] if failed is None else failed
+    )
 
 
-def _move_finalizing(batch: _Batch, now: int, completed: int | None, failed: int | None,
-                     errors: list[dict[str, Any]] | None) -> None:
+def _move_finalizing(
+    batch: _Batch, now: int, completed: int | None, failed: int | None, errors: list[dict[str, Any]] | None
+) -> None:
     # Counts are already full while finalizing (contract §1, curator#287).
     _start_processing(batch, now)
     _set_once(batch.obj, "finalizing_at", now)
@@ -440,8 +556,9 @@ def _move_finalizing(batch: _Batch, now: int, completed: int | None, failed: int
     _set_counts(batch, batch.total - done_failed if completed is None else completed, done_failed)
 
 
-def _move_completed(batch: _Batch, now: int, completed: int | None, failed: int | None,
-                    errors: list[dict[str, Any]] | None) -> None:
+def _move_completed(
+    batch: _Batch, now: int, completed: int | None, failed: int | None, errors: list[dict[str, Any]] | None
+) -> None:
     obj = batch.obj
     _start_processing(batch, now)
     _set_once(obj, "finalizing_at", now)
@@ -458,22 +575,29 @@ def _move_completed(batch: _Batch, now: int, completed: int | None, failed: int 
     obj["usage"] = _usage_for(completed)
 
 
-def _move_failed(batch: _Batch, now: int, completed: int | None, failed: int | None,
-                 errors: list[dict[str, Any]] | None) -> None:
+def _move_failed(
+    batch: _Batch, now: int, completed: int | None, failed: int | None, errors: list[dict[str, Any]] | None
+) -> None:
     # A validation failure: errors.data filled in, counts all zero (real dump; contract §1 and §6).
     obj = batch.obj
     _set_once(obj, "failed_at", now)
     obj["errors"] = {"object": "list", "data": errors if errors is not None else [_token_limit_error(batch)]}
-    obj["request_counts"] = {"total": 0 if completed is None and failed is None else batch.total,
-                             "completed": completed or 0, "failed": failed or 0}
+    obj["request_counts"] = {
+        "total": 0 if completed is None and failed is None else batch.total,
+        "completed": completed or 0,
+        "failed": failed or 0,
+    }
 
 
 def _token_limit_error(batch: _Batch) -> dict[str, Any]:
-    return {"code": "token_limit_exceeded",
-            "message": f"Enqueued token limit reached for {batch.model} in organization org-fake. Limit: "
-                       "2,000,000 enqueued tokens. Please try again once some in_progress batches have been "
-                       "completed.",
-            "param": None, "line": None}
+    return {
+        "code": "token_limit_exceeded",
+        "message": f"Enqueued token limit reached for {batch.model} in organization org-fake. Limit: "
+        "2,000,000 enqueued tokens. Please try again once some in_progress batches have been "
+        "completed.",
+        "param": None,
+        "line": None,
+    }
 
 
 def _move_ended_early(batch: _Batch, now: int, completed: int | None, failed: int | None) -> None:
@@ -481,8 +605,11 @@ def _move_ended_early(batch: _Batch, now: int, completed: int | None, failed: in
     obj = batch.obj
     if obj["in_progress_at"] is not None:
         counts = obj["request_counts"]
-        _set_counts(batch, counts["completed"] if completed is None else completed,
-                    counts["failed"] if failed is None else failed)
+        _set_counts(
+            batch,
+            counts["completed"] if completed is None else completed,
+            counts["failed"] if failed is None else failed,
+        )
     elif completed or failed:
         _set_counts(batch, completed or 0, failed or 0)
     done = obj["request_counts"]["completed"]
@@ -491,24 +618,30 @@ def _move_ended_early(batch: _Batch, now: int, completed: int | None, failed: in
     obj["usage"] = _usage_for(done)
 
 
-def _move_expired(batch: _Batch, now: int, completed: int | None, failed: int | None,
-                  errors: list[dict[str, Any]] | None) -> None:
+def _move_expired(
+    batch: _Batch, now: int, completed: int | None, failed: int | None, errors: list[dict[str, Any]] | None
+) -> None:
     _start_processing(batch, now)  # only a batch that ran can run out of time
     _set_once(batch.obj, "expired_at", now)
     _move_ended_early(batch, now, completed, failed)
 
 
-def _move_cancelling(batch: _Batch, now: int, completed: int | None, failed: int | None,
-                     errors: list[dict[str, Any]] | None) -> None:
+def _move_cancelling(
+    batch: _Batch, now: int, completed: int | None, failed: int | None, errors: list[dict[str, Any]] | None
+) -> None:
     _set_once(batch.obj, "cancelling_at", now)
     if completed is not None or failed is not None:
         counts = batch.obj["request_counts"]
-        _set_counts(batch, counts["completed"] if completed is None else completed,
-                    counts["failed"] if failed is None else failed)
+        _set_counts(
+            batch,
+            counts["completed"] if completed is None else completed,
+            counts["failed"] if failed is None else failed,
+        )
 
 
-def _move_cancelled(batch: _Batch, now: int, completed: int | None, failed: int | None,
-                    errors: list[dict[str, Any]] | None) -> None:
+def _move_cancelled(
+    batch: _Batch, now: int, completed: int | None, failed: int | None, errors: list[dict[str, Any]] | None
+) -> None:
     _set_once(batch.obj, "cancelling_at", now)
     _set_once(batch.obj, "cancelled_at", now)
     if batch.obj["in_progress_at"] is None and (completed or failed):

@@ -20,7 +20,10 @@ class DaemonProcess:
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
             [TECKOCHECKER, "--config", str(config), "run", *extra],
-            cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+            cwd=cwd,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
 
     @property
@@ -59,7 +62,9 @@ class DaemonProcess:
 
 
 def run_cli(*args: str, env: dict[str, str], cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([TECKOCHECKER, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=60, input=stdin)
+    return subprocess.run(
+        [TECKOCHECKER, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=60, input=stdin
+    )
 
 
 def read_ledger(path: Path) -> list[dict[str, object]]:

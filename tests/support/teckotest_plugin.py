@@ -17,7 +17,15 @@ from typing import Literal
 from teckochecker import hookimpl
 from teckochecker.errors import InDoubt, NotStarted, PermanentError, Rejected, TransientError
 from teckochecker.plugin_api import (
-    Action, ActionOutcome, ActionRequest, ActionResult, CheckReport, Observation, OptionsModel, SecretName, Source,
+    Action,
+    ActionOutcome,
+    ActionRequest,
+    ActionResult,
+    CheckReport,
+    Observation,
+    OptionsModel,
+    SecretName,
+    Source,
     TargetState,
 )
 
@@ -87,7 +95,9 @@ class RecordAction(Action):
         if options.fault == "in_doubt_not_created":
             raise InDoubt("read timeout (test)")
         entry = {
-            "id": uuid.uuid4().hex[:12], "trigger_id": request.trigger_id, "job": request.job_name,
+            "id": uuid.uuid4().hex[:12],
+            "trigger_id": request.trigger_id,
+            "job": request.job_name,
             "targets": {o.target: o.state.value for o in request.targets},
             "at": self.context.clock.now().isoformat(),
         }
@@ -101,8 +111,11 @@ class RecordAction(Action):
     async def find_started(self, request: ActionRequest, since: dt.datetime) -> Sequence[ActionResult] | None:
         if not self.options.searchable:  # type: ignore[attr-defined]
             return None
-        return [ActionResult(e["id"], ActionOutcome.RUNNING, "created") for e in _read(Path(self.options.ledger))  # type: ignore[attr-defined]
-                if e["trigger_id"] == request.trigger_id]
+        return [
+            ActionResult(e["id"], ActionOutcome.RUNNING, "created")
+            for e in _read(Path(self.options.ledger))  # type: ignore[attr-defined]
+            if e["trigger_id"] == request.trigger_id
+        ]
 
     async def follow(self, started: ActionResult) -> ActionResult:
         outcome = ActionOutcome(self.options.outcome)  # type: ignore[attr-defined]

@@ -58,15 +58,18 @@ class JobRunner:
         if snap.paused:
             return TickResult()
         next_in: float | None = None
-        if snap.state is JobState.WATCHING:
-            snap, next_in = await self._watch(job, snap)
-        if snap.state is JobState.FIRING:
+        state = snap.state
+        if state is JobState.WATCHING:
+            state, next_in = await self._watch(job, snap)
+            if state is JobState.FIRING:
+                snap = await self._reload(job.name)
+        if state is JobState.FIRING:
             next_in = await self._actions.advance(job, snap)
             if next_in is None:
                 return TickResult(done=True)
-        return TickResult(next_in=next_in, done=snap.state.is_final)
+        return TickResult(next_in=next_in, done=state.is_final)
 
-    async def _watch(self, job: JobRuntime, snap: JobSnapshot) -> tuple[JobSnapshot, float | None]:
+    async def _watch(self, job: JobRuntime, snap: JobSnapshot) -> tuple[JobState, float | None]:
         now = self._clock.now()
         if snap.deadline_at is not None and now >= snap.deadline_at:
             unfinished = len(snap.pending_targets)
@@ -74,19 +77,19 @@ class JobRunner:
             await self._db.run(self._store.fail_job, job.name, reason, now=now, kind="deadline_passed")
             self._metrics.job_deadline_exceeded.labels(job.name).inc()
             self._log.warning("job %s: %s", job.name, reason)
-            return await self._reload(job.name), None
+            return JobState.FAILED, None
         if snap.consecutive_failures and snap.next_check_at and now < snap.next_check_at - dt.timedelta(seconds=1):
             # Still backing off (e.g. the vendor asked us to wait longer than the interval).
-            return snap, (snap.next_check_at - now).total_seconds()
+            return snap.state, (snap.next_check_at - now).total_seconds()
         report = await self._check(job, snap, now)
         if report is None:
-            return await self._reload(job.name), None
+            return JobState.FAILED, None
         next_in = None
         if report.transient_errors:
             next_in = backoff_delay(snap.consecutive_failures + 1, report.retry_after, rng=self._rng)
         interval = job.definition.interval
         next_check_at = now + dt.timedelta(seconds=next_in if next_in is not None else interval)
-        snap = await self._db.run(
+        state = await self._db.run(
             self._store.record_check,
             job.name,
             report,
@@ -97,9 +100,9 @@ class JobRunner:
             actions=job.planned_actions(),
         )
         self._crash.hit("after_check_commit")
-        if snap.state is JobState.FIRING:
+        if state is JobState.FIRING:
             self._log.info("job %s: trigger fired", job.name)
-        return snap, next_in
+        return state, next_in
 
     async def _check(self, job: JobRuntime, snap: JobSnapshot, now: dt.datetime) -> CheckReport | None:
         source_type = job.definition.source.type

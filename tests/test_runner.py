@@ -246,7 +246,7 @@ def _crash_after_intent(h: Harness, *, start_happened: bool) -> None:
     from teckochecker.plugin_api import ActionRequest, CheckReport, Observation, TargetState
 
     done = tuple(Observation(t, TargetState.SUCCEEDED, "completed") for t in ("a", "b"))
-    snap = h.store.record_check(
+    h.store.record_check(
         "j",
         CheckReport(done),
         now=h.clock.now(),
@@ -255,6 +255,7 @@ def _crash_after_intent(h: Harness, *, start_happened: bool) -> None:
         rule=h.job.definition.trigger,
         actions=h.job.planned_actions(),
     )
+    snap = h.store.job("j")
     run = snap.runs[0]
     assert h.store.begin_run(run.id, now=h.clock.now())
     if start_happened:

@@ -29,7 +29,7 @@ def obs(target: str, state: str, status: str | None = None) -> Observation:
 def check(
     store: StateStore, *observations: Observation, rule: TriggerRule = TriggerRule.ALL_TERMINAL, at: dt.datetime = T0
 ):
-    return store.record_check(
+    store.record_check(
         "j",
         CheckReport(tuple(observations)),
         now=at,
@@ -38,6 +38,7 @@ def check(
         rule=rule,
         actions=ACTIONS,
     )
+    return store.job("j")
 
 
 @pytest.fixture
@@ -94,7 +95,7 @@ def test_terminal_targets_are_never_overwritten(store: StateStore) -> None:
 def test_intent_is_exclusive_per_downstream_target(store: StateStore) -> None:
     store.sync_jobs([JobPlan("j", "fp1", ["a", "b"]), JobPlan("k", "fp", ["a"])], T0)
     snap_j = check(store, obs("a", "succeeded"), obs("b", "succeeded"))
-    snap_k = store.record_check(
+    store.record_check(
         "k",
         CheckReport((obs("a", "succeeded"),)),
         now=T0,
@@ -103,6 +104,7 @@ def test_intent_is_exclusive_per_downstream_target(store: StateStore) -> None:
         rule=TriggerRule.ALL_TERMINAL,
         actions=ACTIONS[:1],
     )
+    snap_k = store.job("k")
     run_j, run_k = snap_j.runs[0], snap_k.runs[0]
     assert store.begin_run(run_j.id, now=T0) is True
     assert store.begin_run(run_j.id, now=T0) is False  # not PENDING any more

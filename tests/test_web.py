@@ -50,7 +50,7 @@ def counts(total: int, completed: int, failed: int = 0) -> dict[str, Any]:
 
 
 def _check(store: StateStore, name: str, *observations: Observation, at: dt.datetime = T0) -> JobSnapshot:
-    return store.record_check(
+    store.record_check(
         name,
         CheckReport(tuple(observations)),
         now=at,
@@ -59,6 +59,7 @@ def _check(store: StateStore, name: str, *observations: Observation, at: dt.date
         rule=TriggerRule.ALL_TERMINAL,
         actions=[KEBOOLA],
     )
+    return store.job(name)
 
 
 def populate(store: StateStore, *extra: JobPlan) -> None:

@@ -205,55 +205,48 @@ class StateStore:
         deadline: float,
         rule: TriggerRule,
         actions: Sequence[PlannedAction],
-    ) -> JobSnapshot:
+    ) -> JobState:
         """Persist what a check saw and, in the same transaction, fire the trigger if its rule holds.
 
         The inserted action runs are the outbox: a crash after this commit still fires exactly once.
+        Returns the job's state afterwards. Only changed targets are written: this runs on every tick.
         """
         with self._engine.begin() as conn:
             row = conn.execute(sa.select(schema.jobs).where(schema.jobs.c.name == name)).one()
             if row.state != JobState.WATCHING.value:
-                return self._snapshot(conn, row)
+                return JobState(row.state)
+            rows = {t.target: t for t in conn.execute(sa.select(schema.targets).where(schema.targets.c.job_id == row.id))}
+            states = {target: TargetState(t.state) for target, t in rows.items()}
             for obs in report.observations:
-                _apply_observation(conn, row.id, obs, now)
+                if obs.target in rows:
+                    states[obs.target] = _apply_observation(conn, row.id, rows[obs.target], obs, now)
             changes: dict[str, Any] = {"last_checked_at": now, "next_check_at": next_check_at, "updated_at": now}
             if row.first_observed_at is None and report.observations:
                 changes |= {"first_observed_at": now, "deadline_at": now + dt.timedelta(seconds=deadline)}
-            if report.transient_errors:
-                changes |= {
-                    "consecutive_failures": row.consecutive_failures + 1,
-                    "last_error": _first_error(report.transient_errors),
-                }
-                _event(
-                    conn,
-                    row.id,
-                    now,
-                    "check_failed",
-                    f"{len(report.transient_errors)} target(s) could not be checked",
-                    {"errors": dict(list(report.transient_errors.items())[:20])},
-                )
-            else:
-                changes |= {"consecutive_failures": 0, "last_error": None}
-            states = [
-                TargetState(s)
-                for (s,) in conn.execute(sa.select(schema.targets.c.state).where(schema.targets.c.job_id == row.id))
-            ]
-            decision = rules.evaluate(rule, states)
+            changes |= self._check_errors(conn, row, report, now)
+            state = JobState.WATCHING
+            decision = rules.evaluate(rule, list(states.values()))
             if decision.verdict is rules.Verdict.FIRE:
-                self._fire(conn, row.id, states, actions, now, decision.reason)
-                changes |= {"state": JobState.FIRING.value, "next_check_at": now}
+                self._fire(conn, row.id, list(states.values()), actions, now, decision.reason)
+                state = JobState.FIRING
+                changes |= {"state": state.value, "next_check_at": now}
             elif decision.verdict is rules.Verdict.ABANDON:
-                changes |= {"state": JobState.FAILED.value, "finished_at": now, "last_error": decision.reason}
+                state = JobState.FAILED
+                changes |= {"state": state.value, "finished_at": now, "last_error": decision.reason}
                 _event(
-                    conn,
-                    row.id,
-                    now,
-                    "job_finished",
-                    f"job failed: {decision.reason}; no action was run",
-                    {"state": JobState.FAILED.value},
+                    conn, row.id, now, "job_finished", f"job failed: {decision.reason}; no action was run",
+                    {"state": state.value},
                 )
             conn.execute(sa.update(schema.jobs).where(schema.jobs.c.id == row.id).values(**changes))
-            return self._snapshot(conn, conn.execute(sa.select(schema.jobs).where(schema.jobs.c.id == row.id)).one())
+            return state
+
+    def _check_errors(self, conn: Connection, row: Row[Any], report: CheckReport, now: dt.datetime) -> dict[str, Any]:
+        if not report.transient_errors:
+            return {"consecutive_failures": 0, "last_error": None}
+        count = len(report.transient_errors)
+        sample = dict(list(report.transient_errors.items())[:20])
+        _event(conn, row.id, now, "check_failed", f"{count} target(s) could not be checked", {"errors": sample})
+        return {"consecutive_failures": row.consecutive_failures + 1, "last_error": _first_error(report.transient_errors)}
 
     def _fire(
         self,
@@ -293,22 +286,6 @@ class StateStore:
                     "action_skipped",
                     f"action {action.index} ({action.type}) skipped: condition {action.when.value} does not hold",
                 )
-
-    def record_check_failure(self, name: str, message: str, *, now: dt.datetime, next_check_at: dt.datetime) -> None:
-        with self._engine.begin() as conn:
-            row = conn.execute(sa.select(schema.jobs).where(schema.jobs.c.name == name)).one()
-            conn.execute(
-                sa.update(schema.jobs)
-                .where(schema.jobs.c.id == row.id)
-                .values(
-                    consecutive_failures=row.consecutive_failures + 1,
-                    last_error=message,
-                    last_checked_at=now,
-                    next_check_at=next_check_at,
-                    updated_at=now,
-                )
-            )
-            _event(conn, row.id, now, "check_failed", message)
 
     def set_paused(self, name: str, paused: bool, *, now: dt.datetime) -> bool:
         """Pause or resume a job's checks; False if there is no such job. A paused job that already fired
@@ -543,17 +520,16 @@ def _insert_targets(conn: Connection, job_id: int, names: Sequence[str], start: 
         )
 
 
-def _apply_observation(conn: Connection, job_id: int, obs: Any, now: dt.datetime) -> None:
-    row = conn.execute(
-        sa.select(schema.targets).where(schema.targets.c.job_id == job_id, schema.targets.c.target == obs.target)
-    ).first()
-    if row is None or TargetState(row.state).is_terminal:
-        return
+def _apply_observation(conn: Connection, job_id: int, row: Row[Any], obs: Any, now: dt.datetime) -> TargetState:
+    """Write one observation if it is news; returns the target's state afterwards. Final states stick."""
+    current = TargetState(row.state)
+    if current.is_terminal:
+        return current
     details = dict(obs.details)
     # The first vendor word for a target that is still where it started is not news.
     changed = row.state != obs.state.value or (row.vendor_status is not None and row.vendor_status != obs.vendor_status)
     if not changed and row.vendor_status == obs.vendor_status and row.details == details and row.message == obs.message:
-        return
+        return current
     values: dict[str, Any] = {
         "state": obs.state.value,
         "vendor_status": obs.vendor_status,
@@ -569,13 +545,10 @@ def _apply_observation(conn: Connection, job_id: int, obs: Any, now: dt.datetime
         if obs.message:
             text += f" ({obs.message})"
         _event(
-            conn,
-            job_id,
-            now,
-            "target_changed",
-            text,
+            conn, job_id, now, "target_changed", text,
             {"target": obs.target, "state": obs.state.value, "vendor_status": obs.vendor_status},
         )
+    return obs.state
 
 
 def _set_result(conn: Connection, run_id: int, result: ActionResult, now: dt.datetime) -> RunState:

@@ -33,6 +33,7 @@ from fakes import FakeKeboola, FakeOpenAI  # noqa: E402
 OPENAI_KEY = "sk-bench-0123456789abcdefghij"
 KEBOOLA_TOKEN = "kbc-bench-token-0123456789"
 COMPONENT = "kds-team.app-custom-python"
+RECORD = bool(os.environ.get("BENCH_RECORD"))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -47,7 +48,7 @@ def main() -> int:
 
     with (
         tempfile.TemporaryDirectory(prefix="tc-bench-") as tmp,
-        FakeOpenAI(api_key=OPENAI_KEY, record_requests=False) as openai,
+        FakeOpenAI(api_key=OPENAI_KEY, record_requests=RECORD) as openai,
         FakeKeboola(token=KEBOOLA_TOKEN, search_lag=1.0) as keboola,
     ):
         workdir = Path(tmp)
@@ -90,8 +91,8 @@ def run(
 ) -> int:
     metrics_url = f"http://127.0.0.1:{port}/metrics"
     wait_for(lambda: scrape(metrics_url) is not None, 120, "the daemon's HTTP listener", daemon)
-    print(f"ready after {time.monotonic() - started:.1f}s; warming up for one interval", flush=True)
-    time.sleep(args.interval + 5)
+    print(f"ready after {time.monotonic() - started:.1f}s; warming up for two intervals", flush=True)
+    time.sleep(2 * args.interval + 10)
 
     before_cpu, before_metrics, before_requests = cpu_seconds(daemon.pid), scrape(metrics_url), openai.request_count()
     t0 = time.monotonic()
@@ -145,6 +146,12 @@ def run(
         f"completion → Keboola POST:       p50 {statistics.median(delays):.1f} s, "
         f"p99 {quantile(delays, 0.99):.1f} s  (polling every {args.interval}s)"
     )
+    if RECORD:
+        lists = sum(1 for r in openai.requests if r.path == "/v1/batches")
+        print(f"OpenAI requests overall:         {lists} list pages, {len(openai.requests) - lists} others")
+    for line in final_metrics.splitlines():
+        if line.startswith(("teckochecker_source_checks_total", "teckochecker_http_requests_total")):
+            print("   ", line)
     print(
         f"Keboola jobs per fired trigger:  {len(keboola.jobs) / args.jobs:.3f}  ({len(keboola.jobs)} jobs, "
         f"{len(posts)} POSTs, {args.jobs} triggers)"

@@ -18,7 +18,7 @@ from teckochecker.crashpoints import CrashPoints
 from teckochecker.errors import ConfigError, SecretError, TeckoCheckerError
 from teckochecker.http import HttpClientPool
 from teckochecker.metrics import Metrics
-from teckochecker.plugin_api import PluginContext
+from teckochecker.plugin_api import PluginContext, SharedRegistry
 from teckochecker.plugins import PluginRegistry
 from teckochecker.reloader import Reloader, config_checksum, watched_dirs
 from teckochecker.runner import JobRunner
@@ -109,6 +109,7 @@ class Daemon:
             clock=self._clock,
             secret=self._secret,
             logger=logging.getLogger("teckochecker.plugins"),
+            shared=SharedRegistry(),
         )
         self._jobs = {name: JobRuntime.build(d, self._context) for name, d in self.config.jobs.items()}
         await self._worker.run(self.store.sync_jobs, [j.plan() for j in self._jobs.values()], self._clock.now())
@@ -317,6 +318,7 @@ class Daemon:
             jobs[name] = JobRuntime.build(new.jobs[name], self._context)
         self._jobs = jobs
         await self._worker.run(self.store.sync_jobs, [jobs[n].plan() for n in new.jobs], self._clock.now())
+        self._runner.forget()
         for name in removed:
             if _firing(snapshots, name):
                 continue  # a reload never abandons a trigger: it runs to its end, then retires
@@ -357,7 +359,8 @@ class Daemon:
     async def _gauge_loop(self) -> None:
         while True:
             try:
-                self.metrics.observe_jobs(await self._worker.run(self.store.jobs, include_removed=False))
+                await self._runner.flush()
+                self.metrics.observe(await self._worker.run(self.store.gauges))
             except Exception as exc:  # the state store may be briefly unreachable; metrics can wait
                 self._log.warning("cannot refresh job metrics: %s", exc)
             await asyncio.sleep(GAUGE_REFRESH)
@@ -380,6 +383,7 @@ class Daemon:
                 await asyncio.wait(pending, timeout=0.5)
         if ticker is not None:
             ticker.shutdown()
+            await self._runner.flush()
         watchdog = getattr(self, "_watchdog", None)
         if watchdog is not None:
             watchdog.cancel()  # last: systemd keeps getting pings while the ticks drain
@@ -420,10 +424,13 @@ class DaemonControlImpl:
         }
 
     async def pause(self, name: str) -> bool:
-        return await self._d._worker.run(self._d.store.set_paused, name, True, now=self._d._clock.now())
+        paused = await self._d._worker.run(self._d.store.set_paused, name, True, now=self._d._clock.now())
+        self._d._runner.forget(name)
+        return paused
 
     async def resume(self, name: str) -> bool:
         resumed = await self._d._worker.run(self._d.store.set_paused, name, False, now=self._d._clock.now())
+        self._d._runner.forget(name)
         if resumed:
             self._d._ticker.run_in(name, 0)
         return resumed

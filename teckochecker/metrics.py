@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from teckochecker import __version__
-from teckochecker.state.models import JobSnapshot, JobState
+from teckochecker.state.models import PROGRESS_KINDS, JobGauges, JobSnapshot, JobState
 
 PREFIX = "teckochecker"
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -129,32 +129,23 @@ class Metrics:
         )
 
     def observe_jobs(self, snapshots: Iterable[JobSnapshot]) -> None:
-        """Refresh the state gauges from the store's view."""
-        counts = dict.fromkeys((s.value for s in JobState), 0)
+        """Refresh the state gauges from job snapshots."""
+        self.observe(JobGauges.from_snapshots(snapshots))
+
+    def observe(self, gauges: JobGauges) -> None:
+        """Refresh the state gauges (the daemon reads these counts from its store every few seconds)."""
         self.targets.clear()
         self.batch_requests.clear()
         self.job_deadline.clear()
-        for job in snapshots:
-            if job.removed:
-                continue
-            counts[job.state.value] += 1
-            per_state: dict[str, int] = {}
-            totals = {"total": 0, "completed": 0, "failed": 0}
-            for target in job.targets:
-                per_state[target.state.value] = per_state.get(target.state.value, 0) + 1
-                request_counts = target.details.get("request_counts") if isinstance(target.details, dict) else None
-                if isinstance(request_counts, dict):
-                    for kind in totals:
-                        value = request_counts.get(kind)
-                        totals[kind] += value if isinstance(value, int) else 0
-            for state, count in per_state.items():
-                self.targets.labels(job.name, state).set(count)
-            for kind, value in totals.items():
-                self.batch_requests.labels(job.name, kind).set(value)
-            if job.deadline_at is not None and not job.state.is_final:
-                self.job_deadline.labels(job.name).set(job.deadline_at.timestamp())
-        for state, count in counts.items():
-            self.jobs.labels(state).set(count)
+        for state in JobState:
+            self.jobs.labels(state.value).set(gauges.jobs.get(state.value, 0))
+        for (job, state), count in gauges.targets.items():
+            self.targets.labels(job, state).set(count)
+        for job, values in gauges.requests.items():
+            for kind, value in zip(PROGRESS_KINDS, values, strict=True):
+                self.batch_requests.labels(job, kind).set(value)
+        for job, deadline in gauges.deadlines.items():
+            self.job_deadline.labels(job).set(deadline)
 
 
 def status_class(status_code: int | None) -> str:

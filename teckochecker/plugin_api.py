@@ -13,9 +13,9 @@ import datetime as dt
 import enum
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import httpx
 from pydantic import BaseModel, ConfigDict
@@ -35,6 +35,8 @@ __all__ = [
     "OptionsModel",
     "PluginContext",
     "SecretName",
+    "SharedObjects",
+    "SharedRegistry",
     "Source",
     "TargetState",
 ]
@@ -170,6 +172,28 @@ class HttpClients(Protocol):
     ) -> httpx.AsyncClient: ...
 
 
+T = TypeVar("T")
+
+
+class SharedObjects(Protocol):
+    """Objects shared by every instance of a plugin within one daemon (e.g. one listing of an API shared
+    by all jobs that watch the same account), created on first use."""
+
+    def get(self, key: str, factory: Callable[[], T]) -> T: ...
+
+
+class SharedRegistry:
+    """The daemon's SharedObjects: a plain dict it owns (and tests build their own)."""
+
+    def __init__(self) -> None:
+        self._objects: dict[str, Any] = {}
+
+    def get(self, key: str, factory: Callable[[], T]) -> T:
+        if key not in self._objects:
+            self._objects[key] = factory()
+        return self._objects[key]  # type: ignore[no-any-return]
+
+
 @dataclass(frozen=True)
 class PluginContext:
     """Services the core hands to every plugin instance. Nothing here is a global."""
@@ -178,6 +202,7 @@ class PluginContext:
     clock: Clock
     secret: SecretLookup
     logger: logging.Logger
+    shared: SharedObjects = field(default_factory=SharedRegistry)
 
 
 class Source(ABC):

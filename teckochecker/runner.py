@@ -21,6 +21,7 @@ from teckochecker.state.models import JobSnapshot, JobState
 from teckochecker.state.store import StateStore
 from teckochecker.storeworker import StoreWorker
 from teckochecker.triggering import ActionDriver
+from teckochecker.watchcache import WatchCache
 
 
 @dataclass(frozen=True)
@@ -50,9 +51,24 @@ class JobRunner:
         self._log = logger
         self._rng = rng or random.Random()
         self._actions = ActionDriver(store, worker, clock, crashpoints, logger, metrics, self._rng)
+        self._cache = WatchCache()
+
+    def forget(self, name: str | None = None) -> None:
+        """Drop cached state after a change made outside a tick (reload, pause, resume)."""
+        self._cache.forget(name)
+
+    async def flush(self) -> None:
+        """Write when quiet checks happened (batched: these carry no news)."""
+        touches = self._cache.take_touches()
+        if touches:
+            await self._db.run(self._store.touch_jobs, touches)
 
     async def tick(self, job: JobRuntime) -> TickResult:
-        snap = await self._db.run(self._store.job, job.name)
+        snap = self._cache.get(job.name)
+        if snap is None:
+            snap = await self._db.run(self._store.job, job.name)
+            if snap is not None:
+                self._cache.keep(snap)
         if snap is None or snap.state.is_final:
             return TickResult(done=True)
         if snap.paused:
@@ -83,12 +99,17 @@ class JobRunner:
             return snap.state, (snap.next_check_at - now).total_seconds()
         report = await self._check(job, snap, now)
         if report is None:
+            self._cache.forget(job.name)
             return JobState.FAILED, None
         next_in = None
         if report.transient_errors:
             next_in = backoff_delay(snap.consecutive_failures + 1, report.retry_after, rng=self._rng)
         interval = job.definition.interval
         next_check_at = now + dt.timedelta(seconds=next_in if next_in is not None else interval)
+        if not report.transient_errors and not self._cache.is_news(snap, report.observations):
+            self._cache.touch(snap, now, next_check_at)
+            return JobState.WATCHING, None
+        self._cache.forget(job.name)
         state = await self._db.run(
             self._store.record_check,
             job.name,

@@ -22,7 +22,7 @@ from teckochecker_openai import (
 )
 
 from teckochecker.errors import PermanentError
-from teckochecker.plugin_api import CheckReport, PluginContext, SecretName, TargetState
+from teckochecker.plugin_api import CheckReport, PluginContext, SecretName, SharedRegistry, TargetState
 
 API_KEY = "sk-CANARY-openai-5f0e1d2c3b4a59687766554433221100"
 T = TypeVar("T")
@@ -78,16 +78,27 @@ def clients() -> Clients:
     return Clients()
 
 
-def make_source(clients: Clients, base_url: str, *, key: str = API_KEY, **options: Any) -> OpenAIBatchSource:
+def make_source(
+    clients: Clients,
+    base_url: str,
+    *,
+    key: str = API_KEY,
+    shared: SharedRegistry | None = None,
+    clock: Any = None,
+    **options: Any,
+) -> OpenAIBatchSource:
+    """These tests exercise one request per batch unless they ask for the listing (list_batches=True)."""
     options = {
-        k: (f"{v}s" if k in ("timeout", "search_lag") and isinstance(v, (int, float)) else v)
+        k: (f"{v}s" if k in ("timeout", "search_lag", "list_max_age") and isinstance(v, (int, float)) else v)
         for k, v in options.items()
     }
+    options.setdefault("list_batches", False)
     context = PluginContext(
         http=clients,
-        clock=FixedClock(),
+        clock=clock or FixedClock(),
         secret=lambda name: {"openai": key}[name],
         logger=logging.getLogger("teckochecker.test.openai"),
+        shared=shared or SharedRegistry(),
     )
     return OpenAIBatchSource(OpenAIBatchOptions(api_key=SecretName("openai"), base_url=base_url, **options), context)
 
@@ -424,3 +435,79 @@ def test_options() -> None:
 def test_registered_through_the_hook() -> None:
     assert teckochecker_source_types() == [OpenAIBatchSource]
     assert OpenAIBatchSource.type_name == "openai_batch" and OpenAIBatchSource.Options is OpenAIBatchOptions
+
+
+class SteppingClock(FixedClock):
+    def __init__(self) -> None:
+        self.mono = 1000.0
+
+    def monotonic(self) -> float:
+        return self.mono
+
+
+def list_requests(fake: FakeOpenAI) -> int:
+    return sum(1 for r in fake.requests if r.path == "/v1/batches")
+
+
+def get_requests(fake: FakeOpenAI) -> int:
+    return sum(1 for r in fake.requests if r.path.startswith("/v1/batches/"))
+
+
+def test_listing_observes_hundreds_of_batches_in_a_few_requests(fake: FakeOpenAI) -> None:
+    ids = [fake.add_batch(status="in_progress") for _ in range(250)]
+    fake.set_status(ids[7], "completed", completed=10, failed=0)
+    fake.add_batch(status="in_progress")  # someone else's batch in the same account
+    clients = Clients()
+    report = run(clients, make_source(clients, fake.base_url, list_batches=True).check(ids))
+    states = {o.target: o.state for o in report.observations}
+    assert len(states) == 250 and states[ids[7]] is TargetState.SUCCEEDED and states[ids[0]] is TargetState.RUNNING
+    assert list_requests(fake) == 3 and get_requests(fake) == 0
+    assert all(r.query.get("limit") == ["100"] for r in fake.requests)
+
+
+def test_jobs_of_one_account_share_a_listing_until_it_is_too_old(fake: FakeOpenAI) -> None:
+    a = [fake.add_batch(status="in_progress") for _ in range(3)]
+    b = [fake.add_batch(status="validating") for _ in range(3)]
+    shared, clock, clients = SharedRegistry(), SteppingClock(), Clients()
+
+    async def checks() -> list[CheckReport]:
+        first = make_source(clients, fake.base_url, list_batches=True, shared=shared, clock=clock)
+        second = make_source(clients, fake.base_url, list_batches=True, shared=shared, clock=clock)
+        reports = [await first.check(a)]
+        reports.append(await second.check(b))  # b was not wanted in the first sweep: fetched one by one
+        reports.append(await second.check(b))  # now wanted, but the listing is fresh: still one by one
+        clock.mono += 11  # older than list_max_age (10 s): the next check lists again, and sees b
+        reports.append(await second.check(b))
+        reports.append(await first.check(a))  # reuses that listing
+        return reports
+
+    reports = run(clients, checks())
+    assert all(len(r.observations) == 3 for r in reports)
+    assert list_requests(fake) == 2
+    assert get_requests(fake) == 6
+
+
+def test_batches_missing_from_the_listing_are_fetched_one_by_one(fake: FakeOpenAI) -> None:
+    known = fake.add_batch(status="in_progress")
+    clients = Clients()
+    report = run(clients, make_source(clients, fake.base_url, list_batches=True).check([known, "batch_missing"]))
+    by = {o.target: o for o in report.observations}
+    assert by[known].state is TargetState.RUNNING
+    assert by["batch_missing"].state is TargetState.ERROR and "No batch found" in (by["batch_missing"].message or "")
+    assert fake.request_count("batch_missing") == 1 and fake.request_count(known) == 0
+
+
+def test_a_failing_listing_falls_back_to_one_by_one(fake: FakeOpenAI) -> None:
+    ids = [fake.add_batch(status="in_progress") for _ in range(2)]
+    fake.inject(500, times=1)  # the first request (the listing) fails
+    clients = Clients()
+    report = run(clients, make_source(clients, fake.base_url, list_batches=True).check(ids))
+    assert {o.state for o in report.observations} == {TargetState.RUNNING} and not report.transient_errors
+    assert list_requests(fake) == 1 and get_requests(fake) == 2
+
+
+def test_a_rejected_key_is_still_reported_when_listing(fake: FakeOpenAI) -> None:
+    batch = fake.add_batch(status="in_progress")
+    clients = Clients()
+    with pytest.raises(PermanentError, match="HTTP 401"):
+        run(clients, make_source(clients, fake.base_url, key="sk-wrong-000000000000", list_batches=True).check([batch]))

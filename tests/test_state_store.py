@@ -196,3 +196,15 @@ def test_default_state_url(tmp_path: Path) -> None:
     )
     with pytest.raises(StateStoreError, match="not a valid SQLAlchemy URL"):
         resolve_state_url("not a url", {}, tmp_path)
+
+
+def test_gauges_match_what_the_snapshots_say(store: StateStore) -> None:
+    from teckochecker.state.models import JobGauges
+
+    progress = {"request_counts": {"total": 10, "completed": 7, "failed": 1}}
+    check(store, Observation("a", TargetState.RUNNING, "in_progress", progress), obs("b", "pending"))
+    store.sync_jobs([JobPlan("j", "fp1", ["a", "b"]), JobPlan("k", "fp", ["z"])], T0)
+    gauges = store.gauges()
+    assert gauges == JobGauges.from_snapshots(store.jobs())
+    assert gauges.requests["j"] == (10, 7, 1) and gauges.targets[("j", "running")] == 1
+    assert gauges.jobs["watching"] == 2 and gauges.deadlines["j"] == (T0 + dt.timedelta(hours=1)).timestamp()

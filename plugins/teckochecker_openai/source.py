@@ -1,4 +1,6 @@
-"""The ``openai_batch`` source: polls ``GET {base_url}/batches/{id}`` for each watched batch.
+"""The ``openai_batch`` source: observes each watched batch through a shared listing of the account's
+batches (``GET {base_url}/batches``, see directory.py), and ``GET {base_url}/batches/{id}`` for any batch
+the listing did not show.
 
 Works with any OpenAI-compatible endpoint (Azure v1, proxies) through ``base_url``. The core is the only
 retry layer: a check never retries, it reports what failed and how long the vendor asked us to wait.
@@ -18,6 +20,7 @@ from pydantic import Field, field_validator
 from teckochecker.errors import PermanentError
 from teckochecker.plugin_api import CheckReport, Duration, Observation, OptionsModel, SecretName, Source, TargetState
 from teckochecker.retry import is_transient_status, parse_retry_after
+from teckochecker_openai.directory import PAGE_SIZE, BatchDirectory
 from teckochecker_openai.statuses import batch_state
 
 __all__ = ["OpenAIBatchOptions", "OpenAIBatchSource"]
@@ -43,6 +46,11 @@ class OpenAIBatchOptions(OptionsModel):
     project: str | None = Field(default=None, min_length=1)
     base_url: str = "https://api.openai.com/v1"
     timeout: Duration = Field(default=30.0, gt=0)
+    # Read batches from the account's list (100 per request, shared by all jobs of the account) and fetch
+    # one by one only what the list did not show. false: always one request per batch.
+    list_batches: bool = True
+    # How old a listing may be before a check lists again.
+    list_max_age: Duration = Field(default=10.0, ge=1.0, le=3600.0)
 
     @field_validator("base_url")
     @classmethod
@@ -76,16 +84,51 @@ class OpenAIBatchSource(Source):
         # rotated secret is picked up without rebuilding the pool.
         headers = {"Authorization": f"Bearer {self.context.secret(self.options.api_key)}"}
         unique = list(dict.fromkeys(targets))
+        listed = await self._listed(client, headers, unique)
+        results: list[Observation | _Unobserved] = [
+            self._observe_batch(target, f"{self.options.base_url}/batches", batch) for target, batch in listed.items()
+        ]
         outcomes = await asyncio.gather(
-            *(self._check_one(client, target, headers) for target in unique), return_exceptions=True
+            *(self._check_one(client, target, headers) for target in unique if target not in listed),
+            return_exceptions=True,
         )
         # Wait for every request before raising, so no task is left with an unretrieved exception.
-        results: list[Observation | _Unobserved] = []
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
             results.append(outcome)
         return _report(results)
+
+    async def _listed(
+        self, client: httpx.AsyncClient, headers: Mapping[str, str], targets: Sequence[str]
+    ) -> dict[str, Mapping[str, Any]]:
+        if not self.options.list_batches:
+            return {}
+
+        async def list_page(after: str | None) -> Mapping[str, Any]:
+            params = {"limit": str(PAGE_SIZE), **({"after": after} if after else {})}
+            response = await client.get("batches", params=params, headers=headers, timeout=self._timeout())
+            response.raise_for_status()
+            page = response.json()
+            if not isinstance(page, dict):
+                raise ValueError("the list response is not an object")
+            return page
+
+        try:
+            return await self._directory().lookup(targets, list_page)
+        except (httpx.HTTPError, ValueError) as exc:
+            # One by one still works (and classifies a rejected key or a 429 properly); just say why.
+            self.context.logger.debug(
+                "listing batches at %s/batches failed (%s); fetching one by one", self.options.base_url, _describe(exc)
+            )
+            return {}
+
+    def _directory(self) -> BatchDirectory:
+        options = self.options
+        key = f"openai-directory:{options.base_url}:{options.api_key}:{options.organization}:{options.project}"
+        return self.context.shared.get(
+            key, lambda: BatchDirectory(self.context.clock.monotonic, self.options.list_max_age)
+        )
 
     def _client(self) -> httpx.AsyncClient:
         options = self.options
@@ -119,6 +162,11 @@ class OpenAIBatchSource(Source):
             batch = response.json()
         except ValueError:
             return _Unobserved(target, f"unexpected response from {url}: the body is not JSON")
+        if isinstance(batch, dict) and self.options.list_batches:
+            self._directory().learn(batch)
+        return self._observe_batch(target, url, batch)
+
+    def _observe_batch(self, target: str, url: str, batch: Any) -> Observation | _Unobserved:
         if not isinstance(batch, dict) or not isinstance(batch.get("id"), str):
             return _Unobserved(target, f"unexpected response from {url}: no batch 'id' in the body")
         status = batch.get("status")

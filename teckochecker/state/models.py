@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,3 +129,50 @@ class Event:
     kind: str
     message: str
     data: Mapping[str, Any] = field(default_factory=dict)
+
+
+PROGRESS_KINDS = ("total", "completed", "failed")
+
+
+def request_progress(details: Mapping[str, Any]) -> tuple[int, int, int] | None:
+    """A target's (total, completed, failed) requests, from the ``request_counts`` a source reports in its
+    details (the convention behind progress bars and the batch_requests metric)."""
+    counts = details.get("request_counts") if isinstance(details, Mapping) else None
+    if not isinstance(counts, Mapping):
+        return None
+    values = [counts.get(kind) for kind in PROGRESS_KINDS]
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return None
+    return values[0], values[1], values[2]  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class JobGauges:
+    """What the state gauges show: jobs by state, and per job its targets by state, request progress and
+    deadline. Removed jobs are left out."""
+
+    jobs: Mapping[str, int]
+    targets: Mapping[tuple[str, str], int]
+    requests: Mapping[str, tuple[int, int, int]]
+    deadlines: Mapping[str, float]
+
+    @classmethod
+    def from_snapshots(cls, snapshots: Iterable[JobSnapshot]) -> JobGauges:
+        jobs = dict.fromkeys((s.value for s in JobState), 0)
+        targets: dict[tuple[str, str], int] = {}
+        requests: dict[str, tuple[int, int, int]] = {}
+        deadlines: dict[str, float] = {}
+        for job in snapshots:
+            if job.removed:
+                continue
+            jobs[job.state.value] += 1
+            sums = [0, 0, 0]
+            for target in job.targets:
+                key = (job.name, target.state.value)
+                targets[key] = targets.get(key, 0) + 1
+                for i, value in enumerate(request_progress(target.details) or (0, 0, 0)):
+                    sums[i] += value
+            requests[job.name] = (sums[0], sums[1], sums[2])
+            if job.deadline_at is not None and not job.state.is_final:
+                deadlines[job.name] = job.deadline_at.timestamp()
+        return cls(jobs, targets, requests, deadlines)

@@ -75,6 +75,10 @@ targets = sa.Table(
     sa.Column("message", sa.Text),
     sa.Column("observed_at", UTCDateTime),
     sa.Column("terminal_at", UTCDateTime),
+    # Request progress from the details (request_counts), as columns so gauges are one aggregate query.
+    sa.Column("requests_total", sa.Integer),
+    sa.Column("requests_completed", sa.Integer),
+    sa.Column("requests_failed", sa.Integer),
     sa.UniqueConstraint("job_id", "target", name="uq_target_per_job"),
 )
 

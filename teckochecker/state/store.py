@@ -23,7 +23,16 @@ from teckochecker.errors import StateStoreError
 from teckochecker.plugin_api import ActionResult, CheckReport, TargetState
 from teckochecker.state import schema
 from teckochecker.state.location import sqlite_path
-from teckochecker.state.models import Event, JobSnapshot, JobState, RunSnapshot, RunState, TargetSnapshot
+from teckochecker.state.models import (
+    Event,
+    JobGauges,
+    JobSnapshot,
+    JobState,
+    RunSnapshot,
+    RunState,
+    TargetSnapshot,
+    request_progress,
+)
 
 _JOB_FINAL = [s.value for s in JobState if s.is_final]
 
@@ -167,6 +176,43 @@ class StateStore:
             runs = _group(conn.execute(sa.select(schema.runs).order_by(schema.runs.c.action_index)))
             return [_job_snapshot(r, targets.get(r.id, []), runs.get(r.id, [])) for r in rows]
 
+    def gauges(self) -> JobGauges:
+        """The counts behind the state gauges, as aggregate queries (cheap even with thousands of targets)."""
+        j, t = schema.jobs, schema.targets
+        live = j.c.removed.is_(False)
+        with self._engine.connect() as conn:
+            counted = conn.execute(sa.select(j.c.state, sa.func.count()).where(live).group_by(j.c.state))
+            jobs = dict.fromkeys((s.value for s in JobState), 0) | {state: n for state, n in counted}
+            per_target = conn.execute(
+                sa.select(j.c.name, t.c.state, sa.func.count())
+                .join(t, t.c.job_id == j.c.id)
+                .where(live)
+                .group_by(j.c.name, t.c.state)
+            ).all()
+            sums = conn.execute(
+                sa.select(
+                    j.c.name,
+                    sa.func.coalesce(sa.func.sum(t.c.requests_total), 0),
+                    sa.func.coalesce(sa.func.sum(t.c.requests_completed), 0),
+                    sa.func.coalesce(sa.func.sum(t.c.requests_failed), 0),
+                )
+                .join(t, t.c.job_id == j.c.id)
+                .where(live)
+                .group_by(j.c.name)
+            ).all()
+            unfinished = [s.value for s in JobState if not s.is_final]
+            deadlines = conn.execute(
+                sa.select(j.c.name, j.c.deadline_at).where(
+                    live, j.c.state.in_(unfinished), j.c.deadline_at.is_not(None)
+                )
+            ).all()
+        return JobGauges(
+            jobs=jobs,
+            targets={(name, state): n for name, state, n in per_target},
+            requests={name: (int(a), int(b), int(c)) for name, a, b, c in sums},
+            deadlines={name: at.timestamp() for name, at in deadlines},
+        )
+
     def events(self, name: str, *, limit: int = 100) -> list[Event]:
         with self._engine.connect() as conn:
             job_id = self._job_id(conn, name)
@@ -215,7 +261,9 @@ class StateStore:
             row = conn.execute(sa.select(schema.jobs).where(schema.jobs.c.name == name)).one()
             if row.state != JobState.WATCHING.value:
                 return JobState(row.state)
-            rows = {t.target: t for t in conn.execute(sa.select(schema.targets).where(schema.targets.c.job_id == row.id))}
+            rows = {
+                t.target: t for t in conn.execute(sa.select(schema.targets).where(schema.targets.c.job_id == row.id))
+            }
             states = {target: TargetState(t.state) for target, t in rows.items()}
             for obs in report.observations:
                 if obs.target in rows:
@@ -234,7 +282,11 @@ class StateStore:
                 state = JobState.FAILED
                 changes |= {"state": state.value, "finished_at": now, "last_error": decision.reason}
                 _event(
-                    conn, row.id, now, "job_finished", f"job failed: {decision.reason}; no action was run",
+                    conn,
+                    row.id,
+                    now,
+                    "job_finished",
+                    f"job failed: {decision.reason}; no action was run",
                     {"state": state.value},
                 )
             conn.execute(sa.update(schema.jobs).where(schema.jobs.c.id == row.id).values(**changes))
@@ -246,7 +298,10 @@ class StateStore:
         count = len(report.transient_errors)
         sample = dict(list(report.transient_errors.items())[:20])
         _event(conn, row.id, now, "check_failed", f"{count} target(s) could not be checked", {"errors": sample})
-        return {"consecutive_failures": row.consecutive_failures + 1, "last_error": _first_error(report.transient_errors)}
+        return {
+            "consecutive_failures": row.consecutive_failures + 1,
+            "last_error": _first_error(report.transient_errors),
+        }
 
     def _fire(
         self,
@@ -286,6 +341,16 @@ class StateStore:
                     "action_skipped",
                     f"action {action.index} ({action.type}) skipped: condition {action.when.value} does not hold",
                 )
+
+    def touch_jobs(self, touches: Sequence[tuple[str, dt.datetime, dt.datetime | None]]) -> None:
+        """Record quiet checks (nothing new seen) of many watching jobs in one transaction."""
+        statement = (
+            sa.update(schema.jobs)
+            .where(schema.jobs.c.name == sa.bindparam("b_name"), schema.jobs.c.state == JobState.WATCHING.value)
+            .values(last_checked_at=sa.bindparam("b_checked"), next_check_at=sa.bindparam("b_next"))
+        )
+        with self._engine.begin() as conn:
+            conn.execute(statement, [{"b_name": n, "b_checked": c, "b_next": x} for n, c, x in touches])
 
     def set_paused(self, name: str, paused: bool, *, now: dt.datetime) -> bool:
         """Pause or resume a job's checks; False if there is no such job. A paused job that already fired
@@ -539,13 +604,20 @@ def _apply_observation(conn: Connection, job_id: int, row: Row[Any], obs: Any, n
     }
     if obs.state.is_terminal:
         values["terminal_at"] = now
+    progress = request_progress(details)
+    if progress is not None:
+        values |= dict(zip(("requests_total", "requests_completed", "requests_failed"), progress, strict=True))
     conn.execute(sa.update(schema.targets).where(schema.targets.c.id == row.id).values(**values))
     if changed:
         text = f"{obs.target}: {row.vendor_status or row.state} → {obs.vendor_status or obs.state.value}"
         if obs.message:
             text += f" ({obs.message})"
         _event(
-            conn, job_id, now, "target_changed", text,
+            conn,
+            job_id,
+            now,
+            "target_changed",
+            text,
             {"target": obs.target, "state": obs.state.value, "vendor_status": obs.vendor_status},
         )
     return obs.state

@@ -197,6 +197,8 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True  # handler threads never keep the test process alive
     block_on_close = False  # stop() closes sockets itself instead of joining threads
+    # socketserver's default backlog of 5 refuses a daemon that opens its 10 pooled connections at once.
+    request_queue_size = 128
 
     def __init__(
         self, port: int, service: str, handler: Callable[[RecordedRequest], Outcome], stopping: threading.Event

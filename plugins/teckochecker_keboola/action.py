@@ -241,13 +241,18 @@ class KeboolaJobAction(Action):
         if self._discovered_queue_url is not None:
             return self._discovered_queue_url
         stack_url = self.options.stack_url
+        # One discovery per stack for the whole daemon, not one per job.
+        known: dict[str, str] = self.context.shared.get("keboola-queue-urls", dict)
+        if stack_url in known:
+            self._discovered_queue_url = known[stack_url]
+            return known[stack_url]
         index = self.context.http.client(
             f"keboola-index:{stack_url}",
             base_url=stack_url,
             timeout=httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT),
         )
         try:
-            self._discovered_queue_url = await discover_queue_url(index)
+            self._discovered_queue_url = known[stack_url] = await discover_queue_url(index)
             return self._discovered_queue_url
         except DiscoveryFailed as exc:
             reason = str(exc)

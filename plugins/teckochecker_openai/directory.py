@@ -21,6 +21,29 @@ FORGET_AFTER = 2 * 3600.0
 SPARE_PAGES = 10
 
 ListPage = Callable[[str | None], Awaitable[Mapping[str, Any]]]
+# What a source reads of a batch; the rest (usage, metadata, ...) is not kept for thousands of batches.
+KEPT_FIELDS = frozenset(
+    {
+        "id",
+        "object",
+        "status",
+        "endpoint",
+        "model",
+        "request_counts",
+        "output_file_id",
+        "error_file_id",
+        "errors",
+        "created_at",
+        "in_progress_at",
+        "expires_at",
+        "finalizing_at",
+        "completed_at",
+        "failed_at",
+        "expired_at",
+        "cancelling_at",
+        "cancelled_at",
+    }
+)
 
 
 class BatchDirectory:
@@ -76,7 +99,7 @@ class BatchDirectory:
             data = [b for b in page.get("data") or [] if isinstance(b, dict) and isinstance(b.get("id"), str)]
             for batch in data:
                 if batch["id"] in wanted:
-                    seen[batch["id"]] = batch
+                    seen[batch["id"]] = {k: v for k, v in batch.items() if k in KEPT_FIELDS}
                     self.learn(batch)
             if not data or not page.get("has_more") or len(seen) == len(wanted) or _older(data, oldest_wanted):
                 break

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import logging
+import urllib.parse
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ __all__ = [
     "SharedRegistry",
     "Source",
     "TargetState",
+    "http_url",
 ]
 
 
@@ -81,6 +83,15 @@ class SecretName(str):
         from pydantic_core import core_schema
 
         return core_schema.no_info_after_validator_function(cls, core_schema.str_schema(min_length=1))
+
+
+def http_url(value: str, example: str) -> str:
+    """Validate an http(s) base URL option; returns it without a trailing slash. For field validators."""
+    parts = urllib.parse.urlsplit(value.strip())
+    _ = parts.port  # raises ValueError on a malformed port
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"must be an http(s) URL such as {example}, not {value!r}")
+    return value.strip().rstrip("/")
 
 
 class OptionsModel(BaseModel):

@@ -6,12 +6,13 @@ import asyncio
 import datetime as dt
 import logging
 import socket
-from collections.abc import Awaitable, Iterator, Mapping
+from collections.abc import Awaitable, Iterator
 from typing import Any, TypeVar
 
 import httpx
 import pytest
 from fakes.keboola import FakeKeboola
+from plugin_context import Clients, FixedClock
 from pydantic import ValidationError
 from teckochecker_keboola import (
     JOB_STATUSES,
@@ -39,45 +40,6 @@ COMPONENT = "kds-team.app-custom-python"
 CONFIG = "123456789"
 TRIGGER = "trig-0f1e2d3c"
 T = TypeVar("T")
-# Like the daemon, bound concurrent connections (the stdlib fake has a short listen backlog).
-LIMITS = httpx.Limits(max_connections=4)
-
-
-class FixedClock:
-    def now(self) -> dt.datetime:
-        return dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
-
-    def monotonic(self) -> float:
-        return 1000.0
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(0)
-
-
-class Clients:
-    """A tiny stand-in for the daemon's pool: one httpx.AsyncClient per key."""
-
-    def __init__(self) -> None:
-        self.clients: dict[str, httpx.AsyncClient] = {}
-
-    def client(
-        self,
-        key: str,
-        *,
-        base_url: str,
-        headers: Mapping[str, str] | None = None,
-        timeout: httpx.Timeout | float = 30.0,
-    ) -> httpx.AsyncClient:
-        if key not in self.clients:
-            self.clients[key] = httpx.AsyncClient(
-                base_url=base_url, headers=headers, timeout=timeout, trust_env=False, limits=LIMITS
-            )
-        return self.clients[key]
-
-    async def aclose(self) -> None:
-        for client in self.clients.values():
-            await client.aclose()
-        self.clients.clear()
 
 
 @pytest.fixture

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 import socket
-from collections.abc import Awaitable, Iterator, Mapping
+from collections.abc import Awaitable, Iterator
 from typing import Any, TypeVar
 
-import httpx
 import pytest
 from fakes.openai import BATCH_STATUSES as DOCUMENTED_STATUSES
 from fakes.openai import FakeOpenAI
+from plugin_context import Clients, FixedClock
 from pydantic import ValidationError
 from teckochecker_openai import (
     BATCH_STATUSES,
@@ -26,45 +25,6 @@ from teckochecker.plugin_api import CheckReport, PluginContext, SecretName, Shar
 
 API_KEY = "sk-CANARY-openai-5f0e1d2c3b4a59687766554433221100"
 T = TypeVar("T")
-# Like the daemon, bound concurrent connections (the stdlib fake has a short listen backlog).
-LIMITS = httpx.Limits(max_connections=4)
-
-
-class FixedClock:
-    def now(self) -> dt.datetime:
-        return dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
-
-    def monotonic(self) -> float:
-        return 1000.0
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(0)
-
-
-class Clients:
-    """A tiny stand-in for the daemon's pool: one httpx.AsyncClient per key."""
-
-    def __init__(self) -> None:
-        self.clients: dict[str, httpx.AsyncClient] = {}
-
-    def client(
-        self,
-        key: str,
-        *,
-        base_url: str,
-        headers: Mapping[str, str] | None = None,
-        timeout: httpx.Timeout | float = 30.0,
-    ) -> httpx.AsyncClient:
-        if key not in self.clients:
-            self.clients[key] = httpx.AsyncClient(
-                base_url=base_url, headers=headers, timeout=timeout, trust_env=False, limits=LIMITS
-            )
-        return self.clients[key]
-
-    async def aclose(self) -> None:
-        for client in self.clients.values():
-            await client.aclose()
-        self.clients.clear()
 
 
 @pytest.fixture

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import urllib.parse
 from typing import Literal
 
 from pydantic import Field, field_validator
 
-from teckochecker.plugin_api import Duration, OptionsModel, SecretName
+from teckochecker.plugin_api import Duration, OptionsModel, SecretName, http_url
 from teckochecker_keboola.variables import RESERVED_VARIABLES
 
 __all__ = ["KeboolaJobOptions"]
@@ -35,11 +34,7 @@ class KeboolaJobOptions(OptionsModel):
     @field_validator("stack_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        parts = urllib.parse.urlsplit(value.strip())
-        _ = parts.port  # raises ValueError on a malformed port
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"must be an http(s) URL such as https://connection.keboola.com, not {value!r}")
-        return value.strip().rstrip("/")
+        return http_url(value, "https://connection.keboola.com")
 
     @field_validator("config_row_ids")
     @classmethod

@@ -14,6 +14,8 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
+from teckochecker_openai.statuses import TIMESTAMP_FIELDS
+
 PAGE_SIZE = 100
 # Wanted batches not asked about for this long are forgotten (their jobs finished or were removed).
 FORGET_AFTER = 2 * 3600.0
@@ -23,27 +25,8 @@ SPARE_PAGES = 10
 ListPage = Callable[[str | None], Awaitable[Mapping[str, Any]]]
 # What a source reads of a batch; the rest (usage, metadata, ...) is not kept for thousands of batches.
 KEPT_FIELDS = frozenset(
-    {
-        "id",
-        "object",
-        "status",
-        "endpoint",
-        "model",
-        "request_counts",
-        "output_file_id",
-        "error_file_id",
-        "errors",
-        "created_at",
-        "in_progress_at",
-        "expires_at",
-        "finalizing_at",
-        "completed_at",
-        "failed_at",
-        "expired_at",
-        "cancelling_at",
-        "cancelled_at",
-    }
-)
+    {"id", "object", "status", "endpoint", "model", "request_counts", "output_file_id", "error_file_id", "errors"}
+) | frozenset(TIMESTAMP_FIELDS)
 
 
 class BatchDirectory:

@@ -18,26 +18,24 @@ import httpx
 from pydantic import Field, field_validator
 
 from teckochecker.errors import PermanentError
-from teckochecker.plugin_api import CheckReport, Duration, Observation, OptionsModel, SecretName, Source, TargetState
+from teckochecker.plugin_api import (
+    CheckReport,
+    Duration,
+    Observation,
+    OptionsModel,
+    SecretName,
+    Source,
+    TargetState,
+    http_url,
+)
 from teckochecker.retry import is_transient_status, parse_retry_after
 from teckochecker_openai.directory import PAGE_SIZE, BatchDirectory
-from teckochecker_openai.statuses import batch_state
+from teckochecker_openai.statuses import TIMESTAMP_FIELDS, batch_state
 
 __all__ = ["OpenAIBatchOptions", "OpenAIBatchSource"]
 
 # The SDK's connect timeout; the read timeout is the user's ``timeout``.
 CONNECT_TIMEOUT = 5.0
-TIMESTAMP_FIELDS = (
-    "created_at",
-    "in_progress_at",
-    "expires_at",
-    "finalizing_at",
-    "completed_at",
-    "failed_at",
-    "expired_at",
-    "cancelling_at",
-    "cancelled_at",
-)
 
 
 class OpenAIBatchOptions(OptionsModel):
@@ -55,11 +53,7 @@ class OpenAIBatchOptions(OptionsModel):
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        parts = urllib.parse.urlsplit(value.strip())
-        _ = parts.port  # raises ValueError on a malformed port
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"must be an http(s) URL such as https://api.openai.com/v1, not {value!r}")
-        return value.strip().rstrip("/")
+        return http_url(value, "https://api.openai.com/v1")
 
 
 @dataclass(frozen=True)

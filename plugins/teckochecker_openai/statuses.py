@@ -25,3 +25,17 @@ BATCH_STATUSES = MappingProxyType(
 def batch_state(status: str) -> TargetState:
     """The normalized state of a vendor status; UNKNOWN (never an exception) for one OpenAI adds later."""
     return BATCH_STATUSES.get(status, TargetState.UNKNOWN)
+
+
+# The status timestamps of a Batch object, each set when the batch enters that state.
+TIMESTAMP_FIELDS = (
+    "created_at",
+    "in_progress_at",
+    "expires_at",
+    "finalizing_at",
+    "completed_at",
+    "failed_at",
+    "expired_at",
+    "cancelling_at",
+    "cancelled_at",
+)

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from teckochecker.clock import Clock
-from teckochecker.control import ReloadStatus
+from teckochecker.control import RELOAD_META, ReloadStatus, reload_status_json
 from teckochecker.crashpoints import CrashPoints
 from teckochecker.errors import ConfigError, SecretError, TeckoCheckerError
 from teckochecker.http import HttpClientPool
@@ -78,6 +78,7 @@ class Daemon:
         self._secrets = SecretResolver(config.secrets, environ, redactor)
         self._attempted_checksum = config_checksum(config_path, config.include)
         self.reload_status = ReloadStatus(successful=True, at=clock.now())
+        self._unsaved_reload: ReloadStatus | None = None
 
     # ----- lifecycle -----
 
@@ -127,6 +128,7 @@ class Daemon:
         await self._web.start()
         await self._schedule_all()
         self._mark_reload(ReloadStatus(successful=True, at=self._clock.now()))
+        await self._save_reload_status()
         self._install_signals()
         self._reloader = Reloader(self.request_reload, self._log)
         self._reloader.start(watched_dirs(self.config_path, self.config.include))
@@ -245,6 +247,7 @@ class Daemon:
             reasons, self._reload_reasons = self._reload_reasons, set()
             try:
                 await self.reload(forced="SIGHUP" in reasons, reason=", ".join(sorted(reasons)))
+                await self._save_reload_status()
             except Exception:  # a reload must never take the daemon down
                 self._log.exception("config reload failed unexpectedly; the running config stays")
 
@@ -282,6 +285,12 @@ class Daemon:
         self._mark_reload(status)
         return status
 
+    async def _save_reload_status(self) -> None:
+        """Keep the last (re)load's outcome in the state store, where `teckochecker status` reads it."""
+        status, self._unsaved_reload = self._unsaved_reload, None
+        if status is not None:
+            await self._worker.run(self.store.set_meta, RELOAD_META, reload_status_json(status))
+
     def _reload_failed(self, errors: list[str]) -> ReloadStatus:
         for line in errors:
             self._log.error("config reload: %s", line)
@@ -292,6 +301,7 @@ class Daemon:
 
     def _mark_reload(self, status: ReloadStatus) -> None:
         self.reload_status = status
+        self._unsaved_reload = status
         self.metrics.config_last_reload_successful.set(1 if status.successful else 0)
         if status.successful:
             self.metrics.config_last_reload_success_timestamp.set(time.time())

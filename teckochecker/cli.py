@@ -11,11 +11,12 @@ from pathlib import Path
 
 from teckochecker import __version__
 from teckochecker.clock import SystemClock
+from teckochecker.control import RELOAD_META, reload_status_from_json
 from teckochecker.errors import ConfigError, TeckoCheckerError
 from teckochecker.loader import load_file
 from teckochecker.logs import setup_logging
 from teckochecker.plugins import PluginRegistry, load_plugins
-from teckochecker.report import render_job, render_plugins, render_status
+from teckochecker.report import render_job, render_plugins, render_reload, render_status
 from teckochecker.secrets import Redactor
 from teckochecker.secrets_cli import register_secrets_commands
 from teckochecker.state.location import resolve_state_url
@@ -222,6 +223,8 @@ def cmd_status(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     store = _open_store(args, environ)
     try:
         print(render_status(store.jobs(), SystemClock().now()))
+        saved = store.get_meta(RELOAD_META)
+        print(render_reload(reload_status_from_json(saved) if saved else None))
     finally:
         store.close()
     return EXIT_OK

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -16,6 +17,28 @@ class ReloadStatus:
     errors: tuple[str, ...] = ()
     # Settings that changed in the file but only take effect after a restart.
     restart_required: tuple[str, ...] = ()
+
+
+RELOAD_META = "last_reload"
+
+
+def reload_status_json(status: ReloadStatus) -> str:
+    return json.dumps(
+        {
+            "successful": status.successful,
+            "at": status.at.isoformat() if status.at else None,
+            "errors": list(status.errors),
+            "restart_required": list(status.restart_required),
+        }
+    )
+
+
+def reload_status_from_json(text: str) -> ReloadStatus:
+    data = json.loads(text)
+    at = dt.datetime.fromisoformat(data["at"]) if data.get("at") else None
+    return ReloadStatus(
+        bool(data["successful"]), at, tuple(data.get("errors", ())), tuple(data.get("restart_required", ()))
+    )
 
 
 class DaemonControl(Protocol):

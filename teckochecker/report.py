@@ -6,6 +6,7 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from teckochecker.control import ReloadStatus
 from teckochecker.plugins import PluginRegistry
 from teckochecker.state.models import Event, JobSnapshot, RunSnapshot
 
@@ -48,6 +49,20 @@ def text_bar(counts: RequestCounts | None, width: int = BAR_WIDTH) -> str:
     # Keep a single failure visible even when it is less than one cell.
     failed = max(failed_end - done, 1 if counts.failed and done < width else 0)
     return "[" + "#" * done + "x" * failed + "." * (width - done - failed) + "]"
+
+
+def render_reload(status: ReloadStatus | None) -> str:
+    """One line on the daemon's last config (re)load, for the foot of `status`."""
+    if status is None:
+        return "config: no (re)load recorded yet"
+    when = _time(status.at)
+    if status.successful:
+        line = f"config: last (re)load OK at {when}"
+        if status.restart_required:
+            line += f"; waiting for a restart: {', '.join(status.restart_required)}"
+        return line
+    first = _one_line(status.errors[0]) if status.errors else "no details"
+    return f"config: last reload FAILED at {when} ({len(status.errors)} problem(s); the previous config runs): {first}"
 
 
 def render_status(jobs: Sequence[JobSnapshot], now: dt.datetime) -> str:

@@ -120,3 +120,22 @@ def test_second_daemon_on_the_same_sqlite_file_is_refused(tmp_path: Path, plugin
     first.stop()
     assert second.returncode == 2
     assert "supports one daemon" in second.stderr
+
+
+def test_json_log_format_gives_one_object_per_line(tmp_path: Path, plugin_env: dict[str, str]) -> None:
+    status, ledger = tmp_path / "status.json", tmp_path / "ledger.jsonl"
+    status.write_text(json.dumps({"a": "succeeded", "b": "succeeded"}))
+    config = write_config(tmp_path, job("j", status, ledger, action=", follow: false"))
+    daemon = DaemonProcess(config, plugin_env, tmp_path, "--log-format", "json")
+    daemon.wait_for('"job j: completed"')
+    daemon.stop()
+    records = [json.loads(line) for line in daemon.output.splitlines() if line.strip()]
+    assert records and all({"ts", "level", "logger", "message"} <= r.keys() for r in records)
+    assert any(r["message"] == "job j: trigger fired" and r["level"] == "info" for r in records)
+
+
+def test_validate_config_touches_no_state_store(tmp_path: Path, plugin_env: dict[str, str]) -> None:
+    config = write_config(tmp_path, job("j", tmp_path / "s.json", tmp_path / "l"))
+    out = run_cli("validate-config", str(config), env=plugin_env, cwd=tmp_path)
+    assert out.returncode == 0 and out.stdout.strip().endswith("OK: 1 job(s), 2 target(s), 0 secret(s)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["teckochecker.yaml"]

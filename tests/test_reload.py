@@ -191,10 +191,24 @@ def test_broken_yaml_keeps_the_old_config_then_a_fix_applies(setup: Setup, plugi
     daemon.wait_for("config reload failed", timeout=15)
     assert f"config reload: {setup.config}:" in daemon.output and "YAML syntax error" in daemon.output
     assert daemon.proc.poll() is None
+    time.sleep(0.3)  # the outcome is written to the state store right after the reload
+    status = run_cli(
+        "--config",
+        str(setup.config),
+        "status",
+        "--state-url",
+        f"sqlite:///{setup.dir / '.teckochecker' / 'state.db'}",
+        env=plugin_env,
+        cwd=setup.dir,
+    )
+    assert "config: last reload FAILED at" in status.stdout and "YAML syntax error" in status.stdout
+    assert "finished  completed" in status.stdout  # the old config's jobs are all still there
     setup.config.write_text(setup.text(interval="35s"))
     wait_reloads(daemon, 1)
     daemon.stop()
     assert len(read_ledger(setup.ledger)) == 1
+    status = run_cli("--config", str(setup.config), "status", env=plugin_env, cwd=setup.dir)
+    assert "config: last (re)load OK at" in status.stdout
 
 
 def test_sighup_reloads_and_restart_only_settings_are_reported(setup: Setup, plugin_env: dict[str, str]) -> None:

@@ -39,7 +39,7 @@ meta_table = sa.Table(
     "tc_meta",
     metadata,
     sa.Column("key", sa.String(64), primary_key=True),
-    sa.Column("value", sa.String(255), nullable=False),
+    sa.Column("value", sa.Text, nullable=False),
 )
 
 jobs = sa.Table(

@@ -81,6 +81,18 @@ class StateStore:
     def url(self) -> str:
         return self._engine.url.render_as_string(hide_password=True)
 
+    def set_meta(self, key: str, value: str) -> None:
+        """Small daemon-wide facts (e.g. the last config reload) that `status` shows."""
+        m = schema.meta_table
+        with self._engine.begin() as conn:
+            if conn.execute(sa.update(m).where(m.c.key == key).values(value=value)).rowcount == 0:
+                conn.execute(sa.insert(m).values(key=key, value=value))
+
+    def get_meta(self, key: str) -> str | None:
+        m = schema.meta_table
+        with self._engine.connect() as conn:
+            return conn.execute(sa.select(m.c.value).where(m.c.key == key)).scalar()
+
     def ping(self) -> None:
         with self._engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))

@@ -152,7 +152,12 @@ def test_batches_finishing_while_the_daemon_runs(
     keboola.add_config(COMPONENT, "101")
     config = write_config(tmp_path, openai, keboola, job_yaml("live", "101", batches))
     daemon = DaemonProcess(config, env, tmp_path)
-    wait_until(lambda: openai.request_count(batches[1]) >= 1, 20, "the first check", daemon)
+
+    def first_check_recorded() -> bool:
+        shown = run_cli("--config", str(config), "show", "live", env=env, cwd=tmp_path).stdout
+        return "pending → in_progress" in shown  # batch 0 seen running: the daemon watched before completion
+
+    wait_until(first_check_recorded, 20, "the first check to be recorded", daemon)
     assert keboola.jobs == []
     openai.set_status(batches[0], "completed", completed=10, failed=0)
     openai.set_status(batches[1], "cancelled", completed=0, failed=0)

@@ -137,11 +137,12 @@ def cmd_encrypt(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         return _fail("the two entries differ; nothing was encrypted")
     if not value:
         return _fail("the value is empty; nothing was encrypted")
-    token = keys.newest().encrypt(value.encode("utf-8")).decode("ascii")
+    # Ciphertext: safe to print, it is what goes into the YAML.
+    ciphertext = keys.newest().encrypt(value.encode("utf-8")).decode("ascii")
     print(
         f"# add under 'secrets:' in the config file (encrypted with the newest key from {keys.source})", file=sys.stderr
     )
-    print(f"  {args.name}: {{encrypted: {token}}}")
+    print(f"  {args.name}: {{encrypted: {ciphertext}}}")
     return EXIT_OK
 
 

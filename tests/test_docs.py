@@ -15,7 +15,7 @@ README = (ROOT / "README.md").read_text()
 
 
 def test_the_readme_test_command_is_what_ci_runs() -> None:
-    commands = re.findall(r"^    (\.venv/bin/pytest)\s*$", README, re.M)
+    commands = re.findall(r"^    \$ (\.venv/bin/pytest)\s*$", README, re.M)
     assert commands, "the README gives no test command"
     assert commands[0] in (ROOT / ".ci" / "run").read_text().splitlines()[-1]
 

@@ -26,6 +26,7 @@ from teckochecker.runtime import JobRuntime
 from teckochecker.scheduling import Ticker
 from teckochecker.sdnotify import Notifier, run_watchdog
 from teckochecker.secrets import Redactor, SecretResolver
+from teckochecker.services import TickServices
 from teckochecker.state.location import SingleInstanceLock, ensure_parent, resolve_state_url, sqlite_path
 from teckochecker.state.models import Event, JobSnapshot, JobState
 from teckochecker.state.store import StateStore
@@ -115,7 +116,9 @@ class Daemon:
         self._jobs = {name: JobRuntime.build(d, self._context) for name, d in self.config.jobs.items()}
         await self._worker.run(self.store.sync_jobs, [j.plan() for j in self._jobs.values()], self._clock.now())
         self._runner = JobRunner(
-            self.store, self._worker, self._clock, CrashPoints(self._environ), self._log, self.metrics, self._rng
+            TickServices(
+                self.store, self._worker, self._clock, CrashPoints(self._environ), self._log, self.metrics, self._rng
+            )
         )
         self._ticker = Ticker(self._tick, self._clock, self._log, self.metrics)
         self._ticker.start()

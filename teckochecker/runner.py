@@ -6,20 +6,14 @@ A tick is a plain coroutine over (job, store, clock): it could run under a lease
 from __future__ import annotations
 
 import datetime as dt
-import logging
-import random
 from dataclasses import dataclass
 
-from teckochecker.clock import Clock
-from teckochecker.crashpoints import CrashPoints
 from teckochecker.errors import PermanentError, TransientError
-from teckochecker.metrics import Metrics
 from teckochecker.plugin_api import CheckReport
 from teckochecker.retry import backoff_delay
 from teckochecker.runtime import JobRuntime
+from teckochecker.services import TickServices
 from teckochecker.state.models import JobSnapshot, JobState
-from teckochecker.state.store import StateStore
-from teckochecker.storeworker import StoreWorker
 from teckochecker.triggering import ActionDriver
 from teckochecker.watchcache import WatchCache
 
@@ -33,24 +27,15 @@ class TickResult:
 
 
 class JobRunner:
-    def __init__(
-        self,
-        store: StateStore,
-        worker: StoreWorker,
-        clock: Clock,
-        crashpoints: CrashPoints,
-        logger: logging.Logger,
-        metrics: Metrics,
-        rng: random.Random | None = None,
-    ) -> None:
-        self._store = store
-        self._metrics = metrics
-        self._db = worker
-        self._clock = clock
-        self._crash = crashpoints
-        self._log = logger
-        self._rng = rng or random.Random()
-        self._actions = ActionDriver(store, worker, clock, crashpoints, logger, metrics, self._rng)
+    def __init__(self, services: TickServices) -> None:
+        self._store = services.store
+        self._metrics = services.metrics
+        self._db = services.worker
+        self._clock = services.clock
+        self._crash = services.crashpoints
+        self._log = services.logger
+        self._rng = services.rng
+        self._actions = ActionDriver(services)
         self._cache = WatchCache()
 
     def forget(self, name: str | None = None) -> None:

@@ -14,19 +14,13 @@ action's own search decides whether something was started.
 from __future__ import annotations
 
 import datetime as dt
-import logging
-import random
 
-from teckochecker.clock import Clock
-from teckochecker.crashpoints import CrashPoints
 from teckochecker.errors import InDoubt, NotStarted, PermanentError, TransientError
-from teckochecker.metrics import Metrics
 from teckochecker.plugin_api import Action, ActionOutcome, ActionRequest, ActionResult
 from teckochecker.retry import backoff_delay
 from teckochecker.runtime import JobRuntime
+from teckochecker.services import TickServices
 from teckochecker.state.models import JobSnapshot, RunSnapshot, RunState
-from teckochecker.state.store import StateStore
-from teckochecker.storeworker import StoreWorker
 
 # Look at a fired job this often while nothing else is due.
 IDLE_RECHECK = 10.0
@@ -40,23 +34,14 @@ TARGET_BUSY_RETRY = 5.0
 
 
 class ActionDriver:
-    def __init__(
-        self,
-        store: StateStore,
-        worker: StoreWorker,
-        clock: Clock,
-        crashpoints: CrashPoints,
-        logger: logging.Logger,
-        metrics: Metrics,
-        rng: random.Random,
-    ) -> None:
-        self._store = store
-        self._metrics = metrics
-        self._db = worker
-        self._clock = clock
-        self._crash = crashpoints
-        self._log = logger
-        self._rng = rng
+    def __init__(self, services: TickServices) -> None:
+        self._store = services.store
+        self._metrics = services.metrics
+        self._db = services.worker
+        self._clock = services.clock
+        self._crash = services.crashpoints
+        self._log = services.logger
+        self._rng = services.rng
         # Consecutive failed follow/search reads per run; back-off only, so losing it on restart is harmless.
         self._failures: dict[int, int] = {}
 

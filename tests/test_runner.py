@@ -20,6 +20,7 @@ from teckochecker.plugins import PluginRegistry
 from teckochecker.runner import JobRunner, TickResult
 from teckochecker.runtime import JobRuntime
 from teckochecker.secrets import Redactor, SecretResolver
+from teckochecker.services import TickServices
 from teckochecker.state.models import JobSnapshot, JobState, RunState
 from teckochecker.state.store import StateStore
 from teckochecker.storeworker import StoreWorker
@@ -55,7 +56,15 @@ class Harness:
         self.store = StateStore.open(state_url or f"sqlite:///{tmp_path / 'state.db'}")
         self.worker = StoreWorker()
         self.runner = JobRunner(
-            self.store, self.worker, self.clock, CrashPoints({}), logging.getLogger("test"), Metrics(), random.Random(1)
+            TickServices(
+                self.store,
+                self.worker,
+                self.clock,
+                CrashPoints({}),
+                logging.getLogger("test"),
+                Metrics(),
+                random.Random(1),
+            )
         )
         context = PluginContext(
             http=None,

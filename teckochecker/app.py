@@ -168,13 +168,13 @@ class Daemon:
         )
 
     async def _schedule_all(self) -> None:
-        snapshots = {s.name: s for s in await self._worker.run(self.store.jobs)}
+        states = await self._worker.run(self.store.job_states)
         spread = self.config.defaults.startup_spread
         for name, job in self._jobs.items():
-            snap = snapshots.get(name)
-            if snap is None or snap.state.is_final:
+            state = states.get(name)
+            if state is None or state.is_final:
                 continue
-            first = 0.0 if snap.state is JobState.FIRING else self._rng.uniform(0, min(spread, job.definition.interval))
+            first = 0.0 if state is JobState.FIRING else self._rng.uniform(0, min(spread, job.definition.interval))
             self._ticker.schedule(name, job.definition.interval, first)
 
     def _secret(self, name: str) -> str:
@@ -312,8 +312,8 @@ class Daemon:
         self.metrics.config_reloads.labels("restart_required" if status.restart_required else result).inc()
 
     async def _apply(self, new: Config) -> None:
-        old_jobs, old_config = self._jobs, self.config
-        snapshots = {s.name: s for s in await self._worker.run(self.store.jobs)}
+        old_jobs = self._jobs
+        states = await self._worker.run(self.store.job_states)
         added = [n for n in new.jobs if n not in old_jobs]
         removed = [n for n in old_jobs if n not in new.jobs]
         changed = [
@@ -324,7 +324,7 @@ class Daemon:
         for name in added:
             jobs[name] = JobRuntime.build(new.jobs[name], self._context)
         for name in changed:
-            if _firing(snapshots, name):
+            if states.get(name) is JobState.FIRING:
                 # It already fired: its actions finish with the definition they started with.
                 continue
             await jobs[name].aclose()
@@ -333,11 +333,11 @@ class Daemon:
         await self._worker.run(self.store.sync_jobs, [jobs[n].plan() for n in new.jobs], self._clock.now())
         self._runner.forget()
         for name in removed:
-            if _firing(snapshots, name):
+            if states.get(name) is JobState.FIRING:
                 continue  # a reload never abandons a trigger: it runs to its end, then retires
             self._ticker.unschedule(name)
             await jobs.pop(name).aclose()
-        await self._reschedule(added, changed, old_config, snapshots)
+        await self._reschedule(added, changed)
         self._log.info(
             "config reloaded: %d added %s, %d changed %s, %d removed %s, %d unchanged",
             len(added),
@@ -349,17 +349,15 @@ class Daemon:
             len(new.jobs) - len(added) - len(changed),
         )
 
-    async def _reschedule(
-        self, added: list[str], changed: list[str], old: Config, snapshots: Mapping[str, object]
-    ) -> None:
-        fresh = {s.name: s for s in await self._worker.run(self.store.jobs)}
+    async def _reschedule(self, added: list[str], changed: list[str]) -> None:
+        states = await self._worker.run(self.store.job_states)
         for name in added:
-            snap = fresh.get(name)
-            if snap is not None and not snap.state.is_final:
+            state = states.get(name)
+            if state is not None and not state.is_final:
                 self._ticker.schedule(name, self.config.jobs[name].interval, 0.0)
         for name in changed:
-            snap = fresh.get(name)
-            if snap is None or snap.state.is_final:
+            state = states.get(name)
+            if state is None or state.is_final:
                 continue
             interval = self.config.jobs[name].interval
             previous = self._ticker.next_run(name)
@@ -460,11 +458,6 @@ class DaemonControlImpl:
     def api_token(self) -> str | None:
         name = self._d.config.http.api_token
         return self._d._secret(name) if name else None
-
-
-def _firing(snapshots: Mapping[str, object], name: str) -> bool:
-    snap = snapshots.get(name)
-    return snap is not None and getattr(snap, "state", None) is JobState.FIRING
 
 
 RESTART_ONLY = {

@@ -225,6 +225,14 @@ class StateStore:
             deadlines={name: at.timestamp() for name, at in deadlines},
         )
 
+    def job_states(self) -> dict[str, JobState]:
+        """Every job's state, without loading targets (scheduling thousands of jobs needs only this)."""
+        with self._engine.connect() as conn:
+            return {
+                name: JobState(state)
+                for name, state in conn.execute(sa.select(schema.jobs.c.name, schema.jobs.c.state))
+            }
+
     def events(self, name: str, *, limit: int = 100) -> list[Event]:
         with self._engine.connect() as conn:
             job_id = self._job_id(conn, name)

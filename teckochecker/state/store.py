@@ -15,13 +15,14 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, Row
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
 from teckochecker import rules
 from teckochecker.config import Condition, TriggerRule
 from teckochecker.errors import StateStoreError
-from teckochecker.plugin_api import ActionResult, CheckReport, TargetState
+from teckochecker.plugin_api import CheckReport, TargetState
 from teckochecker.state import schema
+from teckochecker.state.events import append_event
 from teckochecker.state.location import sqlite_path
 from teckochecker.state.models import (
     Event,
@@ -33,6 +34,7 @@ from teckochecker.state.models import (
     TargetSnapshot,
     request_progress,
 )
+from teckochecker.state.runs import RunTransitions
 
 _JOB_FINAL = [s.value for s in JobState if s.is_final]
 
@@ -54,7 +56,9 @@ class PlannedAction:
     when: Condition
 
 
-class StateStore:
+class StateStore(RunTransitions):
+    """Jobs, their targets and event log; the action-run transitions come from RunTransitions."""
+
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
@@ -133,7 +137,9 @@ class StateStore:
                     conn.execute(
                         sa.update(schema.jobs).where(schema.jobs.c.id == row.id).values(removed=True, updated_at=now)
                     )
-                    _event(conn, row.id, now, "removed", "job is no longer in the configuration; its history is kept")
+                    append_event(
+                        conn, row.id, now, "removed", "job is no longer in the configuration; its history is kept"
+                    )
 
     def _insert_job(self, conn: Connection, plan: JobPlan, now: dt.datetime) -> None:
         job_id = conn.execute(
@@ -149,25 +155,27 @@ class StateStore:
             )
         ).inserted_primary_key[0]
         _insert_targets(conn, job_id, plan.targets, 0)
-        _event(conn, job_id, now, "registered", f"job registered with {len(plan.targets)} target(s)")
+        append_event(conn, job_id, now, "registered", f"job registered with {len(plan.targets)} target(s)")
 
     def _update_job(self, conn: Connection, row: Row[Any], plan: JobPlan, now: dt.datetime) -> None:
         changes: dict[str, Any] = {}
         if row.removed:
             changes["removed"] = False
-            _event(conn, row.id, now, "restored", "job is back in the configuration")
+            append_event(conn, row.id, now, "restored", "job is back in the configuration")
         if row.fingerprint != plan.fingerprint:
             changes["fingerprint"] = plan.fingerprint
-            _event(conn, row.id, now, "definition_changed", "job definition changed")
+            append_event(conn, row.id, now, "definition_changed", "job definition changed")
         known = {
             t for (t,) in conn.execute(sa.select(schema.targets.c.target).where(schema.targets.c.job_id == row.id))
         }
         added = [t for t in plan.targets if t not in known]
         if added and row.state == JobState.WATCHING.value:
             _insert_targets(conn, row.id, added, len(known))
-            _event(conn, row.id, now, "targets_added", f"{len(added)} target(s) added", {"targets": added})
+            append_event(conn, row.id, now, "targets_added", f"{len(added)} target(s) added", {"targets": added})
         elif added:
-            _event(conn, row.id, now, "targets_ignored", f"{len(added)} new target(s) ignored: the job already fired")
+            append_event(
+                conn, row.id, now, "targets_ignored", f"{len(added)} new target(s) ignored: the job already fired"
+            )
         if changes:
             conn.execute(sa.update(schema.jobs).where(schema.jobs.c.id == row.id).values(updated_at=now, **changes))
 
@@ -301,7 +309,7 @@ class StateStore:
             elif decision.verdict is rules.Verdict.ABANDON:
                 state = JobState.FAILED
                 changes |= {"state": state.value, "finished_at": now, "last_error": decision.reason}
-                _event(
+                append_event(
                     conn,
                     row.id,
                     now,
@@ -317,7 +325,7 @@ class StateStore:
             return {"consecutive_failures": 0, "last_error": None}
         count = len(report.transient_errors)
         sample = dict(list(report.transient_errors.items())[:20])
-        _event(conn, row.id, now, "check_failed", f"{count} target(s) could not be checked", {"errors": sample})
+        append_event(conn, row.id, now, "check_failed", f"{count} target(s) could not be checked", {"errors": sample})
         return {
             "consecutive_failures": row.consecutive_failures + 1,
             "last_error": _first_error(report.transient_errors),
@@ -332,7 +340,7 @@ class StateStore:
         now: dt.datetime,
         reason: str,
     ) -> None:
-        _event(conn, job_id, now, "trigger_fired", f"trigger fired: {reason}")
+        append_event(conn, job_id, now, "trigger_fired", f"trigger fired: {reason}")
         for action in actions:
             holds = rules.condition_holds(action.when, states)
             state = RunState.PENDING if holds else RunState.SKIPPED
@@ -354,7 +362,7 @@ class StateStore:
                 )
             )
             if not holds:
-                _event(
+                append_event(
                     conn,
                     job_id,
                     now,
@@ -383,12 +391,10 @@ class StateStore:
                 conn.execute(
                     sa.update(schema.jobs).where(schema.jobs.c.id == row.id).values(paused=paused, updated_at=now)
                 )
-                _event(conn, row.id, now, "paused" if paused else "resumed", "job paused" if paused else "job resumed")
+                append_event(
+                    conn, row.id, now, "paused" if paused else "resumed", "job paused" if paused else "job resumed"
+                )
             return True
-
-    def set_next_check(self, name: str, next_check_at: dt.datetime | None) -> None:
-        with self._engine.begin() as conn:
-            conn.execute(sa.update(schema.jobs).where(schema.jobs.c.name == name).values(next_check_at=next_check_at))
 
     def fail_job(self, name: str, reason: str, *, now: dt.datetime, kind: str = "job_failed") -> None:
         """End a job that has not fired as failed (deadline passed, credentials rejected, ...)."""
@@ -403,189 +409,7 @@ class StateStore:
                     state=JobState.FAILED.value, finished_at=now, updated_at=now, last_error=reason, next_check_at=None
                 )
             )
-            _event(conn, row.id, now, kind, f"job failed: {reason}", {"state": JobState.FAILED.value})
-
-    # ----- action runs (the effectively-once protocol) -----
-
-    def begin_run(self, run_id: int, *, now: dt.datetime) -> bool:
-        """Commit the intent to start (PENDING → SENDING) before the start call. False if another
-        unresolved start holds the same downstream target; try again later."""
-        try:
-            with self._engine.begin() as conn:
-                run = _run_row(conn, run_id)
-                if run.state != RunState.PENDING.value:
-                    return False
-                conn.execute(
-                    sa.update(schema.runs)
-                    .where(schema.runs.c.id == run_id)
-                    .values(state=RunState.SENDING.value, intent_at=now, updated_at=now)
-                )
-                _event(
-                    conn,
-                    run.job_id,
-                    now,
-                    "action_intent",
-                    f"action {run.action_index} ({run.action_type}): starting, attempt {run.attempt}",
-                    {"trigger_id": run.trigger_id, "attempt": run.attempt},
-                )
-                return True
-        except IntegrityError:
-            return False
-
-    def run_started(self, run_id: int, result: ActionResult, *, now: dt.datetime, how: str = "started") -> None:
-        with self._engine.begin() as conn:
-            run = _run_row(conn, run_id)
-            if run.state not in (RunState.SENDING.value, RunState.IN_DOUBT.value, RunState.PENDING.value):
-                return
-            _set_result(conn, run_id, result, now)
-            verb = "adopted" if how == "adopted" else "started"
-            _event(
-                conn,
-                run.job_id,
-                now,
-                f"action_{verb}",
-                f"action {run.action_index} ({run.action_type}) {verb} {result.external_id}"
-                + (f" ({result.url})" if result.url else ""),
-                {"external_id": result.external_id, "url": result.url, "status": result.vendor_status},
-            )
-
-    def run_not_started(self, run_id: int, message: str, *, now: dt.datetime, next_try_at: dt.datetime) -> None:
-        """A definite non-start: back to PENDING for a new attempt."""
-        with self._engine.begin() as conn:
-            run = _run_row(conn, run_id)
-            conn.execute(
-                sa.update(schema.runs)
-                .where(schema.runs.c.id == run_id)
-                .values(
-                    state=RunState.PENDING.value,
-                    attempt=run.attempt + 1,
-                    next_try_at=next_try_at,
-                    message=message,
-                    search_empty_count=0,
-                    intent_at=None,
-                    updated_at=now,
-                )
-            )
-            _event(
-                conn,
-                run.job_id,
-                now,
-                "action_not_started",
-                f"action {run.action_index} ({run.action_type}) did not start: {message}; trying again",
-            )
-
-    def run_in_doubt(self, run_id: int, message: str, *, now: dt.datetime, next_try_at: dt.datetime) -> None:
-        with self._engine.begin() as conn:
-            run = _run_row(conn, run_id)
-            if run.state not in (RunState.SENDING.value, RunState.IN_DOUBT.value):
-                return
-            conn.execute(
-                sa.update(schema.runs)
-                .where(schema.runs.c.id == run_id)
-                .values(state=RunState.IN_DOUBT.value, message=message, next_try_at=next_try_at, updated_at=now)
-            )
-            _event(
-                conn,
-                run.job_id,
-                now,
-                "action_in_doubt",
-                f"action {run.action_index} ({run.action_type}) may or may not have started ({message}); "
-                "searching downstream before any new start",
-            )
-
-    def run_search_empty(self, run_id: int, *, now: dt.datetime, next_try_at: dt.datetime) -> int:
-        with self._engine.begin() as conn:
-            run = _run_row(conn, run_id)
-            count = run.search_empty_count + 1
-            conn.execute(
-                sa.update(schema.runs)
-                .where(schema.runs.c.id == run_id)
-                .values(search_empty_count=count, next_try_at=next_try_at, updated_at=now)
-            )
-            _event(
-                conn,
-                run.job_id,
-                now,
-                "action_search_empty",
-                f"action {run.action_index} ({run.action_type}): search {count} found nothing started",
-            )
-            return count
-
-    def run_finished(self, run_id: int, state: RunState, message: str, *, now: dt.datetime) -> None:
-        """End a run without a downstream result (rejected, or unresolvable)."""
-        with self._engine.begin() as conn:
-            run = _run_row(conn, run_id)
-            conn.execute(
-                sa.update(schema.runs)
-                .where(schema.runs.c.id == run_id)
-                .values(state=state.value, message=message, finished_at=now, updated_at=now)
-            )
-            _event(
-                conn,
-                run.job_id,
-                now,
-                f"action_{state.value}",
-                f"action {run.action_index} ({run.action_type}) {state.value}: {message}",
-            )
-
-    def run_progress(self, run_id: int, result: ActionResult, *, now: dt.datetime) -> None:
-        with self._engine.begin() as conn:
-            run = _run_row(conn, run_id)
-            if run.state != RunState.RUNNING.value:
-                return
-            state = _set_result(conn, run_id, result, now)
-            if state.is_final or result.vendor_status != run.vendor_status:
-                text = f"action {run.action_index} ({run.action_type}) {result.external_id}: {result.vendor_status}"
-                if result.message and state.is_final:
-                    text += f": {result.message}"
-                _event(
-                    conn,
-                    run.job_id,
-                    now,
-                    "action_finished" if state.is_final else "action_progress",
-                    text,
-                    {"external_id": result.external_id, "status": result.vendor_status, "outcome": state.value},
-                )
-
-    def defer_run(self, run_id: int, message: str, *, now: dt.datetime, next_try_at: dt.datetime) -> None:
-        with self._engine.begin() as conn:
-            run = _run_row(conn, run_id)
-            conn.execute(
-                sa.update(schema.runs)
-                .where(schema.runs.c.id == run_id)
-                .values(next_try_at=next_try_at, message=message, updated_at=now)
-            )
-            _event(
-                conn,
-                run.job_id,
-                now,
-                "action_error",
-                f"action {run.action_index} ({run.action_type}): {message}; trying again",
-            )
-
-    def finish_job_if_done(self, name: str, *, now: dt.datetime) -> JobState | None:
-        with self._engine.begin() as conn:
-            row = conn.execute(sa.select(schema.jobs).where(schema.jobs.c.name == name)).one()
-            if row.state != JobState.FIRING.value:
-                return None
-            run_states = [
-                RunState(s)
-                for (s,) in conn.execute(sa.select(schema.runs.c.state).where(schema.runs.c.job_id == row.id))
-            ]
-            if not all(s.is_final for s in run_states):
-                return None
-            target_states = [
-                TargetState(s)
-                for (s,) in conn.execute(sa.select(schema.targets.c.state).where(schema.targets.c.job_id == row.id))
-            ]
-            final = rules.final_job_state(target_states, run_states)
-            conn.execute(
-                sa.update(schema.jobs)
-                .where(schema.jobs.c.id == row.id)
-                .values(state=final.value, finished_at=now, updated_at=now, next_check_at=None)
-            )
-            _event(conn, row.id, now, "job_finished", f"job {final.value.replace('_', ' ')}", {"state": final.value})
-            return final
+            append_event(conn, row.id, now, kind, f"job failed: {reason}", {"state": JobState.FAILED.value})
 
 
 def _insert_targets(conn: Connection, job_id: int, names: Sequence[str], start: int) -> None:
@@ -632,7 +456,7 @@ def _apply_observation(conn: Connection, job_id: int, row: Row[Any], obs: Any, n
         text = f"{obs.target}: {row.vendor_status or row.state} → {obs.vendor_status or obs.state.value}"
         if obs.message:
             text += f" ({obs.message})"
-        _event(
+        append_event(
             conn,
             job_id,
             now,
@@ -641,37 +465,6 @@ def _apply_observation(conn: Connection, job_id: int, row: Row[Any], obs: Any, n
             {"target": obs.target, "state": obs.state.value, "vendor_status": obs.vendor_status},
         )
     return obs.state
-
-
-def _set_result(conn: Connection, run_id: int, result: ActionResult, now: dt.datetime) -> RunState:
-    state = RunState.from_outcome(result.outcome)
-    conn.execute(
-        sa.update(schema.runs)
-        .where(schema.runs.c.id == run_id)
-        .values(
-            state=state.value,
-            external_id=result.external_id,
-            external_url=result.url,
-            vendor_status=result.vendor_status,
-            message=result.message,
-            details=dict(result.details),
-            updated_at=now,
-            finished_at=now if state.is_final else None,
-        )
-    )
-    return state
-
-
-def _run_row(conn: Connection, run_id: int) -> Row[Any]:
-    return conn.execute(sa.select(schema.runs).where(schema.runs.c.id == run_id)).one()
-
-
-def _event(
-    conn: Connection, job_id: int, at: dt.datetime, kind: str, message: str, data: Mapping[str, Any] | None = None
-) -> None:
-    conn.execute(
-        sa.insert(schema.events).values(job_id=job_id, at=at, kind=kind, message=message, data=dict(data or {}))
-    )
 
 
 def _group(rows: Iterable[Row[Any]]) -> dict[int, list[Row[Any]]]:

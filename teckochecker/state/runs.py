@@ -1,0 +1,228 @@
+"""Action runs through the effectively-once protocol (design/reliability.md §1.3): each transition is one
+short transaction of its own, committed before or after the downstream call as the protocol says."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine, Row
+from sqlalchemy.exc import IntegrityError
+
+from teckochecker import rules
+from teckochecker.plugin_api import ActionResult, TargetState
+from teckochecker.state import schema
+from teckochecker.state.events import append_event
+from teckochecker.state.models import JobState, RunState
+
+
+class RunTransitions:
+    """The run half of the state store (StateStore inherits it); needs ``self._engine``."""
+
+    _engine: Engine
+
+    def begin_run(self, run_id: int, *, now: dt.datetime) -> bool:
+        """Commit the intent to start (PENDING → SENDING) before the start call. False if another
+        unresolved start holds the same downstream target; try again later."""
+        try:
+            with self._engine.begin() as conn:
+                run = _run_row(conn, run_id)
+                if run.state != RunState.PENDING.value:
+                    return False
+                conn.execute(
+                    sa.update(schema.runs)
+                    .where(schema.runs.c.id == run_id)
+                    .values(state=RunState.SENDING.value, intent_at=now, updated_at=now)
+                )
+                append_event(
+                    conn,
+                    run.job_id,
+                    now,
+                    "action_intent",
+                    f"action {run.action_index} ({run.action_type}): starting, attempt {run.attempt}",
+                    {"trigger_id": run.trigger_id, "attempt": run.attempt},
+                )
+                return True
+        except IntegrityError:
+            return False
+
+    def run_started(self, run_id: int, result: ActionResult, *, now: dt.datetime, how: str = "started") -> None:
+        with self._engine.begin() as conn:
+            run = _run_row(conn, run_id)
+            if run.state not in (RunState.SENDING.value, RunState.IN_DOUBT.value, RunState.PENDING.value):
+                return
+            _set_result(conn, run_id, result, now)
+            verb = "adopted" if how == "adopted" else "started"
+            append_event(
+                conn,
+                run.job_id,
+                now,
+                f"action_{verb}",
+                f"action {run.action_index} ({run.action_type}) {verb} {result.external_id}"
+                + (f" ({result.url})" if result.url else ""),
+                {"external_id": result.external_id, "url": result.url, "status": result.vendor_status},
+            )
+
+    def run_not_started(self, run_id: int, message: str, *, now: dt.datetime, next_try_at: dt.datetime) -> None:
+        """A definite non-start: back to PENDING for a new attempt."""
+        with self._engine.begin() as conn:
+            run = _run_row(conn, run_id)
+            conn.execute(
+                sa.update(schema.runs)
+                .where(schema.runs.c.id == run_id)
+                .values(
+                    state=RunState.PENDING.value,
+                    attempt=run.attempt + 1,
+                    next_try_at=next_try_at,
+                    message=message,
+                    search_empty_count=0,
+                    intent_at=None,
+                    updated_at=now,
+                )
+            )
+            append_event(
+                conn,
+                run.job_id,
+                now,
+                "action_not_started",
+                f"action {run.action_index} ({run.action_type}) did not start: {message}; trying again",
+            )
+
+    def run_in_doubt(self, run_id: int, message: str, *, now: dt.datetime, next_try_at: dt.datetime) -> None:
+        with self._engine.begin() as conn:
+            run = _run_row(conn, run_id)
+            if run.state not in (RunState.SENDING.value, RunState.IN_DOUBT.value):
+                return
+            conn.execute(
+                sa.update(schema.runs)
+                .where(schema.runs.c.id == run_id)
+                .values(state=RunState.IN_DOUBT.value, message=message, next_try_at=next_try_at, updated_at=now)
+            )
+            append_event(
+                conn,
+                run.job_id,
+                now,
+                "action_in_doubt",
+                f"action {run.action_index} ({run.action_type}) may or may not have started ({message}); "
+                "searching downstream before any new start",
+            )
+
+    def run_search_empty(self, run_id: int, *, now: dt.datetime, next_try_at: dt.datetime) -> int:
+        with self._engine.begin() as conn:
+            run = _run_row(conn, run_id)
+            count = run.search_empty_count + 1
+            conn.execute(
+                sa.update(schema.runs)
+                .where(schema.runs.c.id == run_id)
+                .values(search_empty_count=count, next_try_at=next_try_at, updated_at=now)
+            )
+            append_event(
+                conn,
+                run.job_id,
+                now,
+                "action_search_empty",
+                f"action {run.action_index} ({run.action_type}): search {count} found nothing started",
+            )
+            return count
+
+    def run_finished(self, run_id: int, state: RunState, message: str, *, now: dt.datetime) -> None:
+        """End a run without a downstream result (rejected, or unresolvable)."""
+        with self._engine.begin() as conn:
+            run = _run_row(conn, run_id)
+            conn.execute(
+                sa.update(schema.runs)
+                .where(schema.runs.c.id == run_id)
+                .values(state=state.value, message=message, finished_at=now, updated_at=now)
+            )
+            append_event(
+                conn,
+                run.job_id,
+                now,
+                f"action_{state.value}",
+                f"action {run.action_index} ({run.action_type}) {state.value}: {message}",
+            )
+
+    def run_progress(self, run_id: int, result: ActionResult, *, now: dt.datetime) -> None:
+        with self._engine.begin() as conn:
+            run = _run_row(conn, run_id)
+            if run.state != RunState.RUNNING.value:
+                return
+            state = _set_result(conn, run_id, result, now)
+            if state.is_final or result.vendor_status != run.vendor_status:
+                text = f"action {run.action_index} ({run.action_type}) {result.external_id}: {result.vendor_status}"
+                if result.message and state.is_final:
+                    text += f": {result.message}"
+                append_event(
+                    conn,
+                    run.job_id,
+                    now,
+                    "action_finished" if state.is_final else "action_progress",
+                    text,
+                    {"external_id": result.external_id, "status": result.vendor_status, "outcome": state.value},
+                )
+
+    def defer_run(self, run_id: int, message: str, *, now: dt.datetime, next_try_at: dt.datetime) -> None:
+        with self._engine.begin() as conn:
+            run = _run_row(conn, run_id)
+            conn.execute(
+                sa.update(schema.runs)
+                .where(schema.runs.c.id == run_id)
+                .values(next_try_at=next_try_at, message=message, updated_at=now)
+            )
+            append_event(
+                conn,
+                run.job_id,
+                now,
+                "action_error",
+                f"action {run.action_index} ({run.action_type}): {message}; trying again",
+            )
+
+    def finish_job_if_done(self, name: str, *, now: dt.datetime) -> JobState | None:
+        with self._engine.begin() as conn:
+            row = conn.execute(sa.select(schema.jobs).where(schema.jobs.c.name == name)).one()
+            if row.state != JobState.FIRING.value:
+                return None
+            run_states = [
+                RunState(s)
+                for (s,) in conn.execute(sa.select(schema.runs.c.state).where(schema.runs.c.job_id == row.id))
+            ]
+            if not all(s.is_final for s in run_states):
+                return None
+            target_states = [
+                TargetState(s)
+                for (s,) in conn.execute(sa.select(schema.targets.c.state).where(schema.targets.c.job_id == row.id))
+            ]
+            final = rules.final_job_state(target_states, run_states)
+            conn.execute(
+                sa.update(schema.jobs)
+                .where(schema.jobs.c.id == row.id)
+                .values(state=final.value, finished_at=now, updated_at=now, next_check_at=None)
+            )
+            append_event(
+                conn, row.id, now, "job_finished", f"job {final.value.replace('_', ' ')}", {"state": final.value}
+            )
+            return final
+
+
+def _set_result(conn: Connection, run_id: int, result: ActionResult, now: dt.datetime) -> RunState:
+    state = RunState.from_outcome(result.outcome)
+    conn.execute(
+        sa.update(schema.runs)
+        .where(schema.runs.c.id == run_id)
+        .values(
+            state=state.value,
+            external_id=result.external_id,
+            external_url=result.url,
+            vendor_status=result.vendor_status,
+            message=result.message,
+            details=dict(result.details),
+            updated_at=now,
+            finished_at=now if state.is_final else None,
+        )
+    )
+    return state
+
+
+def _run_row(conn: Connection, run_id: int) -> Row[Any]:
+    return conn.execute(sa.select(schema.runs).where(schema.runs.c.id == run_id)).one()

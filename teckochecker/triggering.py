@@ -134,24 +134,15 @@ class ActionDriver:
         except TransientError as exc:
             return await self._defer(run, f"search failed: {exc}", exc.retry_after)
         except PermanentError as exc:
-            await self._db.run(
-                self._store.run_finished,
-                run.id,
-                RunState.FAILED,
-                f"cannot tell whether it started: search refused: {exc}",
-                now=self._clock.now(),
-            )
+            await self._fail(run, f"cannot tell whether it started: search refused: {exc}")
             return 0.0
         self._failures.pop(run.id, None)
         now = self._clock.now()
         if found is None:
-            await self._db.run(
-                self._store.run_finished,
-                run.id,
-                RunState.FAILED,
+            await self._fail(
+                run,
                 "it may or may not have started, and this action cannot search for it; "
                 "not started again to avoid a duplicate",
-                now=now,
             )
             return 0.0
         if found:
@@ -191,18 +182,16 @@ class ActionDriver:
         except TransientError as exc:
             return await self._defer(run, f"following {run.external_id} failed: {exc}", exc.retry_after)
         except PermanentError as exc:
-            await self._db.run(
-                self._store.run_finished,
-                run.id,
-                RunState.FAILED,
-                f"cannot follow {run.external_id}: {exc}",
-                now=self._clock.now(),
-            )
+            await self._fail(run, f"cannot follow {run.external_id}: {exc}")
             return 0.0
         self._failures.pop(run.id, None)
         await self._db.run(self._store.run_progress, run.id, result, now=self._clock.now())
         self._record_finish(action, result)
         return 0.0 if result.outcome.is_finished else action.follow_interval
+
+    async def _fail(self, run: RunSnapshot, message: str) -> None:
+        """End a run as failed without a downstream result, for a person to look at."""
+        await self._db.run(self._store.run_finished, run.id, RunState.FAILED, message, now=self._clock.now())
 
     def _count(self, action: Action, outcome: str) -> None:
         self._metrics.actions.labels(action.type_name, outcome).inc()
@@ -222,11 +211,5 @@ class ActionDriver:
         return delay
 
     async def _orphaned(self, run: RunSnapshot) -> float:
-        await self._db.run(
-            self._store.run_finished,
-            run.id,
-            RunState.FAILED,
-            "its action was removed from the configuration before it finished",
-            now=self._clock.now(),
-        )
+        await self._fail(run, "its action was removed from the configuration before it finished")
         return 0.0

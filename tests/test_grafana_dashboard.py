@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
+from metric_names import exported_sample_names
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -24,13 +25,6 @@ from teckochecker.state.models import JobSnapshot, JobState, TargetSnapshot
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "config" / "grafana" / "teckochecker-dashboard.json"
 METRIC_NAME = re.compile(r"\bteckochecker_[a-z_]+")
-SUFFIXES = {
-    "counter": ("_total", "_created"),
-    "histogram": ("_bucket", "_count", "_sum", "_created"),
-    "summary": ("_count", "_sum", "_created"),
-    "info": ("_info",),
-    "gauge": ("",),
-}
 # The only data source references an importable dashboard may carry: the import input, the template
 # variable, and Grafana's built-in annotations.
 ALLOWED_DATASOURCE_UIDS = {"${DS_PROMETHEUS}", "${datasource}", "-- Grafana --"}
@@ -45,17 +39,6 @@ def require_promtool() -> str:
             pytest.fail("promtool is missing in CI; .ci/install-tools should have installed it")
         pytest.skip("promtool not installed")
     return tool
-
-
-def exported_sample_names() -> set[str]:
-    """Every sample name a fresh Metrics() registry can expose, labelled children or not."""
-    metrics = Metrics()
-    metrics.observe_jobs([])
-    names: set[str] = set()
-    for family in metrics.registry.collect():
-        names.update(family.name + suffix for suffix in SUFFIXES.get(family.type, ("",)))
-        names.update(sample.name for sample in family.samples)
-    return names
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from metric_names import SUFFIXES, exported_sample_names
 from prometheus_client.metrics import MetricWrapperBase
 
 from teckochecker.metrics import Metrics
@@ -21,24 +22,6 @@ RULES = PROMETHEUS_DIR / "teckochecker.rules.yml"
 RULE_TESTS = PROMETHEUS_DIR / "teckochecker.rules.test.yml"
 METRIC_NAME = re.compile(r"\bteckochecker_[a-z_]+")
 # The sample names each metric type exposes, beyond the family name itself.
-SUFFIXES = {
-    "counter": ("_total", "_created"),
-    "histogram": ("_bucket", "_count", "_sum", "_created"),
-    "summary": ("_count", "_sum", "_created"),
-    "info": ("_info",),
-    "gauge": ("",),
-}
-
-
-def exported_sample_names() -> set[str]:
-    """Every sample name a fresh Metrics() registry can expose, labelled children or not."""
-    metrics = Metrics()
-    metrics.observe_jobs([])
-    names: set[str] = set()
-    for family in metrics.registry.collect():
-        names.update(family.name + suffix for suffix in SUFFIXES.get(family.type, ("",)))
-        names.update(sample.name for sample in family.samples)
-    return names
 
 
 def stored_label_names() -> dict[str, set[str]]:

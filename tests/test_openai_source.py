@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import random
 import socket
 from collections.abc import Awaitable, Iterator
 from typing import Any, TypeVar
 
 import pytest
+from clock import FakeClock
 from fakes.openai import BATCH_STATUSES as DOCUMENTED_STATUSES
 from fakes.openai import FakeOpenAI
 from plugin_context import Clients, FixedClock
@@ -19,9 +22,11 @@ from teckochecker_openai import (
     OpenAIBatchSource,
     teckochecker_source_types,
 )
+from teckochecker_openai.throttle import MAX_IN_FLIGHT, AccountThrottle
 
 from teckochecker.errors import PermanentError
 from teckochecker.plugin_api import CheckReport, PluginContext, SecretName, SharedRegistry, TargetState
+from teckochecker.retry import RETRY_AFTER_MAX
 
 API_KEY = "sk-CANARY-openai-5f0e1d2c3b4a59687766554433221100"
 T = TypeVar("T")
@@ -279,15 +284,16 @@ def test_html_gateway_error_is_transient(fake: FakeOpenAI, clients: Clients) -> 
     message = report.transient_errors[batch_id]
     assert "HTTP 502" in message and f"{fake.base_url}/batches/{batch_id}" in message
     assert "<html>" not in message
-    assert report.retry_after is None
+    # A 5xx makes the whole account wait: the first step of the back-off, with jitter (up to 1 s).
+    assert report.retry_after is not None and 0 <= report.retry_after <= 1.0
 
 
 @pytest.mark.parametrize(
     ("body", "reason"),
-    [(b"this is not json", "not JSON"), (b'{"object":"batch","id":"x"}', "'status'"), (b"[1,2]", "'id'")],
+    [(b"this is not json", "not JSON"), (b'{"object":"batch","id":"batch_x"}', "'status'"), (b"[1,2]", "'id'")],
 )
 def test_unreadable_success_is_transient(fake: FakeOpenAI, clients: Clients, body: bytes, reason: str) -> None:
-    batch_id = fake.add_batch()
+    batch_id = fake.add_batch("batch_x")
     fake.inject(200, body=body)
     report = check(clients, make_source(clients, fake.base_url), batch_id)
     message = report.transient_errors[batch_id]
@@ -457,17 +463,162 @@ def test_batches_missing_from_the_listing_are_fetched_one_by_one(fake: FakeOpenA
     assert fake.request_count("batch_missing") == 1 and fake.request_count(known) == 0
 
 
-def test_a_failing_listing_falls_back_to_one_by_one(fake: FakeOpenAI) -> None:
-    ids = [fake.add_batch(status="in_progress") for _ in range(2)]
-    fake.inject(500, times=1)  # the first request (the listing) fails
-    clients = Clients()
-    report = run(clients, make_source(clients, fake.base_url, list_batches=True).check(ids))
-    assert {o.state for o in report.observations} == {TargetState.RUNNING} and not report.transient_errors
-    assert list_requests(fake) == 1 and get_requests(fake) == 2
-
-
 def test_a_rejected_key_is_still_reported_when_listing(fake: FakeOpenAI) -> None:
     batch = fake.add_batch(status="in_progress")
     clients = Clients()
     with pytest.raises(PermanentError, match="HTTP 401"):
         run(clients, make_source(clients, fake.base_url, key="sk-wrong-000000000000", list_batches=True).check([batch]))
+
+
+def test_openai_refusing_the_listing_falls_back_to_one_by_one(
+    fake: FakeOpenAI, caplog: pytest.LogCaptureFixture
+) -> None:
+    ids = [fake.add_batch(status="in_progress") for _ in range(2)]
+    fake.inject(404)  # the listing, refused in OpenAI's own envelope (an endpoint without it)
+    clients = Clients()
+    with caplog.at_level(logging.WARNING):
+        report = run(clients, make_source(clients, fake.base_url, list_batches=True).check(ids))
+    assert {o.state for o in report.observations} == {TargetState.RUNNING} and not report.transient_errors
+    assert list_requests(fake) == 1 and get_requests(fake) == 2
+    assert "list_batches: false" in caplog.text
+
+
+# ----- an account backs off as a whole -----------------------------------------------------------
+
+
+def test_a_rate_limited_listing_makes_the_whole_account_wait(fake: FakeOpenAI) -> None:
+    ids = [fake.add_batch(status="in_progress") for _ in range(300)]
+    jobs = [ids[i : i + 100] for i in range(0, 300, 100)]  # three jobs of one account
+    fake.inject(429, headers={"retry-after": "30"})  # the first request, the listing, is rate-limited
+    shared, clock, clients = SharedRegistry(), FakeClock(), Clients()
+    sources = [make_source(clients, fake.base_url, list_batches=True, shared=shared, clock=clock) for _ in jobs]
+
+    async def every_job_checks_after(seconds: float) -> tuple[int, list[CheckReport]]:
+        clock.advance(seconds)
+        reports = await asyncio.gather(*(source.check(targets) for source, targets in zip(sources, jobs, strict=True)))
+        return fake.request_count(), list(reports)
+
+    async def scenario() -> list[tuple[int, list[CheckReport]]]:
+        return [await every_job_checks_after(seconds) for seconds in (0, 0.9, 10, 18.6, 0.5)]
+
+    steps = run(clients, scenario())
+    for (requests, reports), waits in zip(steps[:4], (30, 29.1, 19.1, 0.5), strict=True):
+        assert requests == 1  # the one listing that got the 429: no request at all while the account waits
+        for report, targets in zip(reports, jobs, strict=True):
+            assert report.observations == () and set(report.transient_errors) == set(targets)
+            assert report.retry_after == pytest.approx(waits)
+            assert "HTTP 429" in report.transient_errors[targets[0]]
+    requests, reports = steps[4]  # 30 s later: one sweep of the listing (three pages), nothing one by one
+    assert requests == 1 + 3 and list_requests(fake) == 4 and get_requests(fake) == 0
+    assert all(len(r.observations) == 100 and not r.transient_errors and r.retry_after is None for r in reports)
+
+
+def test_a_rate_limited_single_request_stops_the_account_s_other_requests(fake: FakeOpenAI) -> None:
+    ids = [fake.add_batch(status="in_progress") for _ in range(40)]
+    fake.inject(429, headers={"retry-after": "5"})  # whichever request comes first
+    fake.inject(200, delay=0.3, times=100)  # the others answer after the 429 is known
+    shared, clients = SharedRegistry(), Clients()
+    first, second = (make_source(clients, fake.base_url, shared=shared) for _ in range(2))
+
+    async def checks() -> tuple[CheckReport, CheckReport]:
+        return await first.check(ids[:30]), await second.check(ids[30:])
+
+    one, two = run(clients, checks())
+    # Only the requests already under way when the 429 came (one slot each) were sent, then no more.
+    assert fake.request_count() == MAX_IN_FLIGHT
+    assert len(one.observations) == MAX_IN_FLIGHT - 1 and len(one.transient_errors) == 30 - (MAX_IN_FLIGHT - 1)
+    assert one.retry_after == 5
+    assert two.observations == () and set(two.transient_errors) == set(ids[30:]) and two.retry_after == 5
+    assert all("backing off after HTTP 429" in m for m in two.transient_errors.values())
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "truncate_to"),
+    [
+        (200, b"<html>Sign in to the network</html>", None),  # a captive portal
+        (200, b'{"object": "list"}', None),  # JSON, but no list of batches in it
+        (200, None, 20),  # cut off mid-answer
+        (403, b"<html>Forbidden</html>", None),  # a proxy's page, not OpenAI refusing the listing
+        (401, b"<html>Unauthorized</html>", None),  # a proxy's page is no proof the key is bad
+        (503, None, None),  # OpenAI's own 503, without Retry-After
+    ],
+)
+def test_a_listing_that_fails_otherwise_makes_the_account_wait_too(
+    fake: FakeOpenAI, status: int, body: bytes | None, truncate_to: int | None
+) -> None:
+    ids = [fake.add_batch(status="in_progress") for _ in range(5)]
+    fake.inject(status, body=body, truncate_to=truncate_to)
+    shared, clients = SharedRegistry(), Clients()
+    first, second = (make_source(clients, fake.base_url, list_batches=True, shared=shared) for _ in range(2))
+
+    async def checks() -> tuple[CheckReport, CheckReport]:
+        return await first.check(ids[:3]), await second.check(ids[3:])
+
+    one, two = run(clients, checks())
+    assert fake.request_count() == 1  # never one request per batch instead
+    assert one.observations == () and set(one.transient_errors) == set(ids[:3])
+    assert two.observations == () and set(two.transient_errors) == set(ids[3:])
+    # No Retry-After: the first step of the account's back-off (full jitter up to 1 s), the same for both jobs.
+    assert one.retry_after is not None and 0 < one.retry_after <= 1.0
+    assert two.retry_after == one.retry_after
+
+
+class HighestRandom(random.Random):
+    """Full jitter at its ceiling, so the back-off steps can be seen."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+def test_the_account_backs_off_exponentially_per_incident_not_per_failed_request() -> None:
+    clock = FakeClock()
+    throttle = AccountThrottle(clock.monotonic, rng=HighestRandom())
+    waits = []
+    for _ in range(8):
+        waits.append(throttle.failed("HTTP 503"))
+        throttle.failed("HTTP 500")  # an answer to a request already in flight: the same incident
+        assert throttle.remaining() == waits[-1] and throttle.reason == "HTTP 503"
+        clock.advance(waits[-1])
+        assert throttle.remaining() is None
+    assert waits == [1, 2, 4, 8, 16, 32, 60, 60]
+    throttle.succeeded()
+    assert throttle.failed("HTTP 502") == 1  # a real answer since: back to the first step
+    assert throttle.failed("HTTP 429", retry_after=30) == 30  # the vendor's wait wins over a shorter one
+    clock.advance(30)
+    assert throttle.failed("HTTP 429", retry_after=3600) == RETRY_AFTER_MAX
+
+
+# ----- answers are checked, not trusted -----------------------------------------------------------
+
+
+def test_an_answer_about_another_batch_is_no_answer_about_this_one(fake: FakeOpenAI, clients: Clients) -> None:
+    asked = fake.add_batch(status="in_progress")
+    other = fake.add_batch(status="completed")
+    fake.inject(200, batch_id=asked, body=json.dumps(fake.batch(other)).encode())
+    report = check(clients, make_source(clients, fake.base_url), asked)
+    assert report.observations == ()
+    assert "answer is about another batch" in report.transient_errors[asked] and other in report.transient_errors[asked]
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (403, b"<html><body><h1>403 Forbidden</h1>by the proxy</body></html>"),
+        (404, b'{"detail": "Not Found"}'),  # JSON, but not OpenAI's envelope
+        (404, b'{"error": "Not Found"}'),
+        (400, b'{"error": {"message": "Bad request"}}'),  # neither a type nor a code
+        (401, b"<html><body>401 Authorization Required</body></html>"),  # a proxy's, not OpenAI's
+    ],
+)
+def test_an_error_without_openai_s_envelope_is_no_verdict(
+    fake: FakeOpenAI, clients: Clients, status: int, body: bytes
+) -> None:
+    batch_id = fake.add_batch(status="in_progress")
+    fake.inject(status, body=body, batch_id=batch_id)
+    report = check(clients, make_source(clients, fake.base_url), batch_id)
+    assert report.observations == ()
+    message = report.transient_errors[batch_id]
+    assert f"HTTP {status} from {fake.base_url}/batches/{batch_id} without OpenAI's error body" in message
+    assert "<html>" not in message
+    # One odd answer to one request: that batch is asked again later; the account does not wait for it.
+    assert report.retry_after is None

@@ -3,7 +3,12 @@ batches (``GET {base_url}/batches``, see directory.py), and ``GET {base_url}/bat
 the listing did not show.
 
 Works with any OpenAI-compatible endpoint (Azure v1, proxies) through ``base_url``. The core is the only
-retry layer: a check never retries, it reports what failed and how long the vendor asked us to wait.
+retry layer: a check never retries, it reports what failed and how long to wait. Rate limits are the
+account's: a 429, a 5xx or no answer puts every job of the account into one back-off (throttle.py), and
+while it lasts a check reports its targets as waiting without sending anything.
+
+Answers are checked, not trusted: a batch object must name the batch asked for, and only OpenAI's own
+error envelope (envelope.py) is a verdict about a batch or a key; anything else is transient.
 """
 
 from __future__ import annotations
@@ -30,7 +35,9 @@ from teckochecker.plugin_api import (
 )
 from teckochecker.retry import is_transient_status, parse_retry_after
 from teckochecker_openai.directory import PAGE_SIZE, BatchDirectory
+from teckochecker_openai.envelope import VendorError, vendor_error
 from teckochecker_openai.statuses import TIMESTAMP_FIELDS, batch_state
+from teckochecker_openai.throttle import AccountThrottle
 
 __all__ = ["OpenAIBatchOptions", "OpenAIBatchSource"]
 
@@ -58,11 +65,29 @@ class OpenAIBatchOptions(OptionsModel):
 
 @dataclass(frozen=True)
 class _Unobserved:
-    """One target that could not be observed this time, and how long the vendor asked us to wait."""
+    """One target that could not be observed this time, and how long to wait before asking again."""
 
     target: str
     message: str
     retry_after: float | None = None
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """An error response that is no verdict about the batch: a later try may get a real answer."""
+
+    message: str
+    retry_after: float | None = None
+    # A rate limit or an outage concerns the whole account, not the one request that met it.
+    account_wide: bool = True
+
+
+class _AccountWaits(Exception):
+    """The listing failed; the account's throttle already knows, and every check of the account waits."""
+
+
+# What a refused listing stands for: nothing seen, so every wanted batch is fetched on its own.
+_EMPTY_PAGE: Mapping[str, Any] = {"object": "list", "data": [], "has_more": False}
 
 
 class OpenAIBatchSource(Source):
@@ -73,17 +98,25 @@ class OpenAIBatchSource(Source):
     async def check(self, targets: Sequence[str]) -> CheckReport:
         if not targets:
             return CheckReport()
+        unique = list(dict.fromkeys(targets))
+        throttle = self._throttle()
+        if throttle.remaining() is not None:
+            return self._waiting(unique, throttle)
         client = self._client()
         # Read the key once per check, and per request rather than into the pooled client, so a
         # rotated secret is picked up without rebuilding the pool.
         headers = {"Authorization": f"Bearer {self.context.secret(self.options.api_key)}"}
-        unique = list(dict.fromkeys(targets))
-        listed = await self._listed(client, headers, unique)
+        try:
+            listed = await self._listed(client, headers, unique)
+        except _AccountWaits:
+            # Fetching every batch on its own instead would multiply the requests of an account that just
+            # failed to answer one (300 watched batches: 301 requests in the same second after one 429).
+            return self._waiting(unique, throttle)
         results: list[Observation | _Unobserved] = [
             self._observe_batch(target, f"{self.options.base_url}/batches", batch) for target, batch in listed.items()
         ]
         outcomes = await asyncio.gather(
-            *(self._check_one(client, target, headers) for target in unique if target not in listed),
+            *(self._check_one(client, target, headers, throttle) for target in unique if target not in listed),
             return_exceptions=True,
         )
         # Wait for every request before raising, so no task is left with an unretrieved exception.
@@ -93,76 +126,149 @@ class OpenAIBatchSource(Source):
             results.append(outcome)
         return _report(results)
 
+    def _waiting(self, targets: Sequence[str], throttle: AccountThrottle) -> CheckReport:
+        message = self._waiting_message(throttle)
+        return CheckReport(transient_errors=dict.fromkeys(targets, message), retry_after=throttle.remaining())
+
+    def _waiting_message(self, throttle: AccountThrottle) -> str:
+        return f"not asked: the OpenAI account at {self.options.base_url} is backing off after {throttle.reason}"
+
     async def _listed(
         self, client: httpx.AsyncClient, headers: Mapping[str, str], targets: Sequence[str]
     ) -> dict[str, Mapping[str, Any]]:
         if not self.options.list_batches:
             return {}
+        throttle = self._throttle()
 
         async def list_page(after: str | None) -> Mapping[str, Any]:
-            params = {"limit": str(PAGE_SIZE), **({"after": after} if after else {})}
-            response = await client.get("batches", params=params, headers=headers, timeout=self._timeout())
-            response.raise_for_status()
-            page = response.json()
-            if not isinstance(page, dict):
-                raise ValueError("the list response is not an object")
-            return page
+            return await self._list_page(client, headers, throttle, after)
 
+        return await self._directory().lookup(targets, list_page)
+
+    async def _list_page(
+        self, client: httpx.AsyncClient, headers: Mapping[str, str], throttle: AccountThrottle, after: str | None
+    ) -> Mapping[str, Any]:
+        """One page of the listing. Every failure makes the whole account wait (the listing is its one shared
+        request: whatever stops it stops every job's view), except OpenAI's own refusal of the listing."""
+        url = f"{self.options.base_url}/batches"
+        params = {"limit": str(PAGE_SIZE), **({"after": after} if after else {})}
         try:
-            return await self._directory().lookup(targets, list_page)
-        except (httpx.HTTPError, ValueError) as exc:
-            # One by one still works (and classifies a rejected key or a 429 properly); just say why.
-            self.context.logger.debug(
-                "listing batches at %s/batches failed (%s); fetching one by one", self.options.base_url, _describe(exc)
+            response = await client.get("batches", params=params, headers=headers, timeout=self._timeout())
+        except httpx.RequestError as exc:
+            raise _account_waits(throttle, _Failure(f"could not reach {url}: {_describe(exc)}")) from None
+        if response.status_code != 200:
+            judged = self._judge(url, response)
+            if isinstance(judged, _Failure):
+                raise _account_waits(throttle, judged) from None
+            # OpenAI refused the listing itself (an endpoint without it, a key without that permission):
+            # fetch one by one, as with list_batches: false, until the next sweep tries again.
+            throttle.succeeded()
+            self.context.logger.warning(
+                "OpenAI refused listing batches at %s (HTTP %s: %s); fetching them one by one "
+                "(set list_batches: false to stop trying)",
+                url,
+                response.status_code,
+                judged.message,
             )
-            return {}
+            return _EMPTY_PAGE
+        page = _list_envelope(response)
+        if page is None:
+            raise _account_waits(throttle, _Failure(f"unexpected response from {url}: not a list of batches"))
+        throttle.succeeded()
+        return page
+
+    def _account_key(self) -> str:
+        options = self.options
+        # The secret's name, never its value: one account per endpoint, key, organization and project.
+        return f"{options.base_url}:{options.api_key}:{options.organization}:{options.project}"
 
     def _directory(self) -> BatchDirectory:
-        options = self.options
-        key = f"openai-directory:{options.base_url}:{options.api_key}:{options.organization}:{options.project}"
         return self.context.shared.get(
-            key, lambda: BatchDirectory(self.context.clock.monotonic, self.options.list_max_age)
+            f"openai-directory:{self._account_key()}",
+            lambda: BatchDirectory(self.context.clock.monotonic, self.options.list_max_age),
+        )
+
+    def _throttle(self) -> AccountThrottle:
+        return self.context.shared.get(
+            f"openai-throttle:{self._account_key()}", lambda: AccountThrottle(self.context.clock.monotonic)
         )
 
     def _client(self) -> httpx.AsyncClient:
         options = self.options
-        key = f"openai:{options.base_url}:{options.api_key}:{options.organization}:{options.project}"
         headers = {"Accept": "application/json"}
         if options.organization:
             headers["OpenAI-Organization"] = options.organization
         if options.project:
             headers["OpenAI-Project"] = options.project
-        return self.context.http.client(key, base_url=options.base_url, headers=headers, timeout=self._timeout())
+        return self.context.http.client(
+            f"openai:{self._account_key()}", base_url=options.base_url, headers=headers, timeout=self._timeout()
+        )
 
     def _timeout(self) -> httpx.Timeout:
         return httpx.Timeout(self.options.timeout, connect=min(CONNECT_TIMEOUT, self.options.timeout))
 
     async def _check_one(
-        self, client: httpx.AsyncClient, target: str, headers: Mapping[str, str]
+        self, client: httpx.AsyncClient, target: str, headers: Mapping[str, str], throttle: AccountThrottle
     ) -> Observation | _Unobserved:
         # Quote the id: a configured "id" with "/" or "?" must not reach another endpoint.
         path = f"batches/{urllib.parse.quote(target, safe='')}"
         url = f"{self.options.base_url}/{path}"
-        try:
-            response = await client.get(path, headers=headers, timeout=self._timeout())
-        except httpx.RequestError as exc:
-            return _Unobserved(target, f"could not reach {url}: {_describe(exc)}")
+        async with throttle.in_flight:
+            # Asked once holding a slot: a 429 met by an earlier request of this check stops the rest.
+            waiting = throttle.remaining()
+            if waiting is not None:
+                return _Unobserved(target, self._waiting_message(throttle), waiting)
+            try:
+                response = await client.get(path, headers=headers, timeout=self._timeout())
+            except httpx.RequestError as exc:
+                message = f"could not reach {url}: {_describe(exc)}"
+                return _Unobserved(target, message, throttle.failed(message))
+            # Judged before the slot is given up, so the next request already sees a back-off this one caused.
+            return self._answer(target, url, response, throttle)
+
+    def _answer(
+        self, target: str, url: str, response: httpx.Response, throttle: AccountThrottle
+    ) -> Observation | _Unobserved:
         if response.status_code == 200:
+            throttle.succeeded()
             return self._observe(target, url, response)
-        return self._classify_error(target, url, response)
+        judged = self._judge(url, response)
+        if isinstance(judged, _Failure):
+            wait = throttle.failed(judged.message, judged.retry_after) if judged.account_wide else judged.retry_after
+            return _Unobserved(target, judged.message, wait)
+        throttle.succeeded()
+        # OpenAI's own answer that the batch cannot be observed (unknown id, forbidden, ...): stop polling it.
+        return Observation(
+            target=target,
+            state=TargetState.ERROR,
+            vendor_status=None,
+            details={
+                "http_status": response.status_code,
+                "url": url,
+                "error_code": judged.code,
+                "error_type": judged.type,
+            },
+            message=judged.message,
+        )
 
     def _observe(self, target: str, url: str, response: httpx.Response) -> Observation | _Unobserved:
         try:
             batch = response.json()
         except ValueError:
             return _Unobserved(target, f"unexpected response from {url}: the body is not JSON")
-        if isinstance(batch, dict) and self.options.list_batches:
+        observed = self._observe_batch(target, url, batch)
+        if isinstance(observed, Observation) and self.options.list_batches:
             self._directory().learn(batch)
-        return self._observe_batch(target, url, batch)
+        return observed
 
     def _observe_batch(self, target: str, url: str, batch: Any) -> Observation | _Unobserved:
         if not isinstance(batch, dict) or not isinstance(batch.get("id"), str):
             return _Unobserved(target, f"unexpected response from {url}: no batch 'id' in the body")
+        if batch["id"] != target:
+            # A cache or a proxy mixing up answers must not decide this batch's fate with another's.
+            return _Unobserved(
+                target, f"unexpected response from {url}: the answer is about another batch ({batch['id']!r})"
+            )
         status = batch.get("status")
         if not isinstance(status, str):
             return _Unobserved(target, f"unexpected response from {url}: no batch 'status' in the body")
@@ -180,62 +286,47 @@ class OpenAIBatchSource(Source):
             message=_message(state, status, batch),
         )
 
-    def _classify_error(self, target: str, url: str, response: httpx.Response) -> Observation | _Unobserved:
+    def _judge(self, url: str, response: httpx.Response) -> VendorError | _Failure:
+        """An error response: OpenAI's verdict about the request (a ``VendorError``), or a ``_Failure`` that a
+        later try may change. Raises ``PermanentError`` when no job of the account can go on."""
         code = response.status_code
-        error = _error_body(response, self.context.secret(self.options.api_key))
+        retry_after = parse_retry_after(response.headers, now=self.context.clock.now())
+        error = vendor_error(response, self.context.secret(self.options.api_key))
+        if error is None:
+            # An HTML 403 or 401 from a proxy is not OpenAI saying the key or the batch is bad: only the
+            # vendor's own envelope is a verdict. A rate-limit or 5xx status still makes the account wait.
+            message = f"HTTP {code} from {url} without OpenAI's error body (a proxy or gateway answered?)"
+            return _Failure(message, retry_after, account_wide=is_transient_status(code))
         if code == 401:
-            raise PermanentError(f"OpenAI rejected the API key (HTTP 401) at {url}: {error.message or 'no message'}")
+            raise PermanentError(f"OpenAI rejected the API key (HTTP 401) at {url}: {error.message}")
         if code == 429 and "insufficient_quota" in (error.code, error.type):
             # Waiting does not refill a quota: someone has to change the plan or the billing.
             raise PermanentError(
-                f"OpenAI quota exhausted (HTTP 429 insufficient_quota) at {url}: "
-                f"{error.message or 'no message'}; check the plan and billing of the API key's project"
+                f"OpenAI quota exhausted (HTTP 429 insufficient_quota) at {url}: {error.message}; "
+                "check the plan and billing of the API key's project"
             )
         if is_transient_status(code):
-            retry_after = parse_retry_after(response.headers, now=self.context.clock.now())
-            detail = f": {error.message}" if error.message else ""
-            return _Unobserved(target, f"HTTP {code} from {url}{detail}", retry_after)
+            return _Failure(f"HTTP {code} from {url}: {error.message}", retry_after)
         if 400 <= code < 500:
-            # The batch itself cannot be observed (unknown id, forbidden, ...): stop polling it.
-            return Observation(
-                target=target,
-                state=TargetState.ERROR,
-                vendor_status=None,
-                details={"http_status": code, "url": url, "error_code": error.code, "error_type": error.type},
-                message=error.message or f"HTTP {code} from {url}",
-            )
-        return _Unobserved(target, f"unexpected response from {url}: HTTP {code}")
+            return error
+        return _Failure(f"unexpected response from {url}: HTTP {code}", account_wide=False)
 
 
-@dataclass(frozen=True)
-class _ErrorBody:
-    message: str | None = None
-    code: str | None = None
-    type: str | None = None
+def _account_waits(throttle: AccountThrottle, failure: _Failure) -> _AccountWaits:
+    throttle.failed(failure.message, failure.retry_after)
+    return _AccountWaits(failure.message)
 
 
-def _error_body(response: httpx.Response, secret: str) -> _ErrorBody:
-    """The ``{"error": {...}}`` envelope, or nothing for HTML gateway pages and other non-JSON bodies."""
+def _list_envelope(response: httpx.Response) -> Mapping[str, Any] | None:
+    """The list envelope, or None: a page without ``data`` and ``has_more`` would look like "no batches" and
+    send every watched batch to be fetched on its own."""
     try:
-        body = response.json()
+        page = response.json()
     except ValueError:
-        return _ErrorBody()
-    error = body.get("error") if isinstance(body, dict) else None
-    if isinstance(error, str):
-        return _ErrorBody(message=_redact(error, secret))
-    if not isinstance(error, dict):
-        return _ErrorBody()
-    message = error.get("message")
-    return _ErrorBody(
-        message=_redact(message, secret) if isinstance(message, str) and message else None,
-        code=error.get("code") if isinstance(error.get("code"), str) else None,
-        type=error.get("type") if isinstance(error.get("type"), str) else None,
-    )
-
-
-def _redact(text: str, secret: str) -> str:
-    # The real API masks the key in its messages; a proxy or a compatible endpoint may not.
-    return text.replace(secret, "***") if secret else text
+        return None
+    if isinstance(page, dict) and isinstance(page.get("data"), list) and isinstance(page.get("has_more"), bool):
+        return page
+    return None
 
 
 def _describe(exc: Exception) -> str:

@@ -1,0 +1,44 @@
+"""The vendor's JSON error envelope: what makes an error response OpenAI's own answer.
+
+OpenAI answers an error with ``{"error": {"message", "type", "param", "code"}}``; Azure (through
+``base_url``) with Microsoft's ``{"error": {"code", "message", ...}}``. Only such a body is the vendor
+speaking. An HTML page, an empty body or any other JSON comes from something in between (a proxy, a
+gateway, a captive portal) and says nothing about the key or the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+
+__all__ = ["VendorError", "vendor_error"]
+
+
+@dataclass(frozen=True)
+class VendorError:
+    message: str
+    code: str | None = None
+    type: str | None = None
+
+
+def vendor_error(response: httpx.Response, secret: str) -> VendorError | None:
+    """The envelope of an error response, with the key masked; None when the body is not one."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict):
+        return None
+    message, code, type_ = error.get("message"), error.get("code"), error.get("type")
+    code = code if isinstance(code, str) and code else None
+    type_ = type_ if isinstance(type_, str) and type_ else None
+    if not isinstance(message, str) or not message or (code is None and type_ is None):
+        return None
+    return VendorError(message=_redact(message, secret), code=code, type=type_)
+
+
+def _redact(text: str, secret: str) -> str:
+    # The real API masks the key in its messages; a proxy or a compatible endpoint may not.
+    return text.replace(secret, "***") if secret else text

@@ -6,6 +6,7 @@ account and reused for ``max_age`` seconds; it stops as soon as every wanted bat
 pages have gone past the oldest wanted batch (OpenAI lists newest first — undocumented, so this is only
 used to stop early, never to conclude anything), or after a page budget. Whatever a sweep did not see is
 fetched one by one (``GET /batches/{id}``) by the source: the listing saves requests, it never decides.
+A sweep that fails is not replaced by one request per batch: the source makes the account back off.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class BatchDirectory:
     async def lookup(self, ids: Iterable[str], list_page: ListPage) -> dict[str, Mapping[str, Any]]:
         """The batches among ``ids`` that a sweep at most ``max_age`` old has seen.
 
-        Raises whatever ``list_page`` raises; the caller then falls back to fetching one by one.
+        Raises whatever ``list_page`` raises, to every caller waiting for that sweep.
         """
         now = self._monotonic()
         ids = list(ids)

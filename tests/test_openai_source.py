@@ -516,7 +516,7 @@ def test_a_rate_limited_listing_makes_the_whole_account_wait(fake: FakeOpenAI) -
 def test_a_rate_limited_single_request_stops_the_account_s_other_requests(fake: FakeOpenAI) -> None:
     ids = [fake.add_batch(status="in_progress") for _ in range(40)]
     fake.inject(429, headers={"retry-after": "5"})  # whichever request comes first
-    fake.inject(200, delay=0.3, times=100)  # the others answer after the 429 is known
+    fake.inject(200, delay=0.5, times=100)  # the others answer after the 429 is known
     shared, clients = SharedRegistry(), Clients()
     first, second = (make_source(clients, fake.base_url, shared=shared) for _ in range(2))
 

@@ -118,7 +118,8 @@ class CheckReport:
     """The result of one check of some targets.
 
     ``transient_errors`` names targets that could not be observed this time (they keep their last state
-    and are checked again after a back-off); ``retry_after`` is the vendor's request to wait (seconds).
+    and are checked again after a back-off); ``retry_after`` is how long to wait (seconds): the vendor's
+    ``Retry-After``, or what remains of a back-off the source shares between jobs (e.g. one per account).
     """
 
     observations: tuple[Observation, ...] = ()

@@ -9,8 +9,8 @@ from collections.abc import Awaitable, Iterator
 from typing import Any, TypeVar
 
 import pytest
-from fakes.openai import BATCH_STATUSES as DOCUMENTED_STATUSES
-from fakes.openai import FakeOpenAI
+from fakes import BATCH_STATUSES as DOCUMENTED_STATUSES
+from fakes import FakeOpenAI
 from plugin_context import Clients, FixedClock
 from pydantic import ValidationError
 from teckochecker_openai import (

@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--keep", action="store_true", help="keep the config, state and log to explore afterwards")
     demo.add_argument("--port", type=int, metavar="PORT", help="the daemon's HTTP port (default: a free one)")
-    demo.add_argument("--speed", type=float, default=1.0, metavar="X", help="play the story X times faster")
+    demo.add_argument("--speed", type=_speed, default=1.0, metavar="X", help="play the story X times faster (≤ 100)")
     demo.add_argument("--exit-when-done", action="store_true", help="stop once the story has played out (for scripts)")
     demo.set_defaults(handler=cmd_demo)
 
@@ -216,11 +216,19 @@ def cmd_run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 def cmd_demo(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from teckochecker.demo import run_demo  # the simulators are not needed by any other command
 
-    if args.speed <= 0 or args.speed > 100:
-        raise ConfigError("--speed must be more than 0 and at most 100")
     return run_demo(
         keep=args.keep, speed=args.speed, exit_when_done=args.exit_when_done, port=args.port, out=sys.stdout
     )
+
+
+def _speed(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value <= 100:
+        raise argparse.ArgumentTypeError("must be more than 0 and at most 100")
+    return value
 
 
 def _open_store(args: argparse.Namespace, environ: Mapping[str, str]) -> StateStore:

@@ -71,6 +71,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-format", choices=["text", "json"], default="text", help="json: one JSON object per line")
     run.set_defaults(handler=cmd_run)
 
+    demo = commands.add_parser(
+        "demo",
+        help="watch the daemon work against simulated OpenAI and Keboola (no credentials, no network)",
+        description="Start simulated OpenAI and Keboola servers on 127.0.0.1, write a scratch config with three "
+        "jobs, and run the real daemon with its status page while batches make progress for about a minute. "
+        "Ctrl-C stops it and removes the scratch directory (unless --keep).",
+    )
+    demo.add_argument("--keep", action="store_true", help="keep the config, state and log to explore afterwards")
+    demo.add_argument("--port", type=int, metavar="PORT", help="the daemon's HTTP port (default: a free one)")
+    demo.add_argument("--speed", type=_speed, default=1.0, metavar="X", help="play the story X times faster (≤ 100)")
+    demo.add_argument("--exit-when-done", action="store_true", help="stop once the story has played out (for scripts)")
+    demo.set_defaults(handler=cmd_demo)
+
     validate = commands.add_parser(
         "validate-config",
         help="check a config file and exit",
@@ -198,6 +211,24 @@ def cmd_run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         logger.error("%s", exc)
         return EXIT_ERROR
     return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from teckochecker.demo import run_demo  # the simulators are not needed by any other command
+
+    return run_demo(
+        keep=args.keep, speed=args.speed, exit_when_done=args.exit_when_done, port=args.port, out=sys.stdout
+    )
+
+
+def _speed(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value <= 100:
+        raise argparse.ArgumentTypeError("must be more than 0 and at most 100")
+    return value
 
 
 def _open_store(args: argparse.Namespace, environ: Mapping[str, str]) -> StateStore:

@@ -15,8 +15,7 @@ import httpx
 import openai
 import pydantic
 import pytest
-from fakes import FakeKeboola, FakeOpenAI, Step
-from fakes.keboola import response_violations
+from fakes import FakeKeboola, FakeOpenAI, Step, response_violations
 from openai.types import Batch
 
 CONTRACTS = Path(__file__).parent / "contracts"

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
-from fakes.keboola import FakeKeboola
+from fakes import FakeKeboola
 from plugin_context import Clients, FixedClock
 from pydantic import ValidationError
 from teckochecker_keboola import (

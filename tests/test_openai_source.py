@@ -12,8 +12,8 @@ from typing import Any, TypeVar
 
 import pytest
 from clock import FakeClock
-from fakes.openai import BATCH_STATUSES as DOCUMENTED_STATUSES
-from fakes.openai import FakeOpenAI
+from fakes import BATCH_STATUSES as DOCUMENTED_STATUSES
+from fakes import FakeOpenAI
 from plugin_context import Clients, FixedClock
 from pydantic import ValidationError
 from teckochecker_openai import (

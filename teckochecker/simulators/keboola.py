@@ -1,8 +1,9 @@
 """A fake Keboola stack on 127.0.0.1: the connection host (service discovery) and the Queue API host.
 
-Follows shared/contracts/keboola-queue-api.md (§1 to §5, §9) and checks every queue request against the Queue
-API OpenAPI document (tests/contracts/keboola-queue-openapi.yaml) with openapi-core. Requests that do not
-validate are listed in `contract_violations`; an invalid POST /jobs body is also answered 400.
+Follows shared/contracts/keboola-queue-api.md (§1 to §5, §9). Given the Queue API OpenAPI document
+(`openapi_spec`, tests/contracts/keboola-queue-openapi.yaml in the tests), it checks every queue request
+against it with openapi-core; requests that do not validate are listed in `contract_violations`, and an
+invalid POST /jobs body is also answered 400.
 
 Lifecycle is scripted per configuration (`set_outcome`) and advanced by GET /jobs/{id}, so tests control
 time by polling, not by sleeping. `jobs` is the ground-truth ledger of every job ever created.
@@ -33,7 +34,6 @@ __all__ = [
     "spec_violations",
 ]
 
-OPENAPI_PATH = Path(__file__).resolve().parents[1] / "contracts" / "keboola-queue-openapi.yaml"
 FINISHED_STATUSES = frozenset({"success", "warning", "error", "cancelled", "terminated"})
 OUTCOME_STATUSES = frozenset({"success", "warning", "error"})
 POST_FAULT_MODES = (
@@ -63,12 +63,14 @@ _DEFAULT_MESSAGES = {
 
 
 @functools.cache
-def _openapi() -> Any:
-    """The compiled document, once per process (loading it takes ~0.4 s; requests then take ~2 ms)."""
+def _openapi(path: Path) -> Any:
+    """The compiled document, once per process (loading it takes ~0.4 s; requests then take ~2 ms).
+
+    openapi-core is a test dependency: only a simulator given the document imports it."""
     import yaml
     from openapi_core import OpenAPI
 
-    spec = yaml.safe_load(OPENAPI_PATH.read_text())
+    spec = yaml.safe_load(path.read_text())
     # The document lists the real queue hosts as servers; a relative server matches our loopback host.
     spec["servers"] = [{"url": "/"}]
     return OpenAPI.from_dict(spec)
@@ -113,9 +115,9 @@ def _describe(error: Exception) -> str:
     return f"{type(error).__name__}: {where}: {details}"
 
 
-def spec_violations(request: RecordedRequest, host_url: str) -> list[str]:
-    """Every way `request` breaks the Queue API document (empty when it conforms)."""
-    return [_describe(e) for e in _openapi().iter_request_errors(_SpecRequest(request, host_url))]
+def spec_violations(spec: Path, request: RecordedRequest, host_url: str) -> list[str]:
+    """Every way `request` breaks the Queue API document `spec` (empty when it conforms)."""
+    return [_describe(e) for e in _openapi(spec).iter_request_errors(_SpecRequest(request, host_url))]
 
 
 # Where the document and the real API (as the contract records it) disagree, responses follow the real API.
@@ -132,7 +134,7 @@ def _as_documented(job: dict[str, Any]) -> dict[str, Any]:
     return job
 
 
-def response_violations(request: RecordedRequest, host_url: str, status: int, payload: Any) -> list[str]:
+def response_violations(spec: Path, request: RecordedRequest, host_url: str, status: int, payload: Any) -> list[str]:
     """How a queue response breaks the document, after forgiving the documented PHP-isms above."""
     from openapi_core.testing import MockResponse
 
@@ -141,7 +143,7 @@ def response_violations(request: RecordedRequest, host_url: str, status: int, pa
     elif isinstance(payload, dict) and "component" in payload:
         payload = _as_documented(payload)
     response = MockResponse(json.dumps(payload).encode(), status_code=status)
-    errors = _openapi().iter_response_errors(_SpecRequest(request, host_url), response)
+    errors = _openapi(spec).iter_response_errors(_SpecRequest(request, host_url), response)
     return [_describe(e) for e in errors]
 
 
@@ -228,7 +230,7 @@ class FakeKeboola(LoopbackFake):
         token: str = "kbc-test-token",
         token_id: str = "4242",
         search_lag: float = 0.0,
-        validate: bool = True,
+        openapi_spec: Path | None = None,
         token_description: str = "teckochecker@example.com",
         project_id: str = "7150",
         project_name: str = "TeckoChecker Fake",
@@ -240,7 +242,8 @@ class FakeKeboola(LoopbackFake):
         self._token_description = token_description
         self._project = {"id": project_id, "name": project_name}
         self.search_lag = search_lag
-        self.validate = validate
+        # Given the Queue API document, every queue request is checked against it (tests do; the demo does not).
+        self.openapi_spec = openapi_spec
         self.jobs: list[dict[str, Any]] = []
         self.contract_violations: list[str] = []
         self._states: dict[str, _JobState] = {}
@@ -248,8 +251,8 @@ class FakeKeboola(LoopbackFake):
         self._scripts: dict[tuple[str, str], _Script] = {}
         self._faults: list[_Fault] = []
         self._next_id = 1_000_000_000
-        if validate:
-            _openapi()  # compile now, not inside the first request's timeout
+        if openapi_spec is not None:
+            _openapi(openapi_spec)  # compile now, not inside the first request's timeout
 
     # ----- test-facing API -------------------------------------------------------------------------
 
@@ -345,7 +348,9 @@ class FakeKeboola(LoopbackFake):
         return index
 
     def _queue(self, request: RecordedRequest) -> Outcome:
-        violations = spec_violations(request, self.queue_url) if self.validate else []
+        violations = (
+            spec_violations(self.openapi_spec, request, self.queue_url) if self.openapi_spec is not None else []
+        )
         if violations:
             line = f"{request.method} {request.path}: " + " | ".join(violations)
             with self._lock:

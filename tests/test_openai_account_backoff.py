@@ -12,7 +12,7 @@ import textwrap
 from pathlib import Path
 
 from clock import FakeClock
-from fakes.openai import FakeOpenAI
+from fakes import FakeOpenAI
 from plugin_context import Clients
 
 from teckochecker.crashpoints import CrashPoints

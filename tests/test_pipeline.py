@@ -231,10 +231,16 @@ def test_sigkill_during_a_slow_create_never_gives_a_second_job(
     wait_until(lambda: any(r.method == "POST" for r in keboola.requests), 30, "the create POST", daemon)
     daemon.kill()
     restarted = DaemonProcess(config, env, tmp_path)
-    restarted.wait_for("job fire: completed", timeout=90)
+
+    # A second job would wait forever behind the first (the config lock): stop waiting as soon as one exists.
+    def done() -> bool:
+        return "job fire: completed" in restarted.output or len(keboola.jobs_for(COMPONENT, "101")) > 1
+
+    wait_until(done, 90, "the job to complete", restarted)
     restarted.stop()
     assert len(keboola.jobs_for(COMPONENT, "101")) == 1, keboola.jobs
     assert sum(1 for r in keboola.requests if r.method == "POST" and r.path == "/jobs") == 1
+    assert "job fire: completed" in restarted.output
     shown = run_cli("--config", str(config), "show", "fire", env=env, cwd=tmp_path).stdout
     assert "does not count" in shown and "action_adopted" in shown
 

@@ -41,7 +41,9 @@ MARKER = "teckochecker_trigger_id"
 class KeboolaHarness:
     """One job (two status-file targets → one keboola_job action) ticked in one event loop."""
 
-    def __init__(self, tmp_path: Path, registry: PluginRegistry, fake: FakeKeboola, options: str) -> None:
+    def __init__(
+        self, tmp_path: Path, registry: PluginRegistry, fake: FakeKeboola, options: str, state_url: str | None
+    ) -> None:
         self.fake = fake
         self.status = tmp_path / "status.json"
         config_path = tmp_path / "tc.yaml"
@@ -61,7 +63,7 @@ class KeboolaHarness:
         )
         config = load_config(config_path, registry)
         self.clock = FakeClock()
-        self.store = StateStore.open(f"sqlite:///{tmp_path / 'state.db'}")
+        self.store = StateStore.open(state_url or f"sqlite:///{tmp_path / 'state.db'}")
         self.worker = StoreWorker()
         self.metrics = Metrics()
         self.runner = JobRunner(
@@ -124,9 +126,9 @@ def scenario(tmp_path: Path, fake: FakeKeboola) -> Callable[..., None]:
 
     registry = load_plugins({"TECKOCHECKER_PLUGINS": "teckotest_plugin"})
 
-    def play(options: str, body: Callable[[KeboolaHarness], Awaitable[None]]) -> None:
+    def play(options: str, body: Callable[[KeboolaHarness], Awaitable[None]], state_url: str | None = None) -> None:
         async def main() -> None:
-            h = KeboolaHarness(tmp_path, registry, fake, options)
+            h = KeboolaHarness(tmp_path, registry, fake, options, state_url)
             try:
                 await body(h)
             finally:
@@ -255,3 +257,20 @@ def test_the_watch_ends_after_its_window_with_growing_intervals(
         assert h.duplicates_metric() == 0
 
     scenario("search_lag: 2s, timeout: 3s, follow_interval: 30s", body)
+
+
+def test_duplicate_bookkeeping_on_postgres(scenario: Callable[..., None], fake: FakeKeboola, postgres_url: str) -> None:
+    async def body(h: KeboolaHarness) -> None:
+        fake.search_lag = 10_000.0
+        fake.post_fault("create_then_503")
+        await h.tick()
+        await h.tick_until(lambda: h.snap().runs[0].state is RunState.RUNNING)
+        fake.search_lag = 0.0
+        await h.tick_until(lambda: "duplicate_start" in h.kinds())
+        await h.tick_until(lambda: h.snap().runs[0].watch.closed_at is not None, limit=100)
+        (duplicate,) = h.snap().runs[0].watch.duplicates
+        assert duplicate.external_id == fake.jobs[0]["id"] and duplicate.cancelled
+        assert fake.job(fake.jobs[0]["id"])["status"] == "cancelled" and h.duplicates_metric() == 1
+
+    fake.set_outcome(COMPONENT, CONFIG, processing_after_gets=2, finish_after_gets=1000)
+    scenario("search_lag: 2s, timeout: 3s, follow_interval: 30s, duplicate_watch: 5m", body, postgres_url)

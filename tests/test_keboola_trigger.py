@@ -28,9 +28,10 @@ from teckochecker.secrets import Redactor, SecretResolver
 from teckochecker.services import TickServices
 from teckochecker.state.models import JobSnapshot, JobState, RunState
 from teckochecker.state.store import StateStore
+from teckochecker.statuspage import render_page
 from teckochecker.storeworker import StoreWorker
 from teckochecker.validate import load_config
-from teckochecker.web import job_to_json
+from teckochecker.web import PAGE_EVENTS, job_to_json
 
 TOKEN = "kbc-CANARY-trigger-0000-abcdefabcdef"
 COMPONENT = "kds-team.app-custom-python"
@@ -228,6 +229,8 @@ def test_a_duplicate_the_lagging_index_hid_is_found_by_the_watch(
         body_json = job_to_json(snap, None, h.store.events("j"))
         assert body_json["runs"][0]["duplicates"][0]["external_id"] == first["id"]
         assert any(e["kind"] == "duplicate_start" for e in body_json["events"])
+        page_body = job_to_json(snap, None, h.store.events("j", limit=PAGE_EVENTS))
+        assert f"duplicate start {first['id']}" in render_page([page_body], {}, "test", h.clock.now())
         # Later searches, until the window ends, do not count the duplicate again.
         await h.tick_until(lambda: h.snap().runs[0].watch.closed_at is not None, limit=100)
         assert h.duplicates_metric() == 1 and h.kinds().count("duplicate_start") == 1

@@ -28,7 +28,7 @@ from teckochecker.state.models import JobSnapshot, RunSnapshot, RunState
 
 # Look at a fired job this often while nothing else is due.
 IDLE_RECHECK = 10.0
-# How far before the intent a search looks, to absorb clock skew between us and the downstream system.
+# How far before the trigger fired a search looks, to absorb clock skew between us and the downstream system.
 SEARCH_MARGIN = dt.timedelta(minutes=10)
 # Two searches that find nothing must be at least this far apart, even for an action with no index lag.
 MIN_SEARCH_SPACING = 1.0
@@ -212,6 +212,7 @@ class ActionDriver:
         try:
             found = await action.find_started(request, _search_since(run))
         except (TransientError, PermanentError) as exc:
+            self._log.warning("job action %s: duplicate search failed: %s", run.id, exc)
             if now >= watch.until:
                 await self._db.run(
                     self._store.close_watch, run.id, f"duplicate watch ended; its last search failed: {exc}", now=now

@@ -112,7 +112,7 @@ class Metrics:
         )
         self.duplicate_starts = Counter(
             f"{PREFIX}_duplicate_starts",
-            "Downstream starts found beyond the one adopted for a trigger.",
+            "Downstream starts found for a trigger beyond the one followed.",
             ["action_type"],
             registry=r,
         )

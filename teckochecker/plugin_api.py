@@ -29,6 +29,7 @@ __all__ = [
     "ActionOutcome",
     "ActionRequest",
     "ActionResult",
+    "Cancellation",
     "CheckReport",
     "Duration",
     "HttpClients",
@@ -153,6 +154,14 @@ class ActionResult:
 
 
 @dataclass(frozen=True)
+class Cancellation:
+    """What ``Action.cancel`` did with a duplicate start: cancelled it or not, and why, for people."""
+
+    cancelled: bool
+    note: str
+
+
+@dataclass(frozen=True)
 class ActionRequest:
     """Everything an action may pass downstream about the finished set of targets."""
 
@@ -253,6 +262,12 @@ class Action(ABC):
     search_lag: float = 0.0
     # Seconds between two `follow` reads of something still running.
     follow_interval: float = 10.0
+    # Seconds a start call can still take effect after it was sent (its own timeout). A search that finds
+    # nothing proves nothing before intent + start_timeout + search_lag.
+    start_timeout: float = 0.0
+    # After a start that followed an in-doubt outcome, ``find_started`` is asked again for this long
+    # (growing intervals) for a duplicate a lagging search hid. 0 turns the watch off.
+    duplicate_watch: float = 3600.0
 
     def __init__(self, options: OptionsModel, context: PluginContext) -> None:
         self.options = options
@@ -270,7 +285,8 @@ class Action(ABC):
         may or may not have been started."""
 
     async def find_started(self, request: ActionRequest, since: dt.datetime) -> Sequence[ActionResult] | None:
-        """Things this action started for ``request`` since ``since``, oldest first.
+        """Things this action started for ``request`` since ``since``, oldest first: only things that carry
+        ``request.trigger_id`` as their marker, never something merely similar (another start by hand).
 
         Return None if the action cannot search; the core then treats an in-doubt start as failed
         rather than risk a second start.
@@ -286,9 +302,13 @@ class Action(ABC):
             url=started.url,
         )
 
-    async def cancel(self, started: ActionResult) -> bool:
-        """Cancel a duplicate that has not started work yet. Return whether it was cancelled."""
-        return False
+    async def cancel(self, request: ActionRequest, duplicate: ActionResult) -> Cancellation:
+        """Cancel ``duplicate``, a second start for ``request`` that ``find_started`` returned.
+
+        Must re-check that it carries ``request.trigger_id`` and refuse otherwise; cancels what has not started
+        work yet, and what already works only if the action's options say so. Raise ``TransientError`` when
+        that cannot be decided now (the core asks again at its next search)."""
+        return Cancellation(False, f"the {self.type_name} action cannot cancel; a person must look")
 
     async def aclose(self) -> None:
         """Release what the instance holds."""

@@ -8,7 +8,11 @@
                                                               └─ empty twice ─▶ PENDING (new attempt)
 
 The intent is committed before the start call, and an in-doubt start is never repeated blindly: the
-action's own search decides whether something was started.
+action's own search decides whether something was started. An empty search counts only once the start can
+no longer take effect unseen (intent + the action's start timeout + its search lag). Even so the index may
+lag longer than that, so a start that follows such a presumed non-start arms a duplicate watch: the search
+is repeated at growing intervals for ``action.duplicate_watch`` seconds, and every further start carrying
+the trigger's marker is cancelled (the action decides whether it still can) and reported.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 import datetime as dt
 
 from teckochecker.errors import InDoubt, NotStarted, PermanentError, TransientError
-from teckochecker.plugin_api import Action, ActionOutcome, ActionRequest, ActionResult
+from teckochecker.plugin_api import Action, ActionOutcome, ActionRequest, ActionResult, Cancellation
 from teckochecker.retry import backoff_delay
 from teckochecker.runtime import JobRuntime
 from teckochecker.services import TickServices
@@ -24,13 +28,15 @@ from teckochecker.state.models import JobSnapshot, RunSnapshot, RunState
 
 # Look at a fired job this often while nothing else is due.
 IDLE_RECHECK = 10.0
-# How far before the intent a search looks, to absorb clock skew between us and the downstream system.
+# How far before the trigger fired a search looks, to absorb clock skew between us and the downstream system.
 SEARCH_MARGIN = dt.timedelta(minutes=10)
 # Two searches that find nothing must be at least this far apart, even for an action with no index lag.
 MIN_SEARCH_SPACING = 1.0
 EMPTY_SEARCHES_BEFORE_RETRY = 2
 # A target busy with another start of ours: look again this soon.
 TARGET_BUSY_RETRY = 5.0
+# The duplicate watch searches after search_lag, then twice as long each time, but at least this often.
+WATCH_MAX_INTERVAL = 600.0
 
 
 class ActionDriver:
@@ -51,11 +57,15 @@ class ActionDriver:
         request_targets = tuple(t.as_observation() for t in snap.targets)
         waits = []
         for run in snap.runs:
+            action = job.actions.get(run.action_index)
+            if action is not None and action.type_name != run.action_type:
+                action = None
+            request = ActionRequest(job.name, run.trigger_id, run.created_at, request_targets)
+            if run.watch is not None and run.watch.is_open:
+                waits.append(await self._watch(action, run, request))
             if run.state.is_final:
                 continue
-            action = job.actions.get(run.action_index)
-            request = ActionRequest(job.name, run.trigger_id, run.created_at, request_targets)
-            if action is None or action.type_name != run.action_type:
+            if action is None:
                 waits.append(await self._orphaned(run))
                 continue
             waits.append(await self._step(action, run, request))
@@ -115,7 +125,8 @@ class ActionDriver:
             self._metrics.action_duration.labels(action.type_name).observe(self._clock.monotonic() - started)
         self._count(action, "started")
         self._crash.hit("after_start_response")
-        await self._db.run(self._store.run_started, run.id, result, now=self._clock.now())
+        now = self._clock.now()
+        await self._db.run(self._store.run_started, run.id, result, now=now, **self._watch_window(action, now))
         self._record_finish(action, result)
         return action.follow_interval if result.outcome is ActionOutcome.RUNNING else 0.0
 
@@ -128,9 +139,8 @@ class ActionDriver:
         return max(0.0, (due - now).total_seconds())
 
     async def _reconcile(self, action: Action, run: RunSnapshot, request: ActionRequest) -> float:
-        since = (run.intent_at or run.created_at) - SEARCH_MARGIN
         try:
-            found = await action.find_started(request, since)
+            found = await action.find_started(request, _search_since(run))
         except TransientError as exc:
             return await self._defer(run, f"search failed: {exc}", exc.retry_after)
         except PermanentError as exc:
@@ -146,34 +156,111 @@ class ActionDriver:
             )
             return 0.0
         if found:
-            return await self._adopt(action, run, list(found))
+            return await self._adopt(action, run, request, list(found))
         spacing = max(action.search_lag, MIN_SEARCH_SPACING)
+        # Until the start call's own timeout and then the index lag have passed, the job may still appear.
+        settled = (run.intent_at or run.created_at) + dt.timedelta(seconds=action.start_timeout + action.search_lag)
+        counts = now >= settled
+        next_try_at = now + dt.timedelta(seconds=spacing) if counts else settled
         count = await self._db.run(
-            self._store.run_search_empty, run.id, now=now, next_try_at=now + dt.timedelta(seconds=spacing)
+            self._store.run_search_empty, run.id, now=now, next_try_at=next_try_at, counts=counts
         )
         if count >= EMPTY_SEARCHES_BEFORE_RETRY:
             await self._db.run(
-                self._store.run_not_started, run.id, f"{count} searches found nothing started", now=now, next_try_at=now
+                self._store.run_not_started,
+                run.id,
+                f"{count} searches found nothing started",
+                now=now,
+                next_try_at=now,
+                presumed=True,
             )
             return 0.0
-        return spacing
+        return (next_try_at - now).total_seconds()
 
-    async def _adopt(self, action: Action, run: RunSnapshot, found: list[ActionResult]) -> float:
+    async def _adopt(
+        self, action: Action, run: RunSnapshot, request: ActionRequest, found: list[ActionResult]
+    ) -> float:
         first, duplicates = found[0], found[1:]
-        await self._db.run(self._store.run_started, run.id, first, now=self._clock.now(), how="adopted")
+        now = self._clock.now()
+        await self._db.run(
+            self._store.run_started, run.id, first, now=now, how="adopted", **self._watch_window(action, now)
+        )
         self._count(action, "adopted")
         self._record_finish(action, first)
         self._crash.hit("after_adopt")
+        known = run.watch.known if run.watch is not None else frozenset()
+        await self._handle_duplicates(action, run, request, [d for d in duplicates if d.external_id not in known])
+        return 0.0 if first.outcome.is_finished else action.follow_interval
+
+    def _watch_window(self, action: Action, now: dt.datetime) -> dict[str, dt.datetime | None]:
+        """The run_started arguments that arm a waiting duplicate watch (the store ignores them otherwise)."""
+        if action.duplicate_watch <= 0:
+            return {"watch_until": None, "watch_next": None}
+        first = dt.timedelta(seconds=_watch_interval(action, 0))
+        return {"watch_until": now + dt.timedelta(seconds=action.duplicate_watch), "watch_next": now + first}
+
+    async def _watch(self, action: Action | None, run: RunSnapshot, request: ActionRequest) -> float:
+        """One step of a duplicate watch: search when due, deal with what is new, close after the window."""
+        watch = run.watch
+        assert watch is not None and watch.until is not None
+        now = self._clock.now()
+        if action is None:
+            await self._db.run(self._store.close_watch, run.id, "its action was removed; stopped watching", now=now)
+            return IDLE_RECHECK
+        if watch.next_search_at is not None and now < watch.next_search_at:
+            return (watch.next_search_at - now).total_seconds()
+        try:
+            found = await action.find_started(request, _search_since(run))
+        except (TransientError, PermanentError) as exc:
+            self._log.warning("job action %s: duplicate search failed: %s", run.id, exc)
+            if now >= watch.until:
+                await self._db.run(
+                    self._store.close_watch, run.id, f"duplicate watch ended; its last search failed: {exc}", now=now
+                )
+                return IDLE_RECHECK
+            return await self._next_watch_search(action, run, now)
+        if found is None:
+            await self._db.run(self._store.close_watch, run.id, "this action cannot search; stopped watching", now=now)
+            return IDLE_RECHECK
+        fresh = [f for f in found if f.external_id != run.external_id and f.external_id not in watch.known]
+        await self._handle_duplicates(action, run, request, fresh)
+        if now >= watch.until:
+            count = len(watch.duplicates) + len(fresh)
+            message = f"duplicate watch ended after {watch.searches + 1} searches; {count} duplicate(s) found"
+            await self._db.run(self._store.close_watch, run.id, message, now=now)
+            return IDLE_RECHECK
+        return await self._next_watch_search(action, run, now)
+
+    async def _next_watch_search(self, action: Action, run: RunSnapshot, now: dt.datetime) -> float:
+        assert run.watch is not None and run.watch.until is not None
+        due = min(run.watch.until, now + dt.timedelta(seconds=_watch_interval(action, run.watch.searches + 1)))
+        await self._db.run(self._store.watch_searched, run.id, now=now, next_search_at=due)
+        return (due - now).total_seconds()
+
+    async def _handle_duplicates(
+        self, action: Action, run: RunSnapshot, request: ActionRequest, duplicates: list[ActionResult]
+    ) -> None:
+        """Cancel (as far as the action may) and report each duplicate once; one the action cannot decide on
+        now is left for the next search."""
         for duplicate in duplicates:
+            try:
+                cancellation = await action.cancel(request, duplicate)
+            except TransientError as exc:
+                self._log.warning(
+                    "job action %s: duplicate %s: %s; will look again", run.id, duplicate.external_id, exc
+                )
+                continue
+            except PermanentError as exc:
+                cancellation = Cancellation(False, f"could not cancel it ({exc}); a person must look")
             self._metrics.duplicate_starts.labels(action.type_name).inc()
-            cancelled = await action.cancel(duplicate)
+            await self._db.run(self._store.record_duplicate, run.id, duplicate, cancellation, now=self._clock.now())
             self._log.error(
-                "job action %s: duplicate downstream start %s found; %s",
+                "job action %s: duplicate downstream start %s found; %s: %s",
                 run.id,
                 duplicate.external_id,
-                "cancelled it" if cancelled else "could NOT cancel it: a person must look",
+                "cancelled it" if cancellation.cancelled else "NOT cancelled",
+                cancellation.note,
             )
-        return 0.0 if first.outcome.is_finished else action.follow_interval
 
     async def _follow(self, action: Action, run: RunSnapshot) -> float:
         self._crash.hit("during_follow")
@@ -213,3 +300,13 @@ class ActionDriver:
     async def _orphaned(self, run: RunSnapshot) -> float:
         await self._fail(run, "its action was removed from the configuration before it finished")
         return 0.0
+
+
+def _search_since(run: RunSnapshot) -> dt.datetime:
+    # From before the trigger fired, not this attempt's intent: an earlier attempt's start is ours too.
+    return run.created_at - SEARCH_MARGIN
+
+
+def _watch_interval(action: Action, searches: int) -> float:
+    spacing = max(action.search_lag, MIN_SEARCH_SPACING)
+    return float(min(WATCH_MAX_INTERVAL, spacing * 2 ** min(searches, 30)))

@@ -281,6 +281,12 @@ def run_to_json(run: RunSnapshot) -> dict[str, Any]:
         "vendor_status": run.vendor_status,
         "message": run.message,
         "details": run.details,
+        # Set only after a start that followed an in-doubt outcome: until when duplicates are searched for.
+        "duplicate_watch_until": _time(run.watch.until) if run.watch and run.watch.armed_at else None,
+        "duplicates": [
+            {"external_id": d.external_id, "status": d.vendor_status, "cancelled": d.cancelled, "note": d.note}
+            for d in (run.watch.duplicates if run.watch else ())
+        ],
     }
 
 

@@ -29,6 +29,7 @@ from teckochecker.plugin_api import (
     ActionOutcome,
     ActionRequest,
     ActionResult,
+    Cancellation,
     Observation,
     PluginContext,
     SecretName,
@@ -55,7 +56,7 @@ def clients() -> Clients:
     return Clients()
 
 
-def make_action(clients: Clients, stack_url: str, **options: Any) -> KeboolaJobAction:
+def make_action(clients: Clients, stack_url: str, *, token_value: str = TOKEN, **options: Any) -> KeboolaJobAction:
     options = {
         k: (f"{v}s" if k in ("timeout", "search_lag") and isinstance(v, (int, float)) else v)
         for k, v in options.items()
@@ -63,7 +64,7 @@ def make_action(clients: Clients, stack_url: str, **options: Any) -> KeboolaJobA
     context = PluginContext(
         http=clients,
         clock=FixedClock(),
-        secret=lambda name: {"kbc": TOKEN}[name],
+        secret=lambda name: {"kbc": token_value}[name],
         logger=logging.getLogger("teckochecker.test.keboola"),
     )
     settings: dict[str, Any] = {
@@ -312,7 +313,8 @@ def test_find_started_finds_our_job_by_the_marker(fake: FakeKeboola, clients: Cl
     assert found[0].url == ours.url and found[0].created_at == ours.created_at
     query = search_params(fake)
     assert query["componentId[]"] == [COMPONENT] and query["configId[]"] == [CONFIG]
-    assert query["branchId[]"] == ["null"]
+    assert query["tokenId[]"] == ["4242"]  # our token's id, from GET /v2/storage/tokens/verify
+    assert "branchId[]" not in query  # whether branchId[]=null means the default branch is unconfirmed
     assert query["createdTimeFrom"] == [since.replace(microsecond=0).isoformat()]
     assert query["createdTimeFrom"][0].endswith("+00:00")
     assert query["sortBy"] == ["createdTime"] and query["sortOrder"] == ["asc"] and query["limit"] == ["100"]
@@ -350,32 +352,85 @@ def test_find_started_in_a_dev_branch(clients: Clients) -> None:
             return started, list(await dev.find_started(make_request(), since))
 
         started, found = run(clients, scenario())
-        assert [r.external_id for r in found] == [started.external_id]
-        assert fake.requests[-1].query["branchId[]"] == ["555"]
+        assert [r.external_id for r in found] == [started.external_id]  # the branch is compared on our side
         assert fake.contract_violations == []
 
 
-def test_find_started_counts_jobs_without_echoed_variables(fake: FakeKeboola, clients: Clients) -> None:
-    action = make_action(clients, fake.stack_url)
-    # A job whose variables did not come back (the [verify] case in our notes), made straight on the fake.
+def create_by_hand(fake: FakeKeboola, token: str = TOKEN) -> str:
+    """A run of the same configuration without variables, as a person starts it, made straight on the fake."""
     created = httpx.post(
         f"{fake.queue_url}/jobs",
-        headers={"X-StorageApi-Token": TOKEN},
+        headers={"X-StorageApi-Token": token},
         json={"component": COMPONENT, "config": CONFIG, "mode": "run"},
         trust_env=False,
     )
     assert created.status_code == 201
-    recently = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
-    later = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)
+    return str(created.json()["id"])
 
-    async def scenario() -> tuple[list[ActionResult], list[ActionResult]]:
-        return list(await action.find_started(make_request(), recently)), list(
-            await action.find_started(make_request(), later)
+
+@pytest.mark.parametrize("omit", [False, True])
+def test_only_a_job_with_our_marker_is_ours(fake: FakeKeboola, clients: Clients, omit: bool) -> None:
+    # The same token started the job by hand (no variables), a moment before ours: it is not ours, whether or
+    # not the search shows variables; when it does not, each candidate is read from GET /jobs/{id}.
+    fake.search_omits_variables = omit
+    action = make_action(clients, fake.stack_url)
+    by_hand = create_by_hand(fake)
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
+
+    async def scenario() -> tuple[ActionResult, list[ActionResult], list[ActionResult]]:
+        ours = await action.start(make_request())
+        return (
+            ours,
+            list(await action.find_started(make_request(), since)),
+            list(await action.find_started(make_request(), since)),
         )
 
-    found, none = run(clients, scenario())
-    assert [r.external_id for r in found] == [created.json()["id"]]
-    assert none == []
+    ours, found, again = run(clients, scenario())
+    assert [r.external_id for r in found] == [ours.external_id] == [r.external_id for r in again]
+    reads = [r.path for r in fake.requests if r.method == "GET" and r.path.startswith("/jobs/")]
+    if omit:
+        # Both candidates read once; the job without any marker is remembered as not ours.
+        assert reads == [f"/jobs/{by_hand}", f"/jobs/{ours.external_id}", f"/jobs/{ours.external_id}"]
+    else:
+        assert reads == [f"/jobs/{by_hand}"]  # {"values": []} might be the index's doing: read to be sure
+    assert fake.job(by_hand)["desiredStatus"] == "processing"  # never killed
+
+
+def test_a_job_by_another_token_is_not_even_a_candidate(fake: FakeKeboola, clients: Clients) -> None:
+    fake.add_token("kbc-person-token", "777", "someone@example.com")
+    by_hand = create_by_hand(fake, "kbc-person-token")
+    action = make_action(clients, fake.stack_url)
+    found = run(clients, action.find_started(make_request(), dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)))
+    assert found == []
+    assert fake.job(by_hand)["token"]["id"] == "777"
+    assert not [r for r in fake.requests if r.method == "GET" and r.path.startswith("/jobs/")]
+
+
+def test_token_id_is_verified_once_and_its_answer_never_kept(
+    fake: FakeKeboola, clients: Clients, caplog: pytest.LogCaptureFixture
+) -> None:
+    action = make_action(clients, fake.stack_url)
+    since = dt.datetime.now(dt.UTC)
+
+    async def scenario() -> None:
+        await action.find_started(make_request(), since)
+        await action.find_started(make_request(), since)
+
+    with caplog.at_level(logging.DEBUG):
+        run(clients, scenario())
+    verifies = [r for r in fake.requests if r.path == "/v2/storage/tokens/verify"]
+    assert len(verifies) == 1 and verifies[0].service == "stack"
+    assert verifies[0].headers["x-storageapi-token"] == TOKEN
+    assert all(TOKEN not in r.getMessage() for r in caplog.records)
+    assert TOKEN not in repr(action.context.shared.get("keboola-token-ids", dict))
+
+
+def test_a_rejected_token_makes_the_search_fail_with_a_clear_message(fake: FakeKeboola, clients: Clients) -> None:
+    context_token = "kbc-revoked-0000000000"
+    action = make_action(clients, fake.stack_url, token_value=context_token)
+    with pytest.raises(Rejected, match=r"HTTP 401\) at .*/v2/storage/tokens/verify: Invalid access token") as raised:
+        run(clients, action.find_started(make_request(), dt.datetime.now(dt.UTC)))
+    assert context_token not in str(raised.value)
 
 
 def test_find_started_returns_oldest_first(fake: FakeKeboola, clients: Clients) -> None:
@@ -396,6 +451,7 @@ def test_find_started_when_the_queue_is_down_is_transient(fake: FakeKeboola, cli
 
     async def scenario() -> None:
         await action.start(make_request())
+        await action.find_started(make_request(), dt.datetime.now(dt.UTC))  # the token id is known from now on
         fake.stop()
         try:
             await action.find_started(make_request(), dt.datetime.now(dt.UTC))
@@ -457,33 +513,69 @@ def test_follow_an_unknown_job_is_rejected(fake: FakeKeboola, clients: Clients) 
 def test_cancel_a_waiting_duplicate(fake: FakeKeboola, clients: Clients) -> None:
     action = make_action(clients, fake.stack_url)
 
-    async def scenario() -> tuple[bool, ActionResult]:
+    async def scenario() -> tuple[Cancellation, ActionResult]:
         await action.start(make_request())
         duplicate = await action.start(make_request())
-        cancelled = await action.cancel(duplicate)
-        return cancelled, await action.follow(duplicate)
+        cancellation = await action.cancel(make_request(), duplicate)
+        return cancellation, await action.follow(duplicate)
 
-    cancelled, duplicate = run(clients, scenario())
-    assert cancelled is True
+    cancellation, duplicate = run(clients, scenario())
+    assert cancellation.cancelled is True and "cancelled before it started" in cancellation.note
     assert fake.job(duplicate.external_id)["status"] == "cancelled"
     assert duplicate.outcome is ActionOutcome.FAILED and duplicate.vendor_status == "cancelled"
     kills = [r for r in fake.requests if r.path.endswith("/kill")]
     assert [r.path for r in kills] == [f"/jobs/{duplicate.external_id}/kill"]
 
 
-def test_cancel_a_finished_job_is_false_and_logged(
-    fake: FakeKeboola, clients: Clients, caplog: pytest.LogCaptureFixture
+def test_cancel_never_touches_a_job_without_our_marker(fake: FakeKeboola, clients: Clients) -> None:
+    action = make_action(clients, fake.stack_url, on_duplicate="cancel")
+    by_hand = create_by_hand(fake)
+
+    async def scenario() -> tuple[Cancellation, Cancellation]:
+        other = await action.start(make_request("another-trigger"))
+        return (
+            await action.cancel(make_request(), ActionResult(external_id=by_hand)),
+            await action.cancel(make_request(), other),
+        )
+
+    for cancellation in run(clients, scenario()):
+        assert cancellation.cancelled is False and "not ours" in cancellation.note
+    assert not [r for r in fake.requests if r.path.endswith("/kill")]
+    assert fake.job(by_hand)["desiredStatus"] == "processing"
+
+
+@pytest.mark.parametrize(("policy", "killed"), [("report", False), ("cancel", True)])
+def test_a_duplicate_that_already_runs_is_cancelled_only_on_request(
+    fake: FakeKeboola, clients: Clients, policy: str, killed: bool
 ) -> None:
+    fake.set_outcome(COMPONENT, CONFIG, processing_after_gets=0, finish_after_gets=50)
+    action = make_action(clients, fake.stack_url, on_duplicate=policy)
+
+    async def scenario() -> Cancellation:
+        duplicate = await action.start(make_request())
+        return await action.cancel(make_request(), duplicate)
+
+    cancellation = run(clients, scenario())
+    (job,) = fake.jobs
+    assert cancellation.cancelled is killed
+    if killed:
+        assert job["status"] == "terminating" and "stopped while processing" in cancellation.note
+    else:
+        assert job["status"] == "processing" and "on_duplicate is report" in cancellation.note
+        assert not [r for r in fake.requests if r.path.endswith("/kill")]
+
+
+def test_cancel_a_finished_job_is_not_a_cancellation(fake: FakeKeboola, clients: Clients) -> None:
     action = make_action(clients, fake.stack_url)
 
-    async def scenario() -> bool:
+    async def scenario() -> Cancellation:
         started = await action.start(make_request())
         fake.finish_job(started.external_id, "success")
-        return await action.cancel(started)
+        return await action.cancel(make_request(), started)
 
-    with caplog.at_level(logging.WARNING):
-        assert run(clients, scenario()) is False
-    assert any("HTTP 400" in r.getMessage() and fake.queue_url in r.getMessage() for r in caplog.records)
+    cancellation = run(clients, scenario())
+    assert cancellation.cancelled is False and "already ended with status success" in cancellation.note
+    assert not [r for r in fake.requests if r.path.endswith("/kill")]
 
 
 # ----- secrets -----------------------------------------------------------------------------------
@@ -503,7 +595,8 @@ def test_token_never_leaks(fake: FakeKeboola, clients: Clients, caplog: pytest.L
                 errors.append(f"{exc!r} {exc}")
         fake.finish_job(started.external_id, "error")
         errors.append(repr(await action.follow(started)))
-        errors.append(str(await action.cancel(started)))
+        errors.append(str(await action.cancel(make_request(), started)))
+        errors.append(repr(await action.find_started(make_request(), dt.datetime.now(dt.UTC))))
         try:
             await action.follow(ActionResult(external_id="404"))
         except Rejected as exc:
@@ -511,7 +604,7 @@ def test_token_never_leaks(fake: FakeKeboola, clients: Clients, caplog: pytest.L
 
     with caplog.at_level(logging.DEBUG):
         run(clients, scenario())
-    assert len(errors) == 8
+    assert len(errors) == 9
     texts = [*errors, caplog.text, repr(action.options), action.target_key]
     texts += [r.getMessage() for r in caplog.records]
     texts += [r.body.decode() for r in fake.requests]

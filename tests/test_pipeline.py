@@ -37,7 +37,7 @@ def env(plugin_env: dict[str, str]) -> dict[str, str]:
     return {**plugin_env, "OPENAI_API_KEY": OPENAI_KEY, "KEBOOLA_STORAGE_TOKEN": KEBOOLA_TOKEN}
 
 
-def job_yaml(name: str, config: str, batches: list[str]) -> str:
+def job_yaml(name: str, config: str, batches: list[str], search_lag: str = "1s", timeout: str = "15s") -> str:
     return textwrap.dedent(f"""\
           - name: {name}
             template: pipeline
@@ -48,7 +48,9 @@ def job_yaml(name: str, config: str, batches: list[str]) -> str:
                 stack_url: {{stack}}
                 component: {COMPONENT}
                 config: "{config}"
-                search_lag: 1s
+                search_lag: {search_lag}
+                timeout: {timeout}
+                duplicate_watch: 3s
                 follow_interval: 1s
                 variables: {{pipeline: {name}}}
         """)
@@ -167,14 +169,18 @@ def test_batches_finishing_while_the_daemon_runs(
     assert json.loads(variables(job)["batch_ids_failed"]) == [batches[1]]
 
 
-def start_fired(tmp_path: Path, openai: FakeOpenAI, keboola: FakeKeboola) -> tuple[Path, list[str], list[str]]:
+def start_fired(
+    tmp_path: Path, openai: FakeOpenAI, keboola: FakeKeboola, **action: str
+) -> tuple[Path, list[str], list[str]]:
     done = [openai.add_batch(status="in_progress"), openai.add_batch(status="in_progress")]
     pending = [openai.add_batch(status="in_progress")]
     for batch in done:
         openai.set_status(batch, "completed", completed=10, failed=0)
     keboola.add_config(COMPONENT, "101")
     keboola.add_config(COMPONENT, "999")
-    config = write_config(tmp_path, openai, keboola, job_yaml("fire", "101", done) + job_yaml("hold", "999", pending))
+    config = write_config(
+        tmp_path, openai, keboola, job_yaml("fire", "101", done, **action) + job_yaml("hold", "999", pending)
+    )
     return config, done, pending
 
 
@@ -213,13 +219,39 @@ def test_sigkill_after_the_post_was_sent_adopts_the_job_it_created(
     assert "action_adopted" in run_cli("--config", str(config), "show", "fire", env=env, cwd=tmp_path).stdout
 
 
+def test_sigkill_during_a_slow_create_never_gives_a_second_job(
+    tmp_path: Path, openai: FakeOpenAI, keboola: FakeKeboola, env: dict[str, str]
+) -> None:
+    # The create takes 7 s; the daemon dies at once and restarts. The searches it makes before the create
+    # could have taken effect (intent + create timeout + search_lag) find nothing, and must not count.
+    config, _, _ = start_fired(tmp_path, openai, keboola, search_lag="2s", timeout="10s")
+    keboola.search_lag = 2.0
+    keboola.post_fault("slow_create", delay=7.0)
+    daemon = DaemonProcess(config, env, tmp_path)
+    wait_until(lambda: any(r.method == "POST" for r in keboola.requests), 30, "the create POST", daemon)
+    daemon.kill()
+    restarted = DaemonProcess(config, env, tmp_path)
+
+    # A second job would wait forever behind the first (the config lock): stop waiting as soon as one exists.
+    def done() -> bool:
+        return "job fire: completed" in restarted.output or len(keboola.jobs_for(COMPONENT, "101")) > 1
+
+    wait_until(done, 90, "the job to complete", restarted)
+    restarted.stop()
+    assert len(keboola.jobs_for(COMPONENT, "101")) == 1, keboola.jobs
+    assert sum(1 for r in keboola.requests if r.method == "POST" and r.path == "/jobs") == 1
+    assert "job fire: completed" in restarted.output
+    shown = run_cli("--config", str(config), "show", "fire", env=env, cwd=tmp_path).stdout
+    assert "does not count" in shown and "action_adopted" in shown
+
+
 @pytest.mark.parametrize(
     ("fault", "creates"), [("create_then_503", True), ("create_then_reset", True), ("503_before_create", False)]
 )
 def test_in_doubt_outcomes_are_reconciled_never_reposted_blindly(
     tmp_path: Path, openai: FakeOpenAI, keboola: FakeKeboola, env: dict[str, str], fault: str, creates: bool
 ) -> None:
-    config, _, _ = start_fired(tmp_path, openai, keboola)
+    config, _, _ = start_fired(tmp_path, openai, keboola, timeout="2s")
     keboola.post_fault(fault)
     daemon = DaemonProcess(config, env, tmp_path)
     daemon.wait_for("job fire: completed", timeout=60)

@@ -278,13 +278,22 @@ def test_a_start_cut_off_by_a_crash_is_reconciled_not_repeated(make, start_happe
     _crash_after_intent(h, start_happened=start_happened)
     h.tick()  # a new process finds the run SENDING: in doubt
     assert h.snap().runs[0].state is RunState.IN_DOUBT
-    for _ in range(6):
+    for _ in range(30):
         h.clock.advance(10)
-        h.tick()
+        result = h.tick()
+        if result.done:
+            break
+        h.clock.advance(result.next_in or 0)
     snap = h.snap()
     assert snap.state is JobState.COMPLETED
     assert len(read_ledger(h.ledger)) == 1
     assert ("action_adopted" in h.kinds()) is start_happened
+    # A start after searches that found nothing is watched for a duplicate the search missed, for an hour.
+    watch = snap.runs[0].watch
+    assert (watch is not None) is not start_happened
+    if watch is not None:
+        assert watch.closed_at is not None and watch.closed_at >= watch.until
+        assert (watch.until - watch.armed_at).total_seconds() == 3600 and watch.duplicates == ()
 
 
 def test_job_state_machine_on_postgres(tmp_path: Path, registry: PluginRegistry, postgres_url: str) -> None:

@@ -4,11 +4,15 @@
 nothing sent (``NotStarted``, safe to try again), refused (``Rejected``), or unknown (``InDoubt``: the
 core then calls ``find_started``, which looks for the job by the ``teckochecker_trigger_id`` variable).
 Nothing here retries; the core is the one retry layer.
+
+A job is ours only if it carries our trigger's marker variable: another run of the same configuration (by
+hand, by another tool) is never adopted and never cancelled, however close in time it was created.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -21,6 +25,7 @@ from teckochecker.plugin_api import (
     ActionOutcome,
     ActionRequest,
     ActionResult,
+    Cancellation,
     OptionsModel,
     PluginContext,
 )
@@ -46,6 +51,13 @@ SEARCH_PAGE = 100
 # A trigger's search window holds a handful of jobs (the config lock serialises them); this only
 # bounds a runaway loop.
 SEARCH_MAX_PAGES = 10
+# Storage API "who am I": its id narrows the search to jobs this token created (contract §4a). The response
+# also holds the full token value, so nothing of it but the id is ever kept or shown.
+TOKEN_VERIFY_PATH = "v2/storage/tokens/verify"
+# Keboola statuses of a job that has not started work yet: cancelling it undoes it completely.
+NOT_STARTED_STATUSES = frozenset({"created", "waiting"})
+# Job ids read in full and found to carry no marker at all: variables never change, so never read again.
+FOREIGN_CACHE_LIMIT = 10_000
 # Errors raised before a single byte of the request can have left: retrying cannot duplicate a job.
 _NOTHING_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
 
@@ -70,6 +82,10 @@ class KeboolaJobAction(Action):
         super().__init__(options, context)
         self.search_lag = self.options.search_lag
         self.follow_interval = self.options.follow_interval
+        # The create call can take effect until it times out: connecting, then waiting for the answer.
+        self.start_timeout = self.options.timeout + CONNECT_TIMEOUT
+        self.duplicate_watch = self.options.duplicate_watch
+        self._without_marker: set[str] = set()
         # Only a URL the stack index named is cached; a guessed one is re-checked on the next call.
         self._discovered_queue_url: str | None = None
 
@@ -115,29 +131,56 @@ class KeboolaJobAction(Action):
     async def find_started(self, request: ActionRequest, since: dt.datetime) -> Sequence[ActionResult]:
         queue_url = await self._queue_url()
         client = self._queue_client(queue_url)
+        token_id = await self._token_id()
         # Whole seconds, rounded down: Keboola stores createdTime in seconds, and a wider window is safe.
         if since.tzinfo is None:  # the core passes aware UTC; a naive time is read as UTC, never local
             since = since.replace(tzinfo=dt.UTC)
         since = since.astimezone(dt.UTC).replace(microsecond=0)
         ours: dict[str, Mapping[str, Any]] = {}
         for page in range(SEARCH_MAX_PAGES):
-            jobs = await self._search(client, queue_url, since, offset=page * SEARCH_PAGE)
+            jobs = await self._search(client, queue_url, since, token_id, offset=page * SEARCH_PAGE)
             for job in jobs:
-                if _is_ours(job, self.options, request.trigger_id, since):
-                    ours[str(job["id"])] = job
+                carrying = await self._carrying_marker(client, queue_url, job, request.trigger_id)
+                if carrying is not None:
+                    ours[str(carrying["id"])] = carrying
             if len(jobs) < SEARCH_PAGE:
                 break
         return sorted((self._result(job) for job in ours.values()), key=_oldest_first)
 
+    async def _carrying_marker(
+        self, client: httpx.AsyncClient, queue_url: str, job: Mapping[str, Any], trigger_id: str
+    ) -> Mapping[str, Any] | None:
+        """The job (as read from the primary store if the search did not show its variables) if it is this
+        target's and carries ``trigger_id`` as its marker; else None."""
+        if not _same_target(job, self.options):
+            return None
+        job_id = str(job["id"])
+        if job_id in self._without_marker:
+            return None
+        values = _variable_values(job)
+        if not values:
+            # The search index may not echo variables (unconfirmed): only the job itself can tell.
+            try:
+                job = await self._read_job(client, queue_url, job_id)
+            except Rejected as exc:
+                self.context.logger.warning("Keboola job %s from the search cannot be read: %s", job_id, exc)
+                return None
+            values = _variable_values(job)
+        marker = _marker(values)
+        if marker is None and len(self._without_marker) < FOREIGN_CACHE_LIMIT:
+            self._without_marker.add(job_id)
+        return job if marker == trigger_id and _same_target(job, self.options) else None
+
     async def _search(
-        self, client: httpx.AsyncClient, queue_url: str, since: dt.datetime, *, offset: int
+        self, client: httpx.AsyncClient, queue_url: str, since: dt.datetime, token_id: str, *, offset: int
     ) -> list[Mapping[str, Any]]:
         o = self.options
-        # Array filters need the "[]" suffix: PHP keeps only the last of repeated plain keys.
+        # Array filters need the "[]" suffix: PHP keeps only the last of repeated plain keys. No branchId[]
+        # filter: whether "null" matches the default branch is unconfirmed, so _same_target compares it here.
         params = {
             "componentId[]": o.component,
             "configId[]": o.config,
-            "branchId[]": o.branch_id or "null",
+            "tokenId[]": token_id,
             "createdTimeFrom": since.isoformat(),
             "sortBy": "createdTime",
             "sortOrder": "asc",
@@ -151,6 +194,36 @@ class KeboolaJobAction(Action):
             raise TransientError(f"unexpected response from {url}: expected a JSON array of jobs")
         return [job for job in jobs if isinstance(job, dict) and job.get("id") not in (None, "")]
 
+    async def _token_id(self) -> str:
+        """The id of our Storage token (cached per stack and token value: it never changes)."""
+        stack_url = self.options.stack_url
+        token = self._token()
+        known: dict[str, str] = self.context.shared.get("keboola-token-ids", dict)
+        key = f"{stack_url}:{hashlib.sha256(token.encode()).hexdigest()}"
+        if key in known:
+            return known[key]
+        url = f"{stack_url}/{TOKEN_VERIFY_PATH}"
+        index = self.context.http.client(
+            f"keboola-index:{stack_url}",
+            base_url=stack_url,
+            timeout=httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT),
+        )
+        body = await self._get_json(index, TOKEN_VERIFY_PATH, url)
+        token_id = body.get("id") if isinstance(body, dict) else None
+        if not isinstance(token_id, (str, int)) or isinstance(token_id, bool) or str(token_id) == "":
+            raise TransientError(f"unexpected response from {url}: no token id")
+        known[key] = str(token_id)
+        return known[key]
+
+    async def _read_job(self, client: httpx.AsyncClient, queue_url: str, job_id: str) -> Mapping[str, Any]:
+        """One job from the primary store (GET /jobs/{id}), which is current, unlike the search index."""
+        path = f"jobs/{urllib.parse.quote(job_id, safe='')}"
+        url = f"{queue_url}/{path}"
+        job = await self._get_json(client, path, url)
+        if not isinstance(job, dict) or job.get("id") in (None, ""):
+            raise TransientError(f"unexpected response from {url}: expected a job object")
+        return job
+
     async def follow(self, started: ActionResult) -> ActionResult:
         if not self.options.follow:
             return ActionResult(
@@ -162,33 +235,43 @@ class KeboolaJobAction(Action):
                 details=started.details,
             )
         queue_url = await self._queue_url()
-        path = f"jobs/{urllib.parse.quote(started.external_id, safe='')}"
-        url = f"{queue_url}/{path}"
-        job = await self._get_json(self._queue_client(queue_url), path, url)
-        if not isinstance(job, dict) or job.get("id") in (None, ""):
-            raise TransientError(f"unexpected response from {url}: expected a job object")
-        return self._result(job)
+        return self._result(await self._read_job(self._queue_client(queue_url), queue_url, started.external_id))
 
-    async def cancel(self, started: ActionResult) -> bool:
-        try:
-            queue_url = await self._queue_url()
-        except TransientError as exc:
-            self.context.logger.warning("cannot cancel Keboola job %s: %s", started.external_id, exc)
-            return False
-        path = f"jobs/{urllib.parse.quote(started.external_id, safe='')}/kill"
+    async def cancel(self, request: ActionRequest, duplicate: ActionResult) -> Cancellation:
+        queue_url = await self._queue_url()
+        client = self._queue_client(queue_url)
+        # Read it again right before killing: the marker (never cancel what is not ours) and the status now.
+        job = await self._read_job(client, queue_url, duplicate.external_id)
+        if _marker(_variable_values(job)) != request.trigger_id or not _same_target(job, self.options):
+            return Cancellation(False, "it does not carry this trigger's marker, so it is not ours to cancel")
+        status = job.get("status")
+        if job.get("desiredStatus") == "terminating":
+            return Cancellation(True, f"it was already being cancelled (status {status})")
+        if job.get("isFinished") is True:
+            return Cancellation(False, f"it had already ended with status {status}")
+        if status not in NOT_STARTED_STATUSES and self.options.on_duplicate != "cancel":
+            return Cancellation(
+                False, f"it is already {status}, and on_duplicate is report: left running, a person must look"
+            )
+        return await self._kill(client, queue_url, duplicate.external_id, str(status))
+
+    async def _kill(self, client: httpx.AsyncClient, queue_url: str, job_id: str, status: str) -> Cancellation:
+        path = f"jobs/{urllib.parse.quote(job_id, safe='')}/kill"
         url = f"{queue_url}/{path}"
         try:
-            response = await self._queue_client(queue_url).post(path, headers=self._auth())
+            response = await client.post(path, headers=self._auth())
         except httpx.RequestError as exc:
-            self.context.logger.warning("cancelling Keboola job at %s failed: %s", url, describe(exc))
-            return False
+            # It may or may not have arrived; the next search reads the job again and sees which.
+            raise TransientError(f"cancelling Keboola job at {url} failed: {describe(exc)}") from exc
         if response.status_code in (200, 202):
-            return True
+            what = "cancelled before it started" if status in NOT_STARTED_STATUSES else f"stopped while {status}"
+            return Cancellation(True, f"{what} (POST {url})")
         message = error_body(response, self._token()).message or "no error message"
-        self.context.logger.warning(
-            "Keboola refused to cancel the job (HTTP %s) at %s: %s", response.status_code, url, message
+        if is_transient_status(response.status_code):
+            raise TransientError(f"cancelling Keboola job at {url}: HTTP {response.status_code}: {message}")
+        return Cancellation(
+            False, f"Keboola refused to cancel it (HTTP {response.status_code}) at {url}: {message}; a person must look"
         )
-        return False
 
     async def _get_json(
         self, client: httpx.AsyncClient, path: str, url: str, params: Mapping[str, str] | None = None
@@ -303,21 +386,21 @@ def _variable_values(job: Mapping[str, Any]) -> list[Any]:
     return values if isinstance(values, list) else []
 
 
-def _is_ours(job: Mapping[str, Any], options: KeboolaJobOptions, trigger_id: str, since: dt.datetime) -> bool:
-    # The search already filters by component and config; checking again costs nothing.
+def _marker(values: Sequence[Any]) -> str | None:
+    for v in values:
+        if isinstance(v, dict) and v.get("name") == MARKER_VARIABLE and isinstance(v.get("value"), str):
+            return str(v["value"])
+    return None
+
+
+def _same_target(job: Mapping[str, Any], options: KeboolaJobOptions) -> bool:
+    # The search filters by component and config already; checking again costs nothing. The branch is
+    # compared only for a dev branch: a default-branch job may say null or the default branch's own id.
     if str(job.get("component", options.component)) != options.component:
         return False
     if str(job.get("config", options.config)) != options.config:
         return False
-    values = _variable_values(job)
-    if values:
-        return any(
-            isinstance(v, dict) and v.get("name") == MARKER_VARIABLE and v.get("value") == trigger_id for v in values
-        )
-    # Our jobs always carry variables. If the API does not echo them back ([verify] in our notes), a job
-    # with none created in the window is the best evidence we have; the core serialises starts per target.
-    created = parse_time(job.get("createdTime"))
-    return created is not None and created >= since
+    return options.branch_id is None or str(job.get("branchId")) == options.branch_id
 
 
 def _oldest_first(result: ActionResult) -> tuple[dt.datetime, int, str]:

@@ -30,6 +30,10 @@ class KeboolaJobOptions(OptionsModel):
     follow_interval: Duration = Field(default=10.0, ge=1.0, le=3600.0)
     # Read timeout of the create call; connecting is always bounded by 5 s.
     timeout: Duration = Field(default=15.0, gt=0)
+    # After a start that followed an in-doubt outcome, how long to keep searching for a duplicate job (0: off).
+    duplicate_watch: Duration = Field(default=3600.0, ge=0, le=7 * 86400)
+    # A duplicate still created/waiting is always cancelled; one that already runs only with "cancel".
+    on_duplicate: Literal["report", "cancel"] = "report"
 
     @field_validator("stack_url")
     @classmethod

@@ -44,8 +44,9 @@ POST_FAULT_MODES = (
     "create_then_reset",
     "create_then_hang",
     "slow_create",
-)  # plus "reject_<any 4xx/5xx code>"
+)  # plus "reject_<any 4xx/5xx code>" and "create_then_<any 4xx/5xx code>"
 _BEFORE_CREATE = re.compile(r"^(reject_(\d{3})|503_before_create)$")
+_AFTER_CREATE = re.compile(r"^create_then_(\d{3})$")  # create_then_502 etc.: created, then that error
 _JOB_PATH = re.compile(r"^/jobs/([^/]+)$")
 _KILL_PATH = re.compile(r"^/jobs/([^/]+)/kill$")
 _BRACKET_KEY = re.compile(r"^(.+?)\[\d*\]$")  # status[] and status[0] → status; componentProps[type] stays
@@ -237,11 +238,12 @@ class FakeKeboola(LoopbackFake):
         record_requests: bool = True,
     ) -> None:
         super().__init__(("stack", "queue"), record_requests=record_requests)
-        self._token = token
-        self._token_id = token_id
-        self._token_description = token_description
+        # Token value → its Storage record (id, description); a job records the id of the token that made it.
+        self._tokens: dict[str, dict[str, str]] = {token: {"id": token_id, "description": token_description}}
         self._project = {"id": project_id, "name": project_name}
         self.search_lag = search_lag
+        # Whether /search/jobs results leave out variableValuesData (unconfirmed for the real index).
+        self.search_omits_variables = False
         # Given the Queue API document, every queue request is checked against it (tests do; the demo does not).
         self.openapi_spec = openapi_spec
         self.jobs: list[dict[str, Any]] = []
@@ -263,6 +265,11 @@ class FakeKeboola(LoopbackFake):
     @property
     def queue_url(self) -> str:
         return self._url("queue")
+
+    def add_token(self, token: str, token_id: str, description: str) -> None:
+        """Another valid Storage token of the project (e.g. a person's, running a job by hand)."""
+        with self._lock:
+            self._tokens[token] = {"id": token_id, "description": description}
 
     def add_config(self, component: str, config_id: str, *, disabled: bool = False, tag: str | None = None) -> None:
         with self._lock:
@@ -294,7 +301,7 @@ class FakeKeboola(LoopbackFake):
 
     def post_fault(self, mode: str, *, times: int = 1, delay: float = 0.0) -> None:
         """The next `times` POST /jobs (with a valid token and body) misbehave; see POST_FAULT_MODES."""
-        if mode not in POST_FAULT_MODES and not _BEFORE_CREATE.match(mode):
+        if mode not in POST_FAULT_MODES and not _BEFORE_CREATE.match(mode) and not _AFTER_CREATE.match(mode):
             raise ValueError(f"unknown POST fault mode {mode!r}; known: {POST_FAULT_MODES}")
         with self._lock:
             self._faults.append(_Fault(mode, times, delay))
@@ -318,7 +325,39 @@ class FakeKeboola(LoopbackFake):
     def _stack(self, request: RecordedRequest) -> Reply:
         if request.method == "GET" and request.path in ("/v2/storage", "/v2/storage/"):
             return json_reply(200, self._index(request.query.get("exclude", [""])[-1]))
+        if request.method == "GET" and request.path.rstrip("/") == "/v2/storage/tokens/verify":
+            return self._verify(request.headers.get("x-storageapi-token", ""))
         return _error(404, f'Route "{request.method} {request.path}" not found')
+
+    def _verify(self, token: str) -> Reply:
+        """Storage's "who am I" (contract §4a): the token's record, including the full token value."""
+        with self._lock:
+            record = self._tokens.get(token)
+        if record is None:
+            return _error(401, "Invalid access token")
+        return json_reply(
+            200,
+            {
+                "id": record["id"],
+                "token": token,
+                "description": record["description"],
+                "uri": f"{self.stack_url}/v2/storage/tokens/{record['id']}",
+                "isMasterToken": False,
+                "canManageBuckets": False,
+                "canManageTokens": False,
+                "canReadAllFileUploads": False,
+                "canPurgeTrash": False,
+                "created": "2026-01-01T00:00:00+0000",
+                "refreshed": "2026-01-01T00:00:00+0000",
+                "expires": None,
+                "isExpired": False,
+                "isDisabled": False,
+                "dailyCapacity": 0,
+                "bucketPermissions": {},
+                "owner": {"id": int(self._project["id"]), "name": self._project["name"], "features": [], "limits": {}},
+                "organization": {"id": "1"},
+            },
+        )
 
     def _index(self, exclude: str) -> dict[str, Any]:
         # The queue is deliberately not the first service: clients must pick it by id.
@@ -355,7 +394,7 @@ class FakeKeboola(LoopbackFake):
             line = f"{request.method} {request.path}: " + " | ".join(violations)
             with self._lock:
                 self.contract_violations.append(line)
-        if request.headers.get("x-storageapi-token") != self._token:
+        if request.headers.get("x-storageapi-token") not in self._tokens:
             return _error(401, "Invalid access token")
         path = request.path.rstrip("/") or "/"
         if request.method == "POST" and path == "/jobs":
@@ -426,7 +465,7 @@ class FakeKeboola(LoopbackFake):
         assert body is not None
         self._next_id += 1
         job_id = str(self._next_id)
-        state = self._new_state(job_id, body, headers.get("x-kbc-runid"))
+        state = self._new_state(job_id, body, headers.get("x-kbc-runid"), headers.get("x-storageapi-token", ""))
         self._states[job_id] = state
         self.jobs.append(state.job)
         return state
@@ -462,12 +501,13 @@ class FakeKeboola(LoopbackFake):
             return f'Configuration "{config}" of component "{component}" is disabled.'
         return None
 
-    def _new_state(self, job_id: str, body: dict[str, Any], parent_run_id: str | None) -> _JobState:
+    def _new_state(self, job_id: str, body: dict[str, Any], parent_run_id: str | None, token: str) -> _JobState:
         now_epoch, component = time.time(), body["component"]
         config = str(body["config"]) if body.get("config") not in (None, "") else None
         branch = str(body["branchId"]) if body.get("branchId") is not None else None
         not_before = _not_before(body, now_epoch)
         job = self._job_object(job_id, body, parent_run_id, now_epoch, config, branch, not_before)
+        job["token"] = dict(self._tokens[token])  # the creator's id and description, never its value
         return _JobState(
             job=job,
             seq=self._next_id,
@@ -496,7 +536,7 @@ class FakeKeboola(LoopbackFake):
             "runId": f"{parent_run_id}.{job_id}" if parent_run_id else job_id,
             "parentRunId": parent_run_id or "",
             "project": dict(self._project),
-            "token": {"id": self._token_id, "description": self._token_description},
+            "token": {},  # set by _new_state to the creating token's record
             "status": "created",
             "desiredStatus": "processing",
             "mode": body.get("mode", "run"),
@@ -635,12 +675,17 @@ class FakeKeboola(LoopbackFake):
                 self._advance(state, counted_get=False)
             found = [s.job for s in visible if predicate(s.job)]
             found.sort(key=_sort_key(sort_by), reverse=sort_order == "desc")
-            return json_reply(200, found[offset : offset + limit])
+            page = found[offset : offset + limit]
+            if self.search_omits_variables:
+                page = [{k: v for k, v in job.items() if k != "variableValuesData"} for job in page]
+            return json_reply(200, page)
 
 
 def _after_create(mode: str | None, reply: Reply) -> Outcome:
-    if mode == "create_then_503":
-        return _error(503, "Service Unavailable")
+    match = _AFTER_CREATE.match(mode or "")
+    if match is not None:
+        code = int(match.group(1))
+        return _error(code, "Service Unavailable" if code == 503 else f"Fake error HTTP {code} after creating.")
     if mode == "create_then_reset":
         return Reset()
     if mode == "create_then_hang":

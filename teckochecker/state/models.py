@@ -69,6 +69,37 @@ class TargetSnapshot:
 
 
 @dataclass(frozen=True)
+class Duplicate:
+    """A second downstream start found for one trigger, and what was done about it."""
+
+    external_id: str
+    vendor_status: str | None
+    cancelled: bool
+    note: str
+    found_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class DuplicateWatch:
+    """The search for duplicates that goes on after a start that followed an in-doubt outcome."""
+
+    armed_at: dt.datetime | None  # None: armed by the next start
+    until: dt.datetime | None
+    next_search_at: dt.datetime | None
+    searches: int
+    closed_at: dt.datetime | None
+    duplicates: tuple[Duplicate, ...] = ()
+
+    @property
+    def is_open(self) -> bool:
+        return self.armed_at is not None and self.closed_at is None
+
+    @property
+    def known(self) -> frozenset[str]:
+        return frozenset(d.external_id for d in self.duplicates)
+
+
+@dataclass(frozen=True)
 class RunSnapshot:
     id: int
     action_index: int
@@ -85,6 +116,7 @@ class RunSnapshot:
     vendor_status: str | None
     message: str | None
     details: Mapping[str, Any]
+    watch: DuplicateWatch | None = None
 
     def as_result(self) -> ActionResult:
         return ActionResult(

@@ -11,7 +11,7 @@ from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import IntegrityError
 
 from teckochecker import rules
-from teckochecker.plugin_api import ActionResult, TargetState
+from teckochecker.plugin_api import ActionResult, Cancellation, TargetState
 from teckochecker.state import schema
 from teckochecker.state.events import append_event
 from teckochecker.state.models import JobState, RunState
@@ -47,7 +47,18 @@ class RunTransitions:
         except IntegrityError:
             return False
 
-    def run_started(self, run_id: int, result: ActionResult, *, now: dt.datetime, how: str = "started") -> None:
+    def run_started(
+        self,
+        run_id: int,
+        result: ActionResult,
+        *,
+        now: dt.datetime,
+        how: str = "started",
+        watch_until: dt.datetime | None = None,
+        watch_next: dt.datetime | None = None,
+    ) -> None:
+        """Record the start (or adoption) and, in the same transaction, arm the duplicate watch that an
+        earlier presumed non-start left waiting (none without ``watch_until``)."""
         with self._engine.begin() as conn:
             run = _run_row(conn, run_id)
             if run.state not in (RunState.SENDING.value, RunState.IN_DOUBT.value, RunState.PENDING.value):
@@ -63,11 +74,18 @@ class RunTransitions:
                 + (f" ({result.url})" if result.url else ""),
                 {"external_id": result.external_id, "url": result.url, "status": result.vendor_status},
             )
+            _arm_watch(conn, run, now, watch_until, watch_next)
 
-    def run_not_started(self, run_id: int, message: str, *, now: dt.datetime, next_try_at: dt.datetime) -> None:
-        """A definite non-start: back to PENDING for a new attempt."""
+    def run_not_started(
+        self, run_id: int, message: str, *, now: dt.datetime, next_try_at: dt.datetime, presumed: bool = False
+    ) -> None:
+        """A non-start: back to PENDING for a new attempt. ``presumed``: searches found nothing, but the index
+        may lag longer than we waited, so the next start leaves a duplicate watch behind."""
         with self._engine.begin() as conn:
             run = _run_row(conn, run_id)
+            w = schema.duplicate_watches
+            if presumed and conn.execute(sa.select(w.c.run_id).where(w.c.run_id == run_id)).first() is None:
+                conn.execute(sa.insert(w).values(run_id=run_id, job_id=run.job_id, searches=0, duplicates=[]))
             conn.execute(
                 sa.update(schema.runs)
                 .where(schema.runs.c.id == run_id)
@@ -108,23 +126,98 @@ class RunTransitions:
                 "searching downstream before any new start",
             )
 
-    def run_search_empty(self, run_id: int, *, now: dt.datetime, next_try_at: dt.datetime) -> int:
+    def run_search_empty(self, run_id: int, *, now: dt.datetime, next_try_at: dt.datetime, counts: bool = True) -> int:
+        """A search found nothing. It ``counts`` toward a new attempt only once the start can no longer take
+        effect unseen; returns the count so far."""
         with self._engine.begin() as conn:
             run = _run_row(conn, run_id)
-            count = run.search_empty_count + 1
+            count = run.search_empty_count + (1 if counts else 0)
             conn.execute(
                 sa.update(schema.runs)
                 .where(schema.runs.c.id == run_id)
                 .values(search_empty_count=count, next_try_at=next_try_at, updated_at=now)
             )
+            text = f"action {run.action_index} ({run.action_type}): search {count} found nothing started"
+            if not counts:
+                text = (
+                    f"action {run.action_index} ({run.action_type}): search found nothing yet; the start may "
+                    f"still take effect or be hidden by the index, so it does not count (next {next_try_at:%H:%M:%S}Z)"
+                )
+            append_event(conn, run.job_id, now, "action_search_empty", text)
+            return count
+
+    def watch_searched(self, run_id: int, *, now: dt.datetime, next_search_at: dt.datetime) -> None:
+        w = schema.duplicate_watches
+        with self._engine.begin() as conn:
+            conn.execute(
+                sa.update(w)
+                .where(w.c.run_id == run_id)
+                .values(searches=w.c.searches + 1, next_search_at=next_search_at)
+            )
+
+    def close_watch(self, run_id: int, message: str, *, now: dt.datetime) -> None:
+        w = schema.duplicate_watches
+        with self._engine.begin() as conn:
+            run = _run_row(conn, run_id)
+            closed = conn.execute(
+                sa.update(w).where(w.c.run_id == run_id, w.c.closed_at.is_(None)).values(closed_at=now)
+            ).rowcount
+            if closed:
+                append_event(
+                    conn,
+                    run.job_id,
+                    now,
+                    "duplicate_watch_closed",
+                    f"action {run.action_index} ({run.action_type}): {message}",
+                )
+
+    def record_duplicate(
+        self, run_id: int, duplicate: ActionResult, cancellation: Cancellation, *, now: dt.datetime
+    ) -> None:
+        """A second downstream start for the run's trigger, and what was done about it: on the run (shown by
+        show, the API and the status page) and in the event log."""
+        w = schema.duplicate_watches
+        entry = {
+            "external_id": duplicate.external_id,
+            "vendor_status": duplicate.vendor_status,
+            "cancelled": cancellation.cancelled,
+            "note": cancellation.note,
+            "found_at": now.isoformat(),
+        }
+        with self._engine.begin() as conn:
+            run = _run_row(conn, run_id)
+            row = conn.execute(sa.select(w).where(w.c.run_id == run_id)).first()
+            if row is None:  # found while adopting, without a watch: keep the record all the same
+                conn.execute(
+                    sa.insert(w).values(
+                        run_id=run_id,
+                        job_id=run.job_id,
+                        armed_at=now,
+                        until=now,
+                        closed_at=now,
+                        searches=0,
+                        duplicates=[entry],
+                    )
+                )
+            elif all(d["external_id"] != duplicate.external_id for d in row.duplicates or []):
+                conn.execute(sa.update(w).where(w.c.run_id == run_id).values(duplicates=[*row.duplicates, entry]))
+            else:
+                return
+            verdict = "cancelled" if cancellation.cancelled else "NOT cancelled"
             append_event(
                 conn,
                 run.job_id,
                 now,
-                "action_search_empty",
-                f"action {run.action_index} ({run.action_type}): search {count} found nothing started",
+                "duplicate_start",
+                f"action {run.action_index} ({run.action_type}): duplicate start {duplicate.external_id} "
+                f"({duplicate.vendor_status or 'status unknown'}) found; {verdict}: {cancellation.note}",
+                {
+                    "external_id": duplicate.external_id,
+                    "url": duplicate.url,
+                    "status": duplicate.vendor_status,
+                    "cancelled": cancellation.cancelled,
+                },
             )
-            return count
 
     def run_finished(self, run_id: int, state: RunState, message: str, *, now: dt.datetime) -> None:
         """End a run without a downstream result (rejected, or unresolvable)."""
@@ -189,6 +282,12 @@ class RunTransitions:
             ]
             if not all(s.is_final for s in run_states):
                 return None
+            w = schema.duplicate_watches
+            watching = conn.execute(
+                sa.select(w.c.run_id).where(w.c.job_id == row.id, w.c.armed_at.is_not(None), w.c.closed_at.is_(None))
+            ).first()
+            if watching is not None:  # a duplicate may still surface: the job is not done before its watch
+                return None
             target_states = [
                 TargetState(s)
                 for (s,) in conn.execute(sa.select(schema.targets.c.state).where(schema.targets.c.job_id == row.id))
@@ -222,6 +321,28 @@ def _set_result(conn: Connection, run_id: int, result: ActionResult, now: dt.dat
         )
     )
     return state
+
+
+def _arm_watch(
+    conn: Connection, run: Row[Any], now: dt.datetime, until: dt.datetime | None, next_search_at: dt.datetime | None
+) -> None:
+    w = schema.duplicate_watches
+    pending = (w.c.run_id == run.id) & w.c.armed_at.is_(None)
+    if conn.execute(sa.select(w.c.run_id).where(pending)).first() is None:
+        return
+    if until is None or until <= now:
+        conn.execute(sa.update(w).where(pending).values(armed_at=now, until=now, closed_at=now))
+        return
+    conn.execute(sa.update(w).where(pending).values(armed_at=now, until=until, next_search_at=next_search_at))
+    append_event(
+        conn,
+        run.job_id,
+        now,
+        "duplicate_watch",
+        f"action {run.action_index} ({run.action_type}): an earlier start may have happened unseen; "
+        f"searching for a duplicate until {until:%Y-%m-%d %H:%M:%S}Z",
+        {"until": until.isoformat()},
+    )
 
 
 def _run_row(conn: Connection, run_id: int) -> Row[Any]:

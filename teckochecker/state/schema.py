@@ -115,6 +115,23 @@ sa.Index(
     postgresql_where=runs.c.state.in_(OPEN_RUN_STATES),
 )
 
+# After a start that followed an in-doubt outcome, the run keeps searching for a duplicate the search index
+# hid (triggering.py). Its own table, not new run columns: create_all adds a missing table to an existing
+# database, but never a missing column. armed_at is NULL until the next start; duplicates lists what was
+# found and done, so a restart never counts or cancels one twice.
+duplicate_watches = sa.Table(
+    "tc_duplicate_watches",
+    metadata,
+    sa.Column("run_id", sa.Integer, sa.ForeignKey("tc_action_runs.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("job_id", sa.Integer, sa.ForeignKey("tc_jobs.id", ondelete="CASCADE"), nullable=False, index=True),
+    sa.Column("armed_at", UTCDateTime),
+    sa.Column("until", UTCDateTime),
+    sa.Column("next_search_at", UTCDateTime),
+    sa.Column("searches", sa.Integer, nullable=False, default=0),
+    sa.Column("closed_at", UTCDateTime),
+    sa.Column("duplicates", sa.JSON, nullable=False, default=list),
+)
+
 events = sa.Table(
     "tc_events",
     metadata,

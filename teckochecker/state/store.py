@@ -25,6 +25,8 @@ from teckochecker.state import schema
 from teckochecker.state.events import append_event
 from teckochecker.state.location import sqlite_path
 from teckochecker.state.models import (
+    Duplicate,
+    DuplicateWatch,
     Event,
     JobGauges,
     JobSnapshot,
@@ -194,7 +196,8 @@ class StateStore(RunTransitions):
             rows = conn.execute(query).all()
             targets = _group(conn.execute(sa.select(schema.targets).order_by(schema.targets.c.position)))
             runs = _group(conn.execute(sa.select(schema.runs).order_by(schema.runs.c.action_index)))
-            return [_job_snapshot(r, targets.get(r.id, []), runs.get(r.id, [])) for r in rows]
+            watches = _watches(conn.execute(sa.select(schema.duplicate_watches)))
+            return [_job_snapshot(r, targets.get(r.id, []), runs.get(r.id, []), watches) for r in rows]
 
     def gauges(self) -> JobGauges:
         """The counts behind the state gauges, as aggregate queries (cheap even with thousands of targets)."""
@@ -259,7 +262,9 @@ class StateStore(RunTransitions):
         runs = conn.execute(
             sa.select(schema.runs).where(schema.runs.c.job_id == row.id).order_by(schema.runs.c.action_index)
         ).all()
-        return _job_snapshot(row, targets, runs)
+        w = schema.duplicate_watches
+        watches = _watches(conn.execute(sa.select(w).where(w.c.job_id == row.id)))
+        return _job_snapshot(row, targets, runs, watches)
 
     def _job_id(self, conn: Connection, name: str) -> int:
         job_id = conn.execute(sa.select(schema.jobs.c.id).where(schema.jobs.c.name == name)).scalar()
@@ -474,7 +479,30 @@ def _group(rows: Iterable[Row[Any]]) -> dict[int, list[Row[Any]]]:
     return grouped
 
 
-def _job_snapshot(row: Row[Any], targets: Sequence[Row[Any]], runs: Sequence[Row[Any]]) -> JobSnapshot:
+def _watches(rows: Iterable[Row[Any]]) -> dict[int, DuplicateWatch]:
+    return {
+        w.run_id: DuplicateWatch(
+            armed_at=w.armed_at,
+            until=w.until,
+            next_search_at=w.next_search_at,
+            searches=w.searches,
+            closed_at=w.closed_at,
+            duplicates=tuple(
+                Duplicate(d["external_id"], d.get("vendor_status"), d["cancelled"], d["note"], _parse_at(d["found_at"]))
+                for d in w.duplicates or []
+            ),
+        )
+        for w in rows
+    }
+
+
+def _parse_at(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text)
+
+
+def _job_snapshot(
+    row: Row[Any], targets: Sequence[Row[Any]], runs: Sequence[Row[Any]], watches: Mapping[int, DuplicateWatch]
+) -> JobSnapshot:
     return JobSnapshot(
         name=row.name,
         state=JobState(row.state),
@@ -510,6 +538,7 @@ def _job_snapshot(row: Row[Any], targets: Sequence[Row[Any]], runs: Sequence[Row
                 vendor_status=r.vendor_status,
                 message=r.message,
                 details=r.details or {},
+                watch=watches.get(r.id),
             )
             for r in runs
         ),

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import sqlite3
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -139,3 +141,34 @@ def test_validate_config_touches_no_state_store(tmp_path: Path, plugin_env: dict
     out = run_cli("validate-config", str(config), env=plugin_env, cwd=tmp_path)
     assert out.returncode == 0 and out.stdout.strip().endswith("OK: 1 job(s), 2 target(s), 0 secret(s)")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["teckochecker.yaml"]
+
+
+def test_status_says_whether_the_daemon_runs(tmp_path: Path, plugin_env: dict[str, str]) -> None:
+    status, ledger = tmp_path / "status.json", tmp_path / "ledger.jsonl"
+    status.write_text(json.dumps({"a": "running"}))
+    config = write_config(tmp_path, job("w", status, ledger, "[a]"))
+
+    def cli(*args: str) -> str:
+        out = run_cli("--config", str(config), *args, env=plugin_env, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    daemon = DaemonProcess(config, plugin_env, tmp_path)
+    daemon.wait_for("teckochecker started")
+    deadline = time.monotonic() + 20
+    while not re.search(r"^w +watching +0/1 +in \d+s", running := cli("status"), re.M):
+        assert time.monotonic() < deadline, running
+        time.sleep(0.2)
+    assert "daemon not running" not in running
+    daemon.kill()  # no clean stop: the heartbeat stays, unmarked, and goes stale
+    with sqlite3.connect(tmp_path / ".teckochecker" / "state.db") as conn:
+        beat = json.loads(conn.execute("select value from tc_meta where key = 'heartbeat'").fetchone()[0])
+    assert beat["pid"] == daemon.proc.pid and beat["stopped"] is False
+
+    again = DaemonProcess(config, plugin_env, tmp_path)
+    again.wait_for("teckochecker started")
+    again.stop()
+    stopped = cli("status")
+    assert re.search(r"^w +watching +0/1 +no daemon", stopped, re.M), stopped
+    assert re.search(r"^daemon not running \(last seen .*Z, \d+s ago; it stopped cleanly\)$", stopped, re.M), stopped
+    assert "next check: daemon not running (last seen" in cli("show", "w")

@@ -172,3 +172,25 @@ def test_status_says_whether_the_daemon_runs(tmp_path: Path, plugin_env: dict[st
     assert re.search(r"^w +watching +0/1 +no daemon", stopped, re.M), stopped
     assert re.search(r"^daemon not running \(last seen .*Z, \d+s ago; it stopped cleanly\)$", stopped, re.M), stopped
     assert "next check: daemon not running (last seen" in cli("show", "w")
+
+
+def test_the_foreground_run_says_once_what_is_wrong_and_when_it_recovers(
+    tmp_path: Path, plugin_env: dict[str, str]
+) -> None:
+    status, ledger = tmp_path / "status.json", tmp_path / "ledger.jsonl"
+    status.write_text(json.dumps({"__error__": "transient", "__message__": "could not reach https://vendor.test"}))
+    checks = tmp_path / "checks.jsonl"
+    config = write_config(
+        tmp_path, job("j", status, ledger).replace("targets: [a, b]", f"check_log: {checks}, targets: [a, b]")
+    )
+    daemon = DaemonProcess(config, plugin_env, tmp_path)
+    warning = "WARNING teckochecker: job j: could not check 2 of 2 target(s): could not reach https://vendor.test"
+    daemon.wait_for(warning)
+    deadline = time.monotonic() + 20
+    while len(read_ledger(checks)) < 3:  # the first retries come within seconds (full-jitter back-off from 1 s)
+        assert time.monotonic() < deadline, daemon.output
+        time.sleep(0.1)
+    status.write_text(json.dumps({"a": "running", "b": "running"}))
+    daemon.wait_for("INFO teckochecker: job j: check recovered")
+    daemon.stop()
+    assert daemon.output.count("could not check") == 1, daemon.output

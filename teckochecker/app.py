@@ -6,8 +6,10 @@ import asyncio
 import dataclasses
 import datetime as dt
 import logging
+import os
 import random
 import signal
+import socket
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,6 +18,7 @@ from teckochecker.clock import Clock
 from teckochecker.control import RELOAD_META, ReloadStatus, reload_status_json
 from teckochecker.crashpoints import CrashPoints
 from teckochecker.errors import ConfigError, SecretError, TeckoCheckerError
+from teckochecker.heartbeat import HEARTBEAT_META, HEARTBEAT_PERIOD, Heartbeat, heartbeat_json
 from teckochecker.http import HttpClientPool
 from teckochecker.metrics import Metrics
 from teckochecker.plugin_api import PluginContext, SharedRegistry
@@ -106,6 +109,7 @@ class Daemon:
                 lock.release()
 
     async def _serve(self) -> None:
+        await self._beat()
         self._context = PluginContext(
             http=self._http,
             clock=self._clock,
@@ -138,6 +142,7 @@ class Daemon:
         background = [
             asyncio.create_task(self._reload_loop(), name="reload"),
             asyncio.create_task(self._gauge_loop(), name="gauges"),
+            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
         ]
         self._watchdog = asyncio.create_task(
             run_watchdog(self._notifier, self._ticking, self._clock.sleep), name="watchdog"
@@ -376,6 +381,28 @@ class Daemon:
                 self._log.warning("cannot refresh job metrics: %s", exc)
             await asyncio.sleep(GAUGE_REFRESH)
 
+    # ----- heartbeat -----
+
+    async def _beat(self, *, stopped: bool = False) -> None:
+        """Tell `teckochecker status` that this daemon runs (teckochecker.heartbeat)."""
+        beat = Heartbeat(self._clock.now(), os.getpid(), socket.gethostname(), stopped)
+        await self._worker.run(self.store.set_meta, HEARTBEAT_META, heartbeat_json(beat))
+
+    async def _heartbeat_loop(self) -> None:
+        failing = False
+        while True:
+            await self._clock.sleep(HEARTBEAT_PERIOD)
+            try:
+                await self._beat()
+            except Exception as exc:  # the state store may be briefly unreachable; say so once, not every beat
+                if not failing:
+                    self._log.warning("cannot write the heartbeat to the state store: %s", exc)
+                failing = True
+            else:
+                if failing:
+                    self._log.info("heartbeat written again")
+                failing = False
+
     # ----- shutdown -----
 
     async def _shutdown(self) -> None:
@@ -401,6 +428,10 @@ class Daemon:
         for job in self._jobs.values():
             await job.aclose()
         await self._http.aclose()
+        try:
+            await self._beat(stopped=True)
+        except Exception as exc:  # shutting down anyway; `status` then sees the heartbeat go stale
+            self._log.warning("cannot record the stop in the state store: %s", exc)
         await asyncio.get_running_loop().run_in_executor(None, self._worker.close)
 
 

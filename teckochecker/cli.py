@@ -4,19 +4,30 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from sqlalchemy.engine import make_url
+
 from teckochecker import __version__
 from teckochecker.clock import SystemClock
 from teckochecker.control import RELOAD_META, reload_status_from_json
-from teckochecker.errors import ConfigError, TeckoCheckerError
+from teckochecker.errors import ConfigError, NoStateStore, TeckoCheckerError
+from teckochecker.heartbeat import HEARTBEAT_META, heartbeat_from_json
 from teckochecker.loader import load_file
 from teckochecker.logs import setup_logging
 from teckochecker.plugins import PluginRegistry, load_plugins
-from teckochecker.report import render_job, render_plugins, render_reload, render_status
+from teckochecker.report import (
+    daemon_down,
+    render_job,
+    render_plugins,
+    render_reload,
+    render_status,
+    render_unchecked,
+)
 from teckochecker.secrets import Redactor
 from teckochecker.secrets_cli import register_secrets_commands
 from teckochecker.state.location import resolve_state_url
@@ -231,16 +242,19 @@ def _speed(text: str) -> float:
     return value
 
 
-def _open_store(args: argparse.Namespace, environ: Mapping[str, str]) -> StateStore:
-    url = args.state_url
-    if not url:
-        # Only the state URL is needed: read it without full validation, so status works on a config
-        # that has since become invalid.
-        document, _ = load_file(find_config(args.config, environ, Path.cwd()))
-        state = document.data.get("state") if isinstance(document.data, dict) else None
-        configured = state.get("url") if isinstance(state, dict) else None
-        url = resolve_state_url(configured if isinstance(configured, str) else None, environ, Path.cwd())
-    return StateStore.open(url, readonly=True)
+def _state_url(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
+    if args.state_url:
+        return str(args.state_url)
+    # Only the state URL is needed: read it without full validation, so status works on a config
+    # that has since become invalid.
+    document, _ = load_file(find_config(args.config, environ, Path.cwd()))
+    state = document.data.get("state") if isinstance(document.data, dict) else None
+    configured = state.get("url") if isinstance(state, dict) else None
+    return resolve_state_url(configured if isinstance(configured, str) else None, environ, Path.cwd())
+
+
+def _daemon_down(store: StateStore, now: dt.datetime) -> str | None:
+    return daemon_down(heartbeat_from_json(store.get_meta(HEARTBEAT_META)), now)
 
 
 def cmd_status(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -251,9 +265,15 @@ def cmd_status(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
         print(render_status(fetch_jobs(args.url), SystemClock().now()))
         return EXIT_OK
-    store = _open_store(args, environ)
+    url = _state_url(args, environ)
     try:
-        print(render_status(store.jobs(), SystemClock().now()))
+        store = StateStore.open(url, readonly=True)
+    except NoStateStore:
+        return _status_before_first_run(args, environ, url)
+    try:
+        now = SystemClock().now()
+        down = _daemon_down(store, now)
+        print(render_status(store.jobs(), now, daemon_down=down))
         saved = store.get_meta(RELOAD_META)
         print(render_reload(reload_status_from_json(saved) if saved else None))
     finally:
@@ -261,13 +281,24 @@ def cmd_status(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     return EXIT_OK
 
 
+def _status_before_first_run(args: argparse.Namespace, environ: Mapping[str, str], url: str) -> int:
+    # What is configured is all there is to show yet, and that is no error.
+    config, _ = _load(args, environ)
+    targets = {name: job.source.targets for name, job in config.jobs.items()}
+    shown = make_url(url).render_as_string(hide_password=True)
+    print(render_unchecked(targets, f"daemon never ran with this config: nothing stored in {shown} yet"))
+    return EXIT_OK
+
+
 def cmd_show(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    store = _open_store(args, environ)
+    store = StateStore.open(_state_url(args, environ), readonly=True)
     try:
         job = store.job(args.job)
         if job is None:
             raise TeckoCheckerError(f"no job named {args.job!r} in the state store (see 'teckochecker status')")
-        print(render_job(job, store.events(args.job, limit=args.events), SystemClock().now()))
+        now = SystemClock().now()
+        down = _daemon_down(store, now)
+        print(render_job(job, store.events(args.job, limit=args.events), now, daemon_down=down))
     finally:
         store.close()
     return EXIT_OK

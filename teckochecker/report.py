@@ -7,6 +7,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from teckochecker.control import ReloadStatus
+from teckochecker.durations import format_duration
+from teckochecker.heartbeat import Heartbeat
 from teckochecker.plugins import PluginRegistry
 from teckochecker.state.models import Event, JobSnapshot, RunSnapshot
 
@@ -65,9 +67,31 @@ def render_reload(status: ReloadStatus | None) -> str:
     return f"config: last reload FAILED at {when} ({len(status.errors)} problem(s); the previous config runs): {first}"
 
 
-def render_status(jobs: Sequence[JobSnapshot], now: dt.datetime) -> str:
+def daemon_down(heartbeat: Heartbeat | None, now: dt.datetime) -> str | None:
+    """None while the daemon's heartbeat is fresh (teckochecker.heartbeat); else a line saying that it is not
+    running and when it was last seen."""
+    if heartbeat is None:
+        return "daemon not running (it has recorded no heartbeat)"
+    if heartbeat.is_fresh(now):
+        return None
+    age = format_duration(max(0.0, (now - heartbeat.at).total_seconds()))
+    how = "; it stopped cleanly" if heartbeat.stopped else ""
+    return f"daemon not running (last seen {_time(heartbeat.at)}, {age} ago{how})"
+
+
+def render_unchecked(targets: Mapping[str, Sequence[str]], why: str) -> str:
+    """The configured jobs before a daemon has ever run with this config: nothing is known of them yet."""
+    if not targets:
+        return f"no jobs configured\n{why}"
+    rows = [("JOB", "STATE", "TARGETS", "NEXT CHECK", "ACTION", "LAST ERROR")]
+    rows += [(name, "not yet checked", f"0/{len(names)}", "-", "-", "") for name, names in targets.items()]
+    return "\n".join([*_table_lines(rows), why])
+
+
+def render_status(jobs: Sequence[JobSnapshot], now: dt.datetime, *, daemon_down: str | None = None) -> str:
+    """The job table. ``daemon_down`` (see daemon_down()) says no daemon runs: then no check is promised."""
     if not jobs:
-        return "no jobs in the state store"
+        return "no jobs in the state store" + (f"\n{daemon_down}" if daemon_down else "")
     rows = [("JOB", "STATE", "TARGETS", "NEXT CHECK", "ACTION", "LAST ERROR")]
     for job in jobs:
         state = job.state.value + (" (removed)" if job.removed else "") + (" (paused)" if job.paused else "")
@@ -76,7 +100,7 @@ def render_status(jobs: Sequence[JobSnapshot], now: dt.datetime) -> str:
                 job.name,
                 state,
                 f"{job.done_count}/{len(job.targets)}",
-                _next_check(job, now),
+                _next_check(job, now) if daemon_down is None else _no_daemon(job),
                 _actions_summary(job.runs),
                 _clip(job.last_error or "", 60),
             )
@@ -87,6 +111,8 @@ def render_status(jobs: Sequence[JobSnapshot], now: dt.datetime) -> str:
     for job, row in zip(jobs, table[1:], strict=True):
         lines.append(row)
         lines += _target_bars(job)
+    if daemon_down:
+        lines.append(daemon_down)
     return "\n".join(lines)
 
 
@@ -104,12 +130,13 @@ def _target_bars(job: JobSnapshot) -> list[str]:
     return lines
 
 
-def render_job(job: JobSnapshot, events: Sequence[Event], now: dt.datetime) -> str:
+def render_job(job: JobSnapshot, events: Sequence[Event], now: dt.datetime, *, daemon_down: str | None = None) -> str:
+    next_check = _next_check(job, now) if daemon_down is None or job.state.is_final else daemon_down
     lines = [
         f"job:        {_one_line(job.name)}",
         f"state:      {job.state.value}" + (" (removed from config)" if job.removed else ""),
         f"targets:    {job.done_count}/{len(job.targets)} finished",
-        f"next check: {_next_check(job, now)}",
+        f"next check: {next_check}",
         f"deadline:   {_time(job.deadline_at)}",
     ]
     if job.last_error:
@@ -181,6 +208,11 @@ def _next_check(job: JobSnapshot, now: dt.datetime) -> str:
         return "-"
     seconds = (job.next_check_at - now).total_seconds()
     return "due" if seconds <= 0 else f"in {int(seconds)}s"
+
+
+def _no_daemon(job: JobSnapshot) -> str:
+    # A stored next_check_at is only a promise while a daemon runs to keep it.
+    return "-" if job.state.is_final else "no daemon"
 
 
 def _progress(details: object) -> str:

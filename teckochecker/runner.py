@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
+from teckochecker.conditions import ConditionKind, ConditionLog
 from teckochecker.errors import PermanentError, TransientError
 from teckochecker.plugin_api import CheckReport
 from teckochecker.retry import backoff_delay
@@ -36,6 +37,7 @@ class JobRunner:
         self._log = services.logger
         self._rng = services.rng
         self._actions = ActionDriver(services)
+        self._conditions = ConditionLog(services.logger)
         self._cache = WatchCache()
 
     def forget(self, name: str | None = None) -> None:
@@ -67,7 +69,10 @@ class JobRunner:
         if state is JobState.FIRING:
             next_in = await self._actions.advance(job, snap)
             if next_in is None:
+                self._conditions.forget(job.name)
                 return TickResult(done=True)
+        if state.is_final:
+            self._conditions.forget(job.name)
         return TickResult(next_in=next_in, done=state.is_final)
 
     async def _watch(self, job: JobRuntime, snap: JobSnapshot) -> tuple[JobState, float | None]:
@@ -86,6 +91,7 @@ class JobRunner:
         if report is None:
             self._cache.forget(job.name)
             return JobState.FAILED, None
+        self._conditions.update(job.name, ConditionKind.CHECK, report.transient_errors, len(snap.pending_targets))
         next_in = None
         if report.transient_errors:
             next_in = backoff_delay(snap.consecutive_failures + 1, report.retry_after, rng=self._rng)

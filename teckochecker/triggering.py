@@ -18,7 +18,10 @@ the trigger's marker is cancelled (the action decides whether it still can) and 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
 
+from teckochecker.conditions import ConditionKind, ConditionLog
 from teckochecker.errors import InDoubt, NotStarted, PermanentError, TransientError
 from teckochecker.plugin_api import Action, ActionOutcome, ActionRequest, ActionResult, Cancellation
 from teckochecker.retry import backoff_delay
@@ -39,6 +42,16 @@ TARGET_BUSY_RETRY = 5.0
 WATCH_MAX_INTERVAL = 600.0
 
 
+@dataclass(frozen=True)
+class _StepFailure:
+    """A run's last failed step, kept until one of its steps goes through."""
+
+    kind: ConditionKind
+    reason: str
+    # Consecutive failed follow/search reads; back-off only, so losing it on restart is harmless.
+    reads: int = 0
+
+
 class ActionDriver:
     def __init__(self, services: TickServices) -> None:
         self._store = services.store
@@ -48,8 +61,8 @@ class ActionDriver:
         self._crash = services.crashpoints
         self._log = services.logger
         self._rng = services.rng
-        # Consecutive failed follow/search reads per run; back-off only, so losing it on restart is harmless.
-        self._failures: dict[int, int] = {}
+        self._failures: dict[int, _StepFailure] = {}
+        self._conditions = ConditionLog(services.logger)
 
     async def advance(self, job: JobRuntime, snap: JobSnapshot) -> float | None:
         """Move every unfinished action of a fired job one step. Returns seconds until the next step is
@@ -69,8 +82,10 @@ class ActionDriver:
                 waits.append(await self._orphaned(run))
                 continue
             waits.append(await self._step(action, run, request))
+        self._report(job.name, snap.runs)
         final = await self._db.run(self._store.finish_job_if_done, job.name, now=self._clock.now())
         if final is not None:
+            self._conditions.forget(job.name)
             self._log.info("job %s: %s", job.name, final.value)
             return None
         return max(0.0, min(waits)) if waits else IDLE_RECHECK
@@ -100,6 +115,7 @@ class ActionDriver:
             result = await action.start(request)
         except NotStarted as exc:
             self._count(action, "not_started")
+            self._failures[run.id] = _StepFailure(ConditionKind.ACTION, f"start failed, nothing was sent: {exc}")
             delay = backoff_delay(run.attempt, exc.retry_after, rng=self._rng)
             await self._db.run(
                 self._store.run_not_started,
@@ -124,6 +140,7 @@ class ActionDriver:
         finally:
             self._metrics.action_duration.labels(action.type_name).observe(self._clock.monotonic() - started)
         self._count(action, "started")
+        self._failures.pop(run.id, None)
         self._crash.hit("after_start_response")
         now = self._clock.now()
         await self._db.run(self._store.run_started, run.id, result, now=now, **self._watch_window(action, now))
@@ -289,13 +306,30 @@ class ActionDriver:
             self._metrics.downstream_jobs.labels(action.type_name, result.vendor_status or result.outcome.value).inc()
 
     async def _defer(self, run: RunSnapshot, message: str, retry_after: float | None) -> float:
-        attempt = self._failures[run.id] = self._failures.get(run.id, 0) + 1
+        previous = self._failures.get(run.id)
+        attempt = (previous.reads if previous else 0) + 1
+        kind = ConditionKind.RECONCILE if run.state is RunState.IN_DOUBT else ConditionKind.ACTION
+        self._failures[run.id] = _StepFailure(kind, message, attempt)
         delay = backoff_delay(attempt, retry_after, rng=self._rng)
         now = self._clock.now()
         await self._db.run(
             self._store.defer_run, run.id, message, now=now, next_try_at=now + dt.timedelta(seconds=delay)
         )
         return delay
+
+    def _report(self, job_name: str, runs: Sequence[RunSnapshot]) -> None:
+        """Log the job's failing action steps and deferred searches once per change (teckochecker.conditions)."""
+        for run in runs:
+            if run.state.is_final:
+                self._failures.pop(run.id, None)
+        live = [run for run in runs if not run.state.is_final]
+        for kind in (ConditionKind.ACTION, ConditionKind.RECONCILE):
+            failing = {
+                f"run {run.id}": failure.reason
+                for run in live
+                if (failure := self._failures.get(run.id)) is not None and failure.kind is kind
+            }
+            self._conditions.update(job_name, kind, failing, len(live))
 
     async def _orphaned(self, run: RunSnapshot) -> float:
         await self._fail(run, "its action was removed from the configuration before it finished")

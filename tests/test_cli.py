@@ -87,9 +87,22 @@ def test_broken_plugin_module_is_a_clear_error(plugin_env: dict[str, str], tmp_p
     assert "cannot import plugin module 'no_such_module'" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_status_and_show_without_a_state_store(plugin_env: dict[str, str], tmp_path: Path) -> None:
+def test_status_before_the_first_run_lists_the_configured_jobs(plugin_env: dict[str, str], tmp_path: Path) -> None:
     shutil.copy(EXAMPLE, tmp_path / "teckochecker.yaml")
     out = run_cli("status", env=plugin_env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    db = tmp_path / ".teckochecker" / "state.db"
+    assert out.stdout.splitlines() == [
+        "JOB                     STATE            TARGETS  NEXT CHECK  ACTION  LAST ERROR",
+        "nightly-classification  not yet checked  0/2      -           -",
+        f"daemon never ran with this config: nothing stored in sqlite:///{db} yet",
+    ]
+    assert not db.exists()  # looking creates nothing
+
+
+def test_show_without_a_state_store_explains(plugin_env: dict[str, str], tmp_path: Path) -> None:
+    shutil.copy(EXAMPLE, tmp_path / "teckochecker.yaml")
+    out = run_cli("show", "nightly-classification", env=plugin_env, cwd=tmp_path)
     assert (
         out.returncode == 2 and "has the daemon run with this config?" in out.stderr and "Traceback" not in out.stderr
     )

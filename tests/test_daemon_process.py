@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import sqlite3
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -139,3 +141,56 @@ def test_validate_config_touches_no_state_store(tmp_path: Path, plugin_env: dict
     out = run_cli("validate-config", str(config), env=plugin_env, cwd=tmp_path)
     assert out.returncode == 0 and out.stdout.strip().endswith("OK: 1 job(s), 2 target(s), 0 secret(s)")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["teckochecker.yaml"]
+
+
+def test_status_says_whether_the_daemon_runs(tmp_path: Path, plugin_env: dict[str, str]) -> None:
+    status, ledger = tmp_path / "status.json", tmp_path / "ledger.jsonl"
+    status.write_text(json.dumps({"a": "running"}))
+    config = write_config(tmp_path, job("w", status, ledger, "[a]"))
+
+    def cli(*args: str) -> str:
+        out = run_cli("--config", str(config), *args, env=plugin_env, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    daemon = DaemonProcess(config, plugin_env, tmp_path)
+    daemon.wait_for("teckochecker started")
+    deadline = time.monotonic() + 20
+    while not re.search(r"^w +watching +0/1 +in \d+s", running := cli("status"), re.M):
+        assert time.monotonic() < deadline, running
+        time.sleep(0.2)
+    assert "daemon not running" not in running
+    daemon.kill()  # no clean stop: the heartbeat stays, unmarked, and goes stale
+    with sqlite3.connect(tmp_path / ".teckochecker" / "state.db") as conn:
+        beat = json.loads(conn.execute("select value from tc_meta where key = 'heartbeat'").fetchone()[0])
+    assert beat["pid"] == daemon.proc.pid and beat["stopped"] is False
+
+    again = DaemonProcess(config, plugin_env, tmp_path)
+    again.wait_for("teckochecker started")
+    again.stop()
+    stopped = cli("status")
+    assert re.search(r"^w +watching +0/1 +no daemon", stopped, re.M), stopped
+    assert re.search(r"^daemon not running \(last seen .*Z, \d+s ago; it stopped cleanly\)$", stopped, re.M), stopped
+    assert "next check: daemon not running (last seen" in cli("show", "w")
+
+
+def test_the_foreground_run_says_once_what_is_wrong_and_when_it_recovers(
+    tmp_path: Path, plugin_env: dict[str, str]
+) -> None:
+    status, ledger = tmp_path / "status.json", tmp_path / "ledger.jsonl"
+    status.write_text(json.dumps({"__error__": "transient", "__message__": "could not reach https://vendor.test"}))
+    checks = tmp_path / "checks.jsonl"
+    config = write_config(
+        tmp_path, job("j", status, ledger).replace("targets: [a, b]", f"check_log: {checks}, targets: [a, b]")
+    )
+    daemon = DaemonProcess(config, plugin_env, tmp_path)
+    warning = "WARNING teckochecker: job j: could not check 2 of 2 target(s): could not reach https://vendor.test"
+    daemon.wait_for(warning)
+    deadline = time.monotonic() + 20
+    while len(read_ledger(checks)) < 3:  # the first retries come within seconds (full-jitter back-off from 1 s)
+        assert time.monotonic() < deadline, daemon.output
+        time.sleep(0.1)
+    status.write_text(json.dumps({"a": "running", "b": "running"}))
+    daemon.wait_for("INFO teckochecker: job j: check recovered")
+    daemon.stop()
+    assert daemon.output.count("could not check") == 1, daemon.output

@@ -7,8 +7,17 @@ from typing import Any
 
 import pytest
 
+from teckochecker.heartbeat import FRESH_FOR, Heartbeat, heartbeat_from_json, heartbeat_json
 from teckochecker.plugin_api import TargetState
-from teckochecker.report import RequestCounts, render_job, render_status, request_counts, text_bar
+from teckochecker.report import (
+    RequestCounts,
+    daemon_down,
+    render_job,
+    render_status,
+    render_unchecked,
+    request_counts,
+    text_bar,
+)
 from teckochecker.state.models import Event, JobSnapshot, JobState, RunSnapshot, RunState, TargetSnapshot
 
 NOW = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
@@ -151,3 +160,42 @@ def test_hostile_text_stays_on_its_line() -> None:
 
 def test_empty_store() -> None:
     assert render_status([], NOW) == "no jobs in the state store"
+
+
+def test_no_check_is_promised_when_the_daemon_is_not_running() -> None:
+    waiting = job("waiting", JobState.WATCHING, target("b", "pending"), next_check=NOW + dt.timedelta(seconds=9))
+    fresh = Heartbeat(NOW - dt.timedelta(seconds=4), 12, "host")
+    assert daemon_down(fresh, NOW) is None
+    assert "in 9s" in render_status([waiting], NOW, daemon_down=daemon_down(fresh, NOW))
+
+    stale = Heartbeat(NOW - dt.timedelta(minutes=5, seconds=3), 12, "host")
+    down = daemon_down(stale, NOW)
+    assert down == "daemon not running (last seen 2026-01-01 11:54:57Z, 5m3s ago)"
+    lines = render_status([waiting], NOW, daemon_down=down).splitlines()
+    assert lines[1].split()[:4] == ["waiting", "watching", "0/1", "no"] and "in 9s" not in "\n".join(lines)
+    assert lines[-1] == down
+    shown = render_job(waiting, [], NOW, daemon_down=down)
+    assert f"next check: {down}\n" in shown and "in 9s" not in shown
+
+    stopped = Heartbeat(NOW - dt.timedelta(seconds=2), 12, "host", stopped=True)
+    assert daemon_down(stopped, NOW) == (
+        "daemon not running (last seen 2026-01-01 11:59:58Z, 2s ago; it stopped cleanly)"
+    )
+    assert daemon_down(None, NOW) == "daemon not running (it has recorded no heartbeat)"
+
+
+def test_heartbeat_is_fresh_until_it_is_marked_stopped_or_too_old() -> None:
+    beat = Heartbeat(NOW, 7, "h")
+    assert beat.is_fresh(NOW + FRESH_FOR - dt.timedelta(seconds=1)) and not beat.is_fresh(NOW + FRESH_FOR)
+    assert not Heartbeat(NOW, 7, "h", stopped=True).is_fresh(NOW)
+    assert heartbeat_from_json(heartbeat_json(beat)) == beat
+    assert heartbeat_from_json(None) is None and heartbeat_from_json("{not json") is None
+
+
+def test_configured_jobs_before_the_first_run() -> None:
+    assert render_unchecked({"nightly": ["b1", "b2"], "x": ["c"]}, "daemon never ran").splitlines() == [
+        "JOB      STATE            TARGETS  NEXT CHECK  ACTION  LAST ERROR",
+        "nightly  not yet checked  0/2      -           -",
+        "x        not yet checked  0/1      -           -",
+        "daemon never ran",
+    ]

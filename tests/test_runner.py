@@ -306,3 +306,103 @@ def test_job_state_machine_on_postgres(tmp_path: Path, registry: PluginRegistry,
         assert h.snap().state is JobState.COMPLETED and len(read_ledger(h.ledger)) == 1
     finally:
         h.close()
+
+
+# ----- the foreground log: one WARNING per change of a failing condition, one INFO when it clears -----
+
+
+def _logged(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "test" and r.levelno == level]
+
+
+def test_a_failing_check_is_logged_once_per_change_not_once_per_tick(make, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="test")
+    h = make()
+    for attempt in range(5):
+        h.status.write_text(json.dumps({"__error__": "transient", "__message__": f"HTTP 503 (attempt {attempt})"}))
+        h.tick()
+        h.clock.advance(61)
+    assert _logged(caplog, logging.WARNING) == ["job j: could not check 2 of 2 target(s): HTTP 503 (attempt 0)"]
+    h.set(a="running", b="running")
+    h.tick()
+    h.clock.advance(61)
+    h.tick()
+    assert _logged(caplog, logging.INFO) == ["job j: check recovered"]
+    h.status.write_text(json.dumps({"__error__": "transient", "__message__": "HTTP 401 token revoked"}))
+    h.tick()
+    h.clock.advance(61)
+    h.status.write_text(json.dumps({"__error__": "transient", "__message__": "connection refused"}))
+    h.tick()
+    assert _logged(caplog, logging.WARNING)[1:] == [
+        "job j: could not check 2 of 2 target(s): HTTP 401 token revoked",
+        "job j: could not check 2 of 2 target(s): connection refused",
+    ]
+
+
+def test_per_target_reasons_are_summarised_and_compared_without_the_target(make, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="test")
+    h = make()
+    unreachable = {t: {"error": f"could not reach https://api.example/v1/batches/{t}"} for t in ("a", "b")}
+    h.status.write_text(json.dumps(unreachable))
+    h.tick()
+    h.clock.advance(31)
+    h.status.write_text(json.dumps({"a": "running", "b": unreachable["b"]}))  # a different target fails first
+    h.tick()
+    assert _logged(caplog, logging.WARNING) == [
+        "job j: could not check 2 of 2 target(s): could not reach https://api.example/v1/batches/a"
+    ]
+    assert _logged(caplog, logging.INFO) == []
+
+
+def test_failed_action_steps_and_deferred_searches_are_logged_once_and_recover(make, caplog, tmp_path) -> None:
+    caplog.set_level(logging.INFO, logger="test")
+    outage = tmp_path / "outage"
+    outage.write_text("connection refused")
+    h = make(action=f", outage: {outage}")
+    h.set(a="succeeded", b="succeeded")
+    for _ in range(5):
+        h.tick()
+        h.clock.advance(61)
+    assert h.snap().runs[0].attempt == 6 and read_ledger(h.ledger) == []
+    assert _logged(caplog, logging.WARNING) == [
+        "job j: action step failed for 1 of 1 action(s): start failed, nothing was sent: connection refused"
+    ]
+    outage.unlink()
+    h.tick()
+    assert _logged(caplog, logging.INFO)[-1] == "job j: action step recovered"
+    assert h.snap().runs[0].state is RunState.RUNNING
+    outage.write_text("HTTP 502 from https://queue.example/jobs/123")
+    for _ in range(5):
+        h.clock.advance(61)
+        h.tick()
+    outage.write_text("HTTP 504 from https://queue.example/jobs/123")  # only a number changed: same condition
+    h.clock.advance(61)
+    h.tick()
+    assert _logged(caplog, logging.WARNING)[1:] == [
+        "job j: action step failed for 1 of 1 action(s): following "
+        f"{h.snap().runs[0].external_id} failed: HTTP 502 from https://queue.example/jobs/123"
+    ]
+    outage.unlink()
+    h.clock.advance(61)
+    assert h.tick().done
+    assert _logged(caplog, logging.INFO)[-2:] == ["job j: action step recovered", "job j: completed"]
+
+
+def test_a_deferred_search_is_its_own_condition(make, caplog, tmp_path) -> None:
+    caplog.set_level(logging.INFO, logger="test")
+    outage = tmp_path / "outage"
+    h = make(action=f", fault: in_doubt_created, outage: {outage}")
+    h.set(a="succeeded", b="succeeded")
+    h.tick()
+    outage.write_text("search timed out")
+    for _ in range(5):
+        h.clock.advance(61)
+        h.tick()
+    assert h.snap().runs[0].state is RunState.IN_DOUBT
+    reconcile = [m for m in _logged(caplog, logging.WARNING) if "reconcile" in m]
+    assert reconcile == ["job j: reconcile deferred for 1 of 1 action(s): search failed: search timed out"]
+    outage.unlink()
+    h.clock.advance(61)
+    h.tick()
+    assert "job j: reconcile recovered" in _logged(caplog, logging.INFO)
+    assert h.snap().runs[0].external_id == read_ledger(h.ledger)[0]["id"]

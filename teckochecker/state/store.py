@@ -19,7 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from teckochecker import rules
 from teckochecker.config import Condition, TriggerRule
-from teckochecker.errors import StateStoreError
+from teckochecker.errors import NoStateStore, StateStoreError
 from teckochecker.plugin_api import CheckReport, TargetState
 from teckochecker.state import schema
 from teckochecker.state.events import append_event
@@ -68,12 +68,16 @@ class StateStore(RunTransitions):
     def open(cls, url: str, *, readonly: bool = False) -> StateStore:
         path = sqlite_path(url)
         if readonly and path is not None and not path.exists():
-            raise StateStoreError(f"no state store at {path} (has the daemon run with this config?)")
+            raise NoStateStore(f"no state store at {path} (has the daemon run with this config?)")
         try:
             engine = schema.create_engine(url, readonly=readonly)
             store = cls(engine)
             if readonly:
-                store._check_schema()
+                try:
+                    store._check_schema()
+                except NoStateStore:
+                    engine.dispose()
+                    raise
             else:
                 store._create_schema()
         except SQLAlchemyError as exc:
@@ -118,7 +122,7 @@ class StateStore(RunTransitions):
 
     def _check_schema(self) -> None:
         if not sa.inspect(self._engine).has_table("tc_jobs"):
-            raise StateStoreError("the state store has no TeckoChecker tables yet (has the daemon run?)")
+            raise NoStateStore("the state store has no TeckoChecker tables yet (has the daemon run?)")
 
     # ----- configured jobs -----
 

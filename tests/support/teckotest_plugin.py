@@ -38,7 +38,8 @@ class StatusFileOptions(OptionsModel):
 
 
 class StatusFileSource(Source):
-    """File content: {"target": "succeeded" | {"state": ..., "status": ...}, "__error__": "transient"|"permanent"}."""
+    """File content: {"target": "succeeded" | {"state": ..., "status": ...} | {"error": "cannot see it"},
+    "__error__": "transient"|"permanent", "__message__": "the transient error's text"}."""
 
     type_name = "status_file"
     Options = StatusFileOptions
@@ -55,17 +56,21 @@ class StatusFileSource(Source):
             data = {}
         error = data.get("__error__")
         if error == "transient":
-            raise TransientError("status file says: try later", retry_after=data.get("__retry_after__"))
+            message = data.get("__message__", "status file says: try later")
+            raise TransientError(message, retry_after=data.get("__retry_after__"))
         if error == "permanent":
             raise PermanentError("status file says: credentials rejected")
-        observations = []
+        observations, unobserved = [], {}
         for target in targets:
             entry = data.get(target, "pending")
             if isinstance(entry, str):
                 entry = {"state": entry, "status": entry}
+            if "error" in entry:
+                unobserved[target] = entry["error"]
+                continue
             details = {"seen": True, **entry.get("details", {})}
             observations.append(Observation(target, TargetState(entry["state"]), entry.get("status"), details))
-        return CheckReport(tuple(observations))
+        return CheckReport(tuple(observations), unobserved)
 
 
 class RecordOptions(OptionsModel):
@@ -76,6 +81,9 @@ class RecordOptions(OptionsModel):
     target: str = "default"
     # False: the action is done as soon as it started (nothing to follow).
     follow: bool = True
+    # While this file exists, the downstream system is unreachable: starts are not sent, follows and
+    # searches fail; the file's text is the error.
+    outage: str | None = None
 
 
 class RecordAction(Action):
@@ -88,6 +96,8 @@ class RecordAction(Action):
 
     async def start(self, request: ActionRequest) -> ActionResult:
         options: RecordOptions = self.options  # type: ignore[assignment]
+        if outage := _outage(options):
+            raise NotStarted(outage)
         if options.fault == "not_started":
             raise NotStarted("connection refused (test)")
         if options.fault == "reject":
@@ -111,6 +121,8 @@ class RecordAction(Action):
     async def find_started(self, request: ActionRequest, since: dt.datetime) -> Sequence[ActionResult] | None:
         if not self.options.searchable:  # type: ignore[attr-defined]
             return None
+        if outage := _outage(self.options):  # type: ignore[arg-type]
+            raise TransientError(outage)
         return [
             ActionResult(e["id"], ActionOutcome.RUNNING, "created")
             for e in _read(Path(self.options.ledger))  # type: ignore[attr-defined]
@@ -118,8 +130,19 @@ class RecordAction(Action):
         ]
 
     async def follow(self, started: ActionResult) -> ActionResult:
+        if outage := _outage(self.options):  # type: ignore[arg-type]
+            raise TransientError(outage)
         outcome = ActionOutcome(self.options.outcome)  # type: ignore[attr-defined]
         return ActionResult(started.external_id, outcome, outcome.value, message=f"test outcome {outcome.value}")
+
+
+def _outage(options: RecordOptions) -> str | None:
+    if options.outage is None:
+        return None
+    try:
+        return Path(options.outage).read_text().strip() or "unreachable (test)"
+    except FileNotFoundError:
+        return None
 
 
 def _append(path: Path, entry: dict[str, object]) -> None:

@@ -4,15 +4,22 @@ A value comes from exactly one of: an environment variable, a file, a systemd cr
 token decrypted with the master keys (see masterkey.py). Files, credentials and tokens are read at each
 call, so a rotated credential file or key is picked up without a restart.
 
-Values are never logged: every resolved value is registered with the Redactor, a logging filter on the
-root handler that masks it wherever it would appear. Error messages name the secret and the reason,
-never the value or a key.
+Values are never logged: every resolved value is registered with the Redactor, which the daemon applies
+at every sink (its log handlers, the state store, the HTTP answers) so it is masked wherever it would
+appear. Error messages name the secret and the reason, never the value or a key.
+
+Every value is sent as an HTTP header value, so one that cannot be (a line break, a control character,
+non-ASCII text) is refused here, when it is resolved, with a message naming the secret.
 """
 
 from __future__ import annotations
 
+import html
+import json
 import logging
 import re
+import stat
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -20,7 +27,7 @@ from cryptography.fernet import InvalidToken
 
 from teckochecker.config import SecretRef
 from teckochecker.errors import SecretError
-from teckochecker.masterkey import CREDENTIALS_DIRECTORY_ENV, load_master_keys
+from teckochecker.masterkey import CREDENTIALS_DIRECTORY_ENV, load_master_keys, master_key_file
 
 MASK = "[REDACTED]"
 # A secret is a token or a password; a larger file is the wrong file (or /dev/zero).
@@ -38,12 +45,14 @@ class Redactor(logging.Filter):
 
     def __init__(self) -> None:
         super().__init__()
-        self._values: set[str] = set()
+        # Longest first, so a value is masked whole before a shorter form of it (its stripped core) is.
+        # Replaced, never mutated: the store's worker thread redacts while the event loop registers.
+        self._values: tuple[str, ...] = ()
 
     def register(self, value: str) -> None:
-        # Very short values would mask ordinary words; nobody's real key is that short.
-        if len(value) >= 6:
-            self._values.add(value)
+        forms = {form for form in _spellings(value) if len(form) >= MIN_REDACTED_LENGTH} - set(self._values)
+        if forms:
+            self._values = tuple(sorted({*self._values, *forms}, key=len, reverse=True))
 
     def redact(self, text: str) -> str:
         for value in self._values:
@@ -65,6 +74,37 @@ class Redactor(logging.Filter):
         return True
 
 
+# Very short values would mask ordinary words; nobody's real key is that short.
+MIN_REDACTED_LENGTH = 6
+
+
+def _spellings(value: str) -> set[str]:
+    """The value as it may appear in a message: verbatim, trimmed, and escaped the ways our sinks and
+    libraries escape text (httpx quotes a refused header as bytes repr; JSON, HTML and URLs escape too)."""
+    forms = {value, value.strip()}
+    forms |= {json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1]}
+    forms |= {repr(value)[1:-1], repr(value.encode("utf-8", "backslashreplace"))[2:-1]}
+    forms |= {html.escape(value), urllib.parse.quote(value, safe="")}
+    return forms
+
+
+def header_value_problem(value: str) -> str | None:
+    """Why ``value`` cannot be an HTTP header value (RFC 9110 §5.5 field-value), or None if it can.
+
+    Only visible ASCII, with spaces and tabs inside. The reason names the kind and position of the
+    offending character, never the value."""
+    for position, char in enumerate(value, start=1):
+        if char in "\r\n":
+            return f"the value contains a line break (character {position})"
+        if char != "\t" and (ord(char) < 0x20 or ord(char) == 0x7F):
+            return f"the value contains a control character (U+{ord(char):04X}, character {position})"
+        if ord(char) > 0x7E:
+            return f"the value contains a non-ASCII character (character {position})"
+    if value != value.strip(" \t"):
+        return "the value starts or ends with a space or tab"
+    return None
+
+
 class SecretResolver:
     """Resolves the config's named secrets. Raises SecretError naming the secret, never its value."""
 
@@ -82,7 +122,16 @@ class SecretResolver:
         except SecretError as exc:
             # from None: the chained OSError or InvalidToken adds nothing a person can act on.
             raise SecretError(f"secret {name!r}: {exc}") from None
+        # Registered even when refused below: the value must never leak, whatever happens to it next.
         self._redactor.register(value)
+        problem = header_value_problem(value)
+        if problem is not None:
+            trim = (
+                " (one trailing newline is removed from a file; more is part of the value)" if ref.env is None else ""
+            )
+            raise SecretError(
+                f"secret {name!r}: {ref.describe()}: {problem}; it cannot be sent as an HTTP header{trim}"
+            )
         return value
 
     def check_all(self) -> dict[str, str | None]:
@@ -95,6 +144,22 @@ class SecretResolver:
             except SecretError as exc:
                 problems[name] = str(exc)
         return problems
+
+    def permission_warnings(self) -> list[str]:
+        """One warning per secret file, credential or master key file that group or others may read."""
+        paths: dict[Path, str] = {}
+        for name in sorted(self._refs):
+            ref = self._refs[name]
+            if ref.file is not None:
+                paths.setdefault(Path(ref.file), f"secret {name!r}: file {ref.file}")
+            elif ref.credential is not None and self._environ.get(CREDENTIALS_DIRECTORY_ENV):
+                path = Path(self._environ[CREDENTIALS_DIRECTORY_ENV]) / ref.credential
+                paths.setdefault(path, f"secret {name!r}: credential {ref.credential!r} ({path})")
+        if any(ref.encrypted is not None for ref in self._refs.values()):
+            key_file = master_key_file(self._environ)
+            if key_file is not None:
+                paths.setdefault(key_file, f"master key file {key_file}")
+        return [f"{what} {problem}" for path, what in paths.items() if (problem := _loose_permissions(path))]
 
     def _resolve(self, ref: SecretRef) -> str:
         if ref.env is not None:
@@ -168,6 +233,19 @@ def read_secret_file(path: Path, what: str, *, missing: str | None = None) -> st
     if not text:
         raise SecretError(f"{what} is empty")
     return text
+
+
+def _loose_permissions(path: Path) -> str | None:
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None  # resolving it reports the problem
+    if stat.S_IMODE(mode) & 0o077:
+        return (
+            f"is readable or writable by group or others (mode {stat.S_IMODE(mode):04o}); "
+            f"restrict it with `chmod 600 {path}` (or 400)"
+        )
+    return None
 
 
 def strip_one_newline(text: str) -> str:

@@ -165,7 +165,10 @@ def cmd_check(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         print(f"{path}: no secrets defined")
         return EXIT_OK
     redactor = Redactor()
-    results = SecretResolver(config.secrets, environ, redactor).check_all()
+    resolver = SecretResolver(config.secrets, environ, redactor)
+    results = resolver.check_all()
+    for warning in resolver.permission_warnings():
+        print(f"WARNING: {warning}")
     for name, problem in results.items():
         if problem is None:
             line = f"{name}: OK ({config.secrets[name].describe()})"

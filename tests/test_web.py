@@ -149,6 +149,9 @@ class StoreControl:
     async def readiness(self) -> dict[str, bool]:
         return dict(self.ready)
 
+    def store_problem(self) -> str | None:
+        return None
+
     async def pause(self, name: str) -> bool:
         return self.store.set_paused(name, True, now=T0)
 

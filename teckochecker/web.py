@@ -415,8 +415,9 @@ class _RedactBodies:
                 if not _redactable(message.get("headers", [])):
                     await send(message)
                     return
-                start = message
-            elif message["type"] == "http.response.body" and start is not None:
+                start = message  # held back: the body's length changes when a value is masked
+                return
+            if message["type"] == "http.response.body" and start is not None:
                 body += message.get("body", b"")
                 if message.get("more_body"):
                     return

@@ -32,10 +32,11 @@ from teckochecker.masterkey import CREDENTIALS_DIRECTORY_ENV, load_master_keys, 
 MASK = "[REDACTED]"
 # A secret is a token or a password; a larger file is the wrong file (or /dev/zero).
 MAX_SECRET_BYTES = 64 * 1024
-# Header values and well-known token shapes, masked even when the value was never registered.
+# Header values and well-known token shapes, masked even when the value was never registered. A match stops
+# at a quote or backslash, so masking text inside stored JSON never breaks the JSON.
 _PATTERNS = [
-    re.compile(r"(?i)(authorization:\s*bearer\s+)\S+"),
-    re.compile(r"(?i)(x-storageapi-token['\"]?\s*[:=]\s*['\"]?)[^\s'\",}]+"),
+    re.compile(r"(?i)(authorization:\s*bearer\s+)[^\s'\"\\]+"),
+    re.compile(r"(?i)(x-storageapi-token['\"]?\s*[:=]\s*['\"]?)[^\s'\",}\\]+"),
     re.compile(r"()\bsk-[A-Za-z0-9_-]{16,}"),
 ]
 
@@ -54,10 +55,15 @@ class Redactor(logging.Filter):
         if forms:
             self._values = tuple(sorted({*self._values, *forms}, key=len, reverse=True))
 
-    def redact(self, text: str) -> str:
+    def redact_values(self, text: str) -> str:
+        """Only the registered values, in every spelling: for documents whose wording must stay as written."""
         for value in self._values:
             if value in text:
                 text = text.replace(value, MASK)
+        return text
+
+    def redact(self, text: str) -> str:
+        text = self.redact_values(text)
         for pattern in _PATTERNS:
             text = pattern.sub(lambda m: m.group(1) + MASK, text)
         return text
@@ -79,13 +85,13 @@ MIN_REDACTED_LENGTH = 6
 
 
 def _spellings(value: str) -> set[str]:
-    """The value as it may appear in a message: verbatim, trimmed, and escaped the ways our sinks and
-    libraries escape text (httpx quotes a refused header as bytes repr; JSON, HTML and URLs escape too)."""
-    forms = {value, value.strip()}
-    forms |= {json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1]}
-    forms |= {repr(value)[1:-1], repr(value.encode("utf-8", "backslashreplace"))[2:-1]}
-    forms |= {html.escape(value), urllib.parse.quote(value, safe="")}
-    return forms
+    """The value as it may appear in a message: verbatim, trimmed, and escaped the ways libraries quote
+    text (httpx quotes a refused header as bytes repr; HTML, URLs), each also inside JSON, as the store and
+    the API keep messages (a quoted value in an event's data is escaped twice)."""
+    quoted = {value, value.strip(), repr(value)[1:-1], repr(value.encode("utf-8", "backslashreplace"))[2:-1]}
+    quoted |= {html.escape(value), urllib.parse.quote(value, safe="")}
+    in_json = {json.dumps(form, ensure_ascii=ascii_only)[1:-1] for form in quoted for ascii_only in (True, False)}
+    return quoted | in_json
 
 
 def header_value_problem(value: str) -> str | None:

@@ -421,7 +421,8 @@ class _RedactBodies:
                 body += message.get("body", b"")
                 if message.get("more_body"):
                     return
-                clean = self._redactor.redact(body.decode("utf-8", "replace")).encode("utf-8")
+                # Values only: the shape patterns would also mask the API's own "Bearer <token>" advice.
+                clean = self._redactor.redact_values(body.decode("utf-8", "replace")).encode("utf-8")
                 headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
                 await send({**start, "headers": [*headers, (b"content-length", str(len(clean)).encode())]})
                 await send({"type": "http.response.body", "body": clean, "more_body": False})

@@ -30,6 +30,8 @@ from teckochecker.errors import SecretError
 from teckochecker.masterkey import CREDENTIALS_DIRECTORY_ENV, load_master_keys, master_key_file
 
 MASK = "[REDACTED]"
+# Very short values would mask ordinary words; nobody's real key is that short.
+MIN_REDACTED_LENGTH = 6
 # A secret is a token or a password; a larger file is the wrong file (or /dev/zero).
 MAX_SECRET_BYTES = 64 * 1024
 # Header values and well-known token shapes, masked even when the value was never registered. A match stops
@@ -51,6 +53,8 @@ class Redactor(logging.Filter):
         self._values: tuple[str, ...] = ()
 
     def register(self, value: str) -> None:
+        if value in self._values:
+            return  # the common case: every request resolves its secret again
         forms = {form for form in _spellings(value) if len(form) >= MIN_REDACTED_LENGTH} - set(self._values)
         if forms:
             self._values = tuple(sorted({*self._values, *forms}, key=len, reverse=True))
@@ -78,10 +82,6 @@ class Redactor(logging.Filter):
         if record.exc_text:
             record.exc_text = self.redact(record.exc_text)
         return True
-
-
-# Very short values would mask ordinary words; nobody's real key is that short.
-MIN_REDACTED_LENGTH = 6
 
 
 def _spellings(value: str) -> set[str]:

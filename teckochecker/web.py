@@ -403,7 +403,7 @@ class _RedactBodies:
         self._redactor = redactor
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope.get("method") == "HEAD":  # HEAD: no body, and its length must stay
             await self._app(scope, receive, send)
             return
         start: Message | None = None

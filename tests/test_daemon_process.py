@@ -159,7 +159,7 @@ def test_deleting_the_state_file_under_a_running_daemon_stops_it_acting(
     status.write_text(json.dumps({"__error__": "transient", "__retry_after__": 1}))
     config = write_config(
         tmp_path,
-        job("j", status, ledger, action="").replace("targets: [a, b]", f"targets: [a, b], check_log: {checks}"),
+        job("j", status, ledger, targets=f"[a, b], check_log: {checks}"),  # the source logs each check
     )
     daemon = DaemonProcess(config, plugin_env, tmp_path)
     daemon.wait_for("HTTP listening on")

@@ -306,6 +306,13 @@ def test_encrypt_refusals(plugin_env: dict[str, str], env: dict[str, str], tmp_p
     # A value is never taken from the command line: there is no place for it.
     argv = run_cli("secrets", "encrypt", "x", CANARY_ENC, env=env, cwd=tmp_path, stdin="")
     assert argv.returncode == 2 and "unrecognized arguments" in argv.stderr
+    two_newlines = run_cli("secrets", "encrypt", "x", env=env, cwd=tmp_path, stdin=CANARY_ENC + "\n\n")
+    assert two_newlines.returncode == 1 and two_newlines.stdout == ""
+    assert (
+        f"the value contains a line break (character {len(CANARY_ENC) + 1}); it cannot be sent as an HTTP header"
+        in two_newlines.stderr
+    )
+    assert_no_canary(two_newlines)
     bad_name = run_cli("secrets", "encrypt", "a: b", env=env, cwd=tmp_path, stdin=CANARY_ENC)
     assert bad_name.returncode == 2 and "not a usable secret name" in bad_name.stderr
     assert_no_canary(empty, no_key, bad_name)

@@ -17,7 +17,7 @@ from pathlib import Path
 from teckochecker.clock import Clock
 from teckochecker.control import RELOAD_META, ReloadStatus, reload_status_json
 from teckochecker.crashpoints import CrashPoints
-from teckochecker.errors import ConfigError, SecretError, TeckoCheckerError
+from teckochecker.errors import ConfigError, SecretError, StateStoreError, TeckoCheckerError
 from teckochecker.heartbeat import HEARTBEAT_META, HEARTBEAT_PERIOD, Heartbeat, heartbeat_json
 from teckochecker.http import HttpClientPool
 from teckochecker.metrics import Metrics
@@ -30,7 +30,13 @@ from teckochecker.scheduling import Ticker
 from teckochecker.sdnotify import Notifier, run_watchdog
 from teckochecker.secrets import Redactor, SecretResolver
 from teckochecker.services import TickServices
-from teckochecker.state.location import SingleInstanceLock, ensure_parent, resolve_state_url, sqlite_path
+from teckochecker.state.location import (
+    SingleInstanceLock,
+    StoreFileIdentity,
+    ensure_parent,
+    resolve_state_url,
+    sqlite_path,
+)
 from teckochecker.state.models import Event, JobSnapshot, JobState
 from teckochecker.state.store import StateStore
 from teckochecker.storeworker import StoreWorker
@@ -83,6 +89,8 @@ class Daemon:
         self._attempted_checksum = config_checksum(config_path, config.include)
         self.reload_status = ReloadStatus(successful=True, at=clock.now())
         self._unsaved_reload: ReloadStatus | None = None
+        self._store_file: StoreFileIdentity | None = None
+        self.store_problem: str | None = None
 
     # ----- lifecycle -----
 
@@ -97,7 +105,9 @@ class Daemon:
         self._check_secrets(self._secrets)
         url = resolve_state_url(self.config.state.url, self._environ, self._cwd)
         lock = self._lock(url)
-        self.store = StateStore.open(url)
+        self.store = StateStore.open(url, redact=self._redactor.redact)
+        db_path = sqlite_path(url)
+        self._store_file = StoreFileIdentity.of(db_path) if db_path is not None else None
         self._worker = StoreWorker()
         self._http = HttpClientPool(self.config.defaults.concurrency, self.metrics)
         try:
@@ -127,7 +137,7 @@ class Daemon:
         self._ticker = Ticker(self._tick, self._clock, self._log, self.metrics)
         self._ticker.start()
         self._web = WebServer(
-            create_app(DaemonControlImpl(self), self.metrics, logging.getLogger("teckochecker.http")),
+            create_app(DaemonControlImpl(self), self.metrics, logging.getLogger("teckochecker.http"), self._redactor),
             self.config.http.listen,
             self.config.http.port,
             self._log,
@@ -166,6 +176,9 @@ class Daemon:
 
     def _ticking(self) -> bool:
         """For the systemd watchdog: the event loop runs (we are here) and no scheduled tick is overdue."""
+        if self.store_problem is not None:
+            # Idle on purpose: a watchdog restart would open an empty store and fire every trigger again.
+            return True
         now = self._clock.now()
         return all(
             when is None or (now - when).total_seconds() < WATCHDOG_OVERDUE
@@ -191,6 +204,20 @@ class Daemon:
         problems = [reason for reason in resolver.check_all().values() if reason]
         if problems:
             raise SecretError("; ".join(problems))
+        for warning in resolver.permission_warnings():
+            self._log.warning("%s", warning)
+
+    def store_intact(self) -> bool:
+        """False, for good, once the SQLite file was deleted or replaced under us; the first time, stop acting."""
+        if self.store_problem is not None:
+            return False
+        problem = self._store_file.problem() if self._store_file is not None else None
+        if problem is None:
+            return True
+        self.store_problem = problem
+        self._ticker.pause()
+        self._log.error("%s; stopped acting; restart the daemon after restoring it", problem)
+        return False
 
     def _lock(self, url: str) -> SingleInstanceLock | None:
         path = sqlite_path(url)
@@ -211,7 +238,7 @@ class Daemon:
 
     async def _tick(self, name: str) -> None:
         job = self._jobs.get(name)
-        if job is None or self._stop.is_set():
+        if job is None or self._stop.is_set() or not self.store_intact():
             return
         task = asyncio.current_task()
         assert task is not None
@@ -221,7 +248,7 @@ class Daemon:
             steps = 1
             # A step due at once runs here: re-scheduling the job from inside its own run would be skipped.
             while result.next_in is not None and result.next_in < MIN_RESCHEDULE and steps < MAX_STEPS_PER_TICK:
-                if self._stop.is_set():
+                if self._stop.is_set() or not self.store_intact():
                     break
                 result = await self._runner.tick(job)
                 steps += 1
@@ -262,7 +289,7 @@ class Daemon:
     async def reload(self, *, forced: bool, reason: str) -> ReloadStatus | None:
         """Validate the whole config; apply the difference, or keep the running config untouched."""
         checksum = config_checksum(self.config_path, self.config.include)
-        if checksum == self._attempted_checksum and not forced:
+        if (checksum == self._attempted_checksum and not forced) or not self.store_intact():
             return None
         self._attempted_checksum = checksum
         self._log.info("reloading config (%s)", reason)
@@ -373,7 +400,7 @@ class Daemon:
     # ----- gauges -----
 
     async def _gauge_loop(self) -> None:
-        while True:
+        while self.store_intact():
             try:
                 await self._runner.flush()
                 self.metrics.observe(await self._worker.run(self.store.gauges))
@@ -421,7 +448,8 @@ class Daemon:
                 await asyncio.wait(pending, timeout=0.5)
         if ticker is not None:
             ticker.shutdown()
-            await self._runner.flush()
+            if self.store_problem is None:  # never write into a store that is not the one we opened
+                await self._runner.flush()
         watchdog = getattr(self, "_watchdog", None)
         if watchdog is not None:
             watchdog.cancel()  # last: systemd keeps getting pings while the ticks drain
@@ -456,7 +484,7 @@ class DaemonControlImpl:
     async def readiness(self) -> dict[str, bool]:
         try:
             await self._d._worker.run(self._d.store.ping)
-            store_ok = True
+            store_ok = self._d.store_intact()
         except Exception:
             store_ok = False
         return {
@@ -465,12 +493,21 @@ class DaemonControlImpl:
             "scheduler": self._d._ticker.running,
         }
 
+    def store_problem(self) -> str | None:
+        return self._d.store_problem
+
+    def _require_store(self) -> None:
+        if not self._d.store_intact():
+            raise StateStoreError(f"{self._d.store_problem}; the daemon stopped acting until it is restarted")
+
     async def pause(self, name: str) -> bool:
+        self._require_store()
         paused = await self._d._worker.run(self._d.store.set_paused, name, True, now=self._d._clock.now())
         self._d._runner.forget(name)
         return paused
 
     async def resume(self, name: str) -> bool:
+        self._require_store()
         resumed = await self._d._worker.run(self._d.store.set_paused, name, False, now=self._d._clock.now())
         self._d._runner.forget(name)
         if resumed:
@@ -478,6 +515,7 @@ class DaemonControlImpl:
         return resumed
 
     async def check_now(self, name: str) -> bool:
+        self._require_store()
         if self._d._ticker.next_run(name) is None:
             return False
         self._d._ticker.run_in(name, 0)

@@ -60,6 +60,10 @@ class DaemonControl(Protocol):
         """Named checks for /readyz: config_loaded, state_store, scheduler."""
         ...
 
+    def store_problem(self) -> str | None:
+        """Why the daemon stopped acting on its state store (its SQLite file deleted or replaced), if it did."""
+        ...
+
     async def pause(self, name: str) -> bool:
         """False if there is no such job."""
         ...

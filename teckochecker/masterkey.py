@@ -114,3 +114,16 @@ def _read_key_file(path: Path, origin: str) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         raise SecretError(f"{origin} is not UTF-8 text") from None
+
+
+def master_key_file(environ: Mapping[str, str]) -> Path | None:
+    """The file load_master_keys reads the keys from (same precedence), or None for the inline variable."""
+    if environ.get(MASTER_KEY_ENV, "").strip():
+        return None
+    key_file = environ.get(MASTER_KEY_FILE_ENV, "")
+    if key_file.strip():
+        return Path(key_file)
+    credentials = environ.get(CREDENTIALS_DIRECTORY_ENV, "")
+    if credentials and _exists(Path(credentials) / MASTER_KEY_CREDENTIAL):
+        return Path(credentials) / MASTER_KEY_CREDENTIAL
+    return None

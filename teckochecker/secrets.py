@@ -4,15 +4,22 @@ A value comes from exactly one of: an environment variable, a file, a systemd cr
 token decrypted with the master keys (see masterkey.py). Files, credentials and tokens are read at each
 call, so a rotated credential file or key is picked up without a restart.
 
-Values are never logged: every resolved value is registered with the Redactor, a logging filter on the
-root handler that masks it wherever it would appear. Error messages name the secret and the reason,
-never the value or a key.
+Values are never logged: every resolved value is registered with the Redactor, which the daemon applies
+at every sink (its log handlers, the state store, the HTTP answers) so it is masked wherever it would
+appear. Error messages name the secret and the reason, never the value or a key.
+
+Every value is sent as an HTTP header value, so one that cannot be (a line break, a control character,
+non-ASCII text) is refused here, when it is resolved, with a message naming the secret.
 """
 
 from __future__ import annotations
 
+import html
+import json
 import logging
 import re
+import stat
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -20,15 +27,18 @@ from cryptography.fernet import InvalidToken
 
 from teckochecker.config import SecretRef
 from teckochecker.errors import SecretError
-from teckochecker.masterkey import CREDENTIALS_DIRECTORY_ENV, load_master_keys
+from teckochecker.masterkey import CREDENTIALS_DIRECTORY_ENV, load_master_keys, master_key_file
 
 MASK = "[REDACTED]"
+# Very short values would mask ordinary words; nobody's real key is that short.
+MIN_REDACTED_LENGTH = 6
 # A secret is a token or a password; a larger file is the wrong file (or /dev/zero).
 MAX_SECRET_BYTES = 64 * 1024
-# Header values and well-known token shapes, masked even when the value was never registered.
+# Header values and well-known token shapes, masked even when the value was never registered. A match stops
+# at a quote or backslash, so masking text inside stored JSON never breaks the JSON.
 _PATTERNS = [
-    re.compile(r"(?i)(authorization:\s*bearer\s+)\S+"),
-    re.compile(r"(?i)(x-storageapi-token['\"]?\s*[:=]\s*['\"]?)[^\s'\",}]+"),
+    re.compile(r"(?i)(authorization:\s*bearer\s+)[^\s'\"\\]+"),
+    re.compile(r"(?i)(x-storageapi-token['\"]?\s*[:=]\s*['\"]?)[^\s'\",}\\]+"),
     re.compile(r"()\bsk-[A-Za-z0-9_-]{16,}"),
 ]
 
@@ -38,17 +48,26 @@ class Redactor(logging.Filter):
 
     def __init__(self) -> None:
         super().__init__()
-        self._values: set[str] = set()
+        # Longest first, so a value is masked whole before a shorter form of it (its stripped core) is.
+        # Replaced, never mutated: the store's worker thread redacts while the event loop registers.
+        self._values: tuple[str, ...] = ()
 
     def register(self, value: str) -> None:
-        # Very short values would mask ordinary words; nobody's real key is that short.
-        if len(value) >= 6:
-            self._values.add(value)
+        if value in self._values:
+            return  # the common case: every request resolves its secret again
+        forms = {form for form in _spellings(value) if len(form) >= MIN_REDACTED_LENGTH} - set(self._values)
+        if forms:
+            self._values = tuple(sorted({*self._values, *forms}, key=len, reverse=True))
 
-    def redact(self, text: str) -> str:
+    def redact_values(self, text: str) -> str:
+        """Only the registered values, in every spelling: for documents whose wording must stay as written."""
         for value in self._values:
             if value in text:
                 text = text.replace(value, MASK)
+        return text
+
+    def redact(self, text: str) -> str:
+        text = self.redact_values(text)
         for pattern in _PATTERNS:
             text = pattern.sub(lambda m: m.group(1) + MASK, text)
         return text
@@ -63,6 +82,33 @@ class Redactor(logging.Filter):
         if record.exc_text:
             record.exc_text = self.redact(record.exc_text)
         return True
+
+
+def _spellings(value: str) -> set[str]:
+    """The value as it may appear in a message: verbatim, trimmed, and escaped the ways libraries quote
+    text (httpx quotes a refused header as bytes repr; HTML, URLs), each also inside JSON, as the store and
+    the API keep messages (a quoted value in an event's data is escaped twice)."""
+    quoted = {value, value.strip(), repr(value)[1:-1], repr(value.encode("utf-8", "backslashreplace"))[2:-1]}
+    quoted |= {html.escape(value), urllib.parse.quote(value, safe="")}
+    in_json = {json.dumps(form, ensure_ascii=ascii_only)[1:-1] for form in quoted for ascii_only in (True, False)}
+    return quoted | in_json
+
+
+def header_value_problem(value: str) -> str | None:
+    """Why ``value`` cannot be an HTTP header value (RFC 9110 §5.5 field-value), or None if it can.
+
+    Only visible ASCII, with spaces and tabs inside. The reason names the kind and position of the
+    offending character, never the value."""
+    for position, char in enumerate(value, start=1):
+        if char in "\r\n":
+            return f"the value contains a line break (character {position})"
+        if char != "\t" and (ord(char) < 0x20 or ord(char) == 0x7F):
+            return f"the value contains a control character (U+{ord(char):04X}, character {position})"
+        if ord(char) > 0x7E:
+            return f"the value contains a non-ASCII character (character {position})"
+    if value != value.strip(" \t"):
+        return "the value starts or ends with a space or tab"
+    return None
 
 
 class SecretResolver:
@@ -82,7 +128,16 @@ class SecretResolver:
         except SecretError as exc:
             # from None: the chained OSError or InvalidToken adds nothing a person can act on.
             raise SecretError(f"secret {name!r}: {exc}") from None
+        # Registered even when refused below: the value must never leak, whatever happens to it next.
         self._redactor.register(value)
+        problem = header_value_problem(value)
+        if problem is not None:
+            trim = (
+                " (one trailing newline is removed from a file; more is part of the value)" if ref.env is None else ""
+            )
+            raise SecretError(
+                f"secret {name!r}: {ref.describe()}: {problem}; it cannot be sent as an HTTP header{trim}"
+            )
         return value
 
     def check_all(self) -> dict[str, str | None]:
@@ -95,6 +150,22 @@ class SecretResolver:
             except SecretError as exc:
                 problems[name] = str(exc)
         return problems
+
+    def permission_warnings(self) -> list[str]:
+        """One warning per secret file, credential or master key file that group or others may read."""
+        paths: dict[Path, str] = {}
+        for name in sorted(self._refs):
+            ref = self._refs[name]
+            if ref.file is not None:
+                paths.setdefault(Path(ref.file), f"secret {name!r}: file {ref.file}")
+            elif ref.credential is not None and self._environ.get(CREDENTIALS_DIRECTORY_ENV):
+                path = Path(self._environ[CREDENTIALS_DIRECTORY_ENV]) / ref.credential
+                paths.setdefault(path, f"secret {name!r}: credential {ref.credential!r} ({path})")
+        if any(ref.encrypted is not None for ref in self._refs.values()):
+            key_file = master_key_file(self._environ)
+            if key_file is not None:
+                paths.setdefault(key_file, f"master key file {key_file}")
+        return [f"{what} {problem}" for path, what in paths.items() if (problem := _loose_permissions(path))]
 
     def _resolve(self, ref: SecretRef) -> str:
         if ref.env is not None:
@@ -168,6 +239,19 @@ def read_secret_file(path: Path, what: str, *, missing: str | None = None) -> st
     if not text:
         raise SecretError(f"{what} is empty")
     return text
+
+
+def _loose_permissions(path: Path) -> str | None:
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None  # resolving it reports the problem
+    if stat.S_IMODE(mode) & 0o077:
+        return (
+            f"is readable or writable by group or others (mode {stat.S_IMODE(mode):04o}); "
+            f"restrict it with `chmod 600 {path}` (or 400)"
+        )
+    return None
 
 
 def strip_one_newline(text: str) -> str:

@@ -34,7 +34,7 @@ from teckochecker.masterkey import (
     generate_key,
     load_master_keys,
 )
-from teckochecker.secrets import Redactor, SecretResolver, strip_one_newline
+from teckochecker.secrets import Redactor, SecretResolver, header_value_problem, strip_one_newline
 
 if TYPE_CHECKING:
     SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -137,6 +137,10 @@ def cmd_encrypt(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         return _fail("the two entries differ; nothing was encrypted")
     if not value:
         return _fail("the value is empty; nothing was encrypted")
+    problem = header_value_problem(value)
+    if problem is not None:
+        # The daemon would refuse it at start; say so now, while the person still has the value at hand.
+        return _fail(f"{problem}; it cannot be sent as an HTTP header, so nothing was encrypted")
     # Ciphertext: safe to print, it is what goes into the YAML.
     ciphertext = keys.newest().encrypt(value.encode("utf-8")).decode("ascii")
     print(
@@ -165,7 +169,10 @@ def cmd_check(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         print(f"{path}: no secrets defined")
         return EXIT_OK
     redactor = Redactor()
-    results = SecretResolver(config.secrets, environ, redactor).check_all()
+    resolver = SecretResolver(config.secrets, environ, redactor)
+    results = resolver.check_all()
+    for warning in resolver.permission_warnings():
+        print(f"WARNING: {warning}")
     for name, problem in results.items():
         if problem is None:
             line = f"{name}: OK ({config.secrets[name].describe()})"

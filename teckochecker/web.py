@@ -30,6 +30,7 @@ from teckochecker.control import DaemonControl, ReloadStatus
 from teckochecker.errors import TeckoCheckerError
 from teckochecker.metrics import Metrics
 from teckochecker.report import request_counts
+from teckochecker.secrets import Redactor
 from teckochecker.state.models import Event, JobSnapshot, RunSnapshot, TargetSnapshot
 from teckochecker.statuspage import render_page
 
@@ -43,8 +44,12 @@ _ENABLE_HINT = (
 )
 
 
-def create_app(control: DaemonControl, metrics: Metrics, logger: logging.Logger) -> Starlette:
-    """The whole HTTP app. No CORS middleware on purpose: browsers on other origins get nothing."""
+def create_app(
+    control: DaemonControl, metrics: Metrics, logger: logging.Logger, redactor: Redactor | None = None
+) -> Starlette:
+    """The whole HTTP app. No CORS middleware on purpose: browsers on other origins get nothing.
+
+    ``redactor`` knows the daemon's secret values; without one, only secret-shaped strings are masked."""
     api = _Api(control, logger)
     routes = [
         Route("/", api.status_page),
@@ -63,6 +68,7 @@ def create_app(control: DaemonControl, metrics: Metrics, logger: logging.Logger)
         # Outermost first: a bug anywhere below (including the body limit) still answers JSON.
         middleware=[
             Middleware(_CatchAll, logger=logger),
+            Middleware(_RedactBodies, redactor=redactor or Redactor()),
             Middleware(_SecurityHeaders),
             Middleware(_BodyLimit, max_bytes=MAX_BODY_BYTES),
         ],
@@ -84,9 +90,10 @@ class _Api:
     async def readyz(self, request: Request) -> Response:
         checks = {name: bool(ok) for name, ok in (await self._control.readiness()).items()}
         ready = bool(checks) and all(checks.values())
-        return JSONResponse(
-            {"status": "ready" if ready else "not_ready", "checks": checks}, status_code=200 if ready else 503
-        )
+        body: dict[str, Any] = {"status": "ready" if ready else "not_ready", "checks": checks}
+        if (problem := self._control.store_problem()) is not None:
+            body["reason"] = problem
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     # ----- reading -----
 
@@ -391,6 +398,51 @@ class _CatchAll:
             self._logger.exception("HTTP %s %s failed (a bug)", scope.get("method"), scope.get("path"))
             if not started:
                 await _send_error(scope, receive, send, 500, "internal error (logged by the daemon)")
+
+
+class _RedactBodies:
+    """Every text answer (API, status page, errors) passes the redactor, whatever put a secret in it: the
+    stored messages come from vendors and libraries, and the API has no authentication for reading."""
+
+    def __init__(self, app: ASGIApp, redactor: Redactor) -> None:
+        self._app = app
+        self._redactor = redactor
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") == "HEAD":  # HEAD: no body, and its length must stay
+            await self._app(scope, receive, send)
+            return
+        start: Message | None = None
+        body = b""
+
+        async def redacting_send(message: Message) -> None:
+            nonlocal start, body
+            if message["type"] == "http.response.start":
+                if not _redactable(message.get("headers", [])):
+                    await send(message)
+                    return
+                start = message  # held back: the body's length changes when a value is masked
+                return
+            if message["type"] == "http.response.body" and start is not None:
+                body += message.get("body", b"")
+                if message.get("more_body"):
+                    return
+                # Values only: the shape patterns would also mask the API's own "Bearer <token>" advice.
+                clean = self._redactor.redact_values(body.decode("utf-8", "replace")).encode("utf-8")
+                headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+                await send({**start, "headers": [*headers, (b"content-length", str(len(clean)).encode())]})
+                await send({"type": "http.response.body", "body": clean, "more_body": False})
+                return
+            await send(message)
+
+        await self._app(scope, receive, redacting_send)
+
+
+def _redactable(headers: list[tuple[bytes, bytes]]) -> bool:
+    # Compressed or binary bodies cannot be searched as text; ours never hold a message (metrics, gzip).
+    found = {k.lower(): v.lower() for k, v in headers}
+    kind = found.get(b"content-type", b"")
+    return b"content-encoding" not in found and (kind.startswith(b"text/") or b"json" in kind)
 
 
 class _SecurityHeaders:

@@ -10,6 +10,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from daemon import DaemonProcess, read_ledger, run_cli
 
@@ -122,6 +123,98 @@ def test_second_daemon_on_the_same_sqlite_file_is_refused(tmp_path: Path, plugin
     first.stop()
     assert second.returncode == 2
     assert "supports one daemon" in second.stderr
+
+
+def test_a_second_daemon_on_the_same_file_through_a_symlink_is_refused(
+    tmp_path: Path, plugin_env: dict[str, str]
+) -> None:
+    real = tmp_path / "state" / "state.db"
+    real.parent.mkdir()
+    alias = tmp_path / "alias.db"
+    alias.symlink_to(real)
+    status = tmp_path / "s.json"
+    first_dir, second_dir = tmp_path / "one", tmp_path / "two"
+    first_dir.mkdir()
+    second_dir.mkdir()
+    first_config = write_config(
+        first_dir, job("j", status, tmp_path / "l"), extra=f"state: {{url: 'sqlite:///{real}'}}"
+    )
+    second_config = write_config(
+        second_dir, job("j", status, tmp_path / "l"), extra=f"state: {{url: 'sqlite:///{alias}'}}"
+    )
+    first = DaemonProcess(first_config, plugin_env, first_dir)
+    first.wait_for("teckochecker started")
+    second = run_cli("--config", str(second_config), "run", env=plugin_env, cwd=second_dir)
+    first.stop()
+    assert second.returncode == 2, second.stderr
+    assert f"another teckochecker daemon already uses {real}" in second.stderr
+    assert "supports one daemon" in second.stderr
+
+
+def test_deleting_the_state_file_under_a_running_daemon_stops_it_acting(
+    tmp_path: Path, plugin_env: dict[str, str]
+) -> None:
+    status, ledger, checks = tmp_path / "status.json", tmp_path / "ledger.jsonl", tmp_path / "checks.jsonl"
+    # A transient error with retry_after 1 s: the job is checked every second, so a tick follows the deletion soon.
+    status.write_text(json.dumps({"__error__": "transient", "__retry_after__": 1}))
+    config = write_config(
+        tmp_path,
+        job("j", status, ledger, targets=f"[a, b], check_log: {checks}"),  # the source logs each check
+    )
+    daemon = DaemonProcess(config, plugin_env, tmp_path)
+    daemon.wait_for("HTTP listening on")
+    base = "http://127.0.0.1:" + re.search(r"HTTP listening on http://127\.0\.0\.1:(\d+)", daemon.output).group(1)
+    wait_for_lines(checks, 2)
+    assert httpx.get(base + "/readyz").status_code == 200
+
+    db = tmp_path / ".teckochecker" / "state.db"
+    db.unlink()
+    status.write_text(json.dumps({"a": "succeeded", "b": "succeeded"}))  # it would fire at its next check
+    daemon.wait_for(
+        f"ERROR teckochecker: the state store file {db} was deleted; stopped acting; "
+        "restart the daemon after restoring it",
+        timeout=20,
+    )
+    ready = httpx.get(base + "/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["state_store"] is False
+    assert ready.json()["reason"] == f"the state store file {db} was deleted"
+    checked = len(checks.read_text().splitlines())
+    time.sleep(3)  # three of the job's 1 s retries: none may run, let alone fire
+    code, _ = daemon.stop()
+    assert code == 0
+    assert read_ledger(ledger) == []
+    assert len(checks.read_text().splitlines()) == checked
+    assert daemon.output.count("was deleted; stopped acting") == 1
+    assert not db.exists()  # and no new, empty store was made in its place
+
+
+def wait_for_lines(path: Path, count: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists() or len(path.read_text().splitlines()) < count:
+        assert time.monotonic() < deadline, f"fewer than {count} lines in {path}"
+        time.sleep(0.05)
+
+
+def test_secret_files_others_can_read_are_warned_about_at_start_and_reload(
+    tmp_path: Path, plugin_env: dict[str, str]
+) -> None:
+    secret = tmp_path / "token"
+    secret.write_text("CANARY-perm-0123456789\n")
+    secret.chmod(0o644)
+    status = tmp_path / "s.json"
+    config = write_config(tmp_path, job("j", status, tmp_path / "l"), extra=f"secrets:\n  tok: {{file: {secret}}}")
+    daemon = DaemonProcess(config, plugin_env, tmp_path)
+    daemon.wait_for("teckochecker started")
+    warning = (
+        f"WARNING teckochecker: secret 'tok': file {secret} is readable or writable by group or others (mode 0644)"
+    )
+    assert daemon.output.count(warning) == 1
+    daemon.proc.send_signal(signal.SIGHUP)
+    daemon.wait_for("config reloaded")
+    daemon.stop()
+    assert daemon.output.count(warning) == 2
+    assert "CANARY-perm" not in daemon.output
 
 
 def test_json_log_format_gives_one_object_per_line(tmp_path: Path, plugin_env: dict[str, str]) -> None:

@@ -5,6 +5,7 @@ The resolver is tested in-process; the commands run as real subprocesses, as an 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
@@ -76,9 +77,8 @@ def test_env_source() -> None:
         (CANARY_FILE + "\n", CANARY_FILE),
         (CANARY_FILE + "\r\n", CANARY_FILE),
         (CANARY_FILE, CANARY_FILE),
-        # Exactly one newline is stripped: the rest belongs to the value.
-        (CANARY_FILE + "\n\n", CANARY_FILE + "\n"),
-        (CANARY_FILE + " \n", CANARY_FILE + " "),
+        # Exactly one newline is stripped; a tab inside is part of the value, and a header may hold it.
+        (CANARY_FILE + "\tpart\n", CANARY_FILE + "\tpart"),
     ],
 )
 def test_file_source_strips_one_trailing_newline(tmp_path: Path, content: str, value: str) -> None:
@@ -306,6 +306,13 @@ def test_encrypt_refusals(plugin_env: dict[str, str], env: dict[str, str], tmp_p
     # A value is never taken from the command line: there is no place for it.
     argv = run_cli("secrets", "encrypt", "x", CANARY_ENC, env=env, cwd=tmp_path, stdin="")
     assert argv.returncode == 2 and "unrecognized arguments" in argv.stderr
+    two_newlines = run_cli("secrets", "encrypt", "x", env=env, cwd=tmp_path, stdin=CANARY_ENC + "\n\n")
+    assert two_newlines.returncode == 1 and two_newlines.stdout == ""
+    assert (
+        f"the value contains a line break (character {len(CANARY_ENC) + 1}); it cannot be sent as an HTTP header"
+        in two_newlines.stderr
+    )
+    assert_no_canary(two_newlines)
     bad_name = run_cli("secrets", "encrypt", "a: b", env=env, cwd=tmp_path, stdin=CANARY_ENC)
     assert bad_name.returncode == 2 and "not a usable secret name" in bad_name.stderr
     assert_no_canary(empty, no_key, bad_name)
@@ -315,6 +322,8 @@ def test_check_prints_names_and_reasons(env: dict[str, str], tmp_path: Path) -> 
     (tmp_path / "cred").mkdir()
     (tmp_path / "cred" / "openai_api_key").write_text(CANARY_CRED + "\n")
     (tmp_path / "token").write_text(CANARY_FILE + "\n")
+    for private in (tmp_path / "cred" / "openai_api_key", tmp_path / "token"):
+        private.chmod(0o600)  # no permission warning in this listing
     config = write_config(
         tmp_path,
         (
@@ -470,3 +479,135 @@ def test_rotate_without_a_master_key(plugin_env: dict[str, str], rotatable: Path
     out = run_cli("secrets", "rotate", str(rotatable), env=plugin_env, cwd=tmp_path)
     assert out.returncode == 2 and "no master key" in out.stderr
     assert rotatable.read_text() == before
+
+
+# --- values that cannot be sent, and files others can read ---------------------------------------------
+
+HEADER_REFUSALS = [
+    # (how the value is stored, its bytes, the reason named): positions count from 1, after the one newline
+    # a file may end in was removed.
+    ("file", (CANARY_FILE + "\n\n").encode(), f"contains a line break (character {len(CANARY_FILE) + 1})"),
+    ("file", (CANARY_FILE + "\r\n\r\n").encode(), f"contains a line break (character {len(CANARY_FILE) + 1})"),
+    ("file", (CANARY_FILE + " \n").encode(), "starts or ends with a space or tab"),
+    (
+        "file",
+        (CANARY_FILE + "\x00x").encode(),
+        f"contains a control character (U+0000, character {len(CANARY_FILE) + 1})",
+    ),
+    ("credential", ("é" + CANARY_CRED).encode(), "contains a non-ASCII character (character 1)"),
+    ("credential", (CANARY_CRED + "\rX\n").encode(), f"contains a line break (character {len(CANARY_CRED) + 1})"),
+    ("env", (CANARY + "\n").encode(), f"contains a line break (character {len(CANARY) + 1})"),
+    ("env", ("\t" + CANARY).encode(), "starts or ends with a space or tab"),
+    (
+        "encrypted",
+        (CANARY_ENC + "\x1b[0m").encode(),
+        f"contains a control character (U+001B, character {len(CANARY_ENC) + 1})",
+    ),
+    (
+        "encrypted",
+        (CANARY_ENC + "\u2028").encode(),
+        f"contains a non-ASCII character (character {len(CANARY_ENC) + 1})",
+    ),
+]
+
+
+def stored_secret(tmp_path: Path, kind: str, raw: bytes) -> tuple[dict[str, str], dict[str, str], str]:
+    """The secret stored the given way: its reference, the environment it needs, and its description."""
+    if kind == "file":
+        path = tmp_path / "secret"
+        path.write_bytes(raw)
+        path.chmod(0o600)
+        return {"file": str(path)}, {}, f"file {path}"
+    if kind == "credential":
+        (tmp_path / "creds").mkdir()
+        (tmp_path / "creds" / "token").write_bytes(raw)
+        (tmp_path / "creds" / "token").chmod(0o400)
+        return {"credential": "token"}, {"CREDENTIALS_DIRECTORY": str(tmp_path / "creds")}, "credential token"
+    if kind == "env":
+        return {"env": "TC_SECRET"}, {"TC_SECRET": raw.decode()}, "env TC_SECRET"
+    return {"encrypted": Fernet(KEY_OLD).encrypt(raw).decode()}, {"TECKOCHECKER_MASTER_KEY": KEY_OLD}, "encrypted value"
+
+
+@pytest.mark.parametrize(("kind", "raw", "reason"), HEADER_REFUSALS)
+def test_a_value_that_cannot_be_an_http_header_is_refused_naming_the_secret(
+    tmp_path: Path, plugin_env: dict[str, str], kind: str, raw: bytes, reason: str
+) -> None:
+    ref, environ, where = stored_secret(tmp_path, kind, raw)
+    redactor = Redactor()
+    with pytest.raises(SecretError) as info:
+        resolver({"keboola": ref}, environ, redactor)("keboola")
+    message = str(info.value)
+    assert message.startswith(f"secret 'keboola': {where}: the value {reason}; it cannot be sent as an HTTP header")
+    assert not any(canary in message for canary in CANARIES), message
+    # Refused, yet known to the redactor: whatever quotes it later (httpx, a log) cannot show it.
+    quoted = redactor.redact(f"Illegal header value {raw!r}; in JSON {json.dumps(raw.decode())}")
+    assert not any(canary in quoted for canary in CANARIES), quoted
+
+    # `secrets check` refuses it the same way, and says nothing of the value.
+    config = write_config(tmp_path, f"  keboola: {json_flow(ref)}\n")
+    out = run_cli("--config", str(config), "secrets", "check", env={**plugin_env, **environ}, cwd=tmp_path)
+    assert out.returncode == 1
+    assert out.stdout == f"keboola: FAILED: {where}: the value {reason}; it cannot be sent as an HTTP header" + (
+        " (one trailing newline is removed from a file; more is part of the value)\n" if kind != "env" else "\n"
+    )
+    assert_no_canary(out)
+
+
+def json_flow(ref: dict[str, str]) -> str:
+    return "{" + ", ".join(f"{key}: {json.dumps(value)}" for key, value in ref.items()) + "}"
+
+
+def test_redactor_masks_every_spelling_of_a_value() -> None:
+    redactor = Redactor()
+    value = "kbc-CANARY\té-42"
+    redactor.register(value)
+    spellings = [
+        value,
+        json.dumps(value)[1:-1],  # JSON, as stored in the event log's data
+        json.dumps(value, ensure_ascii=False)[1:-1],
+        repr(value.encode())[2:-1],  # httpx quoting a refused header
+        repr(value)[1:-1],
+        "kbc-CANARY%09%C3%A9-42",  # in a URL
+    ]
+    for spelling in spellings:
+        assert redactor.redact(f"<{spelling}>") == f"<{MASK}>", spelling
+
+
+def test_secrets_readable_by_others_are_warned_about_by_name(env: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "cred").mkdir()
+    shared_cred = tmp_path / "cred" / "openai_api_key"
+    shared_cred.write_text(CANARY_CRED)
+    shared_cred.chmod(0o640)
+    shared_file = tmp_path / "token"
+    shared_file.write_text(CANARY_FILE)
+    shared_file.chmod(0o604)
+    private = tmp_path / "private"
+    private.write_text(CANARY_FILE)
+    private.chmod(0o600)
+    key_file = tmp_path / "master.key"
+    key_file.write_text(KEY_OLD + "\n")
+    key_file.chmod(0o644)
+    config = write_config(
+        tmp_path,
+        (
+            f"  a_file: {{file: {shared_file}}}\n"
+            f"  b_private: {{file: {private}}}\n"
+            "  c_cred: {credential: openai_api_key}\n"
+            f"  d_enc: {{encrypted: {encrypt(CANARY_ENC)}}}\n"
+        ),
+    )
+    environ = {k: v for k, v in env.items() if k != "TECKOCHECKER_MASTER_KEY"}
+    environ |= {"CREDENTIALS_DIRECTORY": str(tmp_path / "cred"), "TECKOCHECKER_MASTER_KEY_FILE": str(key_file)}
+    out = run_cli("--config", str(config), "secrets", "check", env=environ, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    warnings = [line for line in out.stdout.splitlines() if line.startswith("WARNING")]
+    assert warnings == [
+        f"WARNING: secret 'a_file': file {shared_file} is readable or writable by group or others (mode 0604); "
+        f"restrict it with `chmod 600 {shared_file}` (or 400)",
+        f"WARNING: secret 'c_cred': credential 'openai_api_key' ({shared_cred}) is readable or writable by group "
+        f"or others (mode 0640); restrict it with `chmod 600 {shared_cred}` (or 400)",
+        f"WARNING: master key file {key_file} is readable or writable by group or others (mode 0644); "
+        f"restrict it with `chmod 600 {key_file}` (or 400)",
+    ]
+    assert KEY_OLD not in out.stdout + out.stderr
+    assert_no_canary(out)

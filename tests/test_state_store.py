@@ -11,7 +11,8 @@ import pytest
 from teckochecker.config import Condition, TriggerRule
 from teckochecker.errors import StateStoreError
 from teckochecker.plugin_api import ActionOutcome, ActionResult, CheckReport, Observation, TargetState
-from teckochecker.state.location import SingleInstanceLock, resolve_state_url
+from teckochecker.secrets import Redactor
+from teckochecker.state.location import SingleInstanceLock, StoreFileIdentity, resolve_state_url
 from teckochecker.state.models import JobState, RunState
 from teckochecker.state.store import JobPlan, PlannedAction, StateStore
 
@@ -226,3 +227,63 @@ def test_a_database_from_before_the_duplicate_watch_gets_its_table(tmp_path: Pat
         assert store.jobs() == []
     finally:
         store.close()
+
+
+SECRET = "kbc-CANARYstore\tTOKEN-0042"
+
+
+def test_every_text_written_passes_the_redactor(state_url: str, tmp_path: Path) -> None:
+    """Whatever put a secret into a message (a vendor echo, a library quoting a header), it is not stored."""
+    redactor = Redactor()
+    redactor.register(SECRET)
+    store = StateStore.open(state_url, redact=redactor.redact)
+    try:
+        store.sync_jobs([JobPlan("j", "fp1", ["a", "b"])], T0)
+        echoed = Observation("a", TargetState.RUNNING, "in_progress", {"echo": SECRET}, f"proxy said {SECRET}")
+        store.record_check(
+            "j",
+            CheckReport((echoed,), transient_errors={"b": f"HTTP 503: bad token {SECRET!r}"}),
+            now=T0,
+            next_check_at=T0,
+            deadline=3600,
+            rule=TriggerRule.ALL_TERMINAL,
+            actions=ACTIONS,
+        )
+        check(store, obs("a", "succeeded"), obs("b", "succeeded"))
+        run = store.job("j").runs[0]
+        store.begin_run(run.id, now=T0)
+        store.run_in_doubt(run.id, f"Illegal header value {SECRET.encode()!r}", now=T0, next_try_at=T0)
+        store.run_started(
+            run.id, ActionResult("ext-1", ActionOutcome.RUNNING, "created", details={"t": SECRET}), now=T0
+        )
+        store.set_meta("reload", f'{{"errors": ["{SECRET}"]}}')
+        job, events = store.job("j"), store.events("j")
+        stored = repr((job, events, store.get_meta("reload")))
+    finally:
+        store.close()
+    assert "[REDACTED]" in stored
+    assert "CANARYstore" not in stored, stored
+    for path in tmp_path.iterdir():  # the SQLite file and its WAL, when on SQLite
+        assert b"CANARYstore" not in path.read_bytes(), path
+
+
+def test_the_store_file_identity_notices_deletion_and_replacement(tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    db.write_bytes(b"")
+    identity = StoreFileIdentity.of(db)
+    assert identity.problem() is None
+    db.rename(tmp_path / "moved.db")
+    db.write_bytes(b"")  # a new file at the same path
+    assert identity.problem() == f"the state store file {db} was replaced by another file"
+    db.unlink()
+    assert identity.problem() == f"the state store file {db} was deleted"
+
+
+def test_single_instance_lock_through_a_symlink(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "alias.db").symlink_to(tmp_path / "real" / "s.db")
+    first = SingleInstanceLock(tmp_path / "real" / "s.db")
+    first.acquire()
+    with pytest.raises(StateStoreError, match=f"another teckochecker daemon already uses {tmp_path / 'real' / 's.db'}"):
+        SingleInstanceLock(tmp_path / "alias.db").acquire()
+    first.release()

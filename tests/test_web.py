@@ -30,6 +30,7 @@ from teckochecker.errors import StateStoreError, TeckoCheckerError
 from teckochecker.metrics import Metrics
 from teckochecker.plugin_api import ActionOutcome, ActionResult, CheckReport, Observation, TargetState
 from teckochecker.report import render_status
+from teckochecker.secrets import MASK, Redactor
 from teckochecker.state.models import Event, JobSnapshot
 from teckochecker.state.store import JobPlan, PlannedAction, StateStore
 from teckochecker.web import MAX_BODY_BYTES, create_app
@@ -127,6 +128,7 @@ class StoreControl:
         self.next_runs: dict[str, dt.datetime] = {"watching": T0 + dt.timedelta(minutes=1)}
         self.checked_now: list[str] = []
         self.fail_with: Exception | None = None  # raised by jobs()/job(): a broken daemon or a bug
+        self.problem: str | None = None  # the daemon's store_problem
 
     def _maybe_fail(self) -> None:
         if self.fail_with is not None:
@@ -149,6 +151,9 @@ class StoreControl:
     async def readiness(self) -> dict[str, bool]:
         return dict(self.ready)
 
+    def store_problem(self) -> str | None:
+        return self.problem
+
     async def pause(self, name: str) -> bool:
         return self.store.set_paused(name, True, now=T0)
 
@@ -169,14 +174,14 @@ class StoreControl:
 
 
 @contextlib.contextmanager
-def serve_in_thread(control: Any, metrics: Metrics | None = None) -> Iterator[str]:
+def serve_in_thread(control: Any, metrics: Metrics | None = None, redactor: Redactor | None = None) -> Iterator[str]:
     """The real WebServer on 127.0.0.1:0, in its own event loop on a thread, so tests (and subprocesses like
     the CLI or a browser) can talk to it synchronously. Yields the base URL."""
     logger = logging.getLogger(LOGGER)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="web-test-loop", daemon=True)
     thread.start()
-    server = WebServer(create_app(control, metrics or Metrics(), logger), "127.0.0.1", 0, logger)
+    server = WebServer(create_app(control, metrics or Metrics(), logger, redactor), "127.0.0.1", 0, logger)
     try:
         asyncio.run_coroutine_threadsafe(server.start(), loop).result(timeout=WAIT)
         yield f"http://127.0.0.1:{server.bound_port}"
@@ -244,6 +249,40 @@ def test_readyz_lists_every_check_and_answers_503_when_one_fails(client: httpx.C
     response = client.get("/readyz")
     assert response.status_code == 503
     assert response.json()["checks"] == {"config_loaded": True, "state_store": True, "scheduler": False}
+
+
+def test_readyz_names_a_deleted_or_replaced_store_file(client: httpx.Client, control: StoreControl) -> None:
+    control.ready["state_store"] = False
+    control.problem = "the state store file /var/lib/teckochecker/state.db was deleted"
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json() == {
+        "status": "not_ready",
+        "checks": {"config_loaded": True, "state_store": False, "scheduler": True},
+        "reason": "the state store file /var/lib/teckochecker/state.db was deleted",
+    }
+
+
+def test_every_text_answer_passes_the_redactor(tmp_path: Path) -> None:
+    """A secret already in the store (written before its value was known, or by an older release) is still
+    masked in the API, the status page and error answers; the API needs no token to read."""
+    secret = "kbc-CANARYweb\tTOKEN-0077"
+    store = StateStore.open(f"sqlite:///{tmp_path / 'state.db'}")
+    populate(store)
+    store.fail_job("watching", f"Illegal header value {secret.encode()!r} (and {secret})", now=T0)
+    redactor = Redactor()
+    redactor.register(secret)
+    try:
+        with serve_in_thread(StoreControl(store), redactor=redactor) as base:
+            answers = {path: httpx.get(base + path) for path in ("/api/v1/jobs", "/api/v1/jobs/watching", "/")}
+            answers["404"] = httpx.get(base + f"/api/v1/jobs/{secret.replace(chr(9), '%09')}")
+    finally:
+        store.close()
+    for path, response in answers.items():
+        assert "CANARYweb" not in response.text, (path, response.text)
+        assert int(response.headers["content-length"]) == len(response.content)
+    assert MASK in answers["/api/v1/jobs/watching"].json()["last_error"]
+    assert MASK in answers["/"].text
 
 
 def test_metrics_exposition_on_the_app_registry(control: StoreControl, store: StateStore) -> None:

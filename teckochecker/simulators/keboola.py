@@ -44,8 +44,9 @@ POST_FAULT_MODES = (
     "create_then_reset",
     "create_then_hang",
     "slow_create",
+    "503_echo_token",
 )  # plus "reject_<any 4xx/5xx code>" and "create_then_<any 4xx/5xx code>"
-_BEFORE_CREATE = re.compile(r"^(reject_(\d{3})|503_before_create)$")
+_BEFORE_CREATE = re.compile(r"^(reject_(\d{3})|503_before_create|503_echo_token)$")
 _AFTER_CREATE = re.compile(r"^create_then_(\d{3})$")  # create_then_502 etc.: created, then that error
 _JOB_PATH = re.compile(r"^/jobs/([^/]+)$")
 _KILL_PATH = re.compile(r"^/jobs/([^/]+)/kill$")
@@ -450,6 +451,11 @@ class FakeKeboola(LoopbackFake):
             return None
         if mode == "503_before_create":
             return _error(503, "Service Unavailable")
+        if mode == "503_echo_token":
+            # A careless proxy quoting the request it failed on: the token, Python-quoted (\t → \\t).
+            return _error(
+                503, f"upstream failed on the request with token {request.headers.get('x-storageapi-token')!r}"
+            )
         code = int(match.group(2))
         if code == 401:
             return _error(401, "Invalid access token")

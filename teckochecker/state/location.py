@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
@@ -39,7 +40,9 @@ class SingleInstanceLock:
     """An exclusive flock beside a SQLite file: SQLite supports one daemon; use PostgreSQL for replicas."""
 
     def __init__(self, db_path: Path) -> None:
-        self.path = db_path.with_name(db_path.name + ".lock")
+        # The real path: the same file reached through a symlink must meet the same lock.
+        real = Path(os.path.realpath(db_path))
+        self.path = real.with_name(real.name + ".lock")
         self._fd: int | None = None
 
     def acquire(self) -> None:
@@ -66,3 +69,32 @@ def ensure_parent(db_path: Path) -> None:
         db_path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise StateStoreError(f"cannot create the state directory {db_path.parent}: {exc.strerror}") from exc
+
+
+@dataclass(frozen=True)
+class StoreFileIdentity:
+    """The SQLite file the daemon opened, by device and inode, to notice it being deleted or replaced.
+
+    SQLite keeps writing to an open file that was unlinked, and a new connection would create an empty
+    store at the path: either way the daemon would act on state nobody will ever see again."""
+
+    path: Path
+    device: int
+    inode: int
+
+    @classmethod
+    def of(cls, db_path: Path) -> StoreFileIdentity:
+        st = os.stat(db_path)
+        return cls(db_path, st.st_dev, st.st_ino)
+
+    def problem(self) -> str | None:
+        """None while the path still names the file that was opened; else what happened to it."""
+        try:
+            st = os.stat(self.path)  # follows a symlink: re-pointing it is a replacement too
+        except FileNotFoundError:
+            return f"the state store file {self.path} was deleted"
+        except OSError as exc:
+            return f"the state store file {self.path} cannot be checked ({exc.strerror})"
+        if (st.st_dev, st.st_ino) != (self.device, self.inode):
+            return f"the state store file {self.path} was replaced by another file"
+        return None

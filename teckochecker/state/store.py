@@ -36,6 +36,7 @@ from teckochecker.state.models import (
     TargetSnapshot,
     request_progress,
 )
+from teckochecker.state.redaction import Redact, redact_writes
 from teckochecker.state.runs import RunTransitions
 
 _JOB_FINAL = [s.value for s in JobState if s.is_final]
@@ -65,12 +66,15 @@ class StateStore(RunTransitions):
         self._engine = engine
 
     @classmethod
-    def open(cls, url: str, *, readonly: bool = False) -> StateStore:
+    def open(cls, url: str, *, readonly: bool = False, redact: Redact | None = None) -> StateStore:
+        """``redact`` masks secret values in every text the store writes (the daemon's Redactor.redact)."""
         path = sqlite_path(url)
         if readonly and path is not None and not path.exists():
             raise NoStateStore(f"no state store at {path} (has the daemon run with this config?)")
         try:
             engine = schema.create_engine(url, readonly=readonly)
+            if redact is not None:
+                redact_writes(engine, redact)
             store = cls(engine)
             if readonly:
                 try:

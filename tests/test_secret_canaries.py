@@ -71,6 +71,9 @@ def write_config(tmp_path: Path, openai: FakeOpenAI, keboola: FakeKeboola, batch
                 config: "{config_id}"
                 search_lag: 1s
                 follow_interval: 1s
+                # The echoing 503 comes before any job exists: searches, a second start, then a short watch.
+                timeout: 2s
+                duplicate_watch: 3s
         """)
         for (name, ids), config_id in zip(batches.items(), ("101", "999"), strict=True)
     )

@@ -12,6 +12,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from sqlalchemy.engine import make_url
+
 from teckochecker.clock import Clock
 from teckochecker.control import RELOAD_META, ReloadStatus, reload_status_json
 from teckochecker.crashpoints import CrashPoints
@@ -101,7 +103,7 @@ class Daemon:
         url = resolve_state_url(self.config.state.url, self._environ, self._cwd)
         lock = self._lock(url)
         self.store = StateStore.open(url)
-        self._worker = StoreWorker()
+        self._worker = StoreWorker(hidden=[make_url(url).password or ""])
         self._http = HttpClientPool(self.config.defaults.concurrency, self.metrics)
         try:
             await self._serve()

@@ -3,6 +3,7 @@
 TeckoCheckerError
 ├── ConfigError            the configuration is invalid (carries every Diagnostic)
 ├── StateStoreError        the state store cannot be opened or used
+│   └── StateStoreUnavailable  a call to the running store failed (down, dropped, unreadable); may pass later
 ├── PluginError            a plugin could not be loaded or registered
 ├── SecretError            a secret cannot be resolved (names the secret, never the value)
 ├── TransientError         observing or acting failed; a later try may work (optional retry_after)
@@ -32,6 +33,10 @@ class ConfigError(TeckoCheckerError):
 
 
 class StateStoreError(TeckoCheckerError):
+    pass
+
+
+class StateStoreUnavailable(StateStoreError):
     pass
 
 

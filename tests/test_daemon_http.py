@@ -121,3 +121,44 @@ def test_port_in_use_refuses_to_start(running, tmp_path: Path, plugin_env: dict[
     assert out.returncode == 2
     assert f"cannot listen on 127.0.0.1:{port}: address already in use" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_a_state_store_outage_is_503_not_a_bug(tmp_path: Path, plugin_env: dict[str, str], postgres_url: str) -> None:
+    import psycopg
+
+    # Trust auth ignores the password, so this URL works and shows whether the password ever leaks.
+    password = "pw-canary-31415926"
+    url = postgres_url.replace("postgres@", f"postgres:{password}@")
+    config = write(tmp_path)
+    config.write_text(config.read_text() + f"state: {{url: '{url}'}}\n")
+    env = {**plugin_env, "TC_CONTROL_TOKEN": TOKEN}
+    daemon = DaemonProcess(config, env, tmp_path)
+    daemon.wait_for("job done: completed")
+    base = re.search(r"HTTP listening on (http://127\.0\.0\.1:\d+)", daemon.output).group(1)
+    assert httpx.get(base + "/api/v1/jobs").status_code == 200
+    admin_url = postgres_url.replace("postgresql+psycopg://", "postgresql://").rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE "{url.rsplit("/", 1)[1]}" WITH (FORCE)')  # the store goes away under it
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    for answer in (
+        httpx.get(base + "/api/v1/jobs"),
+        httpx.get(base + "/api/v1/jobs/waiting"),
+        httpx.post(base + "/api/v1/jobs/waiting/check-now", headers=auth),
+    ):
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["error"].startswith("state store unavailable: "), answer.text
+        assert password not in answer.text
+    assert httpx.get(base + "/healthz").status_code == 200
+    assert httpx.get(base + "/readyz").status_code == 503
+    daemon.stop()
+    assert password not in daemon.output and "(a bug)" not in daemon.output
+
+
+def test_check_now_on_a_paused_job_is_409(running) -> None:
+    _, base, _ = running
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    assert httpx.post(base + "/api/v1/jobs/waiting/pause", headers=auth).status_code == 200
+    refused = httpx.post(base + "/api/v1/jobs/waiting/check-now", headers=auth)
+    assert refused.status_code == 409 and refused.json()["error"] == "job 'waiting' is paused; resume it first"
+    assert httpx.post(base + "/api/v1/jobs/waiting/resume", headers=auth).status_code == 200
+    assert httpx.post(base + "/api/v1/jobs/waiting/check-now", headers=auth).status_code == 200

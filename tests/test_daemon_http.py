@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import resource
+import socket
 import textwrap
 from pathlib import Path
 
@@ -162,3 +165,22 @@ def test_check_now_on_a_paused_job_is_409(running) -> None:
     assert refused.status_code == 409 and refused.json()["error"] == "job 'waiting' is paused; resume it first"
     assert httpx.post(base + "/api/v1/jobs/waiting/resume", headers=auth).status_code == 200
     assert httpx.post(base + "/api/v1/jobs/waiting/check-now", headers=auth).status_code == 200
+
+
+def test_a_flood_of_idle_connections_neither_exhausts_the_daemon_nor_its_log(running) -> None:
+    daemon, base, _ = running
+    # systemd's default soft limit for a service; the test process itself may have a higher one.
+    resource.prlimit(daemon.proc.pid, resource.RLIMIT_NOFILE, (1024, 1024))
+    port = int(base.rsplit(":", 1)[1])
+    idle: list[socket.socket] = []
+    try:
+        for _ in range(2000):  # opened and never used: each would hold one of the daemon's descriptors
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+        assert httpx.get(base + "/healthz", timeout=10).status_code == 200  # a fresh client is still served
+        held = len(os.listdir(f"/proc/{daemon.proc.pid}/fd"))
+        assert held < 400, held  # the connection cap, not the descriptor limit, bounds what clients hold
+    finally:
+        for sock in idle:
+            sock.close()
+    assert httpx.get(base + "/api/v1/jobs", timeout=10).status_code == 200
+    assert "Traceback" not in daemon.output and "out of system resource" not in daemon.output

@@ -289,7 +289,10 @@ class Daemon:
         # so /healthz and the ticks keep running. Only the apply step below touches live state.
         try:
             loading = run_off_loop("config-load", self._load_new_config)
-            new, resolver, checksum = await asyncio.wait_for(loading, RELOAD_TIMEOUT)
+            new, checksum = await asyncio.wait_for(loading, RELOAD_TIMEOUT)
+            # On the loop: checking registers secret values with the Redactor, which log calls read.
+            resolver = SecretResolver(new.secrets, self._environ, self._redactor)
+            self._check_secrets(resolver)
         except TimeoutError:
             # The thread may hang on for good (a read that never ends); the daemon carries on without it.
             return self._reload_failed([f"reading and validating the config took over {RELOAD_TIMEOUT:.0f} s"])
@@ -309,12 +312,10 @@ class Daemon:
         self._mark_reload(status)
         return status
 
-    def _load_new_config(self) -> tuple[Config, SecretResolver, str]:
-        """Runs on a thread: the new config, its secrets (all readable), and the checksum it was read at."""
+    def _load_new_config(self) -> tuple[Config, str]:
+        """Runs on a thread: the new config, and the checksum of the files it was read from."""
         new = load_config(self.config_path, self._registry)
-        resolver = SecretResolver(new.secrets, self._environ, self._redactor)
-        self._check_secrets(resolver)
-        return new, resolver, config_checksum(self.config_path, new.include)
+        return new, config_checksum(self.config_path, new.include)
 
     async def _save_reload_status(self) -> None:
         """Keep the last (re)load's outcome in the state store, where `teckochecker status` reads it."""

@@ -50,6 +50,7 @@ class _BoundedH11Protocol(H11Protocol):
     """uvicorn's HTTP/1.1 protocol with the connection cap and the first-request timeout (module docstring)."""
 
     max_connections = MAX_CONNECTIONS
+    first_request_timeout = FIRST_REQUEST_TIMEOUT
     _last_active = 0.0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -67,7 +68,7 @@ class _BoundedH11Protocol(H11Protocol):
                 return
             min(idle, key=lambda c: c._last_active).transport.close()
         # uvicorn only times out a connection after its first response; one that never asks must go too.
-        self.timeout_keep_alive_task = self.loop.call_later(FIRST_REQUEST_TIMEOUT, self.timeout_keep_alive_handler)
+        self.timeout_keep_alive_task = self.loop.call_later(self.first_request_timeout, self.timeout_keep_alive_handler)
 
     def data_received(self, data: bytes) -> None:
         self._last_active = self.loop.time()
@@ -97,7 +98,19 @@ class _EmbeddedServer(uvicorn.Server):
 
 
 class WebServer:
-    def __init__(self, app: ASGIApp, host: str, port: int, logger: logging.Logger) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        host: str,
+        port: int,
+        logger: logging.Logger,
+        *,
+        max_connections: int | None = None,
+        first_request_timeout: float = FIRST_REQUEST_TIMEOUT,
+    ) -> None:
+        """``max_connections``: None for MAX_CONNECTIONS or fewer under a low descriptor limit (connection_cap)."""
+        self._max_connections = max_connections
+        self._first_request_timeout = first_request_timeout
         self._app = app
         self._host = host
         self._port = port
@@ -122,7 +135,8 @@ class WebServer:
         """Bind and serve in the background; raises TeckoCheckerError if the address cannot be used."""
         sock = _bind(self._host, self._port)
         self._bound_port = sock.getsockname()[1]
-        cap = connection_cap(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+        cap = self._max_connections or connection_cap(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+        limits = {"max_connections": cap, "first_request_timeout": self._first_request_timeout}
         config = uvicorn.Config(
             self._app,
             host=self._host,
@@ -136,7 +150,7 @@ class WebServer:
             proxy_headers=False,
             server_header=False,
             timeout_graceful_shutdown=1,
-            http=type("_Bounded", (_BoundedH11Protocol,), {"max_connections": cap}),
+            http=type("_Bounded", (_BoundedH11Protocol,), limits),
             backlog=min(LISTEN_BACKLOG, cap),
             timeout_keep_alive=int(KEEP_ALIVE_TIMEOUT),
             h11_max_incomplete_event_size=MAX_HEADER_BYTES,

@@ -14,6 +14,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from sqlalchemy.engine import make_url
+
 from teckochecker.clock import Clock
 from teckochecker.control import RELOAD_META, ReloadStatus, reload_status_json
 from teckochecker.crashpoints import CrashPoints
@@ -21,6 +23,7 @@ from teckochecker.errors import ConfigError, SecretError, StateStoreError, Tecko
 from teckochecker.heartbeat import HEARTBEAT_META, HEARTBEAT_PERIOD, Heartbeat, heartbeat_json
 from teckochecker.http import HttpClientPool
 from teckochecker.metrics import Metrics
+from teckochecker.offloop import run_off_loop
 from teckochecker.plugin_api import PluginContext, SharedRegistry
 from teckochecker.plugins import PluginRegistry
 from teckochecker.reloader import Reloader, config_checksum, watched_dirs
@@ -52,6 +55,11 @@ MAX_STEPS_PER_TICK = 20
 GAUGE_REFRESH = 15.0
 # A scheduled tick this late means the loop is stuck: stop feeding the systemd watchdog.
 WATCHDOG_OVERDUE = 60.0
+# Reading and validating 10,000 jobs takes one to three minutes on a busy 2-core machine; past this, a read hangs.
+RELOAD_TIMEOUT = 600.0
+# A reload applies this many jobs between two turns of the event loop.
+APPLY_CHUNK = 100
+LOGGED_NAMES = 20
 
 
 class Daemon:
@@ -108,7 +116,7 @@ class Daemon:
         self.store = StateStore.open(url, redact=self._redactor.redact)
         db_path = sqlite_path(url)
         self._store_file = StoreFileIdentity.of(db_path) if db_path is not None else None
-        self._worker = StoreWorker()
+        self._worker = StoreWorker(hidden=[make_url(url).password or ""])
         self._http = HttpClientPool(self.config.defaults.concurrency, self.metrics)
         try:
             await self._serve()
@@ -280,35 +288,51 @@ class Daemon:
             await self._reload_wanted.wait()
             self._reload_wanted.clear()
             reasons, self._reload_reasons = self._reload_reasons, set()
+            await self.reload(forced="SIGHUP" in reasons, reason=", ".join(sorted(reasons)))
             try:
-                await self.reload(forced="SIGHUP" in reasons, reason=", ".join(sorted(reasons)))
                 await self._save_reload_status()
-            except Exception:  # a reload must never take the daemon down
-                self._log.exception("config reload failed unexpectedly; the running config stays")
+            except Exception as exc:  # the store may be down; the outcome is still in /api/v1/status and metrics
+                self._log.warning("cannot save the config reload outcome to the state store: %s", exc)
 
     async def reload(self, *, forced: bool, reason: str) -> ReloadStatus | None:
-        """Validate the whole config; apply the difference, or keep the running config untouched."""
-        checksum = config_checksum(self.config_path, self.config.include)
-        if (checksum == self._attempted_checksum and not forced) or not self.store_intact():
-            return None
-        self._attempted_checksum = checksum
-        self._log.info("reloading config (%s)", reason)
-        self._notifier.reloading()
+        """Validate the whole config; apply the difference, or keep the running config untouched.
+
+        The single place every reload goes through: whatever goes wrong in it (a RecursionError in the
+        parser, an OSError, a bug) is reported as a failed reload, never lost and never fatal."""
         try:
-            return await self._load_and_apply()
-        finally:
-            self._notifier.ready()
+            reading = run_off_loop("config-checksum", config_checksum, self.config_path, self.config.include)
+            checksum = await asyncio.wait_for(reading, RELOAD_TIMEOUT)
+            if (checksum == self._attempted_checksum and not forced) or not self.store_intact():
+                return None
+            self._attempted_checksum = checksum
+            self._log.info("reloading config (%s)", reason)
+            self._notifier.reloading()
+            try:
+                return await self._load_and_apply()
+            finally:
+                self._notifier.ready()
+        except Exception as exc:
+            self._log.debug("config reload failed unexpectedly", exc_info=True)  # the traceback, for a bug report
+            problem = f"unexpected {type(exc).__name__} while reloading: {str(exc)[:500] or 'no message'}"
+            return self._reload_failed([problem])
 
     async def _load_and_apply(self) -> ReloadStatus:
+        # Reading, parsing and validating are pure and can take seconds for a big config: off the loop,
+        # so /healthz and the ticks keep running. Only the apply step below touches live state.
         try:
-            new = load_config(self.config_path, self._registry)
+            loading = run_off_loop("config-load", self._load_new_config)
+            new, checksum = await asyncio.wait_for(loading, RELOAD_TIMEOUT)
+            # On the loop: checking registers secret values with the Redactor, which log calls read.
             resolver = SecretResolver(new.secrets, self._environ, self._redactor)
             self._check_secrets(resolver)
+        except TimeoutError:
+            # The thread may hang on for good (a read that never ends); the daemon carries on without it.
+            return self._reload_failed([f"reading and validating the config took over {RELOAD_TIMEOUT:.0f} s"])
         except ConfigError as exc:
             return self._reload_failed([str(d) for d in exc.diagnostics])
         except TeckoCheckerError as exc:
             return self._reload_failed([str(exc)])
-        self._attempted_checksum = config_checksum(self.config_path, new.include)
+        self._attempted_checksum = checksum
         new, restart_required = _keep_restart_only_settings(self.config, new)
         for setting in restart_required:
             self._log.warning("config: %s changed; it takes effect after a restart (not applied)", setting)
@@ -319,6 +343,11 @@ class Daemon:
         status = ReloadStatus(successful=True, at=self._clock.now(), restart_required=tuple(restart_required))
         self._mark_reload(status)
         return status
+
+    def _load_new_config(self) -> tuple[Config, str]:
+        """Runs on a thread: the new config, and the checksum of the files it was read from."""
+        new = load_config(self.config_path, self._registry)
+        return new, config_checksum(self.config_path, new.include)
 
     async def _save_reload_status(self) -> None:
         """Keep the last (re)load's outcome in the state store, where `teckochecker status` reads it."""
@@ -353,41 +382,46 @@ class Daemon:
         ]
         self.config = new
         jobs = dict(old_jobs)
-        for name in added:
+        for count, name in enumerate(added, 1):
             jobs[name] = JobRuntime.build(new.jobs[name], self._context)
-        for name in changed:
+            await _yield_every(count)
+        for count, name in enumerate(changed, 1):
             if states.get(name) is JobState.FIRING:
                 # It already fired: its actions finish with the definition they started with.
                 continue
             await jobs[name].aclose()
             jobs[name] = JobRuntime.build(new.jobs[name], self._context)
+            await _yield_every(count)
         self._jobs = jobs
-        await self._worker.run(self.store.sync_jobs, [jobs[n].plan() for n in new.jobs], self._clock.now())
+        plans = [jobs[n].plan() for n in new.jobs]
+        await self._worker.run(self.store.sync_jobs, plans, self._clock.now())
         self._runner.forget()
-        for name in removed:
+        for count, name in enumerate(removed, 1):
             if states.get(name) is JobState.FIRING:
                 continue  # a reload never abandons a trigger: it runs to its end, then retires
             self._ticker.unschedule(name)
             await jobs.pop(name).aclose()
+            await _yield_every(count)
         await self._reschedule(added, changed)
         self._log.info(
             "config reloaded: %d added %s, %d changed %s, %d removed %s, %d unchanged",
             len(added),
-            added,
+            _some(added),
             len(changed),
-            changed,
+            _some(changed),
             len(removed),
-            removed,
+            _some(removed),
             len(new.jobs) - len(added) - len(changed),
         )
 
     async def _reschedule(self, added: list[str], changed: list[str]) -> None:
         states = await self._worker.run(self.store.job_states)
-        for name in added:
+        for count, name in enumerate(added, 1):
             state = states.get(name)
             if state is not None and not state.is_final:
                 self._ticker.schedule(name, self.config.jobs[name].interval, 0.0)
-        for name in changed:
+            await _yield_every(count)
+        for count, name in enumerate(changed, 1):
             state = states.get(name)
             if state is None or state.is_final:
                 continue
@@ -396,6 +430,7 @@ class Daemon:
             wait = interval if previous is None else (previous - self._clock.now()).total_seconds()
             # Keep the job's rhythm; only a shorter interval brings its next check forward.
             self._ticker.schedule(name, interval, max(0.0, min(wait, interval)))
+            await _yield_every(count)
 
     # ----- gauges -----
 
@@ -549,3 +584,16 @@ def _keep_restart_only_settings(old: Config, new: Config) -> tuple[Config, list[
         defaults=new.defaults.model_copy(update={"concurrency": old.defaults.concurrency}),
     )
     return kept, changed
+
+
+async def _yield_every(count: int) -> None:
+    """Let the loop serve /healthz and ticks between chunks of a big apply (10,000 jobs added at once)."""
+    if count % APPLY_CHUNK == 0:
+        await asyncio.sleep(0)
+
+
+def _some(names: list[str]) -> str:
+    """A log-sized list of job names: a reload adding 10,000 jobs should not write a 200 kB line."""
+    if len(names) <= LOGGED_NAMES:
+        return str(names)
+    return f"{names[:LOGGED_NAMES]} and {len(names) - LOGGED_NAMES} more"

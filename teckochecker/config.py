@@ -14,6 +14,9 @@ from teckochecker.durations import Duration
 
 MIN_INTERVAL = 30.0
 MAX_INTERVAL = 3600.0
+# Every check of a job handles all its targets at once (one vendor listing, one store transaction, one
+# API answer); past this, a single job stalls the daemon for seconds and holds hundreds of MB.
+MAX_TARGETS_PER_JOB = 10_000
 DEFAULT_INTERVAL = 120.0
 # A little after OpenAI's 24 h batch window.
 DEFAULT_DEADLINE = 25 * 3600.0
@@ -172,6 +175,11 @@ class SourceSpec(PluginSpec):
     @field_validator("targets")
     @classmethod
     def _unique_targets(cls, targets: list[str]) -> list[str]:
+        if len(targets) > MAX_TARGETS_PER_JOB:
+            raise ValueError(
+                f"a job may watch at most {MAX_TARGETS_PER_JOB} targets (this one lists {len(targets)}); "
+                "split it into several jobs"
+            )
         seen: set[str] = set()
         for target in targets:
             if not target.strip():

@@ -4,6 +4,7 @@ TeckoCheckerError
 ├── ConfigError            the configuration is invalid (carries every Diagnostic)
 ├── StateStoreError        the state store cannot be opened or used
 │   └── NoStateStore       there is none yet: no daemon has run with this config
+│   └── StateStoreUnavailable  a call to the running store failed (down, dropped, unreadable); may pass later
 ├── PluginError            a plugin could not be loaded or registered
 ├── SecretError            a secret cannot be resolved (names the secret, never the value)
 ├── TransientError         observing or acting failed; a later try may work (optional retry_after)
@@ -37,6 +38,10 @@ class StateStoreError(TeckoCheckerError):
 
 
 class NoStateStore(StateStoreError):
+    pass
+
+
+class StateStoreUnavailable(StateStoreError):
     pass
 
 

@@ -1,13 +1,16 @@
 """Logging to stdout/stderr for journald: plain lines (no timestamp under systemd, which adds its own)
-or one JSON object per line. Every record passes the secret Redactor."""
+or one JSON object per line. Every record passes the secret Redactor; repeats past a limit are dropped
+(teckochecker.loglimit)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 
+from teckochecker.loglimit import RepeatLimiter
 from teckochecker.secrets import Redactor
 
 LOGGER_NAME = "teckochecker"
@@ -28,8 +31,17 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(body, ensure_ascii=False)
 
 
-def setup_logging(level: str, fmt: str, redactor: Redactor, environ: Mapping[str, str]) -> logging.Logger:
+def setup_logging(
+    level: str,
+    fmt: str,
+    redactor: Redactor,
+    environ: Mapping[str, str],
+    *,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> logging.Logger:
     handler = logging.StreamHandler(sys.stderr)
+    # First: a suppressed record costs nothing more (no redaction, no traceback formatting).
+    handler.addFilter(RepeatLimiter(monotonic))
     handler.addFilter(redactor)
     if fmt == "json":
         formatter: logging.Formatter = JsonFormatter()

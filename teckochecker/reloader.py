@@ -23,12 +23,15 @@ WATCH_DEBOUNCE_MS = 1600
 
 
 def config_checksum(main: Path, include: Iterable[str]) -> str:
-    """A digest of the main file and every drop-in its include globs match now (through symlinks)."""
+    """A digest of the main file and every drop-in its include globs match now (through symlinks).
+
+    It reads files: the daemon calls it off the event loop."""
     digest = hashlib.sha256()
     for path in [main, *_matches(main, include)]:
         digest.update(str(path).encode() + b"\0")
         try:
-            digest.update(path.read_bytes())
+            # A FIFO or device would block the read (or never end); the loader refuses such files anyway.
+            digest.update(path.read_bytes() if path.is_file() else b"<not a regular file>")
         except OSError as exc:
             digest.update(f"<unreadable: {exc.errno}>".encode())
         digest.update(b"\0")

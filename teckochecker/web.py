@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from teckochecker import __version__
 from teckochecker.config import JOB_NAME
 from teckochecker.control import DaemonControl, ReloadStatus
-from teckochecker.errors import TeckoCheckerError
+from teckochecker.errors import StateStoreUnavailable, TeckoCheckerError
 from teckochecker.metrics import Metrics
 from teckochecker.report import request_counts
 from teckochecker.secrets import Redactor
@@ -72,7 +72,11 @@ def create_app(
             Middleware(_SecurityHeaders),
             Middleware(_BodyLimit, max_bytes=MAX_BODY_BYTES),
         ],
-        exception_handlers={HTTPException: _http_error, TeckoCheckerError: _daemon_unavailable(logger)},
+        exception_handlers={
+            HTTPException: _http_error,
+            StateStoreUnavailable: _store_unavailable(logger),
+            TeckoCheckerError: _daemon_unavailable(logger),
+        },
     )
 
 
@@ -150,9 +154,14 @@ class _Api:
         if denied is not None:
             self._audit(action, name, request, f"denied ({denied.status_code})", logging.WARNING)
             return denied
-        if not _could_be_a_job(name) or await self._control.job(name) is None:
+        job = await self._control.job(name) if _could_be_a_job(name) else None
+        if job is None:
             self._audit(action, name, request, "no such job")
             return error_response(404, f"no job named {name!r}", path)
+        if action == "check-now" and job.paused:
+            # A paused job's ticks do nothing: a 200 here would claim a check that never happens.
+            self._audit(action, name, request, "refused (paused)")
+            return error_response(409, f"job {name!r} is paused; resume it first", path)
         if not await call(name):
             self._audit(action, name, request, "refused")
             if action == "check-now":  # the job exists but the scheduler has nothing to run for it
@@ -362,6 +371,15 @@ def _daemon_unavailable(logger: logging.Logger) -> Callable[[Request, Exception]
         # The daemon could not answer (e.g. the state store is down): not a bug in this request, not a 500.
         logger.warning("HTTP %s %s: %s", request.method, _path(request), exc)
         return error_response(503, f"the daemon cannot answer right now: {exc}", _path(request))
+
+    return handler
+
+
+def _store_unavailable(logger: logging.Logger) -> Callable[[Request, Exception], Awaitable[Response]]:
+    async def handler(request: Request, exc: Exception) -> Response:
+        # An outage, not a bug: no traceback, and the log's repeat limiter keeps a long outage to a few lines.
+        logger.warning("HTTP %s %s: state store unavailable: %s", request.method, _path(request), exc)
+        return error_response(503, f"state store unavailable: {exc}", _path(request))
 
     return handler
 

@@ -2,6 +2,11 @@
 
 The daemon owns the process: its signals (SIGTERM/SIGINT/SIGHUP), its logging and its shutdown order.
 So uvicorn gets a socket we bound ourselves, no signal handlers, and no logging config of its own.
+
+The listener is bounded so that clients can never exhaust the daemon's file descriptors (which its state
+store, HTTP clients and config watcher need too): at most MAX_CONNECTIONS open connections; a new one
+beyond that pushes out the connection idle the longest, or, if every connection is mid-request, gets a 503
+and is closed. A connection must send its first request within FIRST_REQUEST_TIMEOUT.
 """
 
 from __future__ import annotations
@@ -11,16 +16,69 @@ import contextlib
 import errno
 import ipaddress
 import logging
+import resource
 import socket
 from collections.abc import Iterator
 
+import h11
 import uvicorn
 from starlette.types import ASGIApp
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from teckochecker.errors import TeckoCheckerError
 
 STOP_TIMEOUT = 2.0
 START_TIMEOUT = 5.0
+# Far more than a Prometheus server, a few operators and a status page need; far fewer than the 1024 file
+# descriptors systemd gives a service by default. (uvicorn's limit_concurrency is not enough on its own: it
+# answers 503 to requests but keeps every idle connection open.)
+MAX_CONNECTIONS = 200
+# Also how many connections one accept burst takes from the kernel before the cap can act on them.
+LISTEN_BACKLOG = 128
+FIRST_REQUEST_TIMEOUT = 10.0
+KEEP_ALIVE_TIMEOUT = 5.0
+# The request line plus headers must fit (h11's default, made explicit); bigger is refused with a 4xx.
+MAX_HEADER_BYTES = 16 * 1024
+_BUSY_BODY = b'{"error": "too many open connections; try again shortly", "path": ""}'
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n"
+    b"connection: close\r\ncontent-length: " + str(len(_BUSY_BODY)).encode() + b"\r\n\r\n" + _BUSY_BODY
+)
+
+
+class _BoundedH11Protocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with the connection cap and the first-request timeout (module docstring)."""
+
+    max_connections = MAX_CONNECTIONS
+    first_request_timeout = FIRST_REQUEST_TIMEOUT
+    _last_active = 0.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._last_active = self.loop.time()
+        live = [c for c in self.connections if isinstance(c, _BoundedH11Protocol) and not c.transport.is_closing()]
+        if len(live) > self.max_connections:
+            idle = [c for c in live if c is not self and c.idle]
+            if not idle:
+                logging.getLogger("teckochecker.http").warning(
+                    "HTTP: %d connections, all busy: refusing a new one with 503", len(live) - 1
+                )
+                transport.write(_BUSY)
+                transport.close()
+                return
+            min(idle, key=lambda c: c._last_active).transport.close()
+        # uvicorn only times out a connection after its first response; one that never asks must go too.
+        self.timeout_keep_alive_task = self.loop.call_later(self.first_request_timeout, self.timeout_keep_alive_handler)
+
+    def data_received(self, data: bytes) -> None:
+        self._last_active = self.loop.time()
+        super().data_received(data)
+
+    @property
+    def idle(self) -> bool:
+        """No request under way: none received yet (or only part of its headers), or the last one answered."""
+        answered = self.cycle is None or self.cycle.response_complete
+        return answered and self.conn.their_state in (h11.IDLE, h11.DONE)
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -40,7 +98,19 @@ class _EmbeddedServer(uvicorn.Server):
 
 
 class WebServer:
-    def __init__(self, app: ASGIApp, host: str, port: int, logger: logging.Logger) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        host: str,
+        port: int,
+        logger: logging.Logger,
+        *,
+        max_connections: int | None = None,
+        first_request_timeout: float = FIRST_REQUEST_TIMEOUT,
+    ) -> None:
+        """``max_connections``: None for MAX_CONNECTIONS or fewer under a low descriptor limit (connection_cap)."""
+        self._max_connections = max_connections
+        self._first_request_timeout = first_request_timeout
         self._app = app
         self._host = host
         self._port = port
@@ -65,6 +135,8 @@ class WebServer:
         """Bind and serve in the background; raises TeckoCheckerError if the address cannot be used."""
         sock = _bind(self._host, self._port)
         self._bound_port = sock.getsockname()[1]
+        cap = self._max_connections or connection_cap(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+        limits = {"max_connections": cap, "first_request_timeout": self._first_request_timeout}
         config = uvicorn.Config(
             self._app,
             host=self._host,
@@ -78,6 +150,10 @@ class WebServer:
             proxy_headers=False,
             server_header=False,
             timeout_graceful_shutdown=1,
+            http=type("_Bounded", (_BoundedH11Protocol,), limits),
+            backlog=min(LISTEN_BACKLOG, cap),
+            timeout_keep_alive=int(KEEP_ALIVE_TIMEOUT),
+            h11_max_incomplete_event_size=MAX_HEADER_BYTES,
         )
         self._server = _EmbeddedServer(config)
         serving = self._server.serve(sockets=[sock])
@@ -127,6 +203,14 @@ class WebServer:
         except Exception:  # already logged by _on_exit; stopping must not fail the daemon's shutdown
             pass
         self._server = self._task = None
+
+
+def connection_cap(fd_limit: int) -> int:
+    """MAX_CONNECTIONS, or fewer under a low file descriptor limit: a quarter of it for open connections and
+    a quarter for one accept burst leave half for the store, the HTTP clients and the watcher."""
+    if fd_limit == resource.RLIM_INFINITY or fd_limit <= 0:
+        return MAX_CONNECTIONS
+    return max(8, min(MAX_CONNECTIONS, fd_limit // 4))
 
 
 def _bind(host: str, port: int) -> socket.socket:

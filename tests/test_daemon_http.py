@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import resource
+import socket
 import textwrap
 from pathlib import Path
 
@@ -121,3 +124,63 @@ def test_port_in_use_refuses_to_start(running, tmp_path: Path, plugin_env: dict[
     assert out.returncode == 2
     assert f"cannot listen on 127.0.0.1:{port}: address already in use" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_a_state_store_outage_is_503_not_a_bug(tmp_path: Path, plugin_env: dict[str, str], postgres_url: str) -> None:
+    import psycopg
+
+    # Trust auth ignores the password, so this URL works and shows whether the password ever leaks.
+    password = "pw-canary-31415926"
+    url = postgres_url.replace("postgres@", f"postgres:{password}@")
+    config = write(tmp_path)
+    config.write_text(config.read_text() + f"state: {{url: '{url}'}}\n")
+    env = {**plugin_env, "TC_CONTROL_TOKEN": TOKEN}
+    daemon = DaemonProcess(config, env, tmp_path)
+    daemon.wait_for("job done: completed")
+    base = re.search(r"HTTP listening on (http://127\.0\.0\.1:\d+)", daemon.output).group(1)
+    assert httpx.get(base + "/api/v1/jobs").status_code == 200
+    admin_url = postgres_url.replace("postgresql+psycopg://", "postgresql://").rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE "{url.rsplit("/", 1)[1]}" WITH (FORCE)')  # the store goes away under it
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    for answer in (
+        httpx.get(base + "/api/v1/jobs"),
+        httpx.get(base + "/api/v1/jobs/waiting"),
+        httpx.post(base + "/api/v1/jobs/waiting/check-now", headers=auth),
+    ):
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["error"].startswith("state store unavailable: "), answer.text
+        assert password not in answer.text
+    assert httpx.get(base + "/healthz").status_code == 200
+    assert httpx.get(base + "/readyz").status_code == 503
+    daemon.stop()
+    assert password not in daemon.output and "(a bug)" not in daemon.output
+
+
+def test_check_now_on_a_paused_job_is_409(running) -> None:
+    _, base, _ = running
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    assert httpx.post(base + "/api/v1/jobs/waiting/pause", headers=auth).status_code == 200
+    refused = httpx.post(base + "/api/v1/jobs/waiting/check-now", headers=auth)
+    assert refused.status_code == 409 and refused.json()["error"] == "job 'waiting' is paused; resume it first"
+    assert httpx.post(base + "/api/v1/jobs/waiting/resume", headers=auth).status_code == 200
+    assert httpx.post(base + "/api/v1/jobs/waiting/check-now", headers=auth).status_code == 200
+
+
+def test_a_flood_of_idle_connections_neither_exhausts_the_daemon_nor_its_log(running) -> None:
+    daemon, base, _ = running
+    # systemd's default soft limit for a service; the test process itself may have a higher one.
+    resource.prlimit(daemon.proc.pid, resource.RLIMIT_NOFILE, (1024, 1024))
+    port = int(base.rsplit(":", 1)[1])
+    idle: list[socket.socket] = []
+    try:
+        for _ in range(2000):  # opened and never used: each would hold one of the daemon's descriptors
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+        assert httpx.get(base + "/healthz", timeout=10).status_code == 200  # a fresh client is still served
+        held = len(os.listdir(f"/proc/{daemon.proc.pid}/fd"))
+        assert held < 400, held  # the connection cap, not the descriptor limit, bounds what clients hold
+    finally:
+        for sock in idle:
+            sock.close()
+    assert httpx.get(base + "/api/v1/jobs", timeout=10).status_code == 200
+    assert "Traceback" not in daemon.output and "out of system resource" not in daemon.output

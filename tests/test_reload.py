@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import textwrap
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from daemon import DaemonProcess, read_ledger, run_cli
 
@@ -219,3 +221,48 @@ def test_sighup_reloads_and_restart_only_settings_are_reported(setup: Setup, plu
     setup.config.write_text(setup.text(port=1))
     daemon.wait_for("http.port changed; it takes effect after a restart", timeout=15)
     daemon.stop()
+
+
+def http_base(daemon: DaemonProcess) -> str:
+    daemon.wait_for("HTTP listening on")
+    return re.search(r"HTTP listening on (http://127\.0\.0\.1:\d+)", daemon.output).group(1)  # type: ignore[union-attr]
+
+
+def test_an_unexpected_error_while_reloading_is_reported_and_the_daemon_keeps_serving(
+    setup: Setup, plugin_env: dict[str, str]
+) -> None:
+    daemon = start(setup, plugin_env)
+    base = http_base(daemon)
+    # 100,000 nested lists: deeper than the parser's recursion limit (a RecursionError, not a ConfigError,
+    # until the loader reports such nesting itself; either way the reload must fail visibly).
+    (setup.dir / "jobs.d" / "deep.yaml").write_text("jobs: " + "[" * 100_000 + "]" * 100_000 + "\n")
+    daemon.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 30
+    while "config reload failed" not in daemon.output:
+        assert time.monotonic() < deadline, daemon.output
+        assert httpx.get(base + "/healthz", timeout=10).status_code == 200  # the loop is never blocked
+    reload = httpx.get(base + "/api/v1/status", timeout=10).json()["reload"]
+    assert reload["successful"] is False and reload["errors"], reload
+    assert "teckochecker_config_last_reload_successful 0.0" in httpx.get(base + "/metrics", timeout=10).text
+    assert "Traceback" not in daemon.output  # one line with the reason; the traceback is DEBUG only
+    jobs = {j["name"] for j in httpx.get(base + "/api/v1/jobs", timeout=10).json()["jobs"]}
+    assert {"finished", "steady", "tuned"} <= jobs  # the running config stays
+    (setup.dir / "jobs.d" / "deep.yaml").unlink()
+    setup.config.write_text(setup.text(interval="35s"))
+    wait_reloads(daemon, 1)
+    assert httpx.get(base + "/api/v1/status", timeout=10).json()["reload"]["successful"] is True
+    code, _ = daemon.stop()
+    assert code == 0
+
+
+def test_a_fifo_drop_in_never_blocks_the_daemon(setup: Setup, plugin_env: dict[str, str]) -> None:
+    daemon = start(setup, plugin_env)
+    base = http_base(daemon)
+    os.mkfifo(setup.dir / "jobs.d" / "pipe.yaml")  # reading it blocks until a writer comes, i.e. forever
+    daemon.proc.send_signal(signal.SIGHUP)
+    daemon.wait_for("reloading config")
+    for _ in range(5):
+        assert httpx.get(base + "/healthz", timeout=5).status_code == 200
+        time.sleep(0.2)
+    code, took = daemon.stop()
+    assert code == 0 and took < 5, (code, took, daemon.output)

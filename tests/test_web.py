@@ -11,6 +11,7 @@ import contextlib
 import datetime as dt
 import logging
 import os
+import resource
 import signal
 import socket
 import threading
@@ -34,7 +35,7 @@ from teckochecker.secrets import MASK, Redactor
 from teckochecker.state.models import Event, JobSnapshot
 from teckochecker.state.store import JobPlan, PlannedAction, StateStore
 from teckochecker.web import MAX_BODY_BYTES, create_app
-from teckochecker.webserver import WebServer
+from teckochecker.webserver import MAX_CONNECTIONS, WebServer, connection_cap
 
 T0 = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
 TOKEN = "tc-canary-9f8e7d6c5b4a"  # a canary: it must never show up in a response or a log line
@@ -174,14 +175,16 @@ class StoreControl:
 
 
 @contextlib.contextmanager
-def serve_in_thread(control: Any, metrics: Metrics | None = None, redactor: Redactor | None = None) -> Iterator[str]:
+def serve_in_thread(
+    control: Any, metrics: Metrics | None = None, redactor: Redactor | None = None, **limits: Any
+) -> Iterator[str]:
     """The real WebServer on 127.0.0.1:0, in its own event loop on a thread, so tests (and subprocesses like
     the CLI or a browser) can talk to it synchronously. Yields the base URL."""
     logger = logging.getLogger(LOGGER)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="web-test-loop", daemon=True)
     thread.start()
-    server = WebServer(create_app(control, metrics or Metrics(), logger, redactor), "127.0.0.1", 0, logger)
+    server = WebServer(create_app(control, metrics or Metrics(), logger, redactor), "127.0.0.1", 0, logger, **limits)
     try:
         asyncio.run_coroutine_threadsafe(server.start(), loop).result(timeout=WAIT)
         yield f"http://127.0.0.1:{server.bound_port}"
@@ -719,3 +722,74 @@ def test_status_command_with_an_unreachable_url(plugin_env: dict[str, str], tmp_
     out = run_cli("status", "--url", f"http://127.0.0.1:{port}", env=plugin_env, cwd=tmp_path)
     assert out.returncode == 2
     assert f"cannot reach the daemon at http://127.0.0.1:{port}" in out.stderr and "Traceback" not in out.stderr
+
+
+# ----- the connection cap -----
+
+
+class GatedControl(StoreControl):
+    """jobs() waits until the test opens the gate: a request that stays in flight."""
+
+    def __init__(self, store: StateStore) -> None:
+        super().__init__(store)
+        self.gate = threading.Event()
+
+    async def jobs(self) -> list[JobSnapshot]:
+        while not self.gate.is_set():
+            await asyncio.sleep(0.01)
+        return await super().jobs()
+
+
+def connect(url: str) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=WAIT)
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_a_connection_beyond_the_cap_pushes_out_the_longest_idle_one(control: StoreControl) -> None:
+    with serve_in_thread(control, max_connections=3) as base:
+        idle = [connect(base) for _ in range(3)]
+        try:
+            time.sleep(0.2)  # accepted, in this order
+            assert httpx.get(base + "/healthz", timeout=WAIT).status_code == 200  # the 4th: served
+            assert closed_by_server(idle[0])  # the oldest idle one made room
+            idle[1].sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # the others were left alone
+            assert idle[1].recv(4096).startswith(b"HTTP/1.1 200")
+        finally:
+            for sock in idle:
+                sock.close()
+
+
+def test_when_every_connection_is_busy_a_new_one_gets_a_clean_503(store: StateStore) -> None:
+    control = GatedControl(store)
+    with serve_in_thread(control, max_connections=2) as base:
+        busy = [connect(base) for _ in range(2)]
+        try:
+            for sock in busy:
+                sock.sendall(b"GET /api/v1/jobs HTTP/1.1\r\nHost: x\r\n\r\n")
+            time.sleep(0.3)  # both requests are in flight, waiting on the gate
+            refused = httpx.get(base + "/healthz", timeout=WAIT)
+            assert refused.status_code == 503 and "too many open connections" in refused.json()["error"]
+            control.gate.set()
+            for sock in busy:
+                assert sock.recv(4096).startswith(b"HTTP/1.1 200")  # the busy ones were never cut off
+        finally:
+            for sock in busy:
+                sock.close()
+
+
+def test_a_connection_that_never_sends_a_request_is_closed(control: StoreControl) -> None:
+    with serve_in_thread(control, first_request_timeout=0.2) as base, connect(base) as sock:
+        assert closed_by_server(sock)
+
+
+def test_the_cap_leaves_most_file_descriptors_to_the_daemon() -> None:
+    assert connection_cap(1024) == MAX_CONNECTIONS == 200
+    assert connection_cap(256) == 64
+    assert connection_cap(resource.RLIM_INFINITY) == MAX_CONNECTIONS

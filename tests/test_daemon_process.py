@@ -35,7 +35,7 @@ def job(name: str, status: Path, ledger: Path, targets: str = "[a, b]", action: 
     return (
         f"  - name: {name}\n"
         f"    source: {{type: status_file, path: {status}, targets: {targets}}}\n"
-        f"    actions:\n      - {{type: record, ledger: {ledger}{action}}}\n"
+        f"    actions:\n      - {{type: record, ledger: {ledger}, duplicate_watch: 2s{action}}}\n"
     )
 
 

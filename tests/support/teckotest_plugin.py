@@ -22,8 +22,10 @@ from teckochecker.plugin_api import (
     ActionRequest,
     ActionResult,
     CheckReport,
+    Duration,
     Observation,
     OptionsModel,
+    PluginContext,
     SecretName,
     Source,
     TargetState,
@@ -84,11 +86,17 @@ class RecordOptions(OptionsModel):
     # While this file exists, the downstream system is unreachable: starts are not sent, follows and
     # searches fail; the file's text is the error.
     outage: str | None = None
+    # After a start that followed searches that found nothing: how long to look for a duplicate.
+    duplicate_watch: Duration = 3600.0
 
 
 class RecordAction(Action):
     type_name = "record"
     Options = RecordOptions
+
+    def __init__(self, options: OptionsModel, context: PluginContext) -> None:
+        super().__init__(options, context)
+        self.duplicate_watch = self.options.duplicate_watch  # type: ignore[attr-defined]
 
     @property
     def target_key(self) -> str:

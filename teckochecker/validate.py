@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import ChainMap
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path as FsPath
@@ -25,7 +26,7 @@ from teckochecker.config import (
     StateSettings,
     TriggerRule,
 )
-from teckochecker.diagnostics import Diagnostic, Path
+from teckochecker.diagnostics import Diagnostic, Mark, Path
 from teckochecker.errors import ConfigError
 from teckochecker.loader import Document, load_file, load_text
 from teckochecker.plugin_api import Action, OptionsModel, SecretName, Source
@@ -126,9 +127,10 @@ def _validate_document(
     secrets = top.secrets if top else (dict.fromkeys(raw_secrets) if isinstance(raw_secrets, dict) else {})
     defaults = top.defaults if top else Defaults()
     templates = top.templates if top else {}
+    template_marks = _template_marks(doc)
     jobs: dict[str, JobDefinition] = {}
     for raw in raw_jobs:
-        raw = _with_template(raw, templates, doc, diagnostics)
+        raw = _with_template(raw, templates, template_marks, diagnostics)
         job, problems = _validate_job(raw.data, raw.path, raw.doc, registry, secrets, defaults)
         diagnostics.extend(problems)
         if job is None:
@@ -222,8 +224,21 @@ def _drop_in_documents(
     return tuple(dict.fromkeys(dirs)), documents
 
 
+def _template_marks(main: Document) -> dict[str, list[tuple[Path, Mark]]]:
+    """Each template's marks, by path inside the template; gathered once, not once per job (which was
+    quadratic: every job scanned every mark of the main file)."""
+    by_template: dict[str, list[tuple[Path, Mark]]] = {}
+    for path, mark in main.marks.items():
+        if len(path) >= 2 and path[0] == "templates" and isinstance(path[1], str):
+            by_template.setdefault(path[1], []).append((path[2:], mark))
+    return by_template
+
+
 def _with_template(
-    raw: _RawJob, templates: Mapping[str, dict[str, Any]], main: Document, diagnostics: list[Diagnostic]
+    raw: _RawJob,
+    templates: Mapping[str, dict[str, Any]],
+    template_marks: Mapping[str, list[tuple[Path, Mark]]],
+    diagnostics: list[Diagnostic],
 ) -> _RawJob:
     if not isinstance(raw.data, dict) or "template" not in raw.data:
         return raw
@@ -241,9 +256,9 @@ def _with_template(
         return _RawJob({k: v for k, v in raw.data.items() if k != "template"}, raw.path, raw.doc)
     merged = _deep_merge(template, raw.data)
     # Problems in parts that came from the template are located in the template.
-    prefix = ("templates", name)
-    marks = {(*raw.path, *p[2:]): m for p, m in main.marks.items() if p[:2] == prefix}
-    marks.update(raw.doc.marks)
+    from_template = {(*raw.path, *inner): mark for inner, mark in template_marks.get(name, [])}
+    # The job's own marks win; a view, not a copy: copying the whole file's marks per job was quadratic too.
+    marks = ChainMap(raw.doc.marks, from_template)
     return _RawJob(merged, raw.path, Document(raw.doc.file, raw.doc.data, marks))
 
 

@@ -2,7 +2,9 @@
 
 A pipeline that just submitted batches registers them with one command; the running daemon sees the new
 file in its include directory and picks the job up within seconds. Files are written atomically
-(temporary file, fsync, rename), and only after the whole config with the new file has been validated.
+(temporary file, fsync, link or rename), and only after the whole config with the new file has been validated.
+The job name is checked before it becomes a file name, the file always lands directly in the drop-in
+directory, and concurrent commands take turns on a lock on that directory.
 """
 
 from __future__ import annotations

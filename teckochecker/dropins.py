@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import errno
 import fcntl
 import fnmatch
 import os
@@ -24,7 +23,7 @@ from teckochecker.config import JOB_NAME_RULE, is_job_name
 from teckochecker.errors import TeckoCheckerError
 from teckochecker.loader import load_file
 from teckochecker.plugins import PluginRegistry
-from teckochecker.validate import load_config
+from teckochecker.validate import include_directory_problem, load_config
 
 
 def add_job(
@@ -160,18 +159,10 @@ def _real_directory(directory: Path) -> Path:
             directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise TeckoCheckerError(f"cannot create the drop-in directory {directory}: {exc.strerror or exc}") from None
-    try:
-        real = directory.resolve(strict=True)
-    except FileNotFoundError:
-        raise TeckoCheckerError(
-            f"the drop-in directory {directory} is a symlink to {os.readlink(directory)!s}, which does not exist"
-        ) from None
-    except (RuntimeError, OSError) as exc:  # RuntimeError: a symlink loop, before Python 3.13
-        reason = "a symlink loop" if isinstance(exc, RuntimeError) or exc.errno == errno.ELOOP else exc.strerror
-        raise TeckoCheckerError(f"the drop-in directory {directory} cannot be used: {reason}") from None
-    if not real.is_dir():
-        raise TeckoCheckerError(f"the drop-in directory {directory} is not a directory ({real} is a file)")
-    return real
+    problem = include_directory_problem(directory)
+    if problem is not None:
+        raise TeckoCheckerError(f"the drop-in directory {directory} {problem}")
+    return directory.resolve(strict=True)
 
 
 def _job_names(path: Path) -> set[str]:

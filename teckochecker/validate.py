@@ -6,8 +6,10 @@ It opens no network connection and no state store.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 from collections import ChainMap
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -206,6 +208,11 @@ def _drop_in_documents(
             )
             continue
         full = base / pattern
+        problem = include_directory_problem(full.parent)
+        if problem is not None:
+            where = ("include", index)
+            diagnostics.append(Diagnostic(doc.mark_for(where), where, f"the directory {full.parent} {problem}"))
+            continue
         dirs.append(full.parent)
         matches = set(full.parent.glob(full.name)) | {
             p for p in overlay if p.parent == full.parent and p.match(full.name)
@@ -232,6 +239,24 @@ def _template_marks(main: Document) -> dict[str, list[tuple[Path, Mark]]]:
         if len(path) >= 2 and path[0] == "templates" and isinstance(path[1], str):
             by_template.setdefault(path[1], []).append((path[2:], mark))
     return by_template
+
+
+def include_directory_problem(directory: FsPath) -> str | None:
+    """Why an include directory cannot hold drop-ins (a dangling symlink, a symlink loop, a file), or None.
+    One that does not exist yet is fine: it simply holds no drop-ins."""
+    if not os.path.lexists(directory):
+        return None
+    try:
+        real = directory.resolve(strict=True)
+    except FileNotFoundError:
+        target = os.readlink(directory) if directory.is_symlink() else "a missing path"
+        return f"is a symlink to {target}, which does not exist"
+    except (RuntimeError, OSError) as exc:  # RuntimeError: a symlink loop, before Python 3.13
+        loop = isinstance(exc, RuntimeError) or exc.errno == errno.ELOOP
+        return f"cannot be used: {'a symlink loop' if loop else exc.strerror or exc}"
+    if not real.is_dir():
+        return f"is not a directory ({real} is a file)"
+    return None
 
 
 def _with_template(

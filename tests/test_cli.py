@@ -179,10 +179,12 @@ def test_jobs_add_into_a_broken_drop_in_directory_is_a_clear_error(
     config.write_text(DROP_IN_MAIN)
     directory = tmp_path / "jobs.d"
     make(directory)
-    out = run_cli(*jobs_add(config, plugin_env, "fresh", "b1")[1:], env=plugin_env, cwd=tmp_path)
-    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
-    expected = message.format(parent=tmp_path, dir=directory)
-    assert out.stderr == f"teckochecker: error: the drop-in directory {directory} {expected}\n"
+    expected = f"{config}:1:11: include[0]: the directory {directory} {message.format(parent=tmp_path, dir=directory)}"
+    # The daemon's validator reports it, and so `jobs add` (which validates first) refuses to write.
+    for command in (["validate-config", str(config)], jobs_add(config, plugin_env, "fresh", "b1")[1:]):
+        out = run_cli(*command, env=plugin_env, cwd=tmp_path)
+        assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+        assert out.stderr.splitlines() == [expected, "1 problem(s) found"]
 
 
 def test_jobs_add_writes_only_inside_the_drop_in_directory(plugin_env: dict[str, str], tmp_path: Path) -> None:

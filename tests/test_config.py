@@ -403,3 +403,16 @@ def test_many_jobs_from_a_template_keep_their_marks(tmp_path: Path, registry: Pl
     assert found[0] == f"{f}:3:33: jobs[0].source.path: input should be a valid string"
     assert found[1999] == f"{f}:3:33: jobs[1999].source.path: input should be a valid string"
     assert found[2000] == f"{f}:{6 + 3 * 2000 + 2}:28: jobs[2000].source.path: input should be a valid string"
+
+
+def test_the_size_cap_is_exact(tmp_path: Path, registry: PluginRegistry) -> None:
+    head = "jobs: []\n#"
+    at_cap = write(tmp_path, head + "x" * (MAX_FILE_BYTES - len(head) - 1) + "\n", "at.yaml")
+    assert at_cap.stat().st_size == MAX_FILE_BYTES
+    assert load_config(at_cap, registry).jobs == {}
+    over = write(tmp_path, head + "x" * (MAX_FILE_BYTES - len(head)) + "\n", "over.yaml")
+    with pytest.raises(ConfigError) as info:
+        load_config(over, registry)
+    assert [str(d) for d in info.value.diagnostics] == [
+        f"{over}:1:1: file is larger than the limit of 1 MiB; is it the right file?"
+    ]

@@ -22,7 +22,11 @@ DEFAULT_INTERVAL = 120.0
 DEFAULT_DEADLINE = 25 * 3600.0
 DEFAULT_HTTP_PORT = 9718
 
-JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+# Also the drop-in file's name (NAME.yaml): no '/', no leading '.', no NUL or control characters.
+JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+JOB_NAME_RULE = "use letters, digits, '-', '_' and '.', starting with a letter or digit (max 128)"
+# NUL and other control characters: the state store (PostgreSQL) refuses NUL, and none belongs in an ID.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class Model(BaseModel):
@@ -83,6 +87,8 @@ class SecretRef(Model):
     def _absolute_file(cls, path: str | None) -> str | None:
         if path is not None and not path.startswith("/"):
             raise ValueError("use an absolute path: the daemon's working directory is not this file's")
+        if path is not None and CONTROL_CHARACTERS.search(path):
+            raise ValueError("a path may not contain control characters (NUL, newline, ...)")
         return path
 
     @field_validator("credential")
@@ -144,7 +150,7 @@ class HttpSettings(Model):
 class Defaults(Model):
     interval: Duration = DEFAULT_INTERVAL
     concurrency: int = Field(default=10, ge=1, le=1000)
-    deadline: Duration = DEFAULT_DEADLINE
+    deadline: Annotated[Duration, Field(gt=0)] = DEFAULT_DEADLINE
     # The first checks after a start are spread over this long, so that many jobs do not all poll at once.
     startup_spread: Duration = Field(default=10.0, ge=0, le=3600)
 
@@ -184,6 +190,8 @@ class SourceSpec(PluginSpec):
         for target in targets:
             if not target.strip():
                 raise ValueError("a target may not be empty")
+            if CONTROL_CHARACTERS.search(target):
+                raise ValueError(f"target {target!r} contains a control character (NUL, newline, ...)")
             if target in seen:
                 raise ValueError(f"target {target!r} is listed twice")
             seen.add(target)
@@ -192,6 +200,10 @@ class SourceSpec(PluginSpec):
 
 class ActionSpec(PluginSpec):
     when: Condition = Condition.ALWAYS
+
+
+def is_job_name(name: str) -> bool:
+    return JOB_NAME.fullmatch(name) is not None
 
 
 class JobSpec(Model):
@@ -207,8 +219,8 @@ class JobSpec(Model):
     @field_validator("name")
     @classmethod
     def _name_shape(cls, name: str) -> str:
-        if not JOB_NAME.fullmatch(name):
-            raise ValueError("use letters, digits, '-', '_' and '.', starting with a letter or digit (max 128)")
+        if not is_job_name(name):
+            raise ValueError(JOB_NAME_RULE)
         return name
 
     @field_validator("interval")
@@ -235,6 +247,13 @@ class ConfigFile(Model):
     # Reusable job parts: a job says `template: NAME` and its own keys are merged over the template's.
     templates: dict[str, dict[str, Any]] = {}
     jobs: list[JobSpec] = []
+
+    @field_validator("include")
+    @classmethod
+    def _plain_patterns(cls, patterns: list[str]) -> list[str]:
+        if any(CONTROL_CHARACTERS.search(pattern) for pattern in patterns):
+            raise ValueError("a path may not contain control characters (NUL, newline, ...)")
+        return patterns
 
     @model_validator(mode="before")
     @classmethod

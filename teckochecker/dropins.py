@@ -2,23 +2,28 @@
 
 A pipeline that just submitted batches registers them with one command; the running daemon sees the new
 file in its include directory and picks the job up within seconds. Files are written atomically
-(temporary file, fsync, rename), and only after the whole config with the new file has been validated.
+(temporary file, fsync, link or rename), and only after the whole config with the new file has been validated.
+The job name is checked before it becomes a file name, the file always lands directly in the drop-in
+directory, and concurrent commands take turns on a lock on that directory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import fnmatch
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import yaml
 
+from teckochecker.config import JOB_NAME_RULE, is_job_name
 from teckochecker.errors import TeckoCheckerError
 from teckochecker.loader import load_file
 from teckochecker.plugins import PluginRegistry
-from teckochecker.validate import load_config
+from teckochecker.validate import include_directory_problem, load_config
 
 
 def add_job(
@@ -31,42 +36,51 @@ def add_job(
     replace: bool = False,
     now: dt.datetime | None = None,
 ) -> Path:
+    _check_name(name)  # before any path is built from it
     config = load_config(config_path, registry)
     if not config.include:
         raise TeckoCheckerError(
             f"{config_path} has no 'include:'; add e.g. `include: [jobs.d/*.yaml]` so drop-in job files are read"
         )
-    path = _drop_in_path(config_path, config.include[0], name)
-    existing = config.jobs.get(name)
-    if existing is not None and not (replace and Path(existing.file) == path):
-        raise TeckoCheckerError(
-            f"job {name!r} already exists in {existing.file}" + ("" if replace else " (use --replace)")
-        )
+    directory, path = _drop_in_path(config_path, config.include[0], name)
     text = render_drop_in(name, template, targets, now or dt.datetime.now(dt.timezone.utc))
-    load_config(config_path, registry, overlay={path: text})  # raises ConfigError with every problem
-    write_atomically(path, text)
+    with _locked(directory) as dir_fd:
+        # Under the lock, so a concurrent `jobs add` of the same name is seen here, and the whole config is
+        # validated together with whatever the others wrote before us.
+        config = load_config(config_path, registry)
+        existing = config.jobs.get(name)
+        if existing is not None and not (replace and Path(existing.file) == path):
+            raise TeckoCheckerError(
+                f"job {name!r} already exists in {existing.file}" + ("" if replace else " (use --replace)")
+            )
+        load_config(config_path, registry, overlay={path: text})  # raises ConfigError with every problem
+        _write(dir_fd, path.name, text, replace=replace)
     return path
 
 
 def remove_job(config_path: Path, name: str) -> Path:
+    _check_name(name)
     document, _ = load_file(config_path)
     data = document.data if isinstance(document.data, dict) else {}
     if any(isinstance(j, dict) and j.get("name") == name for j in data.get("jobs") or []):
         raise TeckoCheckerError(f"job {name!r} is defined in the main file {config_path}; edit it there")
     for pattern in data.get("include") or []:
         full = config_path.parent / str(pattern)
-        for path in sorted(full.parent.glob(full.name)):
-            names = _job_names(path)
-            if name not in names:
-                continue
-            if len(names) > 1:
-                raise TeckoCheckerError(
-                    f"job {name!r} shares {path} with other jobs ({', '.join(sorted(names - {name}))}); "
-                    "edit that file by hand"
-                )
-            path.unlink()
-            _fsync_dir(path.parent)
-            return path
+        if not full.parent.is_dir():
+            continue
+        with _locked(full.parent):
+            for path in sorted(full.parent.glob(full.name)):
+                names = _job_names(path)
+                if name not in names:
+                    continue
+                if len(names) > 1:
+                    raise TeckoCheckerError(
+                        f"job {name!r} shares {path} with other jobs ({', '.join(sorted(names - {name}))}); "
+                        "edit that file by hand"
+                    )
+                path.unlink()
+                _fsync_dir(path.parent)
+                return path
     raise TeckoCheckerError(f"no drop-in file defines a job named {name!r}")
 
 
@@ -76,26 +90,79 @@ def render_drop_in(name: str, template: str, targets: Sequence[str], now: dt.dat
     return header + yaml.safe_dump(body, sort_keys=False, default_flow_style=False)
 
 
-def write_atomically(path: Path, text: str) -> None:
+def _write(dir_fd: int, name: str, text: str, *, replace: bool) -> None:
+    """Write ``name`` in the directory ``dir_fd`` atomically: a temporary file, fsync, then link or rename.
+
+    Without ``replace`` the file is created exclusively (link fails if it exists), so even a writer that
+    ignores the lock (a person with an editor) is never overwritten."""
     # A dot-name never matches an include glob, so the daemon never reads a half-written file.
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tmp.open("w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    tmp = f".{name}.tmp-{os.getpid()}"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp, dir_fd=dir_fd)  # left by a crashed process that had our pid
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if replace:
+            os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        else:
+            os.link(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+    except FileExistsError:
+        raise TeckoCheckerError(f"{name} already exists in the drop-in directory (use --replace)") from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=dir_fd)
+    os.fsync(dir_fd)
 
 
-def _drop_in_path(config_path: Path, pattern: str, name: str) -> Path:
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[int]:
+    """An exclusive flock on the directory itself, held while validating and writing: concurrent
+    `jobs add`/`remove` run one after the other. Yields the directory's fd; files are made relative to it,
+    so a directory swapped for a symlink meanwhile is not followed."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield fd
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _check_name(name: str) -> None:
+    if not is_job_name(name):
+        raise TeckoCheckerError(f"invalid job name {name!r}: {JOB_NAME_RULE}")
+
+
+def _drop_in_path(config_path: Path, pattern: str, name: str) -> tuple[Path, Path]:
+    """The drop-in directory (created if absent) and the file for job ``name`` in it."""
     full = config_path.parent / pattern
+    directory = _real_directory(full.parent)
     path = full.parent / f"{name}.yaml"
     if not fnmatch.fnmatch(path.name, full.name):
         raise TeckoCheckerError(
             f"{path.name} would not match the first include glob {pattern!r}; make it match *.yaml files"
         )
-    return path
+    # The name rule already keeps '/' and '..' out; this also catches NAME.yaml being a symlink out of it.
+    resolved = path.resolve()
+    if resolved.parent != directory or not resolved.is_relative_to(directory):
+        raise TeckoCheckerError(f"{path} resolves to {resolved}, outside the drop-in directory {directory}")
+    return directory, path
+
+
+def _real_directory(directory: Path) -> Path:
+    """``directory`` with symlinks resolved; made if it does not exist. A dangling symlink, a symlink loop
+    or a file in its place is an error that says so."""
+    try:
+        if not os.path.lexists(directory):
+            directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TeckoCheckerError(f"cannot create the drop-in directory {directory}: {exc.strerror or exc}") from None
+    problem = include_directory_problem(directory)
+    if problem is not None:
+        raise TeckoCheckerError(f"the drop-in directory {directory} {problem}")
+    return directory.resolve(strict=True)
 
 
 def _job_names(path: Path) -> set[str]:

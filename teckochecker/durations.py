@@ -9,12 +9,15 @@ from pydantic import BeforeValidator, PlainSerializer
 
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+# Longer than any deadline or interval anyone means; bounding here keeps datetime arithmetic on every use
+# (now + deadline) from overflowing, and keeps "999…9d" from becoming inf.
+MAX_DURATION = 366 * 86400.0
 
 
 def parse_duration(value: Any) -> float:
     """Seconds in ``value``; a bare number is refused so that ``interval: 2`` cannot mean the wrong unit."""
     if isinstance(value, bool) or not isinstance(value, str):
-        raise ValueError(f"a duration is written with a unit, like 45s, 2m or 1h (got {value!r})")
+        raise ValueError(f"a duration is written with a unit, like 45s, 2m or 1h (got {_shorten(repr(value))})")
     text = value.strip().replace(" ", "")
     pos, total = 0, 0.0
     for match in _PART.finditer(text):
@@ -23,8 +26,15 @@ def parse_duration(value: Any) -> float:
         total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
         pos = match.end()
     if pos != len(text) or not text:
-        raise ValueError(f"invalid duration {value!r}: write it like 45s, 2m, 1h or 1h30m")
+        raise ValueError(f"invalid duration {_shorten(value)!r}: write it like 45s, 2m, 1h or 1h30m")
+    if not total <= MAX_DURATION:  # `not <=` so that inf and nan are refused too
+        raise ValueError(f"duration {_shorten(value)!r} is longer than the maximum of 366d")
     return total
+
+
+def _shorten(text: str) -> str:
+    # The message repeats the value; a pasted megabyte of digits should not be repeated whole.
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def format_duration(seconds: float) -> str:

@@ -7,6 +7,7 @@ TeckoCheckerError
 │   └── StateStoreUnavailable  a call to the running store failed (down, dropped, unreadable); may pass later
 ├── PluginError            a plugin could not be loaded or registered
 ├── SecretError            a secret cannot be resolved (names the secret, never the value)
+├── UnreadableFile         a file is missing, not a regular file, or over its size cap (never shows content)
 ├── TransientError         observing or acting failed; a later try may work (optional retry_after)
 └── PermanentError         observing or acting cannot work until a person changes something
     └── Rejected           the downstream system refused the request (e.g. HTTP 400/401/403/404)
@@ -20,6 +21,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from teckochecker.diagnostics import Diagnostic
 
 
@@ -51,6 +54,15 @@ class PluginError(TeckoCheckerError):
 
 class SecretError(TeckoCheckerError):
     pass
+
+
+class UnreadableFile(TeckoCheckerError):
+    def __init__(self, path: Path, reason: str, *, missing: bool = False) -> None:
+        self.path = path
+        self.reason = reason
+        # Some callers treat an absent file differently (an optional credential, a friendlier message).
+        self.missing = missing
+        super().__init__(f"{path}: {reason}")
 
 
 class TransientError(TeckoCheckerError):

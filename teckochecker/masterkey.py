@@ -13,7 +13,8 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet, MultiFernet
 
-from teckochecker.errors import SecretError
+from teckochecker.boundedread import read_bounded
+from teckochecker.errors import SecretError, UnreadableFile
 
 MASTER_KEY_ENV = "TECKOCHECKER_MASTER_KEY"
 MASTER_KEY_FILE_ENV = "TECKOCHECKER_MASTER_KEY_FILE"
@@ -104,12 +105,9 @@ def _exists(path: Path) -> bool:
 
 def _read_key_file(path: Path, origin: str) -> str:
     try:
-        with path.open("rb") as f:
-            data = f.read(MAX_KEY_FILE_BYTES + 1)
-    except OSError as exc:
-        raise SecretError(f"{origin} not readable: {exc.strerror or exc}") from None
-    if len(data) > MAX_KEY_FILE_BYTES:
-        raise SecretError(f"{origin} is larger than {MAX_KEY_FILE_BYTES // 1024} KiB; is it the right file?")
+        data = read_bounded(path, MAX_KEY_FILE_BYTES)
+    except UnreadableFile as exc:
+        raise SecretError(f"{origin} {exc.reason}") from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:

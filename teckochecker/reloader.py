@@ -15,6 +15,10 @@ from pathlib import Path
 
 import watchfiles
 
+from teckochecker.boundedread import read_bounded
+from teckochecker.errors import UnreadableFile
+from teckochecker.loader import MAX_FILE_BYTES
+
 CHECKSUM_INTERVAL = 30.0
 # Changes are grouped until the directory has been quiet this long (an editor's save is a burst of
 # events), but never for longer than the debounce.
@@ -30,10 +34,10 @@ def config_checksum(main: Path, include: Iterable[str]) -> str:
     for path in [main, *_matches(main, include)]:
         digest.update(str(path).encode() + b"\0")
         try:
-            # A FIFO or device would block the read (or never end); the loader refuses such files anyway.
-            digest.update(path.read_bytes() if path.is_file() else b"<not a regular file>")
-        except OSError as exc:
-            digest.update(f"<unreadable: {exc.errno}>".encode())
+            # The loader's own bounded read: a FIFO, a device or a huge file is refused at once, not read.
+            digest.update(read_bounded(path, MAX_FILE_BYTES))
+        except UnreadableFile as exc:
+            digest.update(f"<unreadable: {exc}>".encode())
         digest.update(b"\0")
     return digest.hexdigest()
 

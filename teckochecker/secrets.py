@@ -25,8 +25,9 @@ from pathlib import Path
 
 from cryptography.fernet import InvalidToken
 
+from teckochecker.boundedread import read_bounded
 from teckochecker.config import SecretRef
-from teckochecker.errors import SecretError
+from teckochecker.errors import SecretError, UnreadableFile
 from teckochecker.masterkey import CREDENTIALS_DIRECTORY_ENV, load_master_keys, master_key_file
 
 MASK = "[REDACTED]"
@@ -223,14 +224,9 @@ def read_secret_file(path: Path, what: str, *, missing: str | None = None) -> st
 
     ``missing`` replaces the message for a file that does not exist."""
     try:
-        with path.open("rb") as f:
-            data = f.read(MAX_SECRET_BYTES + 1)
-    except FileNotFoundError as exc:
-        raise SecretError(missing or f"{what} not readable: {exc.strerror}") from None
-    except OSError as exc:
-        raise SecretError(f"{what} not readable: {exc.strerror or exc}") from None
-    if len(data) > MAX_SECRET_BYTES:
-        raise SecretError(f"{what} is larger than {MAX_SECRET_BYTES // 1024} KiB; is it the right file?")
+        data = read_bounded(path, MAX_SECRET_BYTES)
+    except UnreadableFile as exc:
+        raise SecretError(missing if exc.missing and missing else f"{what} {exc.reason}") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:

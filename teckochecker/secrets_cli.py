@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from cryptography.fernet import InvalidToken
 
+from teckochecker.boundedread import read_bounded
 from teckochecker.config import is_fernet_token
-from teckochecker.errors import ConfigError, TeckoCheckerError
-from teckochecker.loader import load_text
+from teckochecker.errors import ConfigError, TeckoCheckerError, UnreadableFile
+from teckochecker.loader import MAX_FILE_BYTES, load_text
 from teckochecker.masterkey import (
     MASTER_KEY_CREDENTIAL,
     MASTER_KEY_ENV,
@@ -226,9 +227,9 @@ def cmd_rotate(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 def _read_text(target: Path, shown: Path) -> str:
     try:
         # Bytes, not read_text(): universal newlines would turn CRLF files into LF ones on rewrite.
-        return target.read_bytes().decode("utf-8")
-    except OSError as exc:
-        raise TeckoCheckerError(f"cannot read {shown}: {exc.strerror or exc}") from None
+        return read_bounded(target, MAX_FILE_BYTES).decode("utf-8")
+    except UnreadableFile as exc:
+        raise TeckoCheckerError(f"{shown} {exc.reason}") from None
     except UnicodeDecodeError:
         raise TeckoCheckerError(f"cannot read {shown}: not UTF-8 text") from None
 

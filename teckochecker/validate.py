@@ -6,8 +6,11 @@ It opens no network connection and no state store.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
+from collections import ChainMap
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path as FsPath
@@ -25,7 +28,7 @@ from teckochecker.config import (
     StateSettings,
     TriggerRule,
 )
-from teckochecker.diagnostics import Diagnostic, Path
+from teckochecker.diagnostics import Diagnostic, Mark, Path
 from teckochecker.errors import ConfigError
 from teckochecker.loader import Document, load_file, load_text
 from teckochecker.plugin_api import Action, OptionsModel, SecretName, Source
@@ -126,9 +129,10 @@ def _validate_document(
     secrets = top.secrets if top else (dict.fromkeys(raw_secrets) if isinstance(raw_secrets, dict) else {})
     defaults = top.defaults if top else Defaults()
     templates = top.templates if top else {}
+    template_marks = _template_marks(doc)
     jobs: dict[str, JobDefinition] = {}
     for raw in raw_jobs:
-        raw = _with_template(raw, templates, doc, diagnostics)
+        raw = _with_template(raw, templates, template_marks, diagnostics)
         job, problems = _validate_job(raw.data, raw.path, raw.doc, registry, secrets, defaults)
         diagnostics.extend(problems)
         if job is None:
@@ -204,6 +208,11 @@ def _drop_in_documents(
             )
             continue
         full = base / pattern
+        problem = include_directory_problem(full.parent)
+        if problem is not None:
+            where = ("include", index)
+            diagnostics.append(Diagnostic(doc.mark_for(where), where, f"the directory {full.parent} {problem}"))
+            continue
         dirs.append(full.parent)
         matches = set(full.parent.glob(full.name)) | {
             p for p in overlay if p.parent == full.parent and p.match(full.name)
@@ -222,8 +231,39 @@ def _drop_in_documents(
     return tuple(dict.fromkeys(dirs)), documents
 
 
+def _template_marks(main: Document) -> dict[str, list[tuple[Path, Mark]]]:
+    """Each template's marks, by path inside the template; gathered once, not once per job (which was
+    quadratic: every job scanned every mark of the main file)."""
+    by_template: dict[str, list[tuple[Path, Mark]]] = {}
+    for path, mark in main.marks.items():
+        if len(path) >= 2 and path[0] == "templates" and isinstance(path[1], str):
+            by_template.setdefault(path[1], []).append((path[2:], mark))
+    return by_template
+
+
+def include_directory_problem(directory: FsPath) -> str | None:
+    """Why an include directory cannot hold drop-ins (a dangling symlink, a symlink loop, a file), or None.
+    One that does not exist yet is fine: it simply holds no drop-ins."""
+    if not os.path.lexists(directory):
+        return None
+    try:
+        real = directory.resolve(strict=True)
+    except FileNotFoundError:
+        target = os.readlink(directory) if directory.is_symlink() else "a missing path"
+        return f"is a symlink to {target}, which does not exist"
+    except (RuntimeError, OSError) as exc:  # RuntimeError: a symlink loop, before Python 3.13
+        loop = isinstance(exc, RuntimeError) or exc.errno == errno.ELOOP
+        return f"cannot be used: {'a symlink loop' if loop else exc.strerror or exc}"
+    if not real.is_dir():
+        return f"is not a directory ({real} is a file)"
+    return None
+
+
 def _with_template(
-    raw: _RawJob, templates: Mapping[str, dict[str, Any]], main: Document, diagnostics: list[Diagnostic]
+    raw: _RawJob,
+    templates: Mapping[str, dict[str, Any]],
+    template_marks: Mapping[str, list[tuple[Path, Mark]]],
+    diagnostics: list[Diagnostic],
 ) -> _RawJob:
     if not isinstance(raw.data, dict) or "template" not in raw.data:
         return raw
@@ -241,9 +281,9 @@ def _with_template(
         return _RawJob({k: v for k, v in raw.data.items() if k != "template"}, raw.path, raw.doc)
     merged = _deep_merge(template, raw.data)
     # Problems in parts that came from the template are located in the template.
-    prefix = ("templates", name)
-    marks = {(*raw.path, *p[2:]): m for p, m in main.marks.items() if p[:2] == prefix}
-    marks.update(raw.doc.marks)
+    from_template = {(*raw.path, *inner): mark for inner, mark in template_marks.get(name, [])}
+    # The job's own marks win; a view, not a copy: copying the whole file's marks per job was quadratic too.
+    marks = ChainMap(raw.doc.marks, from_template)
     return _RawJob(merged, raw.path, Document(raw.doc.file, raw.doc.data, marks))
 
 

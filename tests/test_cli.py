@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from daemon import run_cli
+from daemon import TECKOCHECKER, run_cli
 
 from teckochecker import __version__
 from teckochecker.cli import build_parser
+from teckochecker.config import JOB_NAME_RULE
 
 ROOT = Path(__file__).parent.parent
 EXAMPLE = ROOT / "teckochecker.yaml.example"
@@ -106,3 +109,102 @@ def test_show_without_a_state_store_explains(plugin_env: dict[str, str], tmp_pat
     assert (
         out.returncode == 2 and "has the daemon run with this config?" in out.stderr and "Traceback" not in out.stderr
     )
+
+
+# --- jobs add / remove: names stay in their directory, one writer at a time -----------------------------
+
+DROP_IN_MAIN = """\
+include: [jobs.d/*.yaml]
+templates:
+  std:
+    source: {type: status_file, path: /tmp/status.json}
+    actions: [{type: record, ledger: /tmp/ledger.jsonl}]
+jobs: []
+"""
+
+
+def jobs_add(config: Path, env: dict[str, str], name: str, *batches: str) -> list[str]:
+    args = ["--config", str(config), "jobs", "add", name, "--template", "std"]
+    for batch in batches:
+        args += ["--batch", batch]
+    return [TECKOCHECKER, *args]
+
+
+@pytest.mark.parametrize("name", ["../main", "/etc/x", "a/b", "..", ".hidden", "", "a\nb", "x" * 129])
+def test_jobs_add_refuses_names_that_leave_the_directory(plugin_env: dict[str, str], tmp_path: Path, name: str) -> None:
+    config = tmp_path / "main.yaml"
+    config.write_text(DROP_IN_MAIN)
+    (tmp_path / "jobs.d").mkdir()
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    out = run_cli(*jobs_add(config, plugin_env, name, "b1")[1:], env=plugin_env, cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr == f"teckochecker: error: invalid job name {name!r}: {JOB_NAME_RULE}\n"
+    assert config.read_text() == DROP_IN_MAIN
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    out = run_cli("--config", str(config), "jobs", "remove", name, env=plugin_env, cwd=tmp_path)
+    assert out.returncode == 2 and "invalid job name" in out.stderr
+
+
+def test_concurrent_jobs_add_of_one_name_exactly_one_wins(plugin_env: dict[str, str], tmp_path: Path) -> None:
+    config = tmp_path / "main.yaml"
+    # An unused template that takes a while to parse widens the window between reading the config and
+    # writing the file, as a config with many jobs does; without a lock several processes fit into it.
+    filler = "  filler: {values: [" + ", ".join(str(i) for i in range(5000)) + "]}\n"
+    config.write_text(DROP_IN_MAIN.replace("templates:\n", "templates:\n" + filler))
+    procs = [
+        subprocess.Popen(
+            jobs_add(config, plugin_env, "same", f"batch-{i}"),
+            env=plugin_env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(20)
+    ]
+    results = [(proc.wait(timeout=120), *proc.communicate()) for proc in procs]
+    winners = [i for i, (code, _, _) in enumerate(results) if code == 0]
+    assert len(winners) == 1, results
+    for i, (code, stdout, stderr) in enumerate(results):
+        if i != winners[0]:
+            assert code == 2 and stdout == "", (code, stdout, stderr)
+            assert stderr.startswith("teckochecker: error: job 'same' already exists in "), stderr
+    # The file holds the winner's job, and the whole config is valid with it.
+    assert f"batch-{winners[0]}" in (tmp_path / "jobs.d" / "same.yaml").read_text()
+    assert sorted(p.name for p in (tmp_path / "jobs.d").iterdir()) == ["same.yaml"]  # no temporary files left
+    out = run_cli("validate-config", str(config), env=plugin_env, cwd=tmp_path)
+    assert out.returncode == 0 and "1 job(s), 1 target(s)" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda d: d.symlink_to(d.parent / "absent"), "is a symlink to {parent}/absent, which does not exist"),
+        (lambda d: d.symlink_to(d), "cannot be used: a symlink loop"),
+        (lambda d: d.write_text("not a directory\n"), "is not a directory ({dir} is a file)"),
+    ],
+    ids=["dangling-symlink", "symlink-loop", "regular-file"],
+)
+def test_jobs_add_into_a_broken_drop_in_directory_is_a_clear_error(
+    plugin_env: dict[str, str], tmp_path: Path, make: Callable[[Path], object], message: str
+) -> None:
+    config = tmp_path / "main.yaml"
+    config.write_text(DROP_IN_MAIN)
+    directory = tmp_path / "jobs.d"
+    make(directory)
+    expected = f"{config}:1:11: include[0]: the directory {directory} {message.format(parent=tmp_path, dir=directory)}"
+    # The daemon's validator reports it, and so `jobs add` (which validates first) refuses to write.
+    for command in (["validate-config", str(config)], jobs_add(config, plugin_env, "fresh", "b1")[1:]):
+        out = run_cli(*command, env=plugin_env, cwd=tmp_path)
+        assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+        assert out.stderr.splitlines() == [expected, "1 problem(s) found"]
+
+
+def test_jobs_add_writes_only_inside_the_drop_in_directory(plugin_env: dict[str, str], tmp_path: Path) -> None:
+    config = tmp_path / "main.yaml"
+    config.write_text(DROP_IN_MAIN)
+    (tmp_path / "jobs.d").mkdir()
+    out = run_cli(*jobs_add(config, plugin_env, "a..b", "b1")[1:], env=plugin_env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == f"wrote {tmp_path / 'jobs.d' / 'a..b.yaml'}: job 'a..b' watching 1 target(s)\n"
+    assert sorted(p.name for p in (tmp_path / "jobs.d").iterdir()) == ["a..b.yaml"]

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
 from pathlib import Path
 
 import pytest
+from daemon import run_cli
 
 from teckochecker.config import Condition, TriggerRule
 from teckochecker.durations import format_duration, parse_duration
 from teckochecker.errors import ConfigError
+from teckochecker.loader import MAX_DEPTH, MAX_FILE_BYTES
 from teckochecker.plugins import PluginRegistry
 from teckochecker.validate import load_config
 
@@ -284,3 +287,132 @@ def test_drop_in_problems_are_located_in_their_file_and_template(tmp_path: Path,
     assert f"{main}:4:33: jobs[0].source.path: input should be a valid string" in found
     assert f"{drop}:1:1: secrets: unknown key (a drop-in file holds only 'jobs:')" in found
     assert f"{drop}:4:5: jobs[0].template: unknown template 'nope' (defined: standard)" in found
+
+
+# --- hostile input: special files, self-references, deep nesting, huge numbers --------------------------
+
+
+def test_special_and_oversized_config_files_are_refused_at_once(tmp_path: Path, plugin_env: dict[str, str]) -> None:
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    (tmp_path / "jobs.d").mkdir()
+    (tmp_path / "jobs.d" / "zero.yaml").symlink_to("/dev/zero")
+    (tmp_path / "jobs.d" / "pipe.yaml").symlink_to(fifo)
+    (tmp_path / "jobs.d" / "dir.yaml").mkdir()
+    (tmp_path / "jobs.d" / "big.yaml").write_text("jobs: []\n" + "#" * (MAX_FILE_BYTES + 10) + "\n")
+    main = write(tmp_path, "include: [jobs.d/*.yaml]\n")
+    # Real processes: on a FIFO or /dev/zero the old reader blocked or ate memory instead of answering.
+    out = run_cli("validate-config", str(fifo), env=plugin_env, cwd=tmp_path)
+    assert out.returncode == 1 and out.stderr.splitlines() == [
+        f"{fifo}:1:1: file is a FIFO (named pipe), not a regular file",
+        "1 problem(s) found",
+    ]
+    out = run_cli("validate-config", str(main), env=plugin_env, cwd=tmp_path)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    d = tmp_path / "jobs.d"
+    assert out.stderr.splitlines() == [
+        f"{d / 'big.yaml'}:1:1: file is larger than the limit of 1 MiB; is it the right file?",
+        f"{d / 'dir.yaml'}:1:1: file is a directory, not a regular file",
+        f"{d / 'pipe.yaml'}:1:1: file is a FIFO (named pipe), not a regular file",
+        f"{d / 'zero.yaml'}:1:1: file is a character device, not a regular file",
+        "4 problem(s) found",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("x: &a [*a]\n", "1:4: x[0]: alias refers to itself (a value that contains itself)"),
+        ("x: &a {y: *a}\n", "1:4: x.y: alias refers to itself (a value that contains itself)"),
+        ("x: &a {<<: *a}\n", "1:8: x: alias refers to itself (a mapping that merges itself)"),
+        ("x: " + "[" * 1000 + "]" * 1000 + "\n", f"1:{4 + MAX_DEPTH - 1}: nesting deeper than {MAX_DEPTH} levels"),
+        ("x: " + "{a: " * 1000 + "1" + "}" * 1000 + "\n", f"nesting deeper than {MAX_DEPTH} levels"),
+    ],
+)
+def test_self_references_and_deep_nesting_are_located_errors(
+    tmp_path: Path, plugin_env: dict[str, str], text: str, expected: str
+) -> None:
+    path = write(tmp_path, text)
+    out = run_cli("validate-config", str(path), env=plugin_env, cwd=tmp_path)
+    assert out.returncode == 1, out.stderr
+    assert "Traceback" not in out.stderr and "RecursionError" not in out.stderr
+    first, summary = out.stderr.splitlines()
+    assert first.startswith(f"{path}:") and expected in first and summary == "1 problem(s) found"
+
+
+def test_aliases_cannot_nest_deeper_than_the_text(tmp_path: Path, registry: PluginRegistry) -> None:
+    # Each anchor is shallow, but each wraps the previous one: the value nests about 300 levels deep.
+    lines = ["a0: &a0 " + "[" * 60 + "]" * 60]
+    lines += [f"a{i}: &a{i} " + "[" * 59 + f"*a{i - 1}" + "]" * 59 for i in range(1, 5)]
+    found = problems(tmp_path, registry, "\n".join(lines) + "\n")
+    assert len(found) == 1 and found[0].endswith(f"nesting deeper than {MAX_DEPTH} levels"), found
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("3000000d", "duration '3000000d' is longer than the maximum of 366d"),
+        ("367d", "duration '367d' is longer than the maximum of 366d"),
+        ("9" * 400 + "d", "duration '" + "9" * 37 + "...' is longer than the maximum of 366d"),
+        ("9" * 400, "a duration is written with a unit, like 45s, 2m or 1h (got " + "9" * 37 + "...)"),
+        ("9" * 5000, "invalid value: exceeds the limit (4300 digits) for integer string conversion"),
+        ("0s", "input should be greater than 0"),
+    ],
+)
+def test_durations_are_bounded_where_they_are_parsed(
+    tmp_path: Path, registry: PluginRegistry, value: str, message: str
+) -> None:
+    found = problems(tmp_path, registry, f"defaults:\n  deadline: {value}\n")
+    assert len(found) == 1 and found[0].startswith(f"{tmp_path / 'tc.yaml'}:2:"), found
+    assert found[0].endswith(f"defaults.deadline: {message}"), found
+
+
+def test_longest_duration_is_accepted() -> None:
+    assert parse_duration("366d") == 366 * 86400
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("targets: [a, b]", 'targets: [a, "b\\0c"]', "jobs[0].source.targets: target 'b\\x00c' contains a control"),
+        ("targets: [a, b]", 'targets: [a, "b\\nc"]', "jobs[0].source.targets: target 'b\\nc' contains a control"),
+        ("name: nightly", 'name: "night\\0ly"', "jobs[0].name: use letters, digits"),
+        ("{env: TEST_TOKEN}", '{file: "/run/x\\0y"}', "secrets.tok.file: a path may not contain control characters"),
+    ],
+)
+def test_nul_and_control_characters_are_refused(
+    tmp_path: Path, registry: PluginRegistry, old: str, new: str, message: str
+) -> None:
+    found = problems(tmp_path, registry, VALID.replace(old, new))
+    assert len(found) == 1 and message in found[0], found
+
+
+def test_many_jobs_from_a_template_keep_their_marks(tmp_path: Path, registry: PluginRegistry) -> None:
+    # The template's marks are shared by every job without copying; a problem in a template part is still
+    # located in the template, and a job's own keys in the job.
+    jobs = "".join(f"  - name: j{i}\n    template: std\n    source: {{targets: [t{i}]}}\n" for i in range(2000))
+    text = (
+        "templates:\n  std:\n    source: {type: status_file, path: 7}\n    actions: [{type: record, ledger: /l}]\n"
+        + "jobs:\n"
+        + jobs
+        + "  - name: last\n    template: std\n    source: {targets: [x], path: 8}\n"
+    )
+    found = problems(tmp_path, registry, text)
+    f = str(tmp_path / "tc.yaml")
+    assert len(found) == 2001
+    assert found[0] == f"{f}:3:33: jobs[0].source.path: input should be a valid string"
+    assert found[1999] == f"{f}:3:33: jobs[1999].source.path: input should be a valid string"
+    assert found[2000] == f"{f}:{6 + 3 * 2000 + 2}:28: jobs[2000].source.path: input should be a valid string"
+
+
+def test_the_size_cap_is_exact(tmp_path: Path, registry: PluginRegistry) -> None:
+    head = "jobs: []\n#"
+    at_cap = write(tmp_path, head + "x" * (MAX_FILE_BYTES - len(head) - 1) + "\n", "at.yaml")
+    assert at_cap.stat().st_size == MAX_FILE_BYTES
+    assert load_config(at_cap, registry).jobs == {}
+    over = write(tmp_path, head + "x" * (MAX_FILE_BYTES - len(head)) + "\n", "over.yaml")
+    with pytest.raises(ConfigError) as info:
+        load_config(over, registry)
+    assert [str(d) for d in info.value.diagnostics] == [
+        f"{over}:1:1: file is larger than the limit of 1 MiB; is it the right file?"
+    ]

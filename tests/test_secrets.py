@@ -10,7 +10,8 @@ import os
 import re
 import stat
 import subprocess
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -92,10 +93,66 @@ def test_file_source_problems(tmp_path: Path) -> None:
     assert failure({"s": {"file": str(missing)}}, {}) == (
         f"secret 's': file {missing} not readable: No such file or directory"
     )
-    assert failure({"s": {"file": str(tmp_path)}}, {}) == (f"secret 's': file {tmp_path} not readable: Is a directory")
+    assert failure({"s": {"file": str(tmp_path)}}, {}) == (
+        f"secret 's': file {tmp_path} is a directory, not a regular file"
+    )
     empty = tmp_path / "empty"
     empty.write_text("\n")
     assert failure({"s": {"file": str(empty)}}, {}) == f"secret 's': file {empty} is empty"
+
+
+def finishes(call: Callable[[], str], seconds: float = 10.0) -> str:
+    """``call()``'s SecretError message, failing (not hanging) if it blocks: a FIFO read used to wait forever."""
+    outcome: list[str] = []
+
+    def run() -> None:
+        with pytest.raises(SecretError) as info:
+            call()
+        outcome.append(str(info.value))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert outcome, f"still blocked after {seconds}s"
+    return outcome[0]
+
+
+def test_special_files_are_refused_at_once_naming_the_file(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    zero = tmp_path / "zero"
+    zero.symlink_to("/dev/zero")
+    assert finishes(lambda: resolver({"s": {"file": str(fifo)}}, {})("s")) == (
+        f"secret 's': file {fifo} is a FIFO (named pipe), not a regular file"
+    )
+    assert finishes(lambda: resolver({"s": {"file": str(zero)}}, {})("s")) == (
+        f"secret 's': file {zero} is a character device, not a regular file"
+    )
+    os.mkfifo(tmp_path / "cred")
+    assert finishes(lambda: resolver({"s": {"credential": "cred"}}, {"CREDENTIALS_DIRECTORY": str(tmp_path)})("s")) == (
+        f"secret 's': credential 'cred' ({tmp_path / 'cred'}) is a FIFO (named pipe), not a regular file"
+    )
+    ref = {"s": {"encrypted": encrypt(CANARY_ENC)}}
+    assert finishes(lambda: resolver(ref, {"TECKOCHECKER_MASTER_KEY_FILE": str(fifo)})("s")) == (
+        f"secret 's': key file {fifo} ($TECKOCHECKER_MASTER_KEY_FILE) is a FIFO (named pipe), not a regular file"
+    )
+    os.mkfifo(tmp_path / "teckochecker_master_key")
+    assert "is a FIFO (named pipe), not a regular file" in finishes(
+        lambda: resolver(ref, {"CREDENTIALS_DIRECTORY": str(tmp_path)})("s")
+    )
+
+
+def test_oversized_secret_and_key_files_name_the_file_and_the_cap(tmp_path: Path) -> None:
+    big = tmp_path / "big"
+    big.write_text(CANARY_FILE * 10_000)
+    assert failure({"s": {"file": str(big)}}, {}) == (
+        f"secret 's': file {big} is larger than the limit of 64 KiB; is it the right file?"
+    )
+    ref = {"s": {"encrypted": encrypt(CANARY_ENC)}}
+    assert failure(ref, {"TECKOCHECKER_MASTER_KEY_FILE": str(big)}) == (
+        f"secret 's': key file {big} ($TECKOCHECKER_MASTER_KEY_FILE) is larger than the limit of 64 KiB; "
+        "is it the right file?"
+    )
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")

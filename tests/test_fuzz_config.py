@@ -114,6 +114,11 @@ durations = st.one_of(
     st.builds(lambda digits, unit: f"{'9' * digits}{unit}", st.integers(1, 500), st.sampled_from(DURATION_UNITS)),
     st.text(alphabet="0123456789.smhd -", max_size=12),
 )
+# Text that YAML and a one-line report find hard: line breaks, control characters, quotes, indicators.
+awkward_text = st.text(
+    alphabet=st.one_of(st.sampled_from("\n\r\t\x00\x1b\x85\u2028\u202e\ufeff :#&*!|>'\"%@`{}[],-?"), st.characters()),
+    max_size=12,
+)
 names = st.one_of(st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,20}", fullmatch=True), st.text(max_size=20))
 scalars = st.one_of(
     st.none(),
@@ -122,6 +127,7 @@ scalars = st.one_of(
     st.sampled_from([0, -1, 65535, 65536, 2**31, 2**63, 2**64, 10**400, -(10**400)]),
     st.floats(),
     st.text(max_size=40),  # every code point but surrogates: control characters, NUL, RTL marks, emoji
+    awkward_text,
     st.binary(max_size=16),  # a !!binary value
     st.datetimes(),  # a YAML timestamp
     durations,
@@ -131,7 +137,7 @@ values = st.recursive(
     scalars,
     lambda children: (
         st.lists(children, max_size=4)
-        | st.dictionaries(st.one_of(st.sampled_from(KEYS), st.text(max_size=10), st.integers()), children, max_size=4)
+        | st.dictionaries(st.one_of(st.sampled_from(KEYS), awkward_text, st.integers()), children, max_size=4)
     ),
     max_leaves=12,
 )
@@ -171,7 +177,7 @@ def mutated_tree(draw: st.DrawFn, tree: Any) -> Any:
         elif op == "delete" and path:
             del _parent(tree, path)[path[-1]]
         elif op in ("add_key", "known_key") and isinstance(target, dict):
-            key = draw(st.sampled_from(KEYS)) if op == "known_key" else draw(st.one_of(st.text(max_size=12), scalars))
+            key = draw(st.sampled_from(KEYS)) if op == "known_key" else draw(st.one_of(awkward_text, scalars))
             if isinstance(key, (str, int, float, bool)) or key is None:
                 target[key] = draw(values)
         elif op == "duplicate" and isinstance(target, list) and target:
@@ -346,6 +352,7 @@ def _example_with(old: str, new: str) -> Files:
 
 # Inputs the fuzzer found once, kept so that every run tries them.
 @example(Files(b"jobs: []\nx: \x00\n", None))  # a raw NUL: PyYAML's two-line message
+@example(Files(b'"a\\nb": 1\n', None))  # a line break in an unknown key's name
 @example(Files(b"x: &a [*a]\n", None))  # an alias inside its own anchor
 @example(Files(b"deep: " + b"[" * 3000 + b"]" * 3000 + b"\n", None))
 @example(_example_with("deadline: 25h ", f"deadline: {'9' * 400}s "))  # infinite seconds

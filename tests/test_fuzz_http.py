@@ -24,7 +24,7 @@ import pytest
 from conftest import SUPPORT, TEST_PLUGINS
 from daemon import DaemonProcess
 from fuzz_profiles import examples
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from test_daemon_http import TOKEN as DAEMON_TOKEN
 from test_daemon_http import write as write_daemon_config
@@ -262,6 +262,8 @@ def served_store_down(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serv
         yield Served(control, url)
 
 
+# Found once: an empty 307 (its Location from the Host header) instead of a JSON answer.
+@example(Request("GET", "/api/v1/jobs/", (), b"", chunked=False), token_configured=True)
 @given(request=requests(), token_configured=st.booleans())
 def test_every_request_gets_a_non_5xx_json_answer(served: Served, request: Request, token_configured: bool) -> None:
     served.control.token = TOKEN if token_configured else None

@@ -125,7 +125,9 @@ def load_text(text: str, file: str) -> tuple[Document, list[Diagnostic]]:
         builder.doc.data = {}
         return builder.doc, []
     try:
-        builder.doc.data = builder.build(root, ())
+        # An explicit empty document ("---", "~", "null") means what an empty file means.
+        built = builder.build(root, ())
+        builder.doc.data = {} if built is None else built
     except _TooLarge as exc:
         builder.doc.data = None
         return builder.doc, [Diagnostic(exc.mark, (), f"the document expands to more than {MAX_VALUES} values")]

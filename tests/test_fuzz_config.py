@@ -353,6 +353,7 @@ def _example_with(old: str, new: str) -> Files:
 # Inputs the fuzzer found once, kept so that every run tries them.
 @example(Files(b"jobs: []\nx: \x00\n", None))  # a raw NUL: PyYAML's two-line message
 @example(Files(b'"a\\nb": 1\n', None))  # a line break in an unknown key's name
+@example(Files(b"%YAML 1.1\n---\n", None))  # an explicit empty document: exit 1 with no problem line
 @example(Files(b"x: &a [*a]\n", None))  # an alias inside its own anchor
 @example(Files(b"deep: " + b"[" * 3000 + b"]" * 3000 + b"\n", None))
 @example(_example_with("deadline: 25h ", f"deadline: {'9' * 400}s "))  # infinite seconds

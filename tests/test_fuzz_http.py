@@ -263,7 +263,7 @@ def served_store_down(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serv
 
 
 # Found once: an empty 307 (its Location from the Host header) instead of a JSON answer.
-@example(Request("GET", "/api/v1/jobs/", (), b"", chunked=False), token_configured=True)
+@example(request=Request("GET", "/api/v1/jobs/", (), b"", chunked=False), token_configured=True)
 @given(request=requests(), token_configured=st.booleans())
 def test_every_request_gets_a_non_5xx_json_answer(served: Served, request: Request, token_configured: bool) -> None:
     served.control.token = TOKEN if token_configured else None

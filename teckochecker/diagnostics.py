@@ -37,5 +37,7 @@ def format_path(path: Sequence[PathPart]) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += f".{part}" if out else str(part)
+            # A key is the user's text: a line break or control character in it must not break the one line.
+            name = str(part) if str(part).isprintable() else repr(part)
+            out += f".{name}" if out else name
     return out

@@ -189,13 +189,21 @@ def load_text(text: str, file: str) -> tuple[Document, list[Diagnostic]]:
         where = Mark(file, mark.line + 1, mark.column + 1) if mark else Mark(file, 1, 1)
         problem = exc.problem or exc.context or "invalid YAML"
         return builder.doc, [Diagnostic(where, (), f"YAML syntax error: {problem}")]
+    except yaml.reader.ReaderError as exc:
+        # A character YAML forbids (NUL, most control characters): PyYAML's message spans two lines and
+        # gives an offset, so say which character and where, on the one line a diagnostic has.
+        code = exc.character if isinstance(exc.character, int) else ord(str(exc.character)[:1] or "\0")
+        message = f"YAML error: character U+{code:04X} is not allowed in a YAML file"
+        return builder.doc, [Diagnostic(_mark_at(text, exc.position, file), (), message)]
     except yaml.YAMLError as exc:
-        return builder.doc, [Diagnostic(Mark(file, 1, 1), (), f"YAML error: {exc}")]
+        return builder.doc, [Diagnostic(Mark(file, 1, 1), (), f"YAML error: {' '.join(str(exc).split())}")]
     if root is None:
         builder.doc.data = {}
         return builder.doc, []
     try:
-        builder.doc.data = builder.build(root, ())
+        # An explicit empty document ("---", "~", "null") means what an empty file means.
+        built = builder.build(root, ())
+        builder.doc.data = {} if built is None else built
     except _Refused as exc:
         builder.doc.data = None
         return builder.doc, [exc.diagnostic]
@@ -205,6 +213,11 @@ def load_text(text: str, file: str) -> tuple[Document, list[Diagnostic]]:
         where = Mark(file, mark.line + 1, mark.column + 1) if mark else Mark(file, 1, 1)
         return builder.doc, [Diagnostic(where, (), f"YAML error: {exc.problem}")]
     return builder.doc, builder.diagnostics
+
+
+def _mark_at(text: str, offset: int, file: str) -> Mark:
+    line_start = text.rfind("\n", 0, offset) + 1
+    return Mark(file, text.count("\n", 0, offset) + 1, offset - line_start + 1)
 
 
 def load_file(path: FsPath) -> tuple[Document, list[Diagnostic]]:

@@ -63,7 +63,7 @@ def create_app(
         Route("/api/v1/jobs/{name}/resume", api.resume, methods=["POST"]),
         Route("/api/v1/jobs/{name}/check-now", api.check_now, methods=["POST"]),
     ]
-    return Starlette(
+    app = Starlette(
         routes=routes,
         # Outermost first: a bug anywhere below (including the body limit) still answers JSON.
         middleware=[
@@ -78,6 +78,10 @@ def create_app(
             TeckoCheckerError: _daemon_unavailable(logger),
         },
     )
+    # "/api/v1/jobs/" is a JSON 404, not Starlette's empty 307 to "/api/v1/jobs": that redirect is not JSON,
+    # and its Location is built from the Host header, which the client chooses.
+    app.router.redirect_slashes = False
+    return app
 
 
 class _Api:

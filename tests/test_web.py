@@ -34,6 +34,7 @@ from teckochecker.report import render_status
 from teckochecker.secrets import MASK, Redactor
 from teckochecker.state.models import Event, JobSnapshot
 from teckochecker.state.store import JobPlan, PlannedAction, StateStore
+from teckochecker.storeworker import StoreWorker
 from teckochecker.web import MAX_BODY_BYTES, create_app
 from teckochecker.webserver import MAX_CONNECTIONS, WebServer, connection_cap
 
@@ -123,6 +124,8 @@ class StoreControl:
 
     def __init__(self, store: StateStore, token: str | None = TOKEN) -> None:
         self.store = store
+        # As in the daemon: store calls go through the worker, which turns a failing store into one error.
+        self.worker = StoreWorker()
         self.token = token
         self.ready = {"config_loaded": True, "state_store": True, "scheduler": True}
         self.reload = ReloadStatus(True, T0, (), ())
@@ -137,14 +140,14 @@ class StoreControl:
 
     async def jobs(self) -> list[JobSnapshot]:
         self._maybe_fail()
-        return self.store.jobs()
+        return await self.worker.run(self.store.jobs)
 
     async def job(self, name: str) -> JobSnapshot | None:
         self._maybe_fail()
-        return self.store.job(name)
+        return await self.worker.run(self.store.job, name)
 
     async def events(self, name: str, limit: int) -> list[Event]:
-        return self.store.events(name, limit=limit)
+        return await self.worker.run(self.store.events, name, limit=limit)
 
     def next_run(self, name: str) -> dt.datetime | None:
         return self.next_runs.get(name)
@@ -156,10 +159,10 @@ class StoreControl:
         return self.problem
 
     async def pause(self, name: str) -> bool:
-        return self.store.set_paused(name, True, now=T0)
+        return await self.worker.run(self.store.set_paused, name, True, now=T0)
 
     async def resume(self, name: str) -> bool:
-        return self.store.set_paused(name, False, now=T0)
+        return await self.worker.run(self.store.set_paused, name, False, now=T0)
 
     async def check_now(self, name: str) -> bool:
         if name not in self.next_runs:

@@ -48,7 +48,7 @@ KEBOOLA_TOKEN = "kbc-kill-rounds-token-0123456789"
 COMPONENT = "kds-team.app-custom-python"
 MARKER = "teckochecker_trigger_id"  # the variable that makes a Keboola job ours
 FINAL_JOB_STATES = frozenset({"completed", "completed_with_failures", "failed"})
-KILLED_STATUSES = frozenset({"cancelled", "terminated"})
+KILLED_STATUSES = frozenset({"cancelled", "terminating", "terminated"})  # "terminating": kill accepted
 _KILL_PATH = re.compile(r"^/jobs/([^/]+)/kill/?$")
 # The in-doubt answers a create call can get. slow_create with a delay past the action's timeout is the
 # "timeout" case (the job appears after the client gave up); with delay 0 it is a clean answer.
@@ -304,8 +304,9 @@ def duplicate_window_option() -> str | None:
     """The action's option for how long to keep searching for duplicates, if this version has one."""
     from teckochecker_keboola.options import KeboolaJobOptions
 
-    for name in KeboolaJobOptions.model_fields:
-        if "duplicate" in name and ("window" in name or "search" in name):
+    for name, spec in KeboolaJobOptions.model_fields.items():
+        # A duration (float seconds) named after duplicates; `on_duplicate`-like choices are left at defaults.
+        if ("duplicate" in name or "dedup" in name) and spec.annotation in (float, float | None):
             return name
     return None
 
@@ -481,7 +482,11 @@ def main() -> int:
     results = run_rounds(args.rounds, args.seed, settings, report)
     summary = totals(results)
     if args.json:
-        document = {"settings": asdict(settings), "rounds": [asdict(r) for r in results], "total": summary}
+        document = {
+            "settings": {**asdict(settings), "duplicate_window_option": duplicate_window_option()},
+            "rounds": [asdict(r) for r in results],
+            "total": summary,
+        }
         print(json.dumps(document, indent=2))
     else:
         print()

@@ -474,6 +474,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
     args = parser.parse_args()
+    # Stopped with SIGTERM, unwind like on Ctrl-C so no daemon of a round is left running.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     settings = RoundSettings(jobs=args.jobs)
     report = (lambda _: None) if args.json else (lambda r: print(round_line(r), flush=True))
     if not args.json:

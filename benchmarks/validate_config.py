@@ -16,8 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from teckochecker.config.validate import load_config
 from teckochecker.plugins import load_plugins
-from teckochecker.validate import load_config
 
 HEADER = """\
 secrets:

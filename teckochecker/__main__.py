@@ -1,5 +1,5 @@
 import sys
 
-from teckochecker.cli import main
+from teckochecker.cli.main import main
 
 sys.exit(main())

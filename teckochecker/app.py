@@ -17,22 +17,23 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 
 from teckochecker.clock import Clock
+from teckochecker.config.validate import Config, load_config
+from teckochecker.config.watching import Reloader, config_checksum, watched_dirs
 from teckochecker.control import RELOAD_META, ReloadStatus, reload_status_json
 from teckochecker.crashpoints import CrashPoints
 from teckochecker.errors import ConfigError, SecretError, StateStoreError, TeckoCheckerError
-from teckochecker.heartbeat import HEARTBEAT_META, HEARTBEAT_PERIOD, Heartbeat, heartbeat_json
 from teckochecker.http import HttpClientPool
 from teckochecker.metrics import Metrics
 from teckochecker.offloop import run_off_loop
 from teckochecker.plugin_api import PluginContext, SharedRegistry
 from teckochecker.plugins import PluginRegistry
-from teckochecker.reloader import Reloader, config_checksum, watched_dirs
 from teckochecker.runner import JobRunner
 from teckochecker.runtime import JobRuntime
 from teckochecker.scheduling import Ticker
 from teckochecker.sdnotify import Notifier, run_watchdog
-from teckochecker.secrets import Redactor, SecretResolver
+from teckochecker.secrets.resolving import Redactor, SecretResolver
 from teckochecker.services import TickServices
+from teckochecker.state.heartbeat import HEARTBEAT_META, HEARTBEAT_PERIOD, Heartbeat, heartbeat_json
 from teckochecker.state.location import (
     SingleInstanceLock,
     StoreFileIdentity,
@@ -42,10 +43,9 @@ from teckochecker.state.location import (
 )
 from teckochecker.state.models import Event, JobSnapshot, JobState
 from teckochecker.state.store import StateStore
-from teckochecker.storeworker import StoreWorker
-from teckochecker.validate import Config, load_config
-from teckochecker.web import create_app
-from teckochecker.webserver import WebServer
+from teckochecker.state.worker import StoreWorker
+from teckochecker.web.routes import create_app
+from teckochecker.web.server import WebServer
 
 # SIGTERM must end the process within 5 s; ticks get this long to finish their current step.
 SHUTDOWN_GRACE = 3.0
@@ -446,7 +446,7 @@ class Daemon:
     # ----- heartbeat -----
 
     async def _beat(self, *, stopped: bool = False) -> None:
-        """Tell `teckochecker status` that this daemon runs (teckochecker.heartbeat)."""
+        """Tell `teckochecker status` that this daemon runs (teckochecker.state.heartbeat)."""
         beat = Heartbeat(self._clock.now(), os.getpid(), socket.gethostname(), stopped)
         await self._worker.run(self.store.set_meta, HEARTBEAT_META, heartbeat_json(beat))
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from teckochecker.diagnostics import Diagnostic
+    from teckochecker.config.diagnostics import Diagnostic
 
 
 class TeckoCheckerError(Exception):

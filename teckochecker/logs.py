@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from teckochecker.loglimit import RepeatLimiter
-from teckochecker.secrets import Redactor
+from teckochecker.secrets.resolving import Redactor
 
 LOGGER_NAME = "teckochecker"
 # Transport loggers can print whole URLs and headers at DEBUG; they stay quiet unless asked for.

@@ -22,7 +22,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict
 
 from teckochecker.clock import Clock
-from teckochecker.durations import Duration
+from teckochecker.config.durations import Duration
 
 __all__ = [
     "Action",

@@ -6,7 +6,7 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from teckochecker.config import Condition, TriggerRule
+from teckochecker.config.models import Condition, TriggerRule
 from teckochecker.plugin_api import TargetState
 from teckochecker.state.models import JobState, RunState
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from teckochecker.config.validate import JobDefinition
 from teckochecker.plugin_api import Action, PluginContext, Source
 from teckochecker.state.store import JobPlan, PlannedAction
-from teckochecker.validate import JobDefinition
 
 
 @dataclass

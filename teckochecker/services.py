@@ -11,7 +11,7 @@ from teckochecker.clock import Clock
 from teckochecker.crashpoints import CrashPoints
 from teckochecker.metrics import Metrics
 from teckochecker.state.store import StateStore
-from teckochecker.storeworker import StoreWorker
+from teckochecker.state.worker import StoreWorker
 
 
 @dataclass(frozen=True)

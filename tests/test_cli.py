@@ -11,8 +11,8 @@ import pytest
 from daemon import TECKOCHECKER, run_cli
 
 from teckochecker import __version__
-from teckochecker.cli import build_parser
-from teckochecker.config import JOB_NAME_RULE
+from teckochecker.cli.main import build_parser
+from teckochecker.config.models import JOB_NAME_RULE
 
 ROOT = Path(__file__).parent.parent
 EXAMPLE = ROOT / "teckochecker.yaml.example"

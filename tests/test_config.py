@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from daemon import run_cli
 
-from teckochecker.config import Condition, TriggerRule
-from teckochecker.durations import format_duration, parse_duration
+from teckochecker.config.durations import format_duration, parse_duration
+from teckochecker.config.loader import MAX_DEPTH, MAX_FILE_BYTES
+from teckochecker.config.models import Condition, TriggerRule
+from teckochecker.config.validate import load_config
 from teckochecker.errors import ConfigError
-from teckochecker.loader import MAX_DEPTH, MAX_FILE_BYTES
 from teckochecker.plugins import PluginRegistry
-from teckochecker.validate import load_config
 
 VALID = """\
 secrets:

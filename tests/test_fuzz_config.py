@@ -3,7 +3,7 @@
 Examples are real configs (teckochecker.yaml.example and the shapes other tests use), mutated as data
 (random values anywhere, wrong types, unknown keys, bad and huge durations, control characters, NUL) and then
 as text (anchors and aliases, deep nesting, duplicate keys, broken indentation, random splices and bytes).
-The in-process property calls ``teckochecker.cli.main`` itself, the function behind the command; a smaller
+The in-process property calls ``teckochecker.cli.main.main`` itself, the function behind the command; a smaller
 property runs the real command in a subprocess, with a timeout and a memory cap, so a hang or a runaway read
 fails the test instead of the machine. Sizes: tests/fuzz_profiles.py.
 """
@@ -31,7 +31,7 @@ from fuzz_profiles import examples
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from teckochecker.cli import EXIT_INVALID, EXIT_OK, main
+from teckochecker.cli.main import EXIT_INVALID, EXIT_OK, main
 
 ROOT = Path(__file__).parent.parent
 EXAMPLE = ROOT / "teckochecker.yaml.example"

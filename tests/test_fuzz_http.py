@@ -31,7 +31,7 @@ from test_daemon_http import write as write_daemon_config
 from test_web import TOKEN, StoreControl, populate, serve_in_thread
 
 from teckochecker.state.store import StateStore
-from teckochecker.web import MAX_BODY_BYTES
+from teckochecker.web.routes import MAX_BODY_BYTES
 
 WAIT = 10.0
 JOBS = ["watching", "firing", "done", "late"]

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from teckochecker.config import MAX_TARGETS_PER_JOB
+from teckochecker.config.models import MAX_TARGETS_PER_JOB
+from teckochecker.config.validate import load_config
 from teckochecker.errors import ConfigError
 from teckochecker.plugins import PluginRegistry
-from teckochecker.validate import load_config
 
 
 def config_with_targets(tmp_path: Path, count: int) -> Path:

@@ -17,21 +17,21 @@ from clock import FakeClock
 from fakes import FakeKeboola
 from plugin_context import Clients
 
+from teckochecker.cli.report import render_job
+from teckochecker.config.validate import load_config
 from teckochecker.crashpoints import CrashPoints
 from teckochecker.metrics import Metrics
 from teckochecker.plugin_api import PluginContext
 from teckochecker.plugins import PluginRegistry
-from teckochecker.report import render_job
 from teckochecker.runner import JobRunner, TickResult
 from teckochecker.runtime import JobRuntime
-from teckochecker.secrets import Redactor, SecretResolver
+from teckochecker.secrets.resolving import Redactor, SecretResolver
 from teckochecker.services import TickServices
 from teckochecker.state.models import JobSnapshot, JobState, RunState
 from teckochecker.state.store import StateStore
-from teckochecker.statuspage import render_page
-from teckochecker.storeworker import StoreWorker
-from teckochecker.validate import load_config
-from teckochecker.web import PAGE_EVENTS, job_to_json
+from teckochecker.state.worker import StoreWorker
+from teckochecker.web.routes import PAGE_EVENTS, job_to_json
+from teckochecker.web.statuspage import render_page
 
 TOKEN = "kbc-CANARY-trigger-0000-abcdefabcdef"
 COMPONENT = "kds-team.app-custom-python"

@@ -10,7 +10,7 @@ from clock import FakeClock
 
 from teckochecker.loglimit import RepeatLimiter
 from teckochecker.logs import setup_logging
-from teckochecker.secrets import Redactor
+from teckochecker.secrets.resolving import Redactor
 
 
 @pytest.fixture

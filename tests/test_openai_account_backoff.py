@@ -15,18 +15,18 @@ from clock import FakeClock
 from fakes import FakeOpenAI
 from plugin_context import Clients
 
+from teckochecker.config.validate import load_config
 from teckochecker.crashpoints import CrashPoints
 from teckochecker.metrics import Metrics
 from teckochecker.plugin_api import PluginContext, SharedRegistry
 from teckochecker.plugins import PluginRegistry
 from teckochecker.runner import JobRunner
 from teckochecker.runtime import JobRuntime
-from teckochecker.secrets import Redactor, SecretResolver
+from teckochecker.secrets.resolving import Redactor, SecretResolver
 from teckochecker.services import TickServices
 from teckochecker.state.models import JobState
 from teckochecker.state.store import StateStore
-from teckochecker.storeworker import StoreWorker
-from teckochecker.validate import load_config
+from teckochecker.state.worker import StoreWorker
 
 API_KEY = "sk-CANARY-backoff-0123456789abcdef0123"
 

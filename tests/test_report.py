@@ -7,9 +7,7 @@ from typing import Any
 
 import pytest
 
-from teckochecker.heartbeat import FRESH_FOR, Heartbeat, heartbeat_from_json, heartbeat_json
-from teckochecker.plugin_api import TargetState
-from teckochecker.report import (
+from teckochecker.cli.report import (
     RequestCounts,
     daemon_down,
     render_job,
@@ -18,6 +16,8 @@ from teckochecker.report import (
     request_counts,
     text_bar,
 )
+from teckochecker.plugin_api import TargetState
+from teckochecker.state.heartbeat import FRESH_FOR, Heartbeat, heartbeat_from_json, heartbeat_json
 from teckochecker.state.models import Event, JobSnapshot, JobState, RunSnapshot, RunState, TargetSnapshot
 
 NOW = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)

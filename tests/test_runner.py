@@ -13,18 +13,18 @@ import pytest
 from clock import FakeClock
 from daemon import read_ledger
 
+from teckochecker.config.validate import load_config
 from teckochecker.crashpoints import CrashPoints
 from teckochecker.metrics import Metrics
 from teckochecker.plugin_api import PluginContext
 from teckochecker.plugins import PluginRegistry
 from teckochecker.runner import JobRunner, TickResult
 from teckochecker.runtime import JobRuntime
-from teckochecker.secrets import Redactor, SecretResolver
+from teckochecker.secrets.resolving import Redactor, SecretResolver
 from teckochecker.services import TickServices
 from teckochecker.state.models import JobSnapshot, JobState, RunState
 from teckochecker.state.store import StateStore
-from teckochecker.storeworker import StoreWorker
-from teckochecker.validate import load_config
+from teckochecker.state.worker import StoreWorker
 
 
 class Harness:

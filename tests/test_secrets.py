@@ -19,10 +19,10 @@ from cryptography.fernet import Fernet
 from daemon import run_cli
 from pydantic import ValidationError
 
-from teckochecker.config import SecretRef
+from teckochecker.config.models import SecretRef
 from teckochecker.errors import SecretError
-from teckochecker.masterkey import load_master_keys
-from teckochecker.secrets import MASK, Redactor, SecretResolver
+from teckochecker.secrets.masterkey import load_master_keys
+from teckochecker.secrets.resolving import MASK, Redactor, SecretResolver
 
 # Canaries: if one of these shows up in any output or message, a value leaked.
 CANARY = "sk-CANARYCANARY-0123456789abcdef"
@@ -452,7 +452,7 @@ def rotatable(tmp_path: Path) -> Iterator[Path]:
 
 
 def decrypt_all(path: Path, key: str) -> dict[str, str]:
-    from teckochecker.loader import load_file
+    from teckochecker.config.loader import load_file
 
     document, _ = load_file(path)
     return {

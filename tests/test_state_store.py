@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from teckochecker.config import Condition, TriggerRule
+from teckochecker.config.models import Condition, TriggerRule
 from teckochecker.errors import StateStoreError
 from teckochecker.plugin_api import ActionOutcome, ActionResult, CheckReport, Observation, TargetState
-from teckochecker.secrets import Redactor
+from teckochecker.secrets.resolving import Redactor
 from teckochecker.state.location import SingleInstanceLock, StoreFileIdentity, resolve_state_url
 from teckochecker.state.models import JobState, RunState
 from teckochecker.state.store import JobPlan, PlannedAction, StateStore

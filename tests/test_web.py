@@ -24,19 +24,19 @@ import httpx
 import pytest
 from daemon import run_cli
 
-from teckochecker.api_client import fetch_job, fetch_jobs
-from teckochecker.config import Condition, TriggerRule
+from teckochecker.cli.api_client import fetch_job, fetch_jobs
+from teckochecker.cli.report import render_status
+from teckochecker.config.models import Condition, TriggerRule
 from teckochecker.control import ReloadStatus
 from teckochecker.errors import StateStoreError, TeckoCheckerError
 from teckochecker.metrics import Metrics
 from teckochecker.plugin_api import ActionOutcome, ActionResult, CheckReport, Observation, TargetState
-from teckochecker.report import render_status
-from teckochecker.secrets import MASK, Redactor
+from teckochecker.secrets.resolving import MASK, Redactor
 from teckochecker.state.models import Event, JobSnapshot
 from teckochecker.state.store import JobPlan, PlannedAction, StateStore
-from teckochecker.storeworker import StoreWorker
-from teckochecker.web import MAX_BODY_BYTES, create_app
-from teckochecker.webserver import MAX_CONNECTIONS, WebServer, connection_cap
+from teckochecker.state.worker import StoreWorker
+from teckochecker.web.routes import MAX_BODY_BYTES, create_app
+from teckochecker.web.server import MAX_CONNECTIONS, WebServer, connection_cap
 
 T0 = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
 TOKEN = "tc-canary-9f8e7d6c5b4a"  # a canary: it must never show up in a response or a log line

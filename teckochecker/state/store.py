@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import SQLAlchemyError
 
 from teckochecker import rules
-from teckochecker.config import Condition, TriggerRule
+from teckochecker.config.models import Condition, TriggerRule
 from teckochecker.errors import NoStateStore, StateStoreError
 from teckochecker.plugin_api import CheckReport, TargetState
 from teckochecker.state import schema

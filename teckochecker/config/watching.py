@@ -16,8 +16,8 @@ from pathlib import Path
 import watchfiles
 
 from teckochecker.boundedread import read_bounded
+from teckochecker.config.loader import MAX_FILE_BYTES
 from teckochecker.errors import UnreadableFile
-from teckochecker.loader import MAX_FILE_BYTES
 
 CHECKSUM_INTERVAL = 30.0
 # Changes are grouped until the directory has been quiet this long (an editor's save is a burst of

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from teckochecker.boundedread import read_bounded
-from teckochecker.diagnostics import Diagnostic, Mark, Path
+from teckochecker.config.diagnostics import Diagnostic, Mark, Path
 from teckochecker.errors import UnreadableFile
 
 MAX_FILE_BYTES = 1024 * 1024

@@ -24,10 +24,10 @@ import yaml
 from cryptography.fernet import InvalidToken
 
 from teckochecker.boundedread import read_bounded
-from teckochecker.config import is_fernet_token
+from teckochecker.config.loader import MAX_FILE_BYTES, load_text
+from teckochecker.config.models import is_fernet_token
 from teckochecker.errors import ConfigError, TeckoCheckerError, UnreadableFile
-from teckochecker.loader import MAX_FILE_BYTES, load_text
-from teckochecker.masterkey import (
+from teckochecker.secrets.masterkey import (
     MASTER_KEY_CREDENTIAL,
     MASTER_KEY_ENV,
     MASTER_KEY_FILE_ENV,
@@ -35,7 +35,7 @@ from teckochecker.masterkey import (
     generate_key,
     load_master_keys,
 )
-from teckochecker.secrets import Redactor, SecretResolver, header_value_problem, strip_one_newline
+from teckochecker.secrets.resolving import Redactor, SecretResolver, header_value_problem, strip_one_newline
 
 if TYPE_CHECKING:
     SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -106,7 +106,7 @@ def _secret_name(text: str) -> str:
 def _config_path(args: argparse.Namespace, environ: Mapping[str, str]) -> Path:
     if args.path is not None:
         return Path(args.path)
-    from teckochecker.cli import find_config  # here, not at the top: cli imports this module
+    from teckochecker.cli.main import find_config  # here, not at the top: cli imports this module
 
     return find_config(args.config, environ, Path.cwd())
 
@@ -161,8 +161,8 @@ def _read_value() -> str | None:
 
 
 def cmd_check(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from teckochecker.config.validate import load_config
     from teckochecker.plugins import load_plugins
-    from teckochecker.validate import load_config
 
     path = _config_path(args, environ)
     config = load_config(path, load_plugins(environ))

@@ -25,14 +25,14 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from teckochecker import __version__
-from teckochecker.config import JOB_NAME
+from teckochecker.cli.report import request_counts
+from teckochecker.config.models import JOB_NAME
 from teckochecker.control import DaemonControl, ReloadStatus
 from teckochecker.errors import StateStoreUnavailable, TeckoCheckerError
 from teckochecker.metrics import Metrics
-from teckochecker.report import request_counts
-from teckochecker.secrets import Redactor
+from teckochecker.secrets.resolving import Redactor
 from teckochecker.state.models import Event, JobSnapshot, RunSnapshot, TargetSnapshot
-from teckochecker.statuspage import render_page
+from teckochecker.web.statuspage import render_page
 
 MAX_BODY_BYTES = 64 * 1024
 DEFAULT_EVENTS, MAX_EVENTS = 50, 1000

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import yaml
 
-from teckochecker.config import JOB_NAME_RULE, is_job_name
+from teckochecker.config.loader import load_file
+from teckochecker.config.models import JOB_NAME_RULE, is_job_name
+from teckochecker.config.validate import include_directory_problem, load_config
 from teckochecker.errors import TeckoCheckerError
-from teckochecker.loader import load_file
 from teckochecker.plugins import PluginRegistry
-from teckochecker.validate import include_directory_problem, load_config
 
 
 def add_job(

@@ -26,9 +26,9 @@ from pathlib import Path
 from cryptography.fernet import InvalidToken
 
 from teckochecker.boundedread import read_bounded
-from teckochecker.config import SecretRef
+from teckochecker.config.models import SecretRef
 from teckochecker.errors import SecretError, UnreadableFile
-from teckochecker.masterkey import CREDENTIALS_DIRECTORY_ENV, load_master_keys, master_key_file
+from teckochecker.secrets.masterkey import CREDENTIALS_DIRECTORY_ENV, load_master_keys, master_key_file
 
 MASK = "[REDACTED]"
 # Very short values would mask ordinary words; nobody's real key is that short.

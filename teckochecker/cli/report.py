@@ -6,10 +6,10 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from teckochecker.config.durations import format_duration
 from teckochecker.control import ReloadStatus
-from teckochecker.durations import format_duration
-from teckochecker.heartbeat import Heartbeat
 from teckochecker.plugins import PluginRegistry
+from teckochecker.state.heartbeat import Heartbeat
 from teckochecker.state.models import Event, JobSnapshot, RunSnapshot
 
 BAR_WIDTH = 20
@@ -68,7 +68,7 @@ def render_reload(status: ReloadStatus | None) -> str:
 
 
 def daemon_down(heartbeat: Heartbeat | None, now: dt.datetime) -> str | None:
-    """None while the daemon's heartbeat is fresh (teckochecker.heartbeat); else a line saying that it is not
+    """None while the daemon's heartbeat is fresh (teckochecker.state.heartbeat); else a line saying that it is not
     running and when it was last seen."""
     if heartbeat is None:
         return "daemon not running (it has recorded no heartbeat)"

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from teckochecker.durations import Duration
+from teckochecker.config.durations import Duration
 
 MIN_INTERVAL = 30.0
 MAX_INTERVAL = 3600.0

@@ -13,14 +13,7 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 
 from teckochecker import __version__
-from teckochecker.clock import SystemClock
-from teckochecker.control import RELOAD_META, reload_status_from_json
-from teckochecker.errors import ConfigError, NoStateStore, TeckoCheckerError
-from teckochecker.heartbeat import HEARTBEAT_META, heartbeat_from_json
-from teckochecker.loader import load_file
-from teckochecker.logs import setup_logging
-from teckochecker.plugins import PluginRegistry, load_plugins
-from teckochecker.report import (
+from teckochecker.cli.report import (
     daemon_down,
     render_job,
     render_plugins,
@@ -28,11 +21,18 @@ from teckochecker.report import (
     render_status,
     render_unchecked,
 )
-from teckochecker.secrets import Redactor
-from teckochecker.secrets_cli import register_secrets_commands
+from teckochecker.cli.secrets import register_secrets_commands
+from teckochecker.clock import SystemClock
+from teckochecker.config.loader import load_file
+from teckochecker.config.validate import Config, load_config
+from teckochecker.control import RELOAD_META, reload_status_from_json
+from teckochecker.errors import ConfigError, NoStateStore, TeckoCheckerError
+from teckochecker.logs import setup_logging
+from teckochecker.plugins import PluginRegistry, load_plugins
+from teckochecker.secrets.resolving import Redactor
+from teckochecker.state.heartbeat import HEARTBEAT_META, heartbeat_from_json
 from teckochecker.state.location import resolve_state_url
 from teckochecker.state.store import StateStore
-from teckochecker.validate import Config, load_config
 
 CONFIG_ENV = "TECKOCHECKER_CONFIG"
 SYSTEM_CONFIG = Path("/etc/teckochecker/teckochecker.yaml")
@@ -225,7 +225,7 @@ def cmd_run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    from teckochecker.demo import run_demo  # the simulators are not needed by any other command
+    from teckochecker.cli.demo import run_demo  # the simulators are not needed by any other command
 
     return run_demo(
         keep=args.keep, speed=args.speed, exit_when_done=args.exit_when_done, port=args.port, out=sys.stdout
@@ -261,7 +261,7 @@ def cmd_status(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     if args.url:
         if args.state_url:
             raise TeckoCheckerError("give --url or --state-url, not both")
-        from teckochecker.api_client import fetch_jobs  # httpx only when asked to
+        from teckochecker.cli.api_client import fetch_jobs  # httpx only when asked to
 
         print(render_status(fetch_jobs(args.url), SystemClock().now()))
         return EXIT_OK
@@ -305,7 +305,7 @@ def cmd_show(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 def cmd_jobs_add(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    from teckochecker.dropins import add_job
+    from teckochecker.cli.dropins import add_job
 
     path = add_job(
         _config_path(args, environ), load_plugins(environ), args.name, args.template, args.targets, replace=args.replace
@@ -315,7 +315,7 @@ def cmd_jobs_add(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 def cmd_jobs_remove(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    from teckochecker.dropins import remove_job
+    from teckochecker.cli.dropins import remove_job
 
     path = remove_job(_config_path(args, environ), args.name)
     print(f"removed {path}")

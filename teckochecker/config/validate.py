@@ -18,7 +18,9 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from teckochecker.config import (
+from teckochecker.config.diagnostics import Diagnostic, Mark, Path
+from teckochecker.config.loader import Document, load_file, load_text
+from teckochecker.config.models import (
     Condition,
     ConfigFile,
     Defaults,
@@ -28,9 +30,7 @@ from teckochecker.config import (
     StateSettings,
     TriggerRule,
 )
-from teckochecker.diagnostics import Diagnostic, Mark, Path
 from teckochecker.errors import ConfigError
-from teckochecker.loader import Document, load_file, load_text
 from teckochecker.plugin_api import Action, OptionsModel, SecretName, Source
 from teckochecker.plugins import PluginRegistry
 

@@ -1,13 +1,21 @@
-"""What the HTTP layer may ask of the running daemon. The daemon implements it; the web app only calls it."""
+"""What the HTTP layer may ask of the running daemon: the DaemonControl protocol the web app calls, and
+Control, the daemon's implementation over its store, its running jobs and its store guard."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from teckochecker.state.models import Event, JobSnapshot
+
+if TYPE_CHECKING:  # the web layer imports this module for the protocol alone; the engine stays out of it
+    from teckochecker.running_jobs import RunningJobs
+    from teckochecker.state.guard import StoreGuard
+    from teckochecker.state.store import StateStore
+    from teckochecker.state.worker import StoreWorker
 
 
 @dataclass(frozen=True)
@@ -79,3 +87,65 @@ class DaemonControl(Protocol):
     def api_token(self) -> str | None:
         """The control endpoints' bearer token, or None when none is configured (endpoints off)."""
         ...
+
+
+class Control:
+    """The daemon's answer to DaemonControl, given the collaborators it needs (and nothing else)."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        worker: StoreWorker,
+        jobs: RunningJobs,
+        guard: StoreGuard,
+        *,
+        reload_status: Callable[[], ReloadStatus],
+        api_token: Callable[[], str | None],
+    ) -> None:
+        self._store = store
+        self._db = worker
+        self._jobs = jobs
+        self._guard = guard
+        self._reload_status = reload_status
+        self._api_token = api_token
+
+    async def jobs(self) -> list[JobSnapshot]:
+        return await self._db.run(self._store.jobs)
+
+    async def job(self, name: str) -> JobSnapshot | None:
+        return await self._db.run(self._store.job, name)
+
+    async def events(self, name: str, limit: int) -> list[Event]:
+        return await self._db.run(self._store.events, name, limit=limit)
+
+    def next_run(self, name: str) -> dt.datetime | None:
+        return self._jobs.next_run(name)
+
+    async def readiness(self) -> dict[str, bool]:
+        try:
+            await self._db.run(self._store.ping)
+            store_ok = self._guard.intact()
+        except Exception:
+            store_ok = False
+        return {"config_loaded": True, "state_store": store_ok, "scheduler": self._jobs.scheduler_running}
+
+    def store_problem(self) -> str | None:
+        return self._guard.problem
+
+    async def pause(self, name: str) -> bool:
+        self._guard.require()
+        return await self._jobs.set_paused(name, True)
+
+    async def resume(self, name: str) -> bool:
+        self._guard.require()
+        return await self._jobs.set_paused(name, False)
+
+    async def check_now(self, name: str) -> bool:
+        self._guard.require()
+        return self._jobs.run_now(name)
+
+    def reload_status(self) -> ReloadStatus:
+        return self._reload_status()
+
+    def api_token(self) -> str | None:
+        return self._api_token()

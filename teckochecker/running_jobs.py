@@ -1,0 +1,243 @@
+"""The jobs the daemon runs now: their plugin objects, their place in the schedule, and their ticks.
+
+The composition root (app.py) builds one; a reload hands it the difference to apply; the control object
+asks it to run a job now. A tick itself is the runner's (runner.py); here is only when ticks happen, how
+many steps one may take, and how they end on shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import random
+from collections.abc import Callable, Mapping
+
+from teckochecker.clock import Clock
+from teckochecker.config.validate import JobDefinition
+from teckochecker.metrics import Metrics
+from teckochecker.plugin_api import PluginContext
+from teckochecker.reload import JobDiff
+from teckochecker.runner import JobRunner
+from teckochecker.runtime import JobRuntime
+from teckochecker.scheduling import Ticker
+from teckochecker.services import TickServices
+from teckochecker.state.guard import StoreGuard
+from teckochecker.state.models import JobState
+
+# Sooner than this, the next step of a job runs within the current tick.
+MIN_RESCHEDULE = 0.5
+MAX_STEPS_PER_TICK = 20
+# A scheduled tick this late means the loop is stuck: stop feeding the systemd watchdog.
+WATCHDOG_OVERDUE = 60.0
+# A reload applies this many jobs between two turns of the event loop.
+APPLY_CHUNK = 100
+
+
+class RunningJobs:
+    def __init__(
+        self,
+        services: TickServices,
+        context: PluginContext,
+        guard: StoreGuard,
+        *,
+        stopping: Callable[[], bool],
+        metrics: Metrics,
+        logger: logging.Logger,
+        clock: Clock,
+        rng: random.Random,
+    ) -> None:
+        self._services = services
+        self._store = services.store
+        self._db = services.worker
+        self._context = context
+        self._guard = guard
+        self._clock = clock
+        self._log = logger
+        self._rng = rng
+        self._runner = JobRunner(services)
+        self._ticker = Ticker(self._tick, clock, logger, metrics)
+        self._definitions: Mapping[str, JobDefinition] = {}
+        self._jobs: dict[str, JobRuntime] = {}
+        self._ticks: set[asyncio.Task[None]] = set()
+        self._halted = False
+        self._stopping = stopping
+
+    # ----- start and stop -----
+
+    async def start(self, definitions: Mapping[str, JobDefinition], startup_spread: float) -> None:
+        """Build every job, record the plan, and schedule what is not finished (spread over the start)."""
+        self._definitions = definitions
+        self._jobs = {name: JobRuntime.build(d, self._context) for name, d in definitions.items()}
+        await self._db.run(self._store.sync_jobs, [j.plan() for j in self._jobs.values()], self._clock.now())
+        self._ticker.start()
+        states = await self._db.run(self._store.job_states)
+        for name, job in self._jobs.items():
+            state = states.get(name)
+            if state is None or state.is_final:
+                continue
+            spread = min(startup_spread, job.definition.interval)
+            first = 0.0 if state is JobState.FIRING else self._rng.uniform(0, spread)
+            self._ticker.schedule(name, job.definition.interval, first)
+
+    def halt(self) -> None:
+        """No new ticks, and running ones stop after their current step (shutdown, or a lost store)."""
+        self._halted = True
+        self._ticker.pause()  # shutting APScheduler down now would cancel the running ticks
+
+    async def stop(self, grace: float) -> None:
+        """Give running ticks ``grace`` seconds, then cut them short; write what is still batched."""
+        self.halt()
+        if self._ticks:
+            # A tick cut short mid-start leaves its run as SENDING: the next start reconciles it.
+            _, pending = await asyncio.wait(set(self._ticks), timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=0.5)
+        self._ticker.shutdown()
+        if self._guard.problem is None:  # never write into a store that is not the one we opened
+            await self._runner.flush()
+
+    async def aclose(self) -> None:
+        for job in self._jobs.values():
+            await job.aclose()
+
+    # ----- what others ask -----
+
+    @property
+    def count(self) -> int:
+        return len(self._jobs)
+
+    @property
+    def scheduled_count(self) -> int:
+        return len(self._ticker.scheduled())
+
+    @property
+    def scheduler_running(self) -> bool:
+        return self._ticker.running
+
+    def next_run(self, name: str) -> dt.datetime | None:
+        return self._ticker.next_run(name)
+
+    def run_now(self, name: str) -> bool:
+        """Run the job's next tick now; False when it is not scheduled (unknown, or finished)."""
+        if self._ticker.next_run(name) is None:
+            return False
+        self._ticker.run_in(name, 0)
+        return True
+
+    async def set_paused(self, name: str, paused: bool) -> bool:
+        """False if there is no such job. A resumed job is checked at once."""
+        changed = await self._db.run(self._store.set_paused, name, paused, now=self._clock.now())
+        self._runner.forget(name)
+        if changed and not paused:
+            self._ticker.run_in(name, 0)
+        return changed
+
+    def on_time(self) -> bool:
+        """For the systemd watchdog: no scheduled tick is overdue."""
+        now = self._clock.now()
+        return all(
+            when is None or (now - when).total_seconds() < WATCHDOG_OVERDUE
+            for when in self._ticker.scheduled().values()
+        )
+
+    async def flush(self) -> None:
+        await self._runner.flush()
+
+    # ----- ticking -----
+
+    async def _tick(self, name: str) -> None:
+        job = self._jobs.get(name)
+        if job is None or self._stopped() or not self._guard.intact():
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        self._ticks.add(task)
+        try:
+            result = await self._runner.tick(job)
+            steps = 1
+            # A step due at once runs here: re-scheduling the job from inside its own run would be skipped.
+            while result.next_in is not None and result.next_in < MIN_RESCHEDULE and steps < MAX_STEPS_PER_TICK:
+                if self._stopped() or not self._guard.intact():
+                    break
+                result = await self._runner.tick(job)
+                steps += 1
+        except asyncio.CancelledError:
+            # Only shutdown cancels a tick; the state machine picks up where it stopped (a start → in doubt).
+            self._log.info("tick of job %s cut short by shutdown", name)
+            return
+        except Exception:
+            self._log.exception("tick of job %s failed; it runs again at its next interval", name)
+            return
+        finally:
+            self._ticks.discard(task)
+        if result.done:
+            self._ticker.unschedule(name)
+            await self._retire_if_removed(name)
+        elif result.next_in is not None:
+            self._ticker.run_in(name, max(result.next_in, MIN_RESCHEDULE))
+
+    def _stopped(self) -> bool:
+        return self._halted or self._stopping()
+
+    async def _retire_if_removed(self, name: str) -> None:
+        job = self._jobs.get(name)
+        if job is not None and name not in self._definitions:
+            del self._jobs[name]
+            await job.aclose()
+
+    # ----- reload -----
+
+    async def apply(self, definitions: Mapping[str, JobDefinition], change: JobDiff) -> None:
+        """Apply a reload's difference: build added and changed jobs, retire removed ones, keep rhythms.
+
+        A job that already fired keeps the definition it fired with until it finishes, even when the new
+        config changes or removes it."""
+        states = await self._db.run(self._store.job_states)
+        self._definitions = definitions
+        jobs = dict(self._jobs)
+        for count, name in enumerate(change.added, 1):
+            jobs[name] = JobRuntime.build(definitions[name], self._context)
+            await _yield_every(count)
+        for count, name in enumerate(change.changed, 1):
+            if states.get(name) is JobState.FIRING:
+                continue
+            await jobs[name].aclose()
+            jobs[name] = JobRuntime.build(definitions[name], self._context)
+            await _yield_every(count)
+        self._jobs = jobs
+        await self._db.run(self._store.sync_jobs, [jobs[n].plan() for n in definitions], self._clock.now())
+        self._runner.forget()
+        for count, name in enumerate(change.removed, 1):
+            if states.get(name) is JobState.FIRING:
+                continue  # a reload never abandons a trigger: it runs to its end, then retires
+            self._ticker.unschedule(name)
+            await jobs.pop(name).aclose()
+            await _yield_every(count)
+        await self._reschedule(change)
+
+    async def _reschedule(self, change: JobDiff) -> None:
+        states = await self._db.run(self._store.job_states)
+        for count, name in enumerate(change.added, 1):
+            state = states.get(name)
+            if state is not None and not state.is_final:
+                self._ticker.schedule(name, self._definitions[name].interval, 0.0)
+            await _yield_every(count)
+        for count, name in enumerate(change.changed, 1):
+            state = states.get(name)
+            if state is None or state.is_final:
+                continue
+            interval = self._definitions[name].interval
+            previous = self._ticker.next_run(name)
+            wait = interval if previous is None else (previous - self._clock.now()).total_seconds()
+            # Keep the job's rhythm; only a shorter interval brings its next check forward.
+            self._ticker.schedule(name, interval, max(0.0, min(wait, interval)))
+            await _yield_every(count)
+
+
+async def _yield_every(count: int) -> None:
+    """Let the loop serve /healthz and ticks between chunks of a big apply (10,000 jobs added at once)."""
+    if count % APPLY_CHUNK == 0:
+        await asyncio.sleep(0)

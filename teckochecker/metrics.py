@@ -139,8 +139,8 @@ class Metrics:
         self.job_deadline.clear()
         for state in JobState:
             self.jobs.labels(state.value).set(gauges.jobs.get(state.value, 0))
-        for (job, state), count in gauges.targets.items():
-            self.targets.labels(job, state).set(count)
+        for (job, target_state), count in gauges.targets.items():
+            self.targets.labels(job, target_state).set(count)
         for job, values in gauges.requests.items():
             for kind, value in zip(PROGRESS_KINDS, values, strict=True):
                 self.batch_requests.labels(job, kind).set(value)

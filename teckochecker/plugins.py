@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import pluggy
 
@@ -88,7 +89,7 @@ def _collect(manager: pluggy.PluginManager) -> PluginRegistry:
     return registry
 
 
-def _call(plugin: object, hook: str, name: str) -> list[type]:
+def _call(plugin: object, hook: str, name: str) -> list[Any]:
     impl = getattr(plugin, hook, None)
     if impl is None:
         return []

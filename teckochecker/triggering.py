@@ -143,7 +143,8 @@ class ActionDriver:
         self._failures.pop(run.id, None)
         self._crash.hit("after_start_response")
         now = self._clock.now()
-        await self._db.run(self._store.run_started, run.id, result, now=now, **self._watch_window(action, now))
+        until, first = self._watch_window(action, now)
+        await self._db.run(self._store.run_started, run.id, result, now=now, watch_until=until, watch_next=first)
         self._record_finish(action, result)
         return action.follow_interval if result.outcome is ActionOutcome.RUNNING else 0.0
 
@@ -199,8 +200,15 @@ class ActionDriver:
     ) -> float:
         first, duplicates = found[0], found[1:]
         now = self._clock.now()
+        watch_until, watch_next = self._watch_window(action, now)
         await self._db.run(
-            self._store.run_started, run.id, first, now=now, how="adopted", **self._watch_window(action, now)
+            self._store.run_started,
+            run.id,
+            first,
+            now=now,
+            how="adopted",
+            watch_until=watch_until,
+            watch_next=watch_next,
         )
         self._count(action, "adopted")
         self._record_finish(action, first)
@@ -209,12 +217,12 @@ class ActionDriver:
         await self._handle_duplicates(action, run, request, [d for d in duplicates if d.external_id not in known])
         return 0.0 if first.outcome.is_finished else action.follow_interval
 
-    def _watch_window(self, action: Action, now: dt.datetime) -> dict[str, dt.datetime | None]:
-        """The run_started arguments that arm a waiting duplicate watch (the store ignores them otherwise)."""
+    def _watch_window(self, action: Action, now: dt.datetime) -> tuple[dt.datetime | None, dt.datetime | None]:
+        """run_started's watch_until and watch_next, which arm a waiting duplicate watch (ignored otherwise)."""
         if action.duplicate_watch <= 0:
-            return {"watch_until": None, "watch_next": None}
+            return None, None
         first = dt.timedelta(seconds=_watch_interval(action, 0))
-        return {"watch_until": now + dt.timedelta(seconds=action.duplicate_watch), "watch_next": now + first}
+        return now + dt.timedelta(seconds=action.duplicate_watch), now + first
 
     async def _watch(self, action: Action | None, run: RunSnapshot, request: ActionRequest) -> float:
         """One step of a duplicate watch: search when due, deal with what is new, close after the window."""

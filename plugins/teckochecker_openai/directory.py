@@ -12,7 +12,7 @@ A sweep that fails is not replaced by one request per batch: the source makes th
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from teckochecker_openai.statuses import TIMESTAMP_FIELDS
@@ -102,9 +102,9 @@ class BatchDirectory:
                 self._created_at.pop(batch_id, None)
 
 
-def _older(page: list[Mapping[str, Any]], oldest_wanted: int | None) -> bool:
+def _older(page: Sequence[Mapping[str, Any]], oldest_wanted: int | None) -> bool:
     """Whether this (newest-first) page has gone past every wanted batch's creation time."""
     if oldest_wanted is None:
         return False
-    created = [b.get("created_at") for b in page if isinstance(b.get("created_at"), int)]
-    return bool(created) and min(created) < oldest_wanted  # type: ignore[type-var]
+    created = [c for b in page if isinstance(c := b.get("created_at"), int)]
+    return bool(created) and min(created) < oldest_wanted

@@ -141,10 +141,11 @@ class _DepthLimitedLoader(yaml.SafeLoader):
 
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
         if self._depth >= MAX_DEPTH:
-            raise _TooDeep(None, None, f"nesting deeper than {MAX_DEPTH} levels", self.peek_event().start_mark)
+            mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+            raise _TooDeep(None, None, f"nesting deeper than {MAX_DEPTH} levels", mark)
         self._depth += 1
         try:
-            return super().compose_node(parent, index)  # type: ignore[no-untyped-call]
+            return super().compose_node(parent, index)
         finally:
             self._depth -= 1
 
@@ -182,8 +183,8 @@ def load_text(text: str, file: str) -> tuple[Document, list[Diagnostic]]:
     try:
         root = _compose(text)
     except _TooDeep as exc:
-        mark = exc.problem_mark
-        return builder.doc, [Diagnostic(Mark(file, mark.line + 1, mark.column + 1), (), str(exc.problem))]
+        line, column = (exc.problem_mark.line, exc.problem_mark.column) if exc.problem_mark else (0, 0)
+        return builder.doc, [Diagnostic(Mark(file, line + 1, column + 1), (), str(exc.problem))]
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = Mark(file, mark.line + 1, mark.column + 1) if mark else Mark(file, 1, 1)

@@ -6,15 +6,16 @@ It opens no network connection and no state store.
 
 from __future__ import annotations
 
+import builtins
 import errno
 import hashlib
 import json
 import os
 from collections import ChainMap
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path as FsPath
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel, ValidationError
 
@@ -40,7 +41,7 @@ class SourceDefinition:
     type: str
     targets: tuple[str, ...]
     options: OptionsModel
-    cls: type[Source]
+    cls: builtins.type[Source]  # builtins: the field "type" above shadows the name here
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ class ActionDefinition:
     type: str
     when: Condition
     options: OptionsModel
-    cls: type[Action]
+    cls: builtins.type[Action]
 
 
 @dataclass(frozen=True)
@@ -252,8 +253,9 @@ def include_directory_problem(directory: FsPath) -> str | None:
         target = os.readlink(directory) if directory.is_symlink() else "a missing path"
         return f"is a symlink to {target}, which does not exist"
     except (RuntimeError, OSError) as exc:  # RuntimeError: a symlink loop, before Python 3.13
-        loop = isinstance(exc, RuntimeError) or exc.errno == errno.ELOOP
-        return f"cannot be used: {'a symlink loop' if loop else exc.strerror or exc}"
+        if isinstance(exc, RuntimeError) or exc.errno == errno.ELOOP:
+            return "cannot be used: a symlink loop"
+        return f"cannot be used: {exc.strerror or exc}"
     if not real.is_dir():
         return f"is not a directory ({real} is a file)"
     return None
@@ -283,7 +285,8 @@ def _with_template(
     # Problems in parts that came from the template are located in the template.
     from_template = {(*raw.path, *inner): mark for inner, mark in template_marks.get(name, [])}
     # The job's own marks win; a view, not a copy: copying the whole file's marks per job was quadratic too.
-    marks = ChainMap(raw.doc.marks, from_template)
+    # ChainMap's type wants mutable maps; this view is only ever read.
+    marks = ChainMap(cast(MutableMapping[Path, Mark], raw.doc.marks), from_template)
     return _RawJob(merged, raw.path, Document(raw.doc.file, raw.doc.data, marks))
 
 
@@ -380,6 +383,7 @@ def _plugin_options(
 ) -> OptionsModel | None:
     if cls is None:
         return None
+    options: OptionsModel | None
     options, problems = _validate_model(cls.Options, raw, path, doc)
     diagnostics.extend(problems)
     if options is not None:

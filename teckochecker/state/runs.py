@@ -131,7 +131,7 @@ class RunTransitions:
         effect unseen; returns the count so far."""
         with self._engine.begin() as conn:
             run = _run_row(conn, run_id)
-            count = run.search_empty_count + (1 if counts else 0)
+            count = int(run.search_empty_count) + (1 if counts else 0)
             conn.execute(
                 sa.update(schema.runs)
                 .where(schema.runs.c.id == run_id)

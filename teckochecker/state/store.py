@@ -152,7 +152,7 @@ class StateStore(RunTransitions):
                     )
 
     def _insert_job(self, conn: Connection, plan: JobPlan, now: dt.datetime) -> None:
-        job_id = conn.execute(
+        inserted = conn.execute(
             sa.insert(schema.jobs).values(
                 name=plan.name,
                 fingerprint=plan.fingerprint,
@@ -163,7 +163,9 @@ class StateStore(RunTransitions):
                 updated_at=now,
                 consecutive_failures=0,
             )
-        ).inserted_primary_key[0]
+        ).inserted_primary_key
+        assert inserted is not None  # an INSERT into a table with a primary key always has one
+        job_id = int(inserted[0])
         _insert_targets(conn, job_id, plan.targets, 0)
         append_event(conn, job_id, now, "registered", f"job registered with {len(plan.targets)} target(s)")
 
@@ -477,7 +479,7 @@ def _apply_observation(conn: Connection, job_id: int, row: Row[Any], obs: Any, n
             text,
             {"target": obs.target, "state": obs.state.value, "vendor_status": obs.vendor_status},
         )
-    return obs.state
+    return TargetState(obs.state)
 
 
 def _group(rows: Iterable[Row[Any]]) -> dict[int, list[Row[Any]]]:

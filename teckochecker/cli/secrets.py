@@ -24,7 +24,9 @@ import yaml
 from cryptography.fernet import InvalidToken
 
 from teckochecker.boundedread import read_bounded
+from teckochecker.cli.exitcodes import EXIT_INVALID, EXIT_OK
 from teckochecker.config.loader import MAX_FILE_BYTES, load_text
+from teckochecker.config.location import find_config
 from teckochecker.config.models import is_fernet_token
 from teckochecker.errors import ConfigError, TeckoCheckerError, UnreadableFile
 from teckochecker.secrets.masterkey import (
@@ -40,7 +42,6 @@ from teckochecker.secrets.resolving import Redactor, SecretResolver, header_valu
 if TYPE_CHECKING:
     SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
-EXIT_OK, EXIT_FAILED = 0, 1
 # `encrypt` writes the name as an unquoted YAML key, so it keeps to characters that need no quoting.
 SECRET_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 PATH_HELP = "the config file (default: the --config resolution)"
@@ -106,14 +107,12 @@ def _secret_name(text: str) -> str:
 def _config_path(args: argparse.Namespace, environ: Mapping[str, str]) -> Path:
     if args.path is not None:
         return Path(args.path)
-    from teckochecker.cli.main import find_config  # here, not at the top: cli imports this module
-
     return find_config(args.config, environ, Path.cwd())
 
 
 def _fail(message: str) -> int:
     print(f"teckochecker: error: {message}", file=sys.stderr)
-    return EXIT_FAILED
+    return EXIT_INVALID
 
 
 def cmd_keygen(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -181,7 +180,7 @@ def cmd_check(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             line = f"{name}: FAILED: {problem.removeprefix(f'secret {name!r}: ')}"
         # Reasons never hold a value; the redactor is the last line of defence should one ever do.
         print(redactor.redact(line))
-    return EXIT_FAILED if any(results.values()) else EXIT_OK
+    return EXIT_INVALID if any(results.values()) else EXIT_OK
 
 
 @dataclass(frozen=True)

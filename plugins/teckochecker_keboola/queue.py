@@ -9,9 +9,11 @@ from __future__ import annotations
 import datetime as dt
 import urllib.parse
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
+if TYPE_CHECKING:
+    import httpx  # at run time only where a request is made: validate-config and status load this module
+
 
 __all__ = [
     "INDEX_PATH",
@@ -35,6 +37,8 @@ class DiscoveryFailed(Exception):
 
 async def discover_queue_url(client: httpx.AsyncClient) -> str:
     """The Queue API base URL named by the stack index (``client`` has the stack URL as its base)."""
+    import httpx
+
     try:
         response = await client.get(INDEX_PATH, params=INDEX_PARAMS)
     except httpx.RequestError as exc:

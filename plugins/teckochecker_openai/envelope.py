@@ -9,8 +9,11 @@ gateway, a captive portal) and says nothing about the key or the batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import httpx
+if TYPE_CHECKING:
+    import httpx  # at run time only where a request is made: validate-config and status load this module
+
 
 __all__ = ["VendorError", "vendor_error"]
 

@@ -17,9 +17,8 @@ import asyncio
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 from pydantic import Field, field_validator
 
 from teckochecker.errors import PermanentError
@@ -38,6 +37,9 @@ from teckochecker_openai.directory import PAGE_SIZE, BatchDirectory
 from teckochecker_openai.envelope import VendorError, vendor_error
 from teckochecker_openai.statuses import TIMESTAMP_FIELDS, batch_state
 from teckochecker_openai.throttle import AccountThrottle
+
+if TYPE_CHECKING:
+    import httpx  # at run time only where a request is made: validate-config and status load this module
 
 __all__ = ["OpenAIBatchOptions", "OpenAIBatchSource"]
 
@@ -150,6 +152,8 @@ class OpenAIBatchSource(Source):
     ) -> Mapping[str, Any]:
         """One page of the listing. Every failure makes the whole account wait (the listing is its one shared
         request: whatever stops it stops every job's view), except OpenAI's own refusal of the listing."""
+        import httpx
+
         url = f"{self.options.base_url}/batches"
         params = {"limit": str(PAGE_SIZE), **({"after": after} if after else {})}
         try:
@@ -205,11 +209,15 @@ class OpenAIBatchSource(Source):
         )
 
     def _timeout(self) -> httpx.Timeout:
+        import httpx
+
         return httpx.Timeout(self.options.timeout, connect=min(CONNECT_TIMEOUT, self.options.timeout))
 
     async def _check_one(
         self, client: httpx.AsyncClient, target: str, headers: Mapping[str, str], throttle: AccountThrottle
     ) -> Observation | _Unobserved:
+        import httpx
+
         # Quote the id: a configured "id" with "/" or "?" must not reach another endpoint.
         path = f"batches/{urllib.parse.quote(target, safe='')}"
         url = f"{self.options.base_url}/{path}"

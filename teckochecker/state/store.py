@@ -34,7 +34,7 @@ from teckochecker.state.models import (
     RunSnapshot,
     RunState,
     TargetSnapshot,
-    request_progress,
+    request_counts,
 )
 from teckochecker.state.redaction import Redact, redact_writes
 from teckochecker.state.runs import RunTransitions
@@ -461,9 +461,13 @@ def _apply_observation(conn: Connection, job_id: int, row: Row[Any], obs: Any, n
     }
     if obs.state.is_terminal:
         values["terminal_at"] = now
-    progress = request_progress(details)
-    if progress is not None:
-        values |= dict(zip(("requests_total", "requests_completed", "requests_failed"), progress, strict=True))
+    counts = request_counts(details)
+    if counts is not None:
+        values |= {
+            "requests_total": counts.total,
+            "requests_completed": counts.completed,
+            "requests_failed": counts.failed,
+        }
     conn.execute(sa.update(schema.targets).where(schema.targets.c.id == row.id).values(**values))
     if changed:
         text = f"{obs.target}: {row.vendor_status or row.state} → {obs.vendor_status or obs.state.value}"

@@ -25,13 +25,12 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from teckochecker import __version__
-from teckochecker.cli.report import request_counts
 from teckochecker.config.models import JOB_NAME
 from teckochecker.control import DaemonControl, reload_status_to_dict
 from teckochecker.errors import StateStoreUnavailable, TeckoCheckerError
 from teckochecker.metrics import Metrics
 from teckochecker.secrets.resolving import Redactor
-from teckochecker.state.models import Event, JobSnapshot, RunSnapshot, TargetSnapshot
+from teckochecker.state.models import Event, JobSnapshot, RunSnapshot, TargetSnapshot, request_counts
 from teckochecker.web.statuspage import render_page
 
 MAX_BODY_BYTES = 64 * 1024

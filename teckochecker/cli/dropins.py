@@ -12,16 +12,16 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
-import fnmatch
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import yaml
 
+from teckochecker.config.includes import include_directory_problem, include_matches, matches_include
 from teckochecker.config.loader import load_file
 from teckochecker.config.models import JOB_NAME_RULE, is_job_name
-from teckochecker.config.validate import include_directory_problem, load_config
+from teckochecker.config.validate import load_config
 from teckochecker.errors import TeckoCheckerError
 from teckochecker.plugins import PluginRegistry
 
@@ -69,7 +69,7 @@ def remove_job(config_path: Path, name: str) -> Path:
         if not full.parent.is_dir():
             continue
         with _locked(full.parent):
-            for path in sorted(full.parent.glob(full.name)):
+            for path in include_matches(full):
                 names = _job_names(path)
                 if name not in names:
                     continue
@@ -140,7 +140,7 @@ def _drop_in_path(config_path: Path, pattern: str, name: str) -> tuple[Path, Pat
     full = config_path.parent / pattern
     directory = _real_directory(full.parent)
     path = full.parent / f"{name}.yaml"
-    if not fnmatch.fnmatch(path.name, full.name):
+    if not matches_include(path, full):
         raise TeckoCheckerError(
             f"{path.name} would not match the first include glob {pattern!r}; make it match *.yaml files"
         )

@@ -32,7 +32,7 @@ def write_atomically(
         os.unlink(temp, dir_fd=dir_fd)  # left by a crashed process that had our pid
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode, dir_fd=dir_fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:  # the text exactly: CRLF stays CRLF
             fh.write(text)
             fh.flush()
             if before_commit is not None:

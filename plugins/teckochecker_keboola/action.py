@@ -28,10 +28,10 @@ from teckochecker.plugin_api import (
     PluginContext,
 )
 from teckochecker.retry import is_transient_status, parse_retry_after
+from teckochecker.vendor_replies import describe, json_object
 from teckochecker_keboola.options import KeboolaJobOptions
 from teckochecker_keboola.queue import (
     DiscoveryFailed,
-    describe,
     discover_queue_url,
     error_body,
     guess_queue_url,
@@ -115,7 +115,7 @@ class KeboolaJobAction(Action):
     def _created(self, url: str, response: httpx.Response) -> ActionResult:
         code = response.status_code
         if 200 <= code < 300:
-            job = _json_object(response)
+            job = json_object(response)
             if job is None or job.get("id") in (None, ""):
                 raise InDoubt(f"Keboola answered HTTP {code} at {url} without a readable job; it may exist")
             return self._result(job)
@@ -381,14 +381,6 @@ class KeboolaJobAction(Action):
     def _auth(self) -> dict[str, str]:
         # Per request rather than baked into the pooled client, so a rotated token is used at once.
         return {"X-StorageApi-Token": self._token()}
-
-
-def _json_object(response: httpx.Response) -> Mapping[str, Any] | None:
-    try:
-        body = response.json()
-    except ValueError:
-        return None
-    return body if isinstance(body, dict) else None
 
 
 def _variable_values(job: Mapping[str, Any]) -> list[Any]:

@@ -7,7 +7,7 @@ import datetime as dt
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from teckochecker.state.models import Event, JobSnapshot
 
@@ -30,15 +30,18 @@ class ReloadStatus:
 RELOAD_META = "last_reload"
 
 
+def reload_status_to_dict(status: ReloadStatus) -> dict[str, Any]:
+    """The one JSON shape of a reload status: stored in the state store's meta and served by the HTTP API."""
+    return {
+        "successful": status.successful,
+        "at": status.at.isoformat() if status.at else None,
+        "errors": list(status.errors),
+        "restart_required": list(status.restart_required),
+    }
+
+
 def reload_status_json(status: ReloadStatus) -> str:
-    return json.dumps(
-        {
-            "successful": status.successful,
-            "at": status.at.isoformat() if status.at else None,
-            "errors": list(status.errors),
-            "restart_required": list(status.restart_required),
-        }
-    )
+    return json.dumps(reload_status_to_dict(status))
 
 
 def reload_status_from_json(text: str) -> ReloadStatus:

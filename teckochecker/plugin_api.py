@@ -16,13 +16,15 @@ import urllib.parse
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
-import httpx
 from pydantic import BaseModel, ConfigDict
 
 from teckochecker.clock import Clock
 from teckochecker.config.durations import Duration
+
+if TYPE_CHECKING:
+    import httpx  # at run time only where a request is made: validate-config and status load this module
 
 __all__ = [
     "Action",

@@ -14,6 +14,7 @@ from teckochecker.plugin_api import CheckReport
 from teckochecker.retry import backoff_delay
 from teckochecker.runtime import JobRuntime
 from teckochecker.services import TickServices
+from teckochecker.state.events import EventKind
 from teckochecker.state.models import JobSnapshot, JobState
 from teckochecker.triggering import ActionDriver
 from teckochecker.watchcache import WatchCache
@@ -80,7 +81,7 @@ class JobRunner:
         if snap.deadline_at is not None and now >= snap.deadline_at:
             unfinished = len(snap.pending_targets)
             reason = f"deadline passed ({snap.deadline_at:%Y-%m-%d %H:%M:%S}Z) with {unfinished} target(s) unfinished"
-            await self._db.run(self._store.fail_job, job.name, reason, now=now, kind="deadline_passed")
+            await self._db.run(self._store.fail_job, job.name, reason, now=now, kind=EventKind.DEADLINE_PASSED)
             self._metrics.job_deadline_exceeded.labels(job.name).inc()
             self._log.warning("job %s: %s", job.name, reason)
             return JobState.FAILED, None

@@ -208,3 +208,24 @@ def test_jobs_add_writes_only_inside_the_drop_in_directory(plugin_env: dict[str,
     assert out.returncode == 0, out.stderr
     assert out.stdout == f"wrote {tmp_path / 'jobs.d' / 'a..b.yaml'}: job 'a..b' watching 1 target(s)\n"
     assert sorted(p.name for p in (tmp_path / "jobs.d").iterdir()) == ["a..b.yaml"]
+
+
+def test_jobs_remove_never_deletes_a_dot_file_the_daemon_does_not_load(
+    plugin_env: dict[str, str], tmp_path: Path
+) -> None:
+    """`jobs remove` expands the include glob as the loader does: a dot-file (an editor's or `jobs add`'s
+    scratch file) is never loaded, so it is not the job's file and is left alone. It used to be deleted."""
+    config = tmp_path / "main.yaml"
+    config.write_text(DROP_IN_MAIN)
+    (tmp_path / "jobs.d").mkdir()
+    scratch = tmp_path / "jobs.d" / ".nightly.yaml"
+    scratch.write_text("jobs:\n  - {name: nightly, template: std, source: {targets: [b1]}}\n")
+    out = run_cli("--config", str(config), "jobs", "remove", "nightly", env=plugin_env, cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr == "teckochecker: error: no drop-in file defines a job named 'nightly'\n"
+    assert scratch.exists()
+    out = run_cli(*jobs_add(config, plugin_env, "nightly", "b1")[1:], env=plugin_env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    out = run_cli("--config", str(config), "jobs", "remove", "nightly", env=plugin_env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert sorted(p.name for p in (tmp_path / "jobs.d").iterdir()) == [".nightly.yaml"]

@@ -31,7 +31,8 @@ from fuzz_profiles import examples
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from teckochecker.cli.main import EXIT_INVALID, EXIT_OK, main
+from teckochecker.cli.exitcodes import EXIT_INVALID, EXIT_OK
+from teckochecker.cli.main import main
 
 ROOT = Path(__file__).parent.parent
 EXAMPLE = ROOT / "teckochecker.yaml.example"

@@ -7,18 +7,19 @@ from typing import Any
 
 import pytest
 
-from teckochecker.cli.report import (
-    RequestCounts,
-    daemon_down,
-    render_job,
-    render_status,
-    render_unchecked,
-    request_counts,
-    text_bar,
-)
+from teckochecker.cli.report import daemon_down, render_job, render_status, render_unchecked, text_bar
 from teckochecker.plugin_api import TargetState
 from teckochecker.state.heartbeat import FRESH_FOR, Heartbeat, heartbeat_from_json, heartbeat_json
-from teckochecker.state.models import Event, JobSnapshot, JobState, RunSnapshot, RunState, TargetSnapshot
+from teckochecker.state.models import (
+    Event,
+    JobSnapshot,
+    JobState,
+    RequestCounts,
+    RunSnapshot,
+    RunState,
+    TargetSnapshot,
+    request_counts,
+)
 
 NOW = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
 

@@ -211,6 +211,25 @@ def test_gauges_match_what_the_snapshots_say(store: StateStore) -> None:
     assert gauges.jobs["watching"] == 2 and gauges.deadlines["j"] == (T0 + dt.timedelta(hours=1)).timestamp()
 
 
+@pytest.mark.parametrize(
+    "counts",
+    [
+        {"total": 10, "completed": 7},
+        {"total": 10, "completed": 7, "failed": -3},
+        {"total": 10, "completed": 7, "failed": "1"},
+    ],
+)
+def test_the_gauge_reads_request_counts_as_status_does(store: StateStore, counts: dict[str, object]) -> None:
+    """One rule for the vendor's request_counts (state.models.request_counts): a missing, negative or non-int
+    count is 0, and the other counts still show. The gauge used to drop such a batch (or go negative) while
+    `status`, the API and the status page showed 7/10."""
+    from teckochecker.state.models import RequestCounts, request_counts
+
+    check(store, Observation("a", TargetState.RUNNING, "in_progress", {"request_counts": counts}), obs("b", "pending"))
+    assert request_counts(store.job("j").targets[0].details) == RequestCounts(10, 7, 0)
+    assert store.gauges().requests["j"] == (10, 7, 0)
+
+
 def test_a_database_from_before_the_duplicate_watch_gets_its_table(tmp_path: Path) -> None:
     # create_all adds a missing table to an existing database (never a missing column): that is why the watch
     # has a table of its own. A store made before it existed opens, and gains the table.

@@ -15,9 +15,7 @@ import datetime as dt
 import hashlib
 import urllib.parse
 from collections.abc import Mapping, Sequence
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from teckochecker.errors import InDoubt, NotStarted, Rejected, TransientError
 from teckochecker.plugin_api import (
@@ -30,10 +28,10 @@ from teckochecker.plugin_api import (
     PluginContext,
 )
 from teckochecker.retry import is_transient_status, parse_retry_after
+from teckochecker.vendor_replies import describe, json_object
 from teckochecker_keboola.options import KeboolaJobOptions
 from teckochecker_keboola.queue import (
     DiscoveryFailed,
-    describe,
     discover_queue_url,
     error_body,
     guess_queue_url,
@@ -41,6 +39,9 @@ from teckochecker_keboola.queue import (
 )
 from teckochecker_keboola.statuses import job_outcome
 from teckochecker_keboola.variables import MARKER_VARIABLE, job_variables
+
+if TYPE_CHECKING:
+    import httpx  # at run time only where a request is made: validate-config and status load this module
 
 __all__ = ["KeboolaJobAction", "job_body"]
 
@@ -58,8 +59,6 @@ TOKEN_VERIFY_PATH = "v2/storage/tokens/verify"
 NOT_STARTED_STATUSES = frozenset({"created", "waiting"})
 # Job ids read in full and found to carry no marker at all: variables never change, so never read again.
 FOREIGN_CACHE_LIMIT = 10_000
-# Errors raised before a single byte of the request can have left: retrying cannot duplicate a job.
-_NOTHING_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
 
 
 def job_body(options: KeboolaJobOptions, request: ActionRequest) -> dict[str, Any]:
@@ -95,6 +94,8 @@ class KeboolaJobAction(Action):
         return f"keboola:{o.stack_url}:{o.component}:{o.config}:{o.branch_id or 'default'}"
 
     async def start(self, request: ActionRequest) -> ActionResult:
+        import httpx
+
         queue_url = await self._queue_url()
         url = f"{queue_url}/jobs"
         try:
@@ -104,7 +105,8 @@ class KeboolaJobAction(Action):
                 headers={**self._auth(), "Content-Type": "application/json"},
                 timeout=httpx.Timeout(self.options.timeout, connect=CONNECT_TIMEOUT),
             )
-        except _NOTHING_SENT as exc:
+        # Errors raised before a single byte of the request can have left: retrying cannot duplicate a job.
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol) as exc:
             raise NotStarted(f"could not connect to Keboola at {url}: {describe(exc)}") from exc
         except httpx.RequestError as exc:
             raise InDoubt(f"the job may or may not have been created at {url}: {describe(exc)} after sending") from exc
@@ -113,7 +115,7 @@ class KeboolaJobAction(Action):
     def _created(self, url: str, response: httpx.Response) -> ActionResult:
         code = response.status_code
         if 200 <= code < 300:
-            job = _json_object(response)
+            job = json_object(response)
             if job is None or job.get("id") in (None, ""):
                 raise InDoubt(f"Keboola answered HTTP {code} at {url} without a readable job; it may exist")
             return self._result(job)
@@ -196,6 +198,8 @@ class KeboolaJobAction(Action):
 
     async def _token_id(self) -> str:
         """The id of our Storage token (cached per stack and token value: it never changes)."""
+        import httpx
+
         stack_url = self.options.stack_url
         token = self._token()
         known: dict[str, str] = self.context.shared.get("keboola-token-ids", dict)
@@ -256,6 +260,8 @@ class KeboolaJobAction(Action):
         return await self._kill(client, queue_url, duplicate.external_id, str(status))
 
     async def _kill(self, client: httpx.AsyncClient, queue_url: str, job_id: str, status: str) -> Cancellation:
+        import httpx
+
         path = f"jobs/{urllib.parse.quote(job_id, safe='')}/kill"
         url = f"{queue_url}/{path}"
         try:
@@ -276,6 +282,8 @@ class KeboolaJobAction(Action):
     async def _get_json(
         self, client: httpx.AsyncClient, path: str, url: str, params: Mapping[str, str] | None = None
     ) -> Any:
+        import httpx
+
         try:
             response = await client.get(path, params=params, headers=self._auth())
         except httpx.RequestError as exc:
@@ -321,6 +329,8 @@ class KeboolaJobAction(Action):
 
     async def _queue_url(self) -> str:
         """The Queue API base URL; raises NotStarted (a TransientError) when it cannot be found."""
+        import httpx
+
         if self._discovered_queue_url is not None:
             return self._discovered_queue_url
         stack_url = self.options.stack_url
@@ -356,6 +366,8 @@ class KeboolaJobAction(Action):
         return guess
 
     def _queue_client(self, queue_url: str) -> httpx.AsyncClient:
+        import httpx
+
         return self.context.http.client(
             f"keboola:{queue_url}:{self.options.token}",
             base_url=queue_url,
@@ -369,14 +381,6 @@ class KeboolaJobAction(Action):
     def _auth(self) -> dict[str, str]:
         # Per request rather than baked into the pooled client, so a rotated token is used at once.
         return {"X-StorageApi-Token": self._token()}
-
-
-def _json_object(response: httpx.Response) -> Mapping[str, Any] | None:
-    try:
-        body = response.json()
-    except ValueError:
-        return None
-    return body if isinstance(body, dict) else None
 
 
 def _variable_values(job: Mapping[str, Any]) -> list[Any]:

@@ -9,15 +9,18 @@ from __future__ import annotations
 import datetime as dt
 import urllib.parse
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
+from teckochecker.vendor_replies import describe, json_object, masked
+
+if TYPE_CHECKING:
+    import httpx  # at run time only where a request is made: validate-config and status load this module
+
 
 __all__ = [
     "INDEX_PATH",
     "DiscoveryFailed",
     "ErrorBody",
-    "describe",
     "discover_queue_url",
     "error_body",
     "guess_queue_url",
@@ -35,6 +38,8 @@ class DiscoveryFailed(Exception):
 
 async def discover_queue_url(client: httpx.AsyncClient) -> str:
     """The Queue API base URL named by the stack index (``client`` has the stack URL as its base)."""
+    import httpx
+
     try:
         response = await client.get(INDEX_PATH, params=INDEX_PARAMS)
     except httpx.RequestError as exc:
@@ -81,27 +86,15 @@ class ErrorBody:
 
 def error_body(response: httpx.Response, secret: str) -> ErrorBody:
     """Keboola's ``{"error": "...", "code": ..., "exceptionId": ...}`` envelope, if the body is one."""
-    try:
-        body = response.json()
-    except ValueError:
-        return ErrorBody()
-    if not isinstance(body, dict):
+    body = json_object(response)
+    if body is None:
         return ErrorBody()
     message = body.get("error") or body.get("message")
     exception_id = body.get("exceptionId")
     return ErrorBody(
-        message=_redact(message, secret) if isinstance(message, str) else None,
+        message=masked(message, secret) if isinstance(message, str) else None,
         exception_id=exception_id if isinstance(exception_id, str) else None,
     )
-
-
-def _redact(text: str, secret: str) -> str:
-    # A proxy might echo the request back; never let the token through into an error.
-    return text.replace(secret, "***") if secret else text
-
-
-def describe(exc: Exception) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def parse_time(value: Any) -> dt.datetime | None:

@@ -9,8 +9,13 @@ gateway, a captive portal) and says nothing about the key or the batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import httpx
+from teckochecker.vendor_replies import json_object, masked
+
+if TYPE_CHECKING:
+    import httpx  # at run time only where a request is made: validate-config and status load this module
+
 
 __all__ = ["VendorError", "vendor_error"]
 
@@ -24,11 +29,8 @@ class VendorError:
 
 def vendor_error(response: httpx.Response, secret: str) -> VendorError | None:
     """The envelope of an error response, with the key masked; None when the body is not one."""
-    try:
-        body = response.json()
-    except ValueError:
-        return None
-    error = body.get("error") if isinstance(body, dict) else None
+    body = json_object(response)
+    error = body.get("error") if body is not None else None
     if not isinstance(error, dict):
         return None
     message, code, type_ = error.get("message"), error.get("code"), error.get("type")
@@ -36,9 +38,4 @@ def vendor_error(response: httpx.Response, secret: str) -> VendorError | None:
     type_ = type_ if isinstance(type_, str) and type_ else None
     if not isinstance(message, str) or not message or (code is None and type_ is None):
         return None
-    return VendorError(message=_redact(message, secret), code=code, type=type_)
-
-
-def _redact(text: str, secret: str) -> str:
-    # The real API masks the key in its messages; a proxy or a compatible endpoint may not.
-    return text.replace(secret, "***") if secret else text
+    return VendorError(message=masked(message, secret), code=code, type=type_)

@@ -17,9 +17,8 @@ import asyncio
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 from pydantic import Field, field_validator
 
 from teckochecker.errors import PermanentError
@@ -34,10 +33,14 @@ from teckochecker.plugin_api import (
     http_url,
 )
 from teckochecker.retry import is_transient_status, parse_retry_after
+from teckochecker.vendor_replies import describe, json_object
 from teckochecker_openai.directory import PAGE_SIZE, BatchDirectory
 from teckochecker_openai.envelope import VendorError, vendor_error
 from teckochecker_openai.statuses import TIMESTAMP_FIELDS, batch_state
 from teckochecker_openai.throttle import AccountThrottle
+
+if TYPE_CHECKING:
+    import httpx  # at run time only where a request is made: validate-config and status load this module
 
 __all__ = ["OpenAIBatchOptions", "OpenAIBatchSource"]
 
@@ -150,12 +153,14 @@ class OpenAIBatchSource(Source):
     ) -> Mapping[str, Any]:
         """One page of the listing. Every failure makes the whole account wait (the listing is its one shared
         request: whatever stops it stops every job's view), except OpenAI's own refusal of the listing."""
+        import httpx
+
         url = f"{self.options.base_url}/batches"
         params = {"limit": str(PAGE_SIZE), **({"after": after} if after else {})}
         try:
             response = await client.get("batches", params=params, headers=headers, timeout=self._timeout())
         except httpx.RequestError as exc:
-            raise _account_waits(throttle, _Failure(f"could not reach {url}: {_describe(exc)}")) from None
+            raise _account_waits(throttle, _Failure(f"could not reach {url}: {describe(exc)}")) from None
         if response.status_code != 200:
             judged = self._judge(url, response)
             if isinstance(judged, _Failure):
@@ -205,11 +210,15 @@ class OpenAIBatchSource(Source):
         )
 
     def _timeout(self) -> httpx.Timeout:
+        import httpx
+
         return httpx.Timeout(self.options.timeout, connect=min(CONNECT_TIMEOUT, self.options.timeout))
 
     async def _check_one(
         self, client: httpx.AsyncClient, target: str, headers: Mapping[str, str], throttle: AccountThrottle
     ) -> Observation | _Unobserved:
+        import httpx
+
         # Quote the id: a configured "id" with "/" or "?" must not reach another endpoint.
         path = f"batches/{urllib.parse.quote(target, safe='')}"
         url = f"{self.options.base_url}/{path}"
@@ -221,7 +230,7 @@ class OpenAIBatchSource(Source):
             try:
                 response = await client.get(path, headers=headers, timeout=self._timeout())
             except httpx.RequestError as exc:
-                message = f"could not reach {url}: {_describe(exc)}"
+                message = f"could not reach {url}: {describe(exc)}"
                 return _Unobserved(target, message, throttle.failed(message))
             # Judged before the slot is given up, so the next request already sees a back-off this one caused.
             return self._answer(target, url, response, throttle)
@@ -320,17 +329,10 @@ def _account_waits(throttle: AccountThrottle, failure: _Failure) -> _AccountWait
 def _list_envelope(response: httpx.Response) -> Mapping[str, Any] | None:
     """The list envelope, or None: a page without ``data`` and ``has_more`` would look like "no batches" and
     send every watched batch to be fetched on its own."""
-    try:
-        page = response.json()
-    except ValueError:
-        return None
-    if isinstance(page, dict) and isinstance(page.get("data"), list) and isinstance(page.get("has_more"), bool):
+    page = json_object(response)
+    if page is not None and isinstance(page.get("data"), list) and isinstance(page.get("has_more"), bool):
         return page
     return None
-
-
-def _describe(exc: Exception) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def _details(batch: Mapping[str, Any]) -> dict[str, Any]:

@@ -299,12 +299,12 @@ def _describe_job(job: dict[str, Any]) -> str:
 
 def _percent_done(targets: list[dict[str, Any]]) -> int:
     total = done = 0
+    # The API's "progress" is the store's one reading of the vendor's request_counts; not parsed again here.
     for target in targets:
-        details = target.get("details")
-        counts = details.get("request_counts") if isinstance(details, dict) else None
-        if isinstance(counts, dict):
-            total += int(counts.get("total") or 0)
-            done += int(counts.get("completed") or 0) + int(counts.get("failed") or 0)
+        progress = target.get("progress")
+        if isinstance(progress, dict):
+            total += int(progress["total"])
+            done += int(progress["completed"]) + int(progress["failed"])
     return round(100 * done / total) if total else 0
 
 

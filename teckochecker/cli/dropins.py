@@ -12,16 +12,17 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
-import fnmatch
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import yaml
 
+from teckochecker.atomicfile import fsync_directory, open_directory, write_atomically
+from teckochecker.config.includes import include_directory_problem, include_matches, matches_include
 from teckochecker.config.loader import load_file
 from teckochecker.config.models import JOB_NAME_RULE, is_job_name
-from teckochecker.config.validate import include_directory_problem, load_config
+from teckochecker.config.validate import load_config
 from teckochecker.errors import TeckoCheckerError
 from teckochecker.plugins import PluginRegistry
 
@@ -54,7 +55,10 @@ def add_job(
                 f"job {name!r} already exists in {existing.file}" + ("" if replace else " (use --replace)")
             )
         load_config(config_path, registry, overlay={path: text})  # raises ConfigError with every problem
-        _write(dir_fd, path.name, text, replace=replace)
+        try:
+            write_atomically(dir_fd, path.name, text, replace=replace)
+        except FileExistsError:
+            raise TeckoCheckerError(f"{path.name} already exists in the drop-in directory (use --replace)") from None
     return path
 
 
@@ -69,7 +73,7 @@ def remove_job(config_path: Path, name: str) -> Path:
         if not full.parent.is_dir():
             continue
         with _locked(full.parent):
-            for path in sorted(full.parent.glob(full.name)):
+            for path in include_matches(full):
                 names = _job_names(path)
                 if name not in names:
                     continue
@@ -79,7 +83,7 @@ def remove_job(config_path: Path, name: str) -> Path:
                         "edit that file by hand"
                     )
                 path.unlink()
-                _fsync_dir(path.parent)
+                fsync_directory(path.parent)
                 return path
     raise TeckoCheckerError(f"no drop-in file defines a job named {name!r}")
 
@@ -90,44 +94,14 @@ def render_drop_in(name: str, template: str, targets: Sequence[str], now: dt.dat
     return header + yaml.safe_dump(body, sort_keys=False, default_flow_style=False)
 
 
-def _write(dir_fd: int, name: str, text: str, *, replace: bool) -> None:
-    """Write ``name`` in the directory ``dir_fd`` atomically: a temporary file, fsync, then link or rename.
-
-    Without ``replace`` the file is created exclusively (link fails if it exists), so even a writer that
-    ignores the lock (a person with an editor) is never overwritten."""
-    # A dot-name never matches an include glob, so the daemon never reads a half-written file.
-    tmp = f".{name}.tmp-{os.getpid()}"
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp, dir_fd=dir_fd)  # left by a crashed process that had our pid
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if replace:
-            os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        else:
-            os.link(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
-    except FileExistsError:
-        raise TeckoCheckerError(f"{name} already exists in the drop-in directory (use --replace)") from None
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp, dir_fd=dir_fd)
-    os.fsync(dir_fd)
-
-
 @contextlib.contextmanager
 def _locked(directory: Path) -> Iterator[int]:
     """An exclusive flock on the directory itself, held while validating and writing: concurrent
     `jobs add`/`remove` run one after the other. Yields the directory's fd; files are made relative to it,
     so a directory swapped for a symlink meanwhile is not followed."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
+    with open_directory(directory) as fd:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        yield fd
-    finally:
-        os.close(fd)  # releases the lock
+        yield fd  # closing the fd releases the lock
 
 
 def _check_name(name: str) -> None:
@@ -140,7 +114,7 @@ def _drop_in_path(config_path: Path, pattern: str, name: str) -> tuple[Path, Pat
     full = config_path.parent / pattern
     directory = _real_directory(full.parent)
     path = full.parent / f"{name}.yaml"
-    if not fnmatch.fnmatch(path.name, full.name):
+    if not matches_include(path, full):
         raise TeckoCheckerError(
             f"{path.name} would not match the first include glob {pattern!r}; make it match *.yaml files"
         )
@@ -169,11 +143,3 @@ def _job_names(path: Path) -> set[str]:
     document, _ = load_file(path)
     jobs = document.data.get("jobs") if isinstance(document.data, dict) else None
     return {j["name"] for j in jobs or [] if isinstance(j, dict) and isinstance(j.get("name"), str)}
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -13,6 +13,7 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 
 from teckochecker import __version__
+from teckochecker.cli.exitcodes import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK
 from teckochecker.cli.report import (
     daemon_down,
     render_job,
@@ -24,6 +25,7 @@ from teckochecker.cli.report import (
 from teckochecker.cli.secrets import register_secrets_commands
 from teckochecker.clock import SystemClock
 from teckochecker.config.loader import load_file
+from teckochecker.config.location import CONFIG_ENV, SYSTEM_CONFIG, find_config
 from teckochecker.config.validate import Config, load_config
 from teckochecker.control import RELOAD_META, reload_status_from_json
 from teckochecker.errors import ConfigError, NoStateStore, TeckoCheckerError
@@ -33,11 +35,6 @@ from teckochecker.secrets.resolving import Redactor
 from teckochecker.state.heartbeat import HEARTBEAT_META, heartbeat_from_json
 from teckochecker.state.location import resolve_state_url
 from teckochecker.state.store import StateStore
-
-CONFIG_ENV = "TECKOCHECKER_CONFIG"
-SYSTEM_CONFIG = Path("/etc/teckochecker/teckochecker.yaml")
-
-EXIT_OK, EXIT_INVALID, EXIT_ERROR = 0, 1, 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -55,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"teckochecker: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -164,19 +161,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _state_url_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--state-url", metavar="URL", help="read this state store instead of the config's")
-
-
-def find_config(explicit: Path | None, environ: Mapping[str, str], cwd: Path) -> Path:
-    if explicit is not None:
-        return explicit
-    if environ.get(CONFIG_ENV):
-        return Path(environ[CONFIG_ENV])
-    for candidate in (cwd / "teckochecker.yaml", SYSTEM_CONFIG):
-        if candidate.exists():
-            return candidate
-    raise TeckoCheckerError(
-        f"no config file: pass --config PATH, set {CONFIG_ENV}, or create ./teckochecker.yaml or {SYSTEM_CONFIG}"
-    )
 
 
 def _load(

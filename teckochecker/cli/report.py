@@ -4,42 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 from teckochecker.config.durations import format_duration
 from teckochecker.control import ReloadStatus
 from teckochecker.plugins import PluginRegistry
 from teckochecker.state.heartbeat import Heartbeat
-from teckochecker.state.models import Event, JobSnapshot, RunSnapshot
+from teckochecker.state.models import Event, JobSnapshot, RequestCounts, RunSnapshot, request_counts
 
 BAR_WIDTH = 20
-
-
-@dataclass(frozen=True)
-class RequestCounts:
-    """How far one batch got, from the vendor's ``request_counts`` (OpenAI: total, completed, failed)."""
-
-    total: int
-    completed: int
-    failed: int
-
-    @property
-    def label(self) -> str:
-        return f"{self.completed}/{self.total}" + (f" ({self.failed} failed)" if self.failed else "")
-
-
-def request_counts(details: object) -> RequestCounts | None:
-    """The counts in a target's details, or None while the vendor has none (e.g. still validating)."""
-    counts = details.get("request_counts") if isinstance(details, Mapping) else None
-    if not isinstance(counts, Mapping):
-        return None
-    total, completed, failed = (_count(counts.get(k)) for k in ("total", "completed", "failed"))
-    return RequestCounts(total, completed, failed) if total else None
-
-
-def _count(value: object) -> int:
-    # Vendor data: anything but a non-negative int counts as 0 rather than breaking a status view.
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def text_bar(counts: RequestCounts | None, width: int = BAR_WIDTH) -> str:

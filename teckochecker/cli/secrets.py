@@ -7,14 +7,12 @@ none prints a value: only names, sources and reasons.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import getpass
 import os
 import re
 import stat
 import sys
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +21,11 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from cryptography.fernet import InvalidToken
 
+from teckochecker.atomicfile import open_directory, write_atomically
 from teckochecker.boundedread import read_bounded
+from teckochecker.cli.exitcodes import EXIT_INVALID, EXIT_OK
 from teckochecker.config.loader import MAX_FILE_BYTES, load_text
+from teckochecker.config.location import find_config
 from teckochecker.config.models import is_fernet_token
 from teckochecker.errors import ConfigError, TeckoCheckerError, UnreadableFile
 from teckochecker.secrets.masterkey import (
@@ -40,7 +41,6 @@ from teckochecker.secrets.resolving import Redactor, SecretResolver, header_valu
 if TYPE_CHECKING:
     SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
-EXIT_OK, EXIT_FAILED = 0, 1
 # `encrypt` writes the name as an unquoted YAML key, so it keeps to characters that need no quoting.
 SECRET_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 PATH_HELP = "the config file (default: the --config resolution)"
@@ -106,14 +106,12 @@ def _secret_name(text: str) -> str:
 def _config_path(args: argparse.Namespace, environ: Mapping[str, str]) -> Path:
     if args.path is not None:
         return Path(args.path)
-    from teckochecker.cli.main import find_config  # here, not at the top: cli imports this module
-
     return find_config(args.config, environ, Path.cwd())
 
 
 def _fail(message: str) -> int:
     print(f"teckochecker: error: {message}", file=sys.stderr)
-    return EXIT_FAILED
+    return EXIT_INVALID
 
 
 def cmd_keygen(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -181,7 +179,7 @@ def cmd_check(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             line = f"{name}: FAILED: {problem.removeprefix(f'secret {name!r}: ')}"
         # Reasons never hold a value; the redactor is the last line of defence should one ever do.
         print(redactor.redact(line))
-    return EXIT_FAILED if any(results.values()) else EXIT_OK
+    return EXIT_INVALID if any(results.values()) else EXIT_OK
 
 
 @dataclass(frozen=True)
@@ -326,22 +324,15 @@ def _check_only_tokens_changed(
 
 
 def _replace_file(path: Path, text: str) -> None:
-    """Write ``text`` over ``path`` atomically: a temp file beside it, fsynced, same mode and owner."""
+    """Write ``text`` over ``path`` atomically, with the same mode and owner."""
     info = path.stat()
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".rotating")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(text.encode("utf-8"))
-            f.flush()
-            os.fchmod(f.fileno(), stat.S_IMODE(info.st_mode))
-            _keep_owner(f.fileno(), info, path)
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
-    _fsync_directory(path.parent)
+
+    def keep_mode_and_owner(fd: int) -> None:
+        os.fchmod(fd, stat.S_IMODE(info.st_mode))
+        _keep_owner(fd, info, path)
+
+    with open_directory(path.parent) as dir_fd:
+        write_atomically(dir_fd, path.name, text, replace=True, mode=0o600, before_commit=keep_mode_and_owner)
 
 
 def _keep_owner(fd: int, info: os.stat_result, path: Path) -> None:
@@ -354,12 +345,3 @@ def _keep_owner(fd: int, info: os.stat_result, path: Path) -> None:
         raise TeckoCheckerError(
             f"cannot keep the owner and group of {path}; run as its owner or as root (file left unchanged)"
         ) from None
-
-
-def _fsync_directory(directory: Path) -> None:
-    # So the rename itself survives a crash.
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -7,10 +7,8 @@ It opens no network connection and no state store.
 from __future__ import annotations
 
 import builtins
-import errno
 import hashlib
 import json
-import os
 from collections import ChainMap
 from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
@@ -20,6 +18,7 @@ from typing import Any, cast
 from pydantic import BaseModel, ValidationError
 
 from teckochecker.config.diagnostics import Diagnostic, Mark, Path
+from teckochecker.config.includes import include_directory_problem, include_matches
 from teckochecker.config.loader import Document, load_file, load_text
 from teckochecker.config.models import (
     Condition,
@@ -215,11 +214,8 @@ def _drop_in_documents(
             diagnostics.append(Diagnostic(doc.mark_for(where), where, f"the directory {full.parent} {problem}"))
             continue
         dirs.append(full.parent)
-        matches = set(full.parent.glob(full.name)) | {
-            p for p in overlay if p.parent == full.parent and p.match(full.name)
-        }
-        for path in sorted(matches):
-            if path in seen or path.name.startswith("."):
+        for path in include_matches(full, overlay):
+            if path in seen:
                 continue
             seen.add(path)
             text = overlay.get(path, "") if path in overlay else None
@@ -240,25 +236,6 @@ def _template_marks(main: Document) -> dict[str, list[tuple[Path, Mark]]]:
         if len(path) >= 2 and path[0] == "templates" and isinstance(path[1], str):
             by_template.setdefault(path[1], []).append((path[2:], mark))
     return by_template
-
-
-def include_directory_problem(directory: FsPath) -> str | None:
-    """Why an include directory cannot hold drop-ins (a dangling symlink, a symlink loop, a file), or None.
-    One that does not exist yet is fine: it simply holds no drop-ins."""
-    if not os.path.lexists(directory):
-        return None
-    try:
-        real = directory.resolve(strict=True)
-    except FileNotFoundError:
-        target = os.readlink(directory) if directory.is_symlink() else "a missing path"
-        return f"is a symlink to {target}, which does not exist"
-    except (RuntimeError, OSError) as exc:  # RuntimeError: a symlink loop, before Python 3.13
-        if isinstance(exc, RuntimeError) or exc.errno == errno.ELOOP:
-            return "cannot be used: a symlink loop"
-        return f"cannot be used: {exc.strerror or exc}"
-    if not real.is_dir():
-        return f"is not a directory ({real} is a file)"
-    return None
 
 
 def _with_template(

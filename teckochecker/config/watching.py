@@ -16,6 +16,7 @@ from pathlib import Path
 import watchfiles
 
 from teckochecker.boundedread import read_bounded
+from teckochecker.config.includes import include_matches
 from teckochecker.config.loader import MAX_FILE_BYTES
 from teckochecker.errors import UnreadableFile
 
@@ -43,11 +44,7 @@ def config_checksum(main: Path, include: Iterable[str]) -> str:
 
 
 def _matches(main: Path, include: Iterable[str]) -> list[Path]:
-    found: set[Path] = set()
-    for pattern in include:
-        full = main.parent / pattern
-        found.update(p for p in full.parent.glob(full.name) if not p.name.startswith("."))
-    return sorted(found)
+    return sorted({path for pattern in include for path in include_matches(main.parent / pattern)})
 
 
 def watched_dirs(main: Path, include: Iterable[str]) -> list[Path]:

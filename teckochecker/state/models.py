@@ -166,16 +166,34 @@ class Event:
 PROGRESS_KINDS = ("total", "completed", "failed")
 
 
-def request_progress(details: Mapping[str, Any]) -> tuple[int, int, int] | None:
-    """A target's (total, completed, failed) requests, from the ``request_counts`` a source reports in its
-    details (the convention behind progress bars and the batch_requests metric)."""
+@dataclass(frozen=True)
+class RequestCounts:
+    """How far one batch got, from the vendor's ``request_counts`` (OpenAI: total, completed, failed)."""
+
+    total: int
+    completed: int
+    failed: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.completed}/{self.total}" + (f" ({self.failed} failed)" if self.failed else "")
+
+
+def request_counts(details: object) -> RequestCounts | None:
+    """A target's request counts, from the ``request_counts`` a source reports in its details: the one
+    reading behind `status`, the API, the status page, the stored columns and the batch_requests metric,
+    so they never disagree. None while the vendor has none (e.g. still validating: total 0)."""
     counts = details.get("request_counts") if isinstance(details, Mapping) else None
     if not isinstance(counts, Mapping):
         return None
-    values = [counts.get(kind) for kind in PROGRESS_KINDS]
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        return None
-    return values[0], values[1], values[2]  # type: ignore[return-value]
+    total, completed, failed = (_count(counts.get(kind)) for kind in PROGRESS_KINDS)
+    return RequestCounts(total, completed, failed) if total else None
+
+
+def _count(value: object) -> int:
+    # Vendor data: anything but a non-negative int counts as 0, rather than hiding the other counts or
+    # making a gauge negative.
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 @dataclass(frozen=True)
@@ -202,8 +220,9 @@ class JobGauges:
             for target in job.targets:
                 key = (job.name, target.state.value)
                 targets[key] = targets.get(key, 0) + 1
-                for i, value in enumerate(request_progress(target.details) or (0, 0, 0)):
-                    sums[i] += value
+                counts = request_counts(target.details)
+                if counts is not None:
+                    sums = [sums[0] + counts.total, sums[1] + counts.completed, sums[2] + counts.failed]
             requests[job.name] = (sums[0], sums[1], sums[2])
             if job.deadline_at is not None and not job.state.is_final:
                 deadlines[job.name] = job.deadline_at.timestamp()

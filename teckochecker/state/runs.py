@@ -13,8 +13,11 @@ from sqlalchemy.exc import IntegrityError
 from teckochecker import rules
 from teckochecker.plugin_api import ActionResult, Cancellation, TargetState
 from teckochecker.state import schema
-from teckochecker.state.events import append_event
+from teckochecker.state.events import EventKind, append_event
 from teckochecker.state.models import JobState, RunState
+
+# run_finished ends a run without a downstream result: refused at the start, or no longer resolvable.
+_FINISHED_RUN_EVENTS = {RunState.REJECTED: EventKind.ACTION_REJECTED, RunState.FAILED: EventKind.ACTION_FAILED}
 
 
 class RunTransitions:
@@ -39,7 +42,7 @@ class RunTransitions:
                     conn,
                     run.job_id,
                     now,
-                    "action_intent",
+                    EventKind.ACTION_INTENT,
                     f"action {run.action_index} ({run.action_type}): starting, attempt {run.attempt}",
                     {"trigger_id": run.trigger_id, "attempt": run.attempt},
                 )
@@ -65,11 +68,12 @@ class RunTransitions:
                 return
             _set_result(conn, run_id, result, now)
             verb = "adopted" if how == "adopted" else "started"
+            kind = EventKind.ACTION_ADOPTED if how == "adopted" else EventKind.ACTION_STARTED
             append_event(
                 conn,
                 run.job_id,
                 now,
-                f"action_{verb}",
+                kind,
                 f"action {run.action_index} ({run.action_type}) {verb} {result.external_id}"
                 + (f" ({result.url})" if result.url else ""),
                 {"external_id": result.external_id, "url": result.url, "status": result.vendor_status},
@@ -103,7 +107,7 @@ class RunTransitions:
                 conn,
                 run.job_id,
                 now,
-                "action_not_started",
+                EventKind.ACTION_NOT_STARTED,
                 f"action {run.action_index} ({run.action_type}) did not start: {message}; trying again",
             )
 
@@ -121,7 +125,7 @@ class RunTransitions:
                 conn,
                 run.job_id,
                 now,
-                "action_in_doubt",
+                EventKind.ACTION_IN_DOUBT,
                 f"action {run.action_index} ({run.action_type}) may or may not have started ({message}); "
                 "searching downstream before any new start",
             )
@@ -143,7 +147,7 @@ class RunTransitions:
                     f"action {run.action_index} ({run.action_type}): search found nothing yet; the start may "
                     f"still take effect or be hidden by the index, so it does not count (next {next_try_at:%H:%M:%S}Z)"
                 )
-            append_event(conn, run.job_id, now, "action_search_empty", text)
+            append_event(conn, run.job_id, now, EventKind.ACTION_SEARCH_EMPTY, text)
             return count
 
     def watch_searched(self, run_id: int, *, now: dt.datetime, next_search_at: dt.datetime) -> None:
@@ -167,7 +171,7 @@ class RunTransitions:
                     conn,
                     run.job_id,
                     now,
-                    "duplicate_watch_closed",
+                    EventKind.DUPLICATE_WATCH_CLOSED,
                     f"action {run.action_index} ({run.action_type}): {message}",
                 )
 
@@ -208,7 +212,7 @@ class RunTransitions:
                 conn,
                 run.job_id,
                 now,
-                "duplicate_start",
+                EventKind.DUPLICATE_START,
                 f"action {run.action_index} ({run.action_type}): duplicate start {duplicate.external_id} "
                 f"({duplicate.vendor_status or 'status unknown'}) found; {verdict}: {cancellation.note}",
                 {
@@ -232,7 +236,7 @@ class RunTransitions:
                 conn,
                 run.job_id,
                 now,
-                f"action_{state.value}",
+                _FINISHED_RUN_EVENTS[state],
                 f"action {run.action_index} ({run.action_type}) {state.value}: {message}",
             )
 
@@ -250,7 +254,7 @@ class RunTransitions:
                     conn,
                     run.job_id,
                     now,
-                    "action_finished" if state.is_final else "action_progress",
+                    EventKind.ACTION_FINISHED if state.is_final else EventKind.ACTION_PROGRESS,
                     text,
                     {"external_id": result.external_id, "status": result.vendor_status, "outcome": state.value},
                 )
@@ -267,7 +271,7 @@ class RunTransitions:
                 conn,
                 run.job_id,
                 now,
-                "action_error",
+                EventKind.ACTION_ERROR,
                 f"action {run.action_index} ({run.action_type}): {message}; trying again",
             )
 
@@ -299,7 +303,12 @@ class RunTransitions:
                 .values(state=final.value, finished_at=now, updated_at=now, next_check_at=None)
             )
             append_event(
-                conn, row.id, now, "job_finished", f"job {final.value.replace('_', ' ')}", {"state": final.value}
+                conn,
+                row.id,
+                now,
+                EventKind.JOB_FINISHED,
+                f"job {final.value.replace('_', ' ')}",
+                {"state": final.value},
             )
             return final
 
@@ -338,7 +347,7 @@ def _arm_watch(
         conn,
         run.job_id,
         now,
-        "duplicate_watch",
+        EventKind.DUPLICATE_WATCH,
         f"action {run.action_index} ({run.action_type}): an earlier start may have happened unseen; "
         f"searching for a duplicate until {until:%Y-%m-%d %H:%M:%S}Z",
         {"until": until.isoformat()},

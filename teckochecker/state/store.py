@@ -22,7 +22,7 @@ from teckochecker.config.models import Condition, TriggerRule
 from teckochecker.errors import NoStateStore, StateStoreError
 from teckochecker.plugin_api import CheckReport, TargetState
 from teckochecker.state import schema
-from teckochecker.state.events import append_event
+from teckochecker.state.events import EventKind, append_event
 from teckochecker.state.location import sqlite_path
 from teckochecker.state.models import (
     Duplicate,
@@ -34,7 +34,7 @@ from teckochecker.state.models import (
     RunSnapshot,
     RunState,
     TargetSnapshot,
-    request_progress,
+    request_counts,
 )
 from teckochecker.state.redaction import Redact, redact_writes
 from teckochecker.state.runs import RunTransitions
@@ -148,7 +148,11 @@ class StateStore(RunTransitions):
                         sa.update(schema.jobs).where(schema.jobs.c.id == row.id).values(removed=True, updated_at=now)
                     )
                     append_event(
-                        conn, row.id, now, "removed", "job is no longer in the configuration; its history is kept"
+                        conn,
+                        row.id,
+                        now,
+                        EventKind.REMOVED,
+                        "job is no longer in the configuration; its history is kept",
                     )
 
     def _insert_job(self, conn: Connection, plan: JobPlan, now: dt.datetime) -> None:
@@ -167,26 +171,32 @@ class StateStore(RunTransitions):
         assert inserted is not None  # an INSERT into a table with a primary key always has one
         job_id = int(inserted[0])
         _insert_targets(conn, job_id, plan.targets, 0)
-        append_event(conn, job_id, now, "registered", f"job registered with {len(plan.targets)} target(s)")
+        append_event(conn, job_id, now, EventKind.REGISTERED, f"job registered with {len(plan.targets)} target(s)")
 
     def _update_job(self, conn: Connection, row: Row[Any], plan: JobPlan, now: dt.datetime) -> None:
         changes: dict[str, Any] = {}
         if row.removed:
             changes["removed"] = False
-            append_event(conn, row.id, now, "restored", "job is back in the configuration")
+            append_event(conn, row.id, now, EventKind.RESTORED, "job is back in the configuration")
         if row.fingerprint != plan.fingerprint:
             changes["fingerprint"] = plan.fingerprint
-            append_event(conn, row.id, now, "definition_changed", "job definition changed")
+            append_event(conn, row.id, now, EventKind.DEFINITION_CHANGED, "job definition changed")
         known = {
             t for (t,) in conn.execute(sa.select(schema.targets.c.target).where(schema.targets.c.job_id == row.id))
         }
         added = [t for t in plan.targets if t not in known]
         if added and row.state == JobState.WATCHING.value:
             _insert_targets(conn, row.id, added, len(known))
-            append_event(conn, row.id, now, "targets_added", f"{len(added)} target(s) added", {"targets": added})
+            append_event(
+                conn, row.id, now, EventKind.TARGETS_ADDED, f"{len(added)} target(s) added", {"targets": added}
+            )
         elif added:
             append_event(
-                conn, row.id, now, "targets_ignored", f"{len(added)} new target(s) ignored: the job already fired"
+                conn,
+                row.id,
+                now,
+                EventKind.TARGETS_IGNORED,
+                f"{len(added)} new target(s) ignored: the job already fired",
             )
         if changes:
             conn.execute(sa.update(schema.jobs).where(schema.jobs.c.id == row.id).values(updated_at=now, **changes))
@@ -328,7 +338,7 @@ class StateStore(RunTransitions):
                     conn,
                     row.id,
                     now,
-                    "job_finished",
+                    EventKind.JOB_FINISHED,
                     f"job failed: {decision.reason}; no action was run",
                     {"state": state.value},
                 )
@@ -340,7 +350,9 @@ class StateStore(RunTransitions):
             return {"consecutive_failures": 0, "last_error": None}
         count = len(report.transient_errors)
         sample = dict(list(report.transient_errors.items())[:20])
-        append_event(conn, row.id, now, "check_failed", f"{count} target(s) could not be checked", {"errors": sample})
+        append_event(
+            conn, row.id, now, EventKind.CHECK_FAILED, f"{count} target(s) could not be checked", {"errors": sample}
+        )
         return {
             "consecutive_failures": row.consecutive_failures + 1,
             "last_error": _first_error(report.transient_errors),
@@ -355,7 +367,7 @@ class StateStore(RunTransitions):
         now: dt.datetime,
         reason: str,
     ) -> None:
-        append_event(conn, job_id, now, "trigger_fired", f"trigger fired: {reason}")
+        append_event(conn, job_id, now, EventKind.TRIGGER_FIRED, f"trigger fired: {reason}")
         for action in actions:
             holds = rules.condition_holds(action.when, states)
             state = RunState.PENDING if holds else RunState.SKIPPED
@@ -381,7 +393,7 @@ class StateStore(RunTransitions):
                     conn,
                     job_id,
                     now,
-                    "action_skipped",
+                    EventKind.ACTION_SKIPPED,
                     f"action {action.index} ({action.type}) skipped: condition {action.when.value} does not hold",
                 )
 
@@ -407,11 +419,15 @@ class StateStore(RunTransitions):
                     sa.update(schema.jobs).where(schema.jobs.c.id == row.id).values(paused=paused, updated_at=now)
                 )
                 append_event(
-                    conn, row.id, now, "paused" if paused else "resumed", "job paused" if paused else "job resumed"
+                    conn,
+                    row.id,
+                    now,
+                    EventKind.PAUSED if paused else EventKind.RESUMED,
+                    "job paused" if paused else "job resumed",
                 )
             return True
 
-    def fail_job(self, name: str, reason: str, *, now: dt.datetime, kind: str = "job_failed") -> None:
+    def fail_job(self, name: str, reason: str, *, now: dt.datetime, kind: EventKind = EventKind.JOB_FAILED) -> None:
         """End a job that has not fired as failed (deadline passed, credentials rejected, ...)."""
         with self._engine.begin() as conn:
             row = conn.execute(sa.select(schema.jobs).where(schema.jobs.c.name == name)).one()
@@ -463,9 +479,13 @@ def _apply_observation(conn: Connection, job_id: int, row: Row[Any], obs: Any, n
     }
     if obs.state.is_terminal:
         values["terminal_at"] = now
-    progress = request_progress(details)
-    if progress is not None:
-        values |= dict(zip(("requests_total", "requests_completed", "requests_failed"), progress, strict=True))
+    counts = request_counts(details)
+    if counts is not None:
+        values |= {
+            "requests_total": counts.total,
+            "requests_completed": counts.completed,
+            "requests_failed": counts.failed,
+        }
     conn.execute(sa.update(schema.targets).where(schema.targets.c.id == row.id).values(**values))
     if changed:
         text = f"{obs.target}: {row.vendor_status or row.state} → {obs.vendor_status or obs.state.value}"
@@ -475,7 +495,7 @@ def _apply_observation(conn: Connection, job_id: int, row: Row[Any], obs: Any, n
             conn,
             job_id,
             now,
-            "target_changed",
+            EventKind.TARGET_CHANGED,
             text,
             {"target": obs.target, "state": obs.state.value, "vendor_status": obs.vendor_status},
         )

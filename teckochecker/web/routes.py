@@ -25,13 +25,12 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from teckochecker import __version__
-from teckochecker.cli.report import request_counts
 from teckochecker.config.models import JOB_NAME
-from teckochecker.control import DaemonControl, ReloadStatus
+from teckochecker.control import DaemonControl, reload_status_to_dict
 from teckochecker.errors import StateStoreUnavailable, TeckoCheckerError
 from teckochecker.metrics import Metrics
 from teckochecker.secrets.resolving import Redactor
-from teckochecker.state.models import Event, JobSnapshot, RunSnapshot, TargetSnapshot
+from teckochecker.state.models import Event, JobSnapshot, RunSnapshot, TargetSnapshot, request_counts
 from teckochecker.web.statuspage import render_page
 
 MAX_BODY_BYTES = 64 * 1024
@@ -106,7 +105,7 @@ class _Api:
     # ----- reading -----
 
     async def status(self, request: Request) -> Response:
-        return _json({"version": __version__, "reload": reload_to_json(self._control.reload_status())})
+        return _json({"version": __version__, "reload": reload_status_to_dict(self._control.reload_status())})
 
     async def jobs(self, request: Request) -> Response:
         jobs = await self._control.jobs()
@@ -128,7 +127,7 @@ class _Api:
         for job in await self._control.jobs():
             events = await self._control.events(job.name, PAGE_EVENTS)
             jobs.append(job_to_json(job, self._control.next_run(job.name), events))
-        reload = reload_to_json(self._control.reload_status())
+        reload = reload_status_to_dict(self._control.reload_status())
         page = render_page(jobs, reload, __version__, dt.datetime.now(dt.UTC))
         # No script runs on the page, so none may: a vendor message that slips past escaping stays inert.
         return HTMLResponse(
@@ -312,15 +311,6 @@ def run_to_json(run: RunSnapshot) -> dict[str, Any]:
 
 def event_to_json(event: Event) -> dict[str, Any]:
     return {"at": _time(event.at), "kind": event.kind, "message": event.message, "data": event.data}
-
-
-def reload_to_json(status: ReloadStatus) -> dict[str, Any]:
-    return {
-        "successful": status.successful,
-        "at": _time(status.at),
-        "errors": list(status.errors),
-        "restart_required": list(status.restart_required),
-    }
 
 
 def _time(value: dt.datetime | None) -> str | None:

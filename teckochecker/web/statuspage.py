@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 
-from teckochecker.cli.report import RequestCounts
+from teckochecker.state.models import RequestCounts
 
 REFRESH_SECONDS = 15
 

@@ -130,7 +130,10 @@ def run_round(number: int, seed: int, settings: RoundSettings, workdir: Path) ->
                 _sleep_until(first_post + result.kill_after)
             first.kill()
         with Daemon(config, env, workdir) as second:
-            deadline = time.monotonic() + settings.settle_timeout
+            # Each in-doubt answer costs the daemon a mandated wait before it may start again (its create timeout,
+            # the 5 s connect bound and two searches spaced by search_lag): several on one trigger add up.
+            in_doubt_wait = settings.create_timeout + 5.0 + 2 * settings.search_lag
+            deadline = time.monotonic() + settings.settle_timeout + in_doubt_wait * len(result.faults)
             wait_until(lambda: all_final(workdir, settings.jobs), deadline)
             if duplicate_window_option() is not None and first_post is not None:
                 # The daemon keeps looking for late duplicates this long after a start; give it the time.

@@ -123,17 +123,19 @@ class Daemon:
         self._opened.callback(self.store.close)
         self.worker = StoreWorker(hidden=[make_url(url).password or ""])
         self._opened.push_async_callback(asyncio.to_thread, self.worker.close)
-        await self._beat()
-        self._opened.push_async_callback(self._beat_stopped)
         db_path = sqlite_path(url)
         identity = StoreFileIdentity.of(db_path) if db_path is not None else None
         self.guard = StoreGuard(identity, self._log, on_lost=lambda: self.jobs.halt())
+        await self._beat()
+        self._opened.push_async_callback(self._beat_stopped)
         http = HttpClientPool(self.config.defaults.concurrency, self.metrics)
         self._opened.push_async_callback(http.aclose)
         await self._start_jobs(http)
         await self._start_web()
         self.reloader.started()
         await self.reloader.save_status(self.worker, self.store)
+        # Runs after the reload loop is cancelled: a reload applied just before SIGTERM still reaches `status`.
+        self._opened.push_async_callback(self._save_reload_outcome)
         self._watcher = Reloader(self.request_reload, self._log)
         self._watcher.start(watched_dirs(self.reloader.config_path, self.config.include))
         self._opened.push_async_callback(self._watcher.stop)
@@ -246,10 +248,15 @@ class Daemon:
                 apply=self.jobs.apply,
                 watch=lambda new: self._watcher.watch(watched_dirs(self.reloader.config_path, new.include)),
             )
-            try:
-                await self.reloader.save_status(self.worker, self.store)
-            except Exception as exc:  # the store may be down; the outcome is still in /api/v1/status and metrics
-                self._log.warning("cannot save the config reload outcome to the state store: %s", exc)
+            await self._save_reload_outcome()
+
+    async def _save_reload_outcome(self) -> None:
+        if self.guard.problem is not None:  # never write into a store that is not the one we opened
+            return
+        try:
+            await self.reloader.save_status(self.worker, self.store)
+        except Exception as exc:  # the store may be down; the outcome is still in /api/v1/status and metrics
+            self._log.warning("cannot save the config reload outcome to the state store: %s", exc)
 
     async def _gauge_loop(self) -> None:
         while self.guard.intact():
@@ -266,6 +273,8 @@ class Daemon:
         await self.worker.run(self.store.set_meta, HEARTBEAT_META, heartbeat_json(beat))
 
     async def _beat_stopped(self) -> None:
+        if self.guard.problem is not None:  # never write into a store that is not the one we opened
+            return
         try:
             await self._beat(stopped=True)
         except Exception as exc:  # shutting down anyway; `status` then sees the heartbeat go stale

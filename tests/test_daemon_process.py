@@ -263,7 +263,7 @@ def test_status_says_whether_the_daemon_runs(tmp_path: Path, plugin_env: dict[st
     again.stop()
     stopped = cli("status")
     assert re.search(r"^w +watching +0/1 +no daemon", stopped, re.M), stopped
-    assert re.search(r"^daemon not running \(last seen .*Z, \d+s ago; it stopped cleanly\)$", stopped, re.M), stopped
+    assert re.search(r"^daemon not running \(last seen .*Z, \d+m?s ago; it stopped cleanly\)$", stopped, re.M), stopped
     assert "next check: daemon not running (last seen" in cli("show", "w")
 
 

@@ -132,6 +132,22 @@ duplicate_watches = sa.Table(
     sa.Column("duplicates", sa.JSON, nullable=False, default=list),
 )
 
+# Jobs that did not come from a file: registered over the HTTP API (origin "api") or found by batch
+# metadata (origin "discovered"). The body is the job as it would be written in the YAML, secrets by name
+# only; every replica builds its definitions from files plus these rows, the file winning a name in both.
+registered_jobs = sa.Table(
+    "tc_registered_jobs",
+    metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("origin", sa.String(16), nullable=False),
+    sa.Column("body", sa.JSON, nullable=False),
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    # Bookkeeping of the origin (a discovered group's template, expected count, first and last sighting).
+    sa.Column("details", sa.JSON, nullable=False, default=dict),
+)
+
 events = sa.Table(
     "tc_events",
     metadata,

@@ -204,7 +204,7 @@ class Daemon:
     def _log_schema_upgrade(self) -> None:
         upgrade = self.store.schema_upgrade
         if upgrade is not None and upgrade.changed:
-            self._log.info("state store schema upgraded: %s → %s", upgrade.before.describe(), upgrade.after.describe())
+            self._log.info("state store schema %s", upgrade.describe())
 
     def _api_token(self) -> str | None:
         name = self.config.http.api_token

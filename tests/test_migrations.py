@@ -242,6 +242,21 @@ def test_a_daemon_told_not_to_upgrade_refuses_and_names_the_command(plugin_env: 
     assert daemon.stop()[0] == 0, daemon.output
 
 
+def test_a_daemon_upgrades_a_store_made_before_revisions_on_start(plugin_env: dict[str, str], tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    legacy_schema.create(f"sqlite:///{db}")
+    fill_like_a_running_daemon(f"sqlite:///{db}")
+    config = tmp_path / "teckochecker.yaml"
+    config.write_text(f"state: {{url: 'sqlite:///{db}'}}\nhttp: {{port: 0}}\njobs: []\n")
+    daemon = DaemonProcess(config, plugin_env, tmp_path)
+    daemon.wait_for("teckochecker started")
+    assert daemon.stop()[0] == 0, daemon.output
+    assert f"state store schema stamped 0001 (made before schema revisions) and upgraded to {HEAD} (head)" in (
+        daemon.output
+    )
+    assert stamped(f"sqlite:///{db}") == [HEAD]
+
+
 # ----- locking -----
 
 

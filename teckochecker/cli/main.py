@@ -366,13 +366,7 @@ def cmd_db_upgrade(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         if lock is not None:
             lock.release()
     assert done is not None  # a writable open always says what it did to the schema
-    shown = make_url(url).render_as_string(hide_password=True)
-    if done.before.state is SchemaState.EMPTY:
-        print(f"{shown}: created the schema at {done.after.describe()}")
-    elif done.changed:
-        print(f"{shown}: upgraded from {done.before.describe()} to {done.after.describe()}")
-    else:
-        print(f"{shown}: already at {done.after.describe()}; nothing to do")
+    print(f"{make_url(url).render_as_string(hide_password=True)}: {done.describe()}")
     return EXIT_OK
 
 

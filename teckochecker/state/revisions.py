@@ -85,6 +85,17 @@ class Upgrade:
     def changed(self) -> bool:
         return self.before != self.after
 
+    def describe(self) -> str:
+        before, head = self.before, self.after.revision
+        if not self.changed:
+            return f"already at {head} (head); nothing to do"
+        if before.state is SchemaState.EMPTY:
+            return f"created at {head} (head)"
+        if before.state is SchemaState.LEGACY:
+            stamped = f"stamped {before.revision} (made before schema revisions)"
+            return f"{stamped}, the head" if before.revision == head else f"{stamped} and upgraded to {head} (head)"
+        return f"upgraded from {before.revision} to {head} (head)"
+
 
 def alembic_config(connection: Connection | None = None) -> Config:
     """Alembic's settings in code: the script directory inside the package, the caller's connection."""

@@ -119,8 +119,9 @@ class Daemon:
         check_secrets(self.reloader.secrets, self._log)
         url = resolve_state_url(self.config.state.url, self._environ, self._cwd)
         self._lock(url)
-        self.store = StateStore.open(url, redact=self._redactor.redact)
+        self.store = StateStore.open(url, redact=self._redactor.redact, upgrade=self.config.state.upgrade_on_start)
         self._opened.callback(self.store.close)
+        self._log_schema_upgrade()
         self.worker = StoreWorker(hidden=[make_url(url).password or ""])
         self._opened.push_async_callback(asyncio.to_thread, self.worker.close)
         db_path = sqlite_path(url)
@@ -199,6 +200,11 @@ class Daemon:
         await web.start()
         # Stopped before the ticks drain, so no request waits on a daemon that is going away.
         self._opened.push_async_callback(web.stop)
+
+    def _log_schema_upgrade(self) -> None:
+        upgrade = self.store.schema_upgrade
+        if upgrade is not None and upgrade.changed:
+            self._log.info("state store schema %s", upgrade.describe())
 
     def _api_token(self) -> str | None:
         name = self.config.http.api_token

@@ -14,8 +14,9 @@ from teckochecker.loglimit import RepeatLimiter
 from teckochecker.secrets.resolving import Redactor
 
 LOGGER_NAME = "teckochecker"
-# Transport loggers can print whole URLs and headers at DEBUG; they stay quiet unless asked for.
-_NOISY = ("httpx", "httpcore", "apscheduler", "watchfiles")
+# Transport loggers can print whole URLs and headers at DEBUG; they stay quiet unless asked for. Alembic's
+# INFO lines (plugins set up, DDL assumed transactional) say less than the daemon's one line on an upgrade.
+_NOISY = ("httpx", "httpcore", "apscheduler", "watchfiles", "alembic")
 
 
 class JsonFormatter(logging.Formatter):

@@ -23,7 +23,10 @@ def test_version(plugin_env: dict[str, str], tmp_path: Path) -> None:
     assert out.returncode == 0 and out.stdout.strip() == f"teckochecker {__version__}"
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["validate-config"], ["status"], ["show"], ["plugins"]])
+HELPED = [[], ["run"], ["validate-config"], ["status"], ["show"], ["plugins"], ["db", "current"], ["db", "upgrade"]]
+
+
+@pytest.mark.parametrize("command", HELPED)
 def test_help_on_every_command(plugin_env: dict[str, str], tmp_path: Path, command: list[str]) -> None:
     out = run_cli(*command, "--help", env=plugin_env, cwd=tmp_path)
     assert out.returncode == 0 and "usage: teckochecker" in out.stdout
@@ -31,7 +34,7 @@ def test_help_on_every_command(plugin_env: dict[str, str], tmp_path: Path, comma
 
 def test_every_command_is_documented_in_help() -> None:
     subcommands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
-    assert set(subcommands) >= {"run", "validate-config", "status", "show", "plugins", "jobs"}
+    assert set(subcommands) >= {"run", "validate-config", "status", "show", "plugins", "jobs", "db"}
 
 
 def test_example_config_validates(plugin_env: dict[str, str], tmp_path: Path) -> None:

@@ -105,6 +105,7 @@ READ_ONLY = {
     "status": ["--config", "{config}", "status", "--state-url", "{state}"],
     "show": ["--config", "{config}", "show", "nightly", "--state-url", "{state}"],
     "secrets check": ["--config", "{config}", "secrets", "check"],
+    "db current": ["--config", "{config}", "db", "current", "--state-url", "{state}"],
 }
 
 PROBE = """

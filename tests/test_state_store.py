@@ -230,24 +230,6 @@ def test_the_gauge_reads_request_counts_as_status_does(store: StateStore, counts
     assert store.gauges().requests["j"] == (10, 7, 0)
 
 
-def test_a_database_from_before_the_duplicate_watch_gets_its_table(tmp_path: Path) -> None:
-    # create_all adds a missing table to an existing database (never a missing column): that is why the watch
-    # has a table of its own. A store made before it existed opens, and gains the table.
-    import sqlalchemy as sa
-
-    url = f"sqlite:///{tmp_path / 'old.db'}"
-    store = StateStore.open(url)
-    with store._engine.begin() as conn:
-        conn.execute(sa.text("DROP TABLE tc_duplicate_watches"))
-    store.close()
-    store = StateStore.open(url)
-    try:
-        assert sa.inspect(store._engine).has_table("tc_duplicate_watches")
-        assert store.jobs() == []
-    finally:
-        store.close()
-
-
 SECRET = "kbc-CANARYstore\tTOKEN-0042"
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 
 from teckochecker import __version__
-from teckochecker.cli.exitcodes import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK
+from teckochecker.cli.exitcodes import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_SCHEMA_BEHIND
 from teckochecker.cli.report import (
     daemon_down,
     render_job,
@@ -28,12 +28,13 @@ from teckochecker.config.loader import load_file
 from teckochecker.config.location import CONFIG_ENV, SYSTEM_CONFIG, find_config
 from teckochecker.config.validate import Config, load_config
 from teckochecker.control import RELOAD_META, reload_status_from_json
-from teckochecker.errors import ConfigError, NoStateStore, TeckoCheckerError
+from teckochecker.errors import ConfigError, NoStateStore, StateStoreError, TeckoCheckerError
 from teckochecker.logs import setup_logging
 from teckochecker.plugins import PluginRegistry, load_plugins
 from teckochecker.secrets.resolving import Redactor
 from teckochecker.state.heartbeat import HEARTBEAT_META, heartbeat_from_json
-from teckochecker.state.location import resolve_state_url
+from teckochecker.state.location import SingleInstanceLock, ensure_parent, resolve_state_url, sqlite_path
+from teckochecker.state.revisions import UPGRADE_COMMAND, SchemaState
 from teckochecker.state.store import StateStore
 
 
@@ -155,8 +156,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     remove.add_argument("name", help="the job's name")
     remove.set_defaults(handler=cmd_jobs_remove)
+    _add_db_commands(commands)
     register_secrets_commands(commands)
     return parser
+
+
+def _add_db_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    db = commands.add_parser(
+        "db",
+        help="the state store's schema: its revision, and upgrading it",
+        description="Every schema change is an Alembic revision shipped in the package. The daemon upgrades "
+        "on start unless state.upgrade_on_start is false.",
+    )
+    db_commands = db.add_subparsers(title="commands", dest="db_command", required=True, metavar="COMMAND")
+    current = db_commands.add_parser(
+        "current",
+        help="print the schema revision and whether it is the head",
+        description=f"Read the schema revision of the configured state store; change nothing. Exit {EXIT_OK} "
+        f"at the head, {EXIT_SCHEMA_BEHIND} when behind (or not created yet), {EXIT_ERROR} when it cannot be "
+        "read or is newer than this release.",
+    )
+    _state_url_option(current)
+    current.set_defaults(handler=cmd_db_current)
+    upgrade = db_commands.add_parser(
+        "upgrade",
+        help="bring the schema to this release's head revision (back up first)",
+        description="Upgrade the configured state store's schema in one transaction. On PostgreSQL under an "
+        "advisory lock (safe beside daemons starting); on SQLite refused while a daemon uses the file.",
+    )
+    _state_url_option(upgrade)
+    upgrade.set_defaults(handler=cmd_db_upgrade)
 
 
 def _state_url_option(parser: argparse.ArgumentParser) -> None:
@@ -304,6 +333,55 @@ def cmd_jobs_remove(args: argparse.Namespace, environ: Mapping[str, str]) -> int
     path = remove_job(_config_path(args, environ), args.name)
     print(f"removed {path}")
     return EXIT_OK
+
+
+def cmd_db_current(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    url = _state_url(args, environ)
+    shown = make_url(url).render_as_string(hide_password=True)
+    try:
+        found = StateStore.schema_status(url)
+    except NoStateStore as exc:
+        print(f"{exc}; the daemon's first start or '{UPGRADE_COMMAND}' creates it")
+        return EXIT_SCHEMA_BEHIND
+    print(f"{shown}: {found.describe()}")
+    if found.up_to_date:
+        return EXIT_OK
+    if found.state is SchemaState.EMPTY:
+        print(f"the daemon's first start or '{UPGRADE_COMMAND}' creates it")
+    else:
+        print(f"back up the store, then run '{UPGRADE_COMMAND}' (the daemon also does on start, unless told not to)")
+    return EXIT_SCHEMA_BEHIND
+
+
+def cmd_db_upgrade(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    url = _state_url(args, environ)
+    lock = _daemon_excluded(url)
+    try:
+        store = StateStore.open(url)
+        try:
+            done = store.schema_upgrade
+        finally:
+            store.close()
+    finally:
+        if lock is not None:
+            lock.release()
+    assert done is not None  # a writable open always says what it did to the schema
+    print(f"{make_url(url).render_as_string(hide_password=True)}: {done.describe()}")
+    return EXIT_OK
+
+
+def _daemon_excluded(url: str) -> SingleInstanceLock | None:
+    """SQLite: the daemon's own lock, so the schema never changes under a running daemon."""
+    path = sqlite_path(url)
+    if path is None:
+        return None
+    ensure_parent(path)
+    lock = SingleInstanceLock(path)
+    try:
+        lock.acquire()
+    except StateStoreError:
+        raise StateStoreError(f"a teckochecker daemon is using {path}: stop it before upgrading its schema") from None
+    return lock
 
 
 def cmd_plugins(args: argparse.Namespace, environ: Mapping[str, str]) -> int:

@@ -137,6 +137,9 @@ def is_fernet_token(token: str) -> bool:
 
 class StateSettings(Model):
     url: str | None = Field(default=None, description="SQLAlchemy URL; default: a SQLite file in the state dir")
+    # Off: the daemon refuses a store whose schema is not at the head and names `teckochecker db upgrade`,
+    # for operators who upgrade the schema themselves (after a backup, before rolling out replicas).
+    upgrade_on_start: bool = True
 
 
 class HttpSettings(Model):

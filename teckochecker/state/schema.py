@@ -1,5 +1,8 @@
 """Tables, and engines set up for a daemon: SQLite in WAL with synchronous=FULL and BEGIN IMMEDIATE
-(design/reliability.md §3), PostgreSQL as is."""
+(design/reliability.md §3), PostgreSQL as is.
+
+What the code reads and writes. A database gets there through the revisions in state/migrations/versions/:
+change a table here, add a revision there (docs/architecture.md, "Schema changes")."""
 
 from __future__ import annotations
 
@@ -10,7 +13,6 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-SCHEMA_VERSION = 1
 OPEN_RUN_STATES = ("sending", "in_doubt")
 
 
@@ -116,9 +118,9 @@ sa.Index(
 )
 
 # After a start that followed an in-doubt outcome, the run keeps searching for a duplicate the search index
-# hid (triggering.py). Its own table, not new run columns: create_all adds a missing table to an existing
-# database, but never a missing column. armed_at is NULL until the next start; duplicates lists what was
-# found and done, so a restart never counts or cancels one twice.
+# hid (triggering.py). Its own table, not new run columns: before schema revisions, create_all could add a
+# missing table to an existing database, but never a missing column. armed_at is NULL until the next start;
+# duplicates lists what was found and done, so a restart never counts or cancels one twice.
 duplicate_watches = sa.Table(
     "tc_duplicate_watches",
     metadata,

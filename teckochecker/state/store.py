@@ -21,7 +21,7 @@ from teckochecker import rules
 from teckochecker.config.models import Condition, TriggerRule
 from teckochecker.errors import NoStateStore, StateStoreError
 from teckochecker.plugin_api import CheckReport, TargetState
-from teckochecker.state import schema
+from teckochecker.state import revisions, schema
 from teckochecker.state.events import EventKind, append_event
 from teckochecker.state.location import sqlite_path
 from teckochecker.state.models import (
@@ -64,10 +64,17 @@ class StateStore(RunTransitions):
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
+        # What opening it did to the schema (state/revisions.py), for the daemon to log; None when read-only.
+        self.schema_upgrade: revisions.Upgrade | None = None
 
     @classmethod
-    def open(cls, url: str, *, readonly: bool = False, redact: Redact | None = None) -> StateStore:
-        """``redact`` masks secret values in every text the store writes (the daemon's Redactor.redact)."""
+    def open(
+        cls, url: str, *, readonly: bool = False, redact: Redact | None = None, upgrade: bool = True
+    ) -> StateStore:
+        """``redact`` masks secret values in every text the store writes (the daemon's Redactor.redact).
+
+        A writable store is brought to the head schema revision, or with ``upgrade=False`` must already be
+        there; a read-only one may be older, never newer than this code."""
         path = sqlite_path(url)
         if readonly and path is not None and not path.exists():
             raise NoStateStore(f"no state store at {path} (has the daemon run with this config?)")
@@ -79,14 +86,29 @@ class StateStore(RunTransitions):
             if readonly:
                 try:
                     store._check_schema()
-                except NoStateStore:
+                except StateStoreError:
                     engine.dispose()
                     raise
             else:
-                store._create_schema()
+                store._prepare_schema(upgrade)
         except SQLAlchemyError as exc:
             raise StateStoreError(f"cannot open the state store: {_describe(exc)}") from exc
         return store
+
+    @staticmethod
+    def schema_status(url: str) -> revisions.SchemaStatus:
+        """The schema revision of the store at ``url``, read without creating or changing anything."""
+        path = sqlite_path(url)
+        if path is not None and not path.exists():
+            raise NoStateStore(f"no state store at {path} yet")
+        try:
+            engine = schema.create_engine(url, readonly=True)
+            try:
+                return revisions.current(engine)
+            finally:
+                engine.dispose()
+        except SQLAlchemyError as exc:
+            raise StateStoreError(f"cannot open the state store: {_describe(exc)}") from exc
 
     def close(self) -> None:
         self._engine.dispose()
@@ -111,22 +133,21 @@ class StateStore(RunTransitions):
         with self._engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
 
-    def _create_schema(self) -> None:
-        with self._engine.begin() as conn:
-            schema.metadata.create_all(conn)
-            version = conn.execute(
-                sa.select(schema.meta_table.c.value).where(schema.meta_table.c.key == "schema")
-            ).scalar()
-            if version is None:
-                conn.execute(sa.insert(schema.meta_table).values(key="schema", value=str(schema.SCHEMA_VERSION)))
-            elif int(version) != schema.SCHEMA_VERSION:
-                raise StateStoreError(
-                    f"state store has schema version {version}; this release uses {schema.SCHEMA_VERSION}"
-                )
+    def _prepare_schema(self, upgrade: bool) -> None:
+        try:
+            if upgrade:
+                self.schema_upgrade = revisions.upgrade(self._engine)
+            else:
+                found = revisions.require_current(self._engine)
+                self.schema_upgrade = revisions.Upgrade(found, found)
+        except Exception:
+            self._engine.dispose()
+            raise
 
     def _check_schema(self) -> None:
         if not sa.inspect(self._engine).has_table("tc_jobs"):
             raise NoStateStore("the state store has no TeckoChecker tables yet (has the daemon run?)")
+        revisions.current(self._engine)  # refuses a revision newer than this code
 
     # ----- configured jobs -----
 

@@ -1,0 +1,1 @@
+"""The revisions, oldest first by revision id. Alembic skips this file when it reads the directory."""

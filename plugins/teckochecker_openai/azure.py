@@ -65,8 +65,9 @@ class AzureOpenAIBatchSource(OpenAIBatchSource):
         self.azure = options
         credential = options.api_key or options.entra_token
         assert credential is not None  # the validator made sure
-        # Everything else (listing, account back-off, judging answers) is the OpenAI source's.
-        openai_options = OpenAIBatchOptions(
+        # Everything else (listing, account back-off, judging answers) is the OpenAI source's. Built without
+        # validating again: every value was validated as an Azure option (durations are seconds by now).
+        openai_options = OpenAIBatchOptions.model_construct(
             api_key=credential,
             base_url=options.base_url,
             timeout=options.timeout,

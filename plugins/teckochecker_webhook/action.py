@@ -12,6 +12,8 @@ Anything else (408, 429, 5xx, no answer): retried by the core with back-off, hon
 
 from __future__ import annotations
 
+import base64
+import binascii
 import urllib.parse
 from typing import TYPE_CHECKING
 
@@ -43,6 +45,7 @@ CONNECT_TIMEOUT = 5.0
 BODY_EXCERPT = 200
 # The receiver's "not now" answers; every other 4xx is a refusal that sending again will not change.
 RETRIED_4XX = frozenset({408, 429})
+SECRET_PREFIX = "whsec_"
 
 
 class WebhookOptions(OptionsModel):
@@ -117,21 +120,28 @@ class WebhookAction(Action):
     def _signature(self, message_id: str, body: bytes) -> dict[str, str]:
         from standardwebhooks import Webhook
 
-        secret = self.context.secret(self.options.secret)
-        try:
-            signer = Webhook(secret)
-        # Bad base64 (binascii.Error), an empty key or the library's own RuntimeError: never show the value.
-        except Exception as exc:
-            raise PermanentError(
-                f"secret {self.options.secret!r} is not a Standard Webhooks secret "
-                f"('whsec_' + base64): {type(exc).__name__}"
-            ) from None
+        signer = Webhook(self._key())
         now = self.context.clock.now()
         return {
             "webhook-id": message_id,
             "webhook-timestamp": str(int(now.timestamp())),
             "webhook-signature": signer.sign(message_id, now, body.decode()),
         }
+
+    def _key(self) -> bytes:
+        """The HMAC key: the base64 after "whsec_". Checked strictly (the library would skip stray
+        characters and sign with a different key than the receiver's); the value is never shown."""
+        value = self.context.secret(self.options.secret).strip()
+        try:
+            key = base64.b64decode(value.removeprefix(SECRET_PREFIX), validate=True)
+        except (binascii.Error, ValueError):
+            key = b""
+        if not value.startswith(SECRET_PREFIX) or not key:
+            raise PermanentError(
+                f"secret {self.options.secret!r} is not a Standard Webhooks secret: it must be 'whsec_' followed by "
+                "base64 (e.g. from `openssl rand -base64 32`)"
+            )
+        return key
 
     def _excerpt(self, response: httpx.Response) -> str:
         text = response.text.strip()[:BODY_EXCERPT] if response.content else ""

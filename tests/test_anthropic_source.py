@@ -27,6 +27,7 @@ from teckochecker_anthropic import source as source_module
 
 from teckochecker.errors import PermanentError
 from teckochecker.plugin_api import CheckReport, PluginContext, SecretName, SharedRegistry, TargetState
+from teckochecker.simulators.anthropic import error_body
 
 API_KEY = "sk-ant-CANARY-0123456789abcdef0123456789abcdef"
 EXAMPLES = json.loads((Path(__file__).parent / "contracts" / "anthropic-message-batch-examples.json").read_text())
@@ -139,6 +140,14 @@ def test_sdk_parses_results_delete_and_errors(fake: FakeAnthropic) -> None:
     with pytest.raises(anthropic.InternalServerError) as overloaded:
         client.messages.batches.list()
     assert overloaded.value.status_code == 529
+
+
+@pytest.mark.parametrize("status", [400, 401, 402, 403, 404, 409, 429, 500, 504, 529])
+def test_every_error_body_of_the_fake_is_an_sdk_error_response(status: int) -> None:
+    body = error_body(status)
+    parsed = anthropic.types.ErrorResponse.model_validate(body)
+    assert parsed.type == "error" and parsed.error.type == body["error"]["type"]
+    assert EXAMPLES["error_responses"]["404_not_found"]["body"].keys() == body.keys()
 
 
 def test_fake_requires_the_version_header_and_sends_rate_limit_headers(fake: FakeAnthropic) -> None:

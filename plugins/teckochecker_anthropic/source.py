@@ -52,8 +52,10 @@ PAGE_SIZE = 1000
 BATCHES_PATH = "v1/messages/batches"
 # What a source reads of a batch; kept for thousands of batches between sweeps.
 KEPT_FIELDS = frozenset({"id", "type", "processing_status", "request_counts", "results_url", *TIMESTAMP_FIELDS})
-# Codes inside a 429's error.details that waiting does not lift.
-SPEND_LIMIT_CODES = frozenset({"enforced_spend_limit_reached"})
+# Codes inside a 429's error.details that waiting does not lift (the SDK's ErrorDetails union).
+SPEND_LIMIT_CODES = frozenset(
+    {"enforced_spend_limit_reached", "contract_spend_limit_reached", "linked_organization_spend_limit_reached"}
+)
 
 
 class AnthropicBatchOptions(OptionsModel):

@@ -241,6 +241,29 @@ def test_the_listing_pages_with_after_id_and_fetches_what_it_missed(
     assert missing.state is TargetState.ERROR and missing.message == "Not found"
 
 
+def test_a_sweep_stops_once_its_pages_are_older_than_every_wanted_batch(
+    fake: FakeAnthropic, clients: Clients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(source_module, "PAGE_SIZE", 2)
+    now = time.time()
+    ids = [fake.add_batch(created_at=now - i) for i in range(8)]
+    gone = fake.add_batch(created_at=now - 1.5)  # listed between ids[1] and ids[2], then deleted
+    clock = FakeClock()
+    source = make_source(clients, fake, clock=clock, list_batches=True)
+
+    async def work() -> CheckReport:
+        await source.check([ids[0], gone])
+        fake.remove_batch(gone)
+        fake.requests.clear()
+        clock.advance(11)
+        return await source.check([ids[0], gone])
+
+    report = run(clients, work())
+    # Page 2 already holds batches older than `gone`: no further page can show it, so it is fetched alone.
+    assert [r.query.get("after_id") for r in fake.requests if r.path == "/v1/messages/batches"] == [None, [ids[1]]]
+    assert {o.target: o.state for o in report.observations} == {ids[0]: TargetState.RUNNING, gone: TargetState.ERROR}
+
+
 def test_a_listing_is_shared_by_the_jobs_of_one_key_until_it_is_old(fake: FakeAnthropic, clients: Clients) -> None:
     ids = [fake.add_batch() for _ in range(4)]
     shared, clock = SharedRegistry(), FakeClock()

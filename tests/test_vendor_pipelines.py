@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon import DaemonProcess
+from daemon import DaemonProcess, run_cli
 from fakes import FakeAnthropic, FakeAzureOpenAI, FakeKeboola, FakeWebhookReceiver
 
 ANTHROPIC_KEY = "sk-ant-CANARY-e2e-0123456789abcdef"
@@ -162,3 +162,16 @@ def test_azure_batches_fire_one_keboola_job(tmp_path: Path, env: dict[str, str])
         assert asked and all(r.path.startswith("/openai/batches") for r in asked)
         assert all(r.query["api-version"] == ["2024-10-21"] and r.headers["api-key"] == AZURE_KEY for r in asked)
         assert AZURE_KEY not in daemon.output and KEBOOLA_TOKEN not in daemon.output
+
+
+def test_the_commented_vendor_jobs_of_the_example_config_are_valid(tmp_path: Path, env: dict[str, str]) -> None:
+    example = (Path(__file__).parent.parent / "teckochecker.yaml.example").read_text()
+    head, commented = example.split("  # Other vendors", 1)
+    # Uncomment the YAML (lines "  # - ..." and deeper), not the prose between the jobs.
+    jobs = [line.replace("  # ", "  ", 1) for line in commented.splitlines() if line.startswith(("  # -", "  #   "))]
+    secrets = "  anthropic: {env: A}\n  webhook_secret: {env: W}\n  azure_openai: {env: Z}\n"
+    config = tmp_path / "example.yaml"
+    config.write_text(head.replace("secrets:\n", "secrets:\n" + secrets, 1) + "\n".join(jobs) + "\n")
+    out = run_cli("validate-config", str(config), env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "3 job(s)" in out.stdout

@@ -179,6 +179,11 @@ def test_the_url_in_messages_has_no_query_or_user_info(receiver: FakeWebhookRece
     assert "CANARY" not in str(failed.value)
 
 
+def test_the_target_key_keeps_no_token_of_the_url() -> None:
+    action = make_action("https://user:CANARYpw@[::1]:8443/hook?token=CANARY")
+    assert action.target_key == "webhook:https://[::1]:8443/hook"
+
+
 def test_options_are_checked() -> None:
     with pytest.raises(ValidationError, match="http"):
         WebhookOptions(url="mailto:x@example.com", secret=SecretName("s"))

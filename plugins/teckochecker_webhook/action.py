@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
 import urllib.parse
 from typing import TYPE_CHECKING
 
@@ -77,7 +78,8 @@ class WebhookAction(Action):
 
     @property
     def target_key(self) -> str:
-        return f"webhook:{self.options.url}"
+        # Without query and user info: the key is stored with the run, and those may hold a receiver's token.
+        return f"webhook:{_safe(self.options.url)}"
 
     async def start(self, request: ActionRequest) -> ActionResult:
         import httpx
@@ -121,7 +123,8 @@ class WebhookAction(Action):
         from standardwebhooks import Webhook
 
         signer = Webhook(self._key())
-        now = self.context.clock.now()
+        # The library reads the time as UTC whatever its zone says; hand it UTC.
+        now = self.context.clock.now().astimezone(dt.UTC)
         return {
             "webhook-id": message_id,
             "webhook-timestamp": str(int(now.timestamp())),
@@ -148,9 +151,10 @@ class WebhookAction(Action):
         return f": {masked(text, self.context.secret(self.options.secret))}" if text else ""
 
     def _client(self) -> httpx.AsyncClient:
-        parts = urllib.parse.urlsplit(self.options.url)
+        parts = urllib.parse.urlsplit(_safe(self.options.url))
         origin = f"{parts.scheme}://{parts.netloc}"
-        # Redirects are never followed (the pool's clients do not): a 3xx is an answer, not a detour.
+        # Redirects are never followed (the pool's clients do not): a 3xx is an answer, not a detour. The POST
+        # goes to the full URL (user info and query included); the pooled client is per origin.
         return self.context.http.client(f"webhook:{origin}", base_url=origin)
 
 
@@ -158,5 +162,6 @@ def _safe(url: str) -> str:
     """The URL without its query and user info, which may carry a token of the receiver's."""
     parts = urllib.parse.urlsplit(url)
     host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host  # an IPv6 literal keeps its brackets
     netloc = f"{host}:{parts.port}" if parts.port else host
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))

@@ -13,6 +13,9 @@ no longer take effect unseen (intent + the action's start timeout + its search l
 lag longer than that, so a start that follows such a presumed non-start arms a duplicate watch: the search
 is repeated at growing intervals for ``action.duplicate_watch`` seconds, and every further start carrying
 the trigger's marker is cancelled (the action decides whether it still can) and reported.
+
+An action whose downstream deduplicates on the trigger id (``Action.repeatable_start``, e.g. a Standard
+Webhooks receiver on ``webhook-id``) skips the search: IN_DOUBT goes back to PENDING with back-off.
 """
 
 from __future__ import annotations

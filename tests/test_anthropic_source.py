@@ -331,6 +331,15 @@ def test_a_spent_request_limit_waits_for_its_reset_before_any_429(fake: FakeAnth
     assert fake.request_count(batch_id) == 1
 
 
+def test_a_429_without_retry_after_waits_for_the_window_reset(fake: FakeAnthropic, clients: Clients) -> None:
+    batch_id = fake.add_batch()
+    clock = FakeClock(dt.datetime.now(dt.UTC))
+    fake.set_rate_limit(0, reset_at=clock.now().timestamp() + 20)
+    fake.inject(429)
+    report = check(clients, make_source(clients, fake, clock=clock), [batch_id])
+    assert report.retry_after is not None and 18 < report.retry_after <= 20
+
+
 def test_a_spend_limit_is_permanent(fake: FakeAnthropic, clients: Clients) -> None:
     batch_id = fake.add_batch()
     body = {

@@ -261,6 +261,8 @@ class AnthropicBatchSource(Source):
         Raises ``PermanentError`` when no job of the key can go on."""
         code = response.status_code
         retry_after = parse_retry_after(response.headers, now=self.context.clock.now())
+        if retry_after is None and code == 429:
+            retry_after = self._until_reset(response)  # a 429 without retry-after still says when the window resets
         error = vendor_error(response, self._key())
         if error is None:
             message = f"HTTP {code} from {url} without Anthropic's error body (a proxy or gateway answered?)"
@@ -283,12 +285,19 @@ class AnthropicBatchSource(Source):
     def _note_limits(self, response: httpx.Response, throttle: AccountThrottle) -> None:
         """A 200 that used the last request of the window: wait for the reset instead of meeting a 429."""
         remaining = response.headers.get("anthropic-ratelimit-requests-remaining")
-        reset = _parse_time(response.headers.get("anthropic-ratelimit-requests-reset"))
-        if remaining is None or remaining.strip() != "0" or reset is None:
+        wait = self._until_reset(response)
+        if remaining is None or remaining.strip() != "0" or wait is None:
             return
+        reset = response.headers["anthropic-ratelimit-requests-reset"]
+        throttle.failed(f"the request limit is used up until {reset}", wait)
+
+    def _until_reset(self, response: httpx.Response) -> float | None:
+        """Seconds until ``anthropic-ratelimit-requests-reset``; None when absent, unreadable or past."""
+        reset = _parse_time(response.headers.get("anthropic-ratelimit-requests-reset"))
+        if reset is None:
+            return None
         wait = (reset - self.context.clock.now()).total_seconds()
-        if wait > 0:
-            throttle.failed(f"the request limit is used up until {reset.isoformat()}", wait)
+        return wait if wait > 0 else None
 
     # ----- plumbing ----------------------------------------------------------------------------------
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import openai
@@ -24,7 +24,6 @@ from teckochecker.plugin_api import CheckReport, PluginContext, SecretName, Shar
 KEY = "azure-CANARY-key-00112233445566778899aabbccddeeff"
 TOKEN = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.CANARY-entra-token"
 VERSION = "2024-10-21"
-T = TypeVar("T")
 
 
 @pytest.fixture
@@ -60,10 +59,6 @@ def check(clients: Clients, source: AzureOpenAIBatchSource, targets: list[str]) 
             await clients.aclose()
 
     return asyncio.run(main())
-
-
-def run(work: Awaitable[T]) -> T:
-    return asyncio.run(work)  # type: ignore[arg-type]
 
 
 # ----- the fake, through the official SDK's Azure client ---------------------------------------------
@@ -154,6 +149,16 @@ def test_an_unknown_batch_is_an_error_observation(fake: FakeAzureOpenAI, clients
     report = check(clients, make_source(clients, fake, api_version=VERSION), [missing])
     (observation,) = report.observations
     assert observation.state is TargetState.ERROR and observation.details["error_code"] == "notFound"
+
+
+def test_azure_spec_quirks_one_error_object_and_no_counts(fake: FakeAzureOpenAI, clients: Clients) -> None:
+    batch_id = fake.add_batch(status="failed")
+    quirky = fake.batch(batch_id)
+    quirky["errors"] = {"object": "list", "data": {"code": "invalid_json_line", "message": "bad line", "line": "3"}}
+    del quirky["request_counts"]
+    fake.inject(200, body=json.dumps(quirky).encode(), batch_id=batch_id)
+    (observation,) = check(clients, make_source(clients, fake, api_version=VERSION), [batch_id]).observations
+    assert (observation.state, observation.message) == (TargetState.FAILED, "bad line")
 
 
 @pytest.mark.parametrize(

@@ -270,6 +270,10 @@ class Action(ABC):
     # After a start that followed an in-doubt outcome, ``find_started`` is asked again for this long
     # (growing intervals) for a duplicate a lagging search hid. 0 turns the watch off.
     duplicate_watch: float = 3600.0
+    # True when a second start for one trigger is harmless because the downstream system deduplicates on
+    # ``request.trigger_id`` (e.g. a webhook receiver on ``webhook-id``). The core then retries an in-doubt
+    # start with back-off, as if it had not started, instead of searching (``find_started`` is not needed).
+    repeatable_start: bool = False
 
     def __init__(self, options: OptionsModel, context: PluginContext) -> None:
         self.options = options

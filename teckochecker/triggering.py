@@ -13,6 +13,9 @@ no longer take effect unseen (intent + the action's start timeout + its search l
 lag longer than that, so a start that follows such a presumed non-start arms a duplicate watch: the search
 is repeated at growing intervals for ``action.duplicate_watch`` seconds, and every further start carrying
 the trigger's marker is cancelled (the action decides whether it still can) and reported.
+
+An action whose downstream deduplicates on the trigger id (``Action.repeatable_start``, e.g. a Standard
+Webhooks receiver on ``webhook-id``) skips the search: IN_DOUBT goes back to PENDING with back-off.
 """
 
 from __future__ import annotations
@@ -99,6 +102,8 @@ class ActionDriver:
         if run.state is RunState.SENDING:
             # Only a previous process can have left a run here (a tick never sees its own start under way).
             return await self._mark_in_doubt(action, run, "the daemon stopped while the start was under way")
+        if run.state is RunState.IN_DOUBT and action.repeatable_start:
+            return await self._start_again(run, run.message or "the start was in doubt", None)
         if run.state is RunState.IN_DOUBT:
             return await self._reconcile(action, run, request)
         return await self._follow(action, run)
@@ -132,6 +137,9 @@ class ActionDriver:
             return 0.0
         except (InDoubt, TransientError) as exc:
             self._count(action, "in_doubt")
+            if action.repeatable_start:
+                retry_after = exc.retry_after if isinstance(exc, TransientError) else None
+                return await self._start_again(run, str(exc), retry_after)
             return await self._mark_in_doubt(action, run, str(exc))
         except Exception as exc:  # an unexpected plugin error after the call may have gone out: in doubt
             self._log.exception("action %s of job %s failed while starting", run.action_index, request.job_name)
@@ -147,6 +155,21 @@ class ActionDriver:
         await self._db.run(self._store.run_started, run.id, result, now=now, watch_until=until, watch_next=first)
         self._record_finish(action, result)
         return action.follow_interval if result.outcome is ActionOutcome.RUNNING else 0.0
+
+    async def _start_again(self, run: RunSnapshot, message: str, retry_after: float | None) -> float:
+        """An in-doubt start of an action whose downstream deduplicates on the trigger id: no search, just
+        another attempt after a back-off (a second arrival is dropped by the receiver)."""
+        self._failures[run.id] = _StepFailure(ConditionKind.ACTION, f"start in doubt, sending again: {message}")
+        delay = backoff_delay(run.attempt, retry_after, rng=self._rng)
+        now = self._clock.now()
+        await self._db.run(
+            self._store.run_not_started,
+            run.id,
+            f"{message}; sending it again is safe (the receiver deduplicates on the trigger id)",
+            now=now,
+            next_try_at=now + dt.timedelta(seconds=delay),
+        )
+        return delay
 
     async def _mark_in_doubt(self, action: Action, run: RunSnapshot, message: str) -> float:
         now = self._clock.now()

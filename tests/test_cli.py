@@ -83,7 +83,11 @@ def test_plugins_lists_builtins_and_test_plugins(plugin_env: dict[str, str], tmp
     lines = out.stdout.splitlines()
     assert lines[0].split() == ["PLUGIN", "VERSION", "SOURCE", "TYPES", "ACTION", "TYPES"]
     assert any(line.split()[:4] == ["keboola_job", __version__, "-", "keboola_job"] for line in lines)
-    assert any(line.split()[:3] == ["openai_batch", __version__, "openai_batch"] for line in lines)
+    assert any(
+        line.split()[:4] == ["openai_batch", __version__, "openai_batch,", "azure_openai_batch"] for line in lines
+    )
+    assert any(line.split()[:4] == ["anthropic_batch", __version__, "anthropic_batch", "-"] for line in lines)
+    assert any(line.split()[:4] == ["webhook", __version__, "-", "webhook"] for line in lines)
     assert any(line.split() == ["teckotest_plugin", "-", "status_file", "record"] for line in lines)
 
 

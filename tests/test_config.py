@@ -153,7 +153,7 @@ def test_unknown_source_type_lists_known_ones(tmp_path: Path, registry: PluginRe
     found = problems(tmp_path, registry, VALID.replace("type: status_file", "type: status_fil"))
     assert found == [
         f"{tmp_path / 'tc.yaml'}:8:7: jobs[0].source.type: unknown source type 'status_fil'; "
-        "known: openai_batch, status_file"
+        "known: anthropic_batch, azure_openai_batch, openai_batch, status_file"
     ]
 
 

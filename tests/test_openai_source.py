@@ -18,6 +18,7 @@ from plugin_context import Clients, FixedClock
 from pydantic import ValidationError
 from teckochecker_openai import (
     BATCH_STATUSES,
+    AzureOpenAIBatchSource,
     OpenAIBatchOptions,
     OpenAIBatchSource,
     teckochecker_source_types,
@@ -399,7 +400,7 @@ def test_options() -> None:
 
 
 def test_registered_through_the_hook() -> None:
-    assert teckochecker_source_types() == [OpenAIBatchSource]
+    assert teckochecker_source_types() == [OpenAIBatchSource, AzureOpenAIBatchSource]
     assert OpenAIBatchSource.type_name == "openai_batch" and OpenAIBatchSource.Options is OpenAIBatchOptions
 
 

@@ -7,10 +7,11 @@ Names and shapes follow the original TeckoChecker, plus two file-id maps and the
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-from teckochecker.plugin_api import ActionRequest, Observation, TargetState
+from teckochecker.plugin_api import ActionRequest
+from teckochecker.trigger_facts import TriggerFacts
 
 __all__ = ["MARKER_VARIABLE", "RESERVED_VARIABLES", "compact_json", "job_variables"]
 
@@ -24,11 +25,10 @@ RESERVED_VARIABLES = frozenset(
         "batch_count_failed",
         "batch_output_file_ids",
         "batch_error_file_ids",
+        "batch_results_urls",
         MARKER_VARIABLE,
     }
 )
-# Every terminal state except success counts as failed; ERROR is a batch we could not observe any more.
-_FAILED_STATES = frozenset({TargetState.FAILED, TargetState.EXPIRED, TargetState.CANCELLED, TargetState.ERROR})
 
 
 def compact_json(value: Any) -> str:
@@ -37,22 +37,20 @@ def compact_json(value: Any) -> str:
 
 def job_variables(request: ActionRequest, extra: Mapping[str, str]) -> list[dict[str, str]]:
     """``variableValuesData.values``: the generated variables, then the user's own."""
-    targets = request.targets
-    completed = [o.target for o in targets if o.state is TargetState.SUCCEEDED]
-    failed = [o.target for o in targets if o.state in _FAILED_STATES]
+    facts = TriggerFacts.of(request)
     generated = {
-        "batch_ids_completed": compact_json(completed),
-        "batch_ids_failed": compact_json(failed),
-        "batch_count_total": str(len(targets)),
-        "batch_count_completed": str(len(completed)),
-        "batch_count_failed": str(len(failed)),
-        "batch_output_file_ids": compact_json(_file_ids(targets, "output_file_id")),
-        "batch_error_file_ids": compact_json(_file_ids(targets, "error_file_id")),
+        "batch_ids_completed": compact_json(list(facts.completed)),
+        "batch_ids_failed": compact_json(list(facts.failed)),
+        "batch_count_total": str(facts.total),
+        "batch_count_completed": str(len(facts.completed)),
+        "batch_count_failed": str(len(facts.failed)),
+        # Batches without a file are left out, so the value is "{}" rather than "" when there are none.
+        "batch_output_file_ids": compact_json(facts.output_file_ids),
+        "batch_error_file_ids": compact_json(facts.error_file_ids),
         MARKER_VARIABLE: request.trigger_id,
     }
+    if facts.results_urls:
+        # Anthropic batches: one results file per batch. Only sent when there are some, so a Keboola
+        # configuration watching OpenAI batches need not declare a variable it never gets.
+        generated["batch_results_urls"] = compact_json(facts.results_urls)
     return [{"name": name, "value": value} for name, value in {**generated, **extra}.items()]
-
-
-def _file_ids(targets: Iterable[Observation], key: str) -> dict[str, str]:
-    # Batches without a file are left out, so the value is "{}" rather than "" when there are none.
-    return {o.target: str(o.details[key]) for o in targets if o.details.get(key)}

@@ -108,7 +108,7 @@ class OpenAIBatchSource(Source):
         client = self._client()
         # Read the key once per check, and per request rather than into the pooled client, so a
         # rotated secret is picked up without rebuilding the pool.
-        headers = {"Authorization": f"Bearer {self.context.secret(self.options.api_key)}"}
+        headers = self._auth_headers()
         try:
             listed = await self._listed(client, headers, unique)
         except _AccountWaits:
@@ -156,7 +156,7 @@ class OpenAIBatchSource(Source):
         import httpx
 
         url = f"{self.options.base_url}/batches"
-        params = {"limit": str(PAGE_SIZE), **({"after": after} if after else {})}
+        params = {**self._query(), "limit": str(PAGE_SIZE), **({"after": after} if after else {})}
         try:
             response = await client.get("batches", params=params, headers=headers, timeout=self._timeout())
         except httpx.RequestError as exc:
@@ -181,6 +181,14 @@ class OpenAIBatchSource(Source):
             raise _account_waits(throttle, _Failure(f"unexpected response from {url}: not a list of batches"))
         throttle.succeeded()
         return page
+
+    def _auth_headers(self) -> dict[str, str]:
+        """The credential headers of one check. A subclass (Azure) may send the key another way."""
+        return {"Authorization": f"Bearer {self.context.secret(self.options.api_key)}"}
+
+    def _query(self) -> dict[str, str]:
+        """Query parameters every request carries (Azure's classic API needs its api-version)."""
+        return {}
 
     def _account_key(self) -> str:
         options = self.options
@@ -228,7 +236,7 @@ class OpenAIBatchSource(Source):
             if waiting is not None:
                 return _Unobserved(target, self._waiting_message(throttle), waiting)
             try:
-                response = await client.get(path, headers=headers, timeout=self._timeout())
+                response = await client.get(path, params=self._query(), headers=headers, timeout=self._timeout())
             except httpx.RequestError as exc:
                 message = f"could not reach {url}: {describe(exc)}"
                 return _Unobserved(target, message, throttle.failed(message))

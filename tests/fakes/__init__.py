@@ -12,17 +12,27 @@ from typing import Any
 
 from teckochecker.simulators import keboola as _keboola
 from teckochecker.simulators._http import RecordedRequest
+from teckochecker.simulators.anthropic import ANTHROPIC_VERSIONS, PROCESSING_STATUSES, FakeAnthropic
+from teckochecker.simulators.azure import API_VERSIONS, FakeAzureOpenAI
 from teckochecker.simulators.keboola import FINISHED_STATUSES, POST_FAULT_MODES
 from teckochecker.simulators.openai import BATCH_STATUSES, TERMINAL_STATUSES, FakeOpenAI, Step
+from teckochecker.simulators.webhook import Delivery, FakeWebhookReceiver
 
 __all__ = [
+    "ANTHROPIC_VERSIONS",
+    "API_VERSIONS",
     "BATCH_STATUSES",
     "FINISHED_STATUSES",
     "KEBOOLA_OPENAPI",
     "POST_FAULT_MODES",
+    "PROCESSING_STATUSES",
     "TERMINAL_STATUSES",
+    "Delivery",
+    "FakeAnthropic",
+    "FakeAzureOpenAI",
     "FakeKeboola",
     "FakeOpenAI",
+    "FakeWebhookReceiver",
     "RecordedRequest",
     "Step",
     "response_violations",

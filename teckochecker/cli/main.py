@@ -31,6 +31,7 @@ from teckochecker.control import RELOAD_META, reload_status_from_json
 from teckochecker.errors import ConfigError, NoStateStore, TeckoCheckerError
 from teckochecker.logs import setup_logging
 from teckochecker.plugins import PluginRegistry, load_plugins
+from teckochecker.plugintrace import tracing_requested
 from teckochecker.secrets.resolving import Redactor
 from teckochecker.state.heartbeat import HEARTBEAT_META, heartbeat_from_json
 from teckochecker.state.location import resolve_state_url
@@ -41,6 +42,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     environ = dict(os.environ)
+    if tracing_requested(environ):
+        # Plugins are loaded before a command sets up its logging; the trace must not be lost.
+        setup_logging("INFO", getattr(args, "log_format", "text"), Redactor(), environ)
     try:
         return int(args.handler(args, environ))
     except ConfigError as exc:

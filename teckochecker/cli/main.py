@@ -13,6 +13,7 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 
 from teckochecker import __version__
+from teckochecker.cli.config_commands import register_config_commands
 from teckochecker.cli.exitcodes import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK
 from teckochecker.cli.report import (
     daemon_down,
@@ -160,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     remove.add_argument("name", help="the job's name")
     remove.set_defaults(handler=cmd_jobs_remove)
     register_secrets_commands(commands)
+    register_config_commands(commands)
     return parser
 
 

@@ -104,6 +104,7 @@ BROKEN = [
     (lambda c: c["http"].update(port=70000), "http/port: 70000 is greater than the maximum of 65535"),
     (lambda c: c.update(log_level="LOUD"), "log_level: 'LOUD' does not match"),
     (lambda c: c.update(jbos=[]), ": Additional properties are not allowed ('jbos' was unexpected)"),
+    (lambda c: c.update(jbos=None), ": Additional properties are not allowed ('jbos' was unexpected)"),
     (lambda c: c["secrets"].update(openai="sk-pasted"), "secrets/openai: 'sk-pasted' is not of type 'object'"),
 ]
 
@@ -134,7 +135,7 @@ def test_each_plugins_options_are_in_and_chosen_by_type(registry: PluginRegistry
     ]
     ghost = {**ok, "source": {**job["source"], "type": "ghost"}}
     assert problems(schema, {"jobs": [ghost]}) == [
-        "jobs/0/source/type: 'ghost' is not one of ['openai_batch', 'status_file']"
+        f"jobs/0/source/type: 'ghost' is not one of {sorted(registry.sources)}"
     ]
     assert set(schema["$defs"]) >= {"Source_openai_batch", "Source_status_file", "Action_keboola_job", "Action_record"}
 

@@ -126,6 +126,7 @@ def _entry_model(kind: str, type_name: str, options: type[OptionsModel], core: t
         f"{kind}_{type_name}",
         __base__=options,
         __doc__=f"The {type_name} {kind.lower()} ({options.__module__}.{options.__qualname__}).",
+        __cls_kwargs__={"title": f"{type_name} {kind.lower()}"},
         type=(literal, ...),
         **core_fields,
     )

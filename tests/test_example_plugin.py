@@ -91,7 +91,7 @@ def test_the_example_runs_on_the_real_daemon_against_the_fake(
     out.mkdir()
     config = write_config(tmp_path, openai, out, [done, bad])
     assert run_cli("validate-config", str(config), env=env, cwd=tmp_path).returncode == 0
-    daemon = DaemonProcess(config, env, tmp_path)
+    daemon = DaemonProcess(config, {**env, "TECKOCHECKER_TRACE_PLUGINS": "1"}, tmp_path)
     try:
         daemon.wait_for("job export: trigger fired")
         deadline = time.monotonic() + 20
@@ -108,6 +108,9 @@ def test_the_example_runs_on_the_real_daemon_against_the_fake(
     gets = [r for r in openai.requests if r.method == "GET"]
     assert {r.path for r in gets} == {f"/v1/batches/{done}", f"/v1/batches/{bad}"}
     assert all(r.headers["authorization"] == f"Bearer {KEY}" for r in gets)
+    # The daemon traced its hook calls, the example's among them, and no secret reached its log.
+    assert "plugin hook teckochecker_action_types() calling example" in daemon.output
+    assert "returned [[teckochecker_example.action.JsonFileAction]]" in daemon.output
     assert KEY not in daemon.output and "Traceback" not in daemon.output
 
 

@@ -94,7 +94,7 @@ def _config_model(registry: PluginRegistry) -> type[BaseModel]:
         "Template",
         __base__=JobSpec,
         __doc__="Reusable job keys; a job says `template: NAME`.",
-        name=(str, Field(default="")),
+        name=(str | None, None),  # a job's own name always wins over a template's
         source=(dict[str, Any], Field(default_factory=dict)),
         actions=(actions, Field(default_factory=list)),
     )

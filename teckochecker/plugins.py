@@ -1,9 +1,16 @@
 """Finding plugins: the ``teckochecker`` entry-point group (built-ins and third-party alike), plus
-modules named in ``TECKOCHECKER_PLUGINS`` (comma-separated), the way pytest honours PYTEST_PLUGINS."""
+modules named in ``TECKOCHECKER_PLUGINS`` (comma-separated), the way pytest honours PYTEST_PLUGINS.
+
+Hooks are called through pluggy's hook relay (``manager.hook``), never by attribute lookup: so only functions
+marked ``@teckochecker.hookimpl`` take part, and ``TECKOCHECKER_TRACE_PLUGINS=1`` sees every call
+(teckochecker.plugintrace).
+"""
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,9 +20,25 @@ import pluggy
 from teckochecker import hookspecs
 from teckochecker.errors import PluginError
 from teckochecker.plugin_api import Action, OptionsModel, Source
+from teckochecker.plugintrace import TRACE_ENV, trace_hook_calls, tracing_requested
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT
 PLUGINS_ENV = "TECKOCHECKER_PLUGINS"
+# The distribution whose own entry points are the built-in plugins.
+BUILTIN_DISTRIBUTION = "teckochecker"
+LOGGER_NAME = "teckochecker.plugins"
+
+__all__ = [
+    "BUILTIN_DISTRIBUTION",
+    "ENTRY_POINT_GROUP",
+    "PLUGINS_ENV",
+    "TRACE_ENV",
+    "PluginInfo",
+    "PluginRegistry",
+    "builtin_plugin_modules",
+    "load_builtin_plugins",
+    "load_plugins",
+]
 
 
 @dataclass(frozen=True)
@@ -34,11 +57,18 @@ class PluginRegistry:
 
 
 def load_plugins(
-    environ: Mapping[str, str], *, entry_points: bool = True, modules: Iterable[str] = ()
+    environ: Mapping[str, str],
+    *,
+    entry_points: bool = True,
+    modules: Iterable[str] = (),
+    logger: logging.Logger | None = None,
 ) -> PluginRegistry:
     """A fresh plugin manager and the types its plugins register. Duplicate type names are fatal."""
+    logger = logger or logging.getLogger(LOGGER_NAME)
     manager = pluggy.PluginManager(hookspecs.PROJECT)
     manager.add_hookspecs(hookspecs)
+    if tracing_requested(environ):
+        trace_hook_calls(manager, logger)
     if entry_points:
         try:
             manager.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
@@ -51,7 +81,20 @@ def load_plugins(
         manager.check_pending()
     except pluggy.PluginValidationError as exc:
         raise PluginError(str(exc)) from exc
+    _warn_unmarked(manager, logger)
     return _collect(manager)
+
+
+def builtin_plugin_modules() -> tuple[str, ...]:
+    """The modules the teckochecker distribution itself registers in the entry-point group."""
+    dist = importlib.metadata.distribution(BUILTIN_DISTRIBUTION)
+    return tuple(ep.module for ep in dist.entry_points if ep.group == ENTRY_POINT_GROUP)
+
+
+def load_builtin_plugins(environ: Mapping[str, str]) -> PluginRegistry:
+    """Only the plugins shipped with TeckoChecker: what the committed JSON Schema describes."""
+    without_extra = {k: v for k, v in environ.items() if k != PLUGINS_ENV}
+    return load_plugins(without_extra, entry_points=False, modules=builtin_plugin_modules())
 
 
 def _register_module(manager: pluggy.PluginManager, module_name: str) -> None:
@@ -64,14 +107,36 @@ def _register_module(manager: pluggy.PluginManager, module_name: str) -> None:
     manager.register(module, name=module_name)
 
 
+def _warn_unmarked(manager: pluggy.PluginManager, logger: logging.Logger) -> None:
+    """Say so when a plugin defines a hook's function without ``@hookimpl``: pluggy ignores it, and the
+    plugin author would otherwise only see its types missing."""
+    for plugin in manager.get_plugins():
+        name = manager.get_name(plugin) or repr(plugin)
+        for hook_name in _hook_names():
+            caller = getattr(manager.hook, hook_name)
+            marked = any(impl.plugin is plugin for impl in caller.get_hookimpls())
+            if callable(getattr(plugin, hook_name, None)) and not marked:
+                logger.warning(
+                    "plugin %r defines %s() without @teckochecker.hookimpl, so it is not registered",
+                    name,
+                    hook_name,
+                )
+
+
+def _hook_names() -> list[str]:
+    return sorted(name for name in vars(hookspecs) if name.startswith(f"{hookspecs.PROJECT}_"))
+
+
 def _collect(manager: pluggy.PluginManager) -> PluginRegistry:
     registry = PluginRegistry()
     providers: dict[str, str] = {}
     versions = {id(plugin): dist.version for plugin, dist in manager.list_plugin_distinfo()}
-    for plugin in manager.get_plugins():
+    plugins = manager.get_plugins()
+    for plugin in plugins:
         name = manager.get_name(plugin) or repr(plugin)
-        sources = _call(plugin, "teckochecker_source_types", name)
-        actions = _call(plugin, "teckochecker_action_types", name)
+        others = [p for p in plugins if p is not plugin]
+        sources = _call(manager, "teckochecker_source_types", plugin, others, name)
+        actions = _call(manager, "teckochecker_action_types", plugin, others, name)
         for cls in sources:
             _add(registry.sources, cls, Source, name, providers, "source")
         for cls in actions:
@@ -89,12 +154,14 @@ def _collect(manager: pluggy.PluginManager) -> PluginRegistry:
     return registry
 
 
-def _call(plugin: object, hook: str, name: str) -> list[Any]:
-    impl = getattr(plugin, hook, None)
-    if impl is None:
+def _call(manager: pluggy.PluginManager, hook: str, plugin: object, others: list[object], name: str) -> list[Any]:
+    """``hook`` of one plugin only, through the relay (so tracing sees it): which plugin registered which
+    type is needed for the duplicate check and the ``plugins`` listing."""
+    caller = manager.subset_hook_caller(hook, remove_plugins=others)
+    if not any(impl.plugin is plugin for impl in caller.get_hookimpls()):
         return []
     try:
-        return list(impl() or [])
+        return [cls for result in caller() for cls in (result or [])]
     except Exception as exc:
         raise PluginError(f"plugin {name!r} failed in {hook}(): {exc}") from exc
 

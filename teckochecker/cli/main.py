@@ -13,6 +13,7 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 
 from teckochecker import __version__
+from teckochecker.cli.config_commands import register_config_commands
 from teckochecker.cli.exitcodes import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_SCHEMA_BEHIND
 from teckochecker.cli.report import (
     daemon_down,
@@ -31,6 +32,7 @@ from teckochecker.control import RELOAD_META, reload_status_from_json
 from teckochecker.errors import ConfigError, NoStateStore, StateStoreError, TeckoCheckerError
 from teckochecker.logs import setup_logging
 from teckochecker.plugins import PluginRegistry, load_plugins
+from teckochecker.plugintrace import tracing_requested
 from teckochecker.secrets.resolving import Redactor
 from teckochecker.state.heartbeat import HEARTBEAT_META, heartbeat_from_json
 from teckochecker.state.location import SingleInstanceLock, ensure_parent, resolve_state_url, sqlite_path
@@ -42,6 +44,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     environ = dict(os.environ)
+    if tracing_requested(environ):
+        # Plugins are loaded before a command sets up its logging; the trace must not be lost.
+        setup_logging("INFO", getattr(args, "log_format", "text"), Redactor(), environ)
     try:
         return int(args.handler(args, environ))
     except ConfigError as exc:
@@ -158,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     remove.set_defaults(handler=cmd_jobs_remove)
     _add_db_commands(commands)
     register_secrets_commands(commands)
+    register_config_commands(commands)
     return parser
 
 

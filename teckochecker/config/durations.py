@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, PlainSerializer
+from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
 
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -49,5 +49,15 @@ def format_duration(seconds: float) -> str:
     return out or "0s"
 
 
+# A duration in the config's JSON Schema (`teckochecker config schema`): a string with units. Spaces are
+# allowed only around a unit, where people put them ("1h 30m"); parse_duration also takes "1 0s", nobody writes it.
+DURATION_PATTERN = r"^\s*(?:[0-9]+(?:\.[0-9]+)? *(?:ms|s|m|h|d) *)+$"
+_DURATION_JSON_SCHEMA = {"type": "string", "pattern": DURATION_PATTERN, "examples": ["45s", "2m", "1h30m"]}
+
 # A pydantic field type: written as "2m" in YAML, held as float seconds.
-Duration = Annotated[float, BeforeValidator(parse_duration), PlainSerializer(format_duration, return_type=str)]
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    PlainSerializer(format_duration, return_type=str),
+    WithJsonSchema(_DURATION_JSON_SCHEMA),
+]

@@ -261,7 +261,8 @@ class ConfigFile(Model):
     @model_validator(mode="before")
     @classmethod
     def _empty_sections_mean_defaults(cls, data: Any) -> Any:
-        # A section left with only comments in it is YAML null; treat it as absent.
+        # A section left with only comments in it is YAML null; treat it as absent. Only a known section: an
+        # unknown key stays, to be reported, even when its value is null (a misspelt `jbos:`).
         if isinstance(data, dict):
-            return {k: v for k, v in data.items() if v is not None}
+            return {k: v for k, v in data.items() if v is not None or k not in cls.model_fields}
         return data

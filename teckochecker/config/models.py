@@ -137,6 +137,10 @@ def is_fernet_token(token: str) -> bool:
 
 class StateSettings(Model):
     url: str | None = Field(default=None, description="SQLAlchemy URL; default: a SQLite file in the state dir")
+    # Replicas on PostgreSQL (replicas.py): a standby takes over once the leader has not renewed for this long.
+    lease: Duration = Field(default=30.0, ge=3, le=600)
+    # How this replica is shown and recorded; default host:pid. Must differ between replicas.
+    replica_name: str | None = Field(default=None, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:@-]+$")
 
 
 class HttpSettings(Model):

@@ -9,7 +9,9 @@ server binaries are installed, unless TECKOCHECKER_REQUIRE_POSTGRES is set (CI):
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import textwrap
 import time
@@ -18,9 +20,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
-from daemon import DaemonProcess
+from daemon import DaemonProcess, run_cli
 from fakes import FakeKeboola, FakeOpenAI
 from private_postgres import REQUIRE, PrivatePostgres, postgres_bin
 
@@ -213,3 +216,76 @@ def test_three_replicas_fire_each_trigger_once_through_kill_pause_and_database_r
 def _new_leader(pg: PrivatePostgres, old: tuple[str, int]) -> bool:
     now = leader(pg)
     return now is not None and now[0] != old[0] and now[1] > old[1]
+
+
+def test_replicas_show_in_status_warn_when_their_jobs_differ_and_a_clean_stop_hands_over_at_once(
+    postgres_url: str, tmp_path: Path, plugin_env: dict[str, str]
+) -> None:
+    """Two replicas on the shared test server: one leads, one stands by (ready, but refusing control
+    requests); they load different jobs, so both say so; SIGTERM to the leader hands the lease over."""
+    status = tmp_path / "status.json"
+    status.write_text(json.dumps({"a": "running"}))
+
+    def config(name: str, jobs: list[str]) -> Path:
+        body = "".join(
+            f"  - name: {job}\n    source: {{type: status_file, path: {status}, targets: [a]}}\n"
+            f"    actions: [{{type: record, ledger: {tmp_path / 'ledger.jsonl'}}}]\n"
+            for job in jobs
+        )
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(
+            f'state: {{url: "{postgres_url}", lease: 3s, replica_name: {name}}}\n'
+            "http: {port: 0, api_token: control}\nsecrets: {control: {env: CONTROL_TOKEN}}\n"
+            f"defaults: {{interval: 30s, startup_spread: 0s}}\njobs:\n{body}"
+        )
+        return path
+
+    env = {**plugin_env, "CONTROL_TOKEN": "control-token-0123456789"}
+    one = DaemonProcess(config("one", ["x", "y"]), env, tmp_path)
+    try:
+        one.wait_for("replica one leads")
+        two = DaemonProcess(config("two", ["x"]), env, tmp_path)
+        try:
+            two.wait_for("teckochecker started")
+            for d in (one, two):
+                d.wait_for("replicas disagree on the configuration")
+            assert "this replica two has jobs checksum" in two.output and "one (" in two.output
+            urls = {name: _base_url(d) for name, d in (("one", one), ("two", two))}
+            for name, base in urls.items():
+                body = httpx.get(base + "/api/v1/status").json()["replication"]
+                assert body["this"] == name and body["role"] == ("leader" if name == "one" else "standby")
+                assert {r["name"]: r["role"] for r in body["replicas"] if r["alive"]} == {
+                    "one": "leader",
+                    "two": "standby",
+                }
+                ready = httpx.get(base + "/readyz")
+                assert ready.status_code == 200 and ready.json()["role"] == body["role"]
+                metrics = httpx.get(base + "/metrics").text
+                assert "teckochecker_replica_config_mismatch 1.0" in metrics
+            refused = httpx.post(
+                urls["two"] + "/api/v1/jobs/x/pause", headers={"Authorization": "Bearer control-token-0123456789"}
+            )
+            assert refused.status_code == 503 and "replica one leads" in refused.text
+            out = run_cli("status", "--state-url", postgres_url, env=env, cwd=tmp_path)
+            assert out.returncode == 0, out.stderr
+            lines = {
+                line.split()[0]: line.split() for line in out.stdout.splitlines() if line.startswith(("one", "two"))
+            }
+            assert lines["one"][1] == "leader" and lines["two"][1] == "standby"
+            assert "replicas disagree" in out.stdout
+
+            code, _ = one.stop(signal.SIGTERM)
+            assert code == 0
+            two.wait_for("replica two leads (epoch 2, took over from one)", timeout=10)
+            assert "Traceback" not in one.output + two.output
+        finally:
+            two.stop()
+    finally:
+        one.stop()
+
+
+def _base_url(daemon: DaemonProcess) -> str:
+    daemon.wait_for("HTTP listening on")
+    match = re.search(r"HTTP listening on (http://127\.0\.0\.1:\d+)", daemon.output)
+    assert match is not None
+    return match.group(1)

@@ -180,7 +180,14 @@ def test_three_replicas_fire_each_trigger_once_through_kill_pause_and_database_r
             # Restart the PostgreSQL server under the two that are left.
             at(4 * WAVE_GAP + 10)
             complete_wave(4)
-            server.restart()
+            server.stop()
+            for name, d in replicas.items():
+                if d.proc.poll() is None:  # while the store is unreachable: alive, but not ready
+                    base = _base_url(d)
+                    assert httpx.get(base + "/healthz", timeout=10).status_code == 200
+                    ready = httpx.get(base + "/readyz", timeout=10)
+                    assert ready.status_code == 503 and ready.json()["checks"]["state_store"] is False, name
+            server.start()
 
             wait_until(
                 f"all {JOBS} jobs final",

@@ -57,7 +57,12 @@ def server() -> Iterator[PrivatePostgres]:
 
 
 def write_config(
-    path: Path, name: str, pg: PrivatePostgres, openai: FakeOpenAI, keboola: FakeKeboola, batches: list[str]
+    path: Path,
+    name: str,
+    pg: PrivatePostgres | _SharedServer,
+    openai: FakeOpenAI,
+    keboola: FakeKeboola,
+    batches: list[str],
 ) -> Path:
     lines = [
         textwrap.dedent(f"""\
@@ -89,7 +94,7 @@ def daemon_env() -> dict[str, str]:
     return {**env, "OPENAI_API_KEY": OPENAI_KEY, "KEBOOLA_STORAGE_TOKEN": KEBOOLA_TOKEN}
 
 
-def query(pg: PrivatePostgres, sql: str) -> list[tuple[Any, ...]]:
+def query(pg: PrivatePostgres | _SharedServer, sql: str) -> list[tuple[Any, ...]]:
     """Read the replicas' store from outside; an empty answer while the server restarts."""
     try:
         with psycopg.connect(pg.url.replace("+psycopg", ""), connect_timeout=3) as conn:
@@ -296,3 +301,51 @@ def _base_url(daemon: DaemonProcess) -> str:
     match = re.search(r"HTTP listening on (http://127\.0\.0\.1:\d+)", daemon.output)
     assert match is not None
     return match.group(1)
+
+
+def test_a_replica_started_while_the_leaders_creates_are_under_way_neither_reconciles_nor_restarts_them(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """The issue's bug: a second daemon took the first one's slow creates for abandoned and started them
+    again. Now it stands by; each trigger starts one Keboola job and the newcomer touches none."""
+    jobs = 6
+    with (
+        FakeOpenAI(api_key=OPENAI_KEY, record_requests=False) as openai,
+        FakeKeboola(token=KEBOOLA_TOKEN, search_lag=0.0) as keboola,
+    ):
+        batches = [openai.add_batch(status="completed") for _ in range(jobs)]
+        for i in range(jobs):
+            keboola.add_config(COMPONENT, f"cfg{i}")
+        keboola.post_fault("slow_create", times=jobs, delay=1.5)  # under the action's 2 s timeout
+        pg = _SharedServer(postgres_url)
+        env = daemon_env()
+        first = DaemonProcess(write_config(tmp_path / "a.yaml", "a", pg, openai, keboola, batches), env, tmp_path)
+        second: DaemonProcess | None = None
+        try:
+            first.wait_for("replica a leads", timeout=30)
+            deadline = time.monotonic() + 30
+            while not any(r.method == "POST" and r.path.rstrip("/") == "/jobs" for r in keboola.requests):
+                assert time.monotonic() < deadline, first.output
+                time.sleep(0.02)
+            second = DaemonProcess(write_config(tmp_path / "b.yaml", "b", pg, openai, keboola, batches), env, tmp_path)
+            second.wait_for("teckochecker started", timeout=30)
+            final = f"SELECT 1 FROM tc_jobs WHERE state IN {FINAL}"
+            deadline = time.monotonic() + 60
+            while len(query(pg, final)) < jobs:
+                assert time.monotonic() < deadline, first.output + second.output
+                time.sleep(0.2)
+            triggers = [t for (t,) in query(pg, "SELECT trigger_id FROM tc_action_runs")]
+            assert Counter(marker_of(job) for job in keboola.jobs) == dict.fromkeys(triggers, 1)
+            assert "standby" in second.output and "in doubt" not in second.output
+            assert "leads" not in second.output.replace("replica a leads", "")
+        finally:
+            if second is not None:
+                second.stop()
+            first.stop()
+
+
+class _SharedServer:
+    """The test PostgreSQL's database in the shape write_config and query expect."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url

@@ -41,6 +41,8 @@ from teckochecker.state.redaction import Redact, redact_writes
 from teckochecker.state.runs import RunTransitions
 
 _JOB_FINAL = [s.value for s in JobState if s.is_final]
+# pg_advisory_xact_lock key serialising schema creation between replicas ("tcschema" in ASCII).
+SCHEMA_LOCK_KEY = 0x7463736368656D61
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,10 @@ class StateStore(RunTransitions):
 
     def _create_schema(self) -> None:
         with self._engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Replicas starting together on an empty database: one creates the tables, the others wait
+                # (concurrent CREATE TABLEs fail on PostgreSQL's catalog). Released at commit.
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
             schema.metadata.create_all(conn)
             version = conn.execute(
                 sa.select(schema.meta_table.c.value).where(schema.meta_table.c.key == "schema")

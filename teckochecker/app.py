@@ -197,6 +197,7 @@ class Daemon:
         # Runs before jobs.stop above: the leader stops its ticks, then hands the lease over.
         self._opened.push_async_callback(self.replication.stop)
         await self.replication.start()
+        await self.replication.wait_started()  # the startup log then counts the leader's jobs
 
     async def _start_web(self) -> None:
         control = Control(

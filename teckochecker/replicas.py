@@ -75,6 +75,8 @@ class Replication:
         self._wake = asyncio.Event()
         self._failing = False
         self._mismatch_said: frozenset[str] = frozenset()
+        self._starting: asyncio.Task[None] | None = None
+        self._start_failed = False
         self.replicas: list[ReplicaInfo] = []
         metrics.replica_leader.set(0)
 
@@ -112,6 +114,14 @@ class Replication:
             await self.step()
 
     async def step(self) -> None:
+        if self._start_failed:
+            self._start_failed = False
+            epoch = self._epoch
+            await self._lose("the jobs could not be started")
+            if epoch is not None:  # let another replica try at once rather than after the lease
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(self._lease.release, epoch)
+            return  # another replica gets the first chance; this one tries again next period
         try:
             if self._epoch is not None:
                 await self._renew()
@@ -132,6 +142,7 @@ class Replication:
         """On a clean stop: stop the jobs, then hand the lease over at once and record the replica stopped."""
         epoch = self._epoch
         if epoch is not None:
+            await self._stop_starting()
             try:  # still leading: the ticks end and the last batched writes land under our epoch
                 await self._on_standby()
             except Exception as exc:
@@ -166,11 +177,27 @@ class Replication:
             self._metrics.leadership_changes.labels("took_over").inc()
         whence = f"took over from {previous}" if previous else "first leader"
         self._log.info("replica %s leads (epoch %d, %s); starting the jobs", self.name, epoch, whence)
+        # In its own task: syncing 10,000 jobs takes longer than a renewal period, and renewals must go on.
+        self._starting = asyncio.create_task(self._start_jobs(), name="replica-start-jobs")
+
+    async def _start_jobs(self) -> None:
         try:
             await self._on_lead()
         except Exception as exc:  # e.g. the store went away while syncing the jobs: stand by, try again
             self._log.warning("replica %s could not start the jobs as leader: %s", self.name, exc)
-            await self._step_down()
+            self._start_failed = True
+            self._wake.set()
+
+    async def _stop_starting(self) -> None:
+        task, self._starting = self._starting, None
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def wait_started(self) -> None:
+        """Until the jobs of a leadership just taken are started (tests; the daemon's startup log)."""
+        if self._starting is not None:
+            await asyncio.gather(self._starting, return_exceptions=True)
 
     async def _renew(self) -> None:
         assert self._epoch is not None
@@ -201,6 +228,7 @@ class Replication:
         self._epoch = None
         self._confirmed_until = None
         self._metrics.replica_leader.set(0)
+        await self._stop_starting()
         try:
             await self._on_standby()
         except Exception as exc:  # fenced writes while the ticks wind down are expected

@@ -218,6 +218,7 @@ def test_replication_loop_leads_stands_by_and_takes_over_after_a_clean_stop(post
         (ra, ca, a), (rb, _, b) = loops
         await a.start()
         await b.start()
+        await a.wait_started()
         assert (a.role, b.role) == (Role.LEADER, Role.STANDBY)
         assert events == ["a leads"]
         assert a.may_act() and not b.may_act()
@@ -231,6 +232,7 @@ def test_replication_loop_leads_stands_by_and_takes_over_after_a_clean_stop(post
 
         await a.stop()  # hands the lease over at once
         await b.step()
+        await b.wait_started()
         assert b.role == Role.LEADER and events == ["a leads", "a stands by", "b leads"]
         assert b._metrics.leadership_changes.labels("took_over")._value.get() == 1
         await b.stop()
@@ -263,6 +265,36 @@ def test_renewal_refused_drops_to_standby_before_stopping_the_jobs(postgres_url:
         await loop.step()
         assert loop.role == Role.STANDBY and seen == [None]
         assert metrics.leadership_changes.labels("lost")._value.get() == 1
+        a.close()
+        b.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_leader_whose_jobs_cannot_start_stands_by_and_hands_the_lease_on(postgres_url: str) -> None:
+    async def scenario() -> None:
+        a = Replica(postgres_url, "a")
+        stood_by: list[str] = []
+
+        async def broken() -> None:
+            raise Fenced("the store went away while syncing the jobs")
+
+        async def stand_by() -> None:
+            stood_by.append("a")
+
+        metrics = Metrics()
+        loop = Replication(
+            a.lease, a.fence, name="a", host="t", pid=1, lease_seconds=LEASE, clock=FakeClock(), metrics=metrics,
+            logger=logging.getLogger("test"), checksum=lambda: "x", on_lead=broken, on_standby=stand_by,
+        )  # fmt: skip
+        await loop.start()
+        await loop.wait_started()
+        assert loop.role == Role.LEADER  # until the loop looks again
+        await loop.step()
+        assert stood_by == ["a"] and a.fence.epoch is None
+        assert metrics.leadership_changes.labels("lost")._value.get() == 1
+        b = Replica(postgres_url, "b")
+        assert b.lease.try_acquire() is not None  # released: another replica need not wait for the lease
         a.close()
         b.close()
 

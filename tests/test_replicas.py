@@ -285,6 +285,10 @@ def test_replicas_show_in_status_warn_when_their_jobs_differ_and_a_clean_stop_ha
             }
             assert lines["one"][1] == "leader" and lines["two"][1] == "standby"
             assert "replicas disagree" in out.stdout
+            through_api = run_cli("status", "--url", urls["two"], env=env, cwd=tmp_path)  # a standby answers too
+            assert through_api.returncode == 0, through_api.stderr
+            assert re.search(r"^one +leader ", through_api.stdout, re.M), through_api.stdout
+            assert re.search(r"^two +standby ", through_api.stdout, re.M), through_api.stdout
 
             code, _ = one.stop(signal.SIGTERM)
             assert code == 0

@@ -259,9 +259,11 @@ def cmd_status(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     if args.url:
         if args.state_url:
             raise TeckoCheckerError("give --url or --state-url, not both")
-        from teckochecker.cli.api_client import fetch_jobs  # httpx only when asked to
+        from teckochecker.cli.api_client import fetch_jobs, fetch_replicas  # httpx only when asked to
 
         print(render_status(fetch_jobs(args.url), SystemClock().now()))
+        if replicas := fetch_replicas(args.url):
+            print(render_replicas(replicas))
         return EXIT_OK
     url = _state_url(args, environ)
     try:

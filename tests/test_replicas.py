@@ -3,7 +3,7 @@ Keboola: 50 jobs fire over about a minute while the leader is SIGKILLed, the nex
 its lease and continued, and the PostgreSQL server is restarted. Every trigger must start exactly one
 Keboola job, every job must end, and the surviving replicas must still run and stop cleanly.
 
-Takes about two and a half minutes (the shortest check interval is 30 s). Skipped when no PostgreSQL
+Takes about two minutes (the shortest check interval is 30 s). Skipped when no PostgreSQL
 server binaries are installed, unless TECKOCHECKER_REQUIRE_POSTGRES is set (CI): then it fails.
 """
 

@@ -1,17 +1,23 @@
 """Benchmark: the real daemon watching N jobs × M batches against the fake OpenAI and Keboola servers.
 
     .venv/bin/python benchmarks/pipeline.py --jobs 1000 --batches 10
+    .venv/bin/python benchmarks/pipeline.py --jobs 1000 --batches 10 \
+        --state-url postgresql+psycopg://postgres@127.0.0.1:5432/test --replicas 2
 
 It starts the fakes (in this process) and `teckochecker run` (its own process), lets the daemon poll
 for a while, completes every batch at once, waits for every Keboola job, and prints:
 CPU seconds of the daemon per 1000 batch checks, peak RSS, requests per batch per interval, scheduler
 lag (p50/p99), completion-to-Keboola-POST delay (p50/p99) and Keboola jobs per fired trigger.
+With a PostgreSQL ``--state-url`` the run uses a fresh database created beside the one named (dropped
+afterwards), and ``--replicas N`` starts N daemons on it (one leads, the others stand by); CPU and RSS are
+then given per replica, each replica's CPU divided by all the batch checks done.
 Not a test: it prints figures. Everything stays on 127.0.0.1.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import signal
@@ -22,7 +28,9 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import httpx
 
@@ -44,61 +52,107 @@ def main() -> int:
     parser.add_argument("--interval", type=int, default=30, help="poll interval in seconds (30..3600)")
     parser.add_argument("--measure", type=float, default=90.0, help="seconds of steady polling to measure")
     parser.add_argument("--state-url", help="state store URL (default: SQLite in a temp dir)")
+    parser.add_argument("--replicas", type=int, default=1, help="daemons sharing a PostgreSQL --state-url")
     args = parser.parse_args()
+    postgres = bool(args.state_url and args.state_url.startswith("postgresql"))
+    if args.replicas > 1 and not postgres:
+        parser.error("--replicas above 1 needs a PostgreSQL --state-url (SQLite allows one daemon)")
 
     with (
         tempfile.TemporaryDirectory(prefix="tc-bench-") as tmp,
         FakeOpenAI(api_key=OPENAI_KEY, record_requests=RECORD) as openai,
         FakeKeboola(token=KEBOOLA_TOKEN, search_lag=1.0) as keboola,
+        fresh_database(args.state_url if postgres else None) as state_url,
     ):
         workdir = Path(tmp)
         batches = setup_fakes(openai, keboola, args.jobs, args.batches)
-        port = free_port()
-        config = write_config(workdir, openai, keboola, batches, args.interval, port, args.state_url)
+        ports = [free_port() for _ in range(args.replicas)]
         print(
             f"{args.jobs} jobs × {args.batches} batches = {args.jobs * args.batches} batches, "
-            f"interval {args.interval}s; daemon on 127.0.0.1:{port}",
+            f"interval {args.interval}s; {args.replicas} daemon(s) on 127.0.0.1:{', '.join(map(str, ports))}",
             flush=True,
         )
         env = {**os.environ, "OPENAI_API_KEY": OPENAI_KEY, "KEBOOLA_STORAGE_TOKEN": KEBOOLA_TOKEN}
-        log = (workdir / "daemon.log").open("wb")
         started = time.monotonic()
-        daemon = subprocess.Popen(
+        daemons: list[Daemon] = []
+        try:
+            for i, port in enumerate(ports, 1):
+                name = f"r{i}" if args.replicas > 1 else None
+                config = write_config(
+                    workdir, openai, keboola, batches, args.interval, port, state_url or args.state_url, name
+                )
+                daemons.append(Daemon.start(config, env, workdir, port))
+            return run(args, daemons, openai, keboola, batches, started)
+        finally:
+            for d in daemons:
+                d.stop()
+
+
+class Daemon:
+    """One `teckochecker run` process of the benchmark, with its own port and log."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, log: BinaryIO) -> None:
+        self.proc, self.port, self._log = proc, port, log
+        self.metrics_url = f"http://127.0.0.1:{port}/metrics"
+
+    @classmethod
+    def start(cls, config: Path, env: dict[str, str], workdir: Path, port: int) -> Daemon:
+        log = (workdir / f"daemon-{port}.log").open("wb")
+        proc = subprocess.Popen(
             [str(Path(sys.executable).parent / "teckochecker"), "--config", str(config), "run"],
             cwd=workdir,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+        return cls(proc, port, log)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=30)
+        self._log.close()
+
+
+@contextlib.contextmanager
+def fresh_database(url: str | None) -> Iterator[str | None]:
+    """A new database on the server of a PostgreSQL ``url`` (dropped afterwards): runs never share state."""
+    if url is None:
+        yield None
+        return
+    import psycopg
+
+    base, _, _ = url.rpartition("/")
+    name = f"tc_bench_{os.getpid()}_{int(time.time())}"
+    with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
         try:
-            return run(args, daemon, port, openai, keboola, batches, started, workdir)
+            yield f"{base}/{name}"
         finally:
-            if daemon.poll() is None:
-                daemon.send_signal(signal.SIGTERM)
-                daemon.wait(timeout=30)
-            log.close()
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def run(
     args: argparse.Namespace,
-    daemon: subprocess.Popen[bytes],
-    port: int,
+    daemons: list[Daemon],
     openai: FakeOpenAI,
     keboola: FakeKeboola,
     batches: list[list[str]],
     started: float,
-    workdir: Path,
 ) -> int:
-    metrics_url = f"http://127.0.0.1:{port}/metrics"
-    wait_for(lambda: scrape(metrics_url) is not None, 120, "the daemon's HTTP listener", daemon)
+    daemon = daemons[0].proc  # exits of the others are caught by their scrapes
+    for d in daemons:
+        wait_for(lambda d=d: scrape(d.metrics_url) is not None, 120, "the daemons' HTTP listeners", d.proc)
     print(f"ready after {time.monotonic() - started:.1f}s; warming up for two intervals", flush=True)
     time.sleep(2 * args.interval + 10)
 
-    before_cpu, before_metrics, before_requests = cpu_seconds(daemon.pid), scrape(metrics_url), openai.request_count()
+    before_cpus = [cpu_seconds(d.proc.pid) for d in daemons]
+    before_metrics, before_requests = scrape_all(daemons), openai.request_count()
     t0 = time.monotonic()
     time.sleep(args.measure)
     window = time.monotonic() - t0
-    after_cpu, after_metrics, after_requests = cpu_seconds(daemon.pid), scrape(metrics_url), openai.request_count()
+    after_cpus = [cpu_seconds(d.proc.pid) for d in daemons]
+    after_metrics, after_requests = scrape_all(daemons), openai.request_count()
     assert before_metrics and after_metrics
 
     skipped_steady = counter(after_metrics, "teckochecker_scheduler_skipped_ticks_total") - counter(
@@ -110,7 +164,8 @@ def run(
     batch_checks = job_checks * args.batches
     requests = after_requests - before_requests
     total_batches = args.jobs * args.batches
-    cpu = after_cpu - before_cpu
+    cpus = [a - b for a, b in zip(after_cpus, before_cpus, strict=True)]
+    cpu = sum(cpus)
     print(
         f"measured {window:.0f}s: {job_checks:.0f} job checks = {batch_checks:.0f} batch checks, "
         f"{requests} OpenAI requests, daemon CPU {cpu:.2f}s",
@@ -126,7 +181,7 @@ def run(
     time.sleep(5)  # anything extra would show up now
     posts = sorted(r.at for r in keboola.requests if r.method == "POST" and r.path == "/jobs")
     delays = [p - completed_at for p in posts]
-    final_metrics = scrape(metrics_url) or ""
+    final_metrics = scrape_all(daemons)
     lag_p50, lag_p99 = histogram_quantiles(final_metrics, "teckochecker_scheduler_lag_seconds", (0.5, 0.99))
     skipped = counter(final_metrics, "teckochecker_scheduler_skipped_ticks_total")
 
@@ -135,7 +190,18 @@ def run(
         f"CPU per 1000 batch checks:       {1000 * cpu / max(batch_checks, 1):.3f} s  "
         f"({1e6 * cpu / max(batch_checks, 1):.0f} µs per check)"
     )
-    print(f"peak RSS:                        {peak_rss_mb(daemon.pid):.0f} MB")
+    print(f"peak RSS:                        {', '.join(f'{peak_rss_mb(d.proc.pid):.0f}' for d in daemons)} MB")
+    if len(daemons) > 1:
+        for d, used in zip(daemons, cpus, strict=True):
+            role = (
+                "leader"
+                if re.search(r"^teckochecker_replica_leader 1", scrape(d.metrics_url) or "", re.M)
+                else "standby"
+            )
+            print(
+                f"  replica :{d.port} ({role}, at the end): CPU {used:.2f} s = "
+                f"{1e6 * used / max(batch_checks, 1):.1f} µs per batch check"
+            )
     print(f"requests per batch per interval: {requests / total_batches / (window / args.interval):.3f}")
     print(
         f"checks per batch per interval:   {batch_checks / total_batches / (window / args.interval):.3f}  "
@@ -178,10 +244,13 @@ def write_config(
     interval: int,
     port: int,
     state_url: str | None,
+    replica: str | None = None,
 ) -> Path:
-    state = f"state: {{url: '{state_url}'}}\n" if state_url else ""
-    head = textwrap.dedent(f"""\
-        {state}http: {{port: {port}}}
+    name = f", replica_name: {replica}" if replica else ""
+    state = f"state: {{url: '{state_url}'{name}}}\n" if state_url else ""
+    # The state line goes in after dedent: inserted inside, its newline would leave the rest indented.
+    head = state + textwrap.dedent(f"""\
+        http: {{port: {port}}}
         log_level: WARNING
         secrets:
           openai: {{env: OPENAI_API_KEY}}
@@ -199,9 +268,14 @@ def write_config(
             f"    actions: [{{type: keboola_job, token: keboola, stack_url: '{keboola.stack_url}', "
             f"component: {COMPONENT}, config: cfg{j}, search_lag: 2s, follow_interval: 5s}}]\n"
         )
-    path = workdir / "teckochecker.yaml"
+    path = workdir / f"teckochecker-{port}.yaml"
     path.write_text("".join(lines))
     return path
+
+
+def scrape_all(daemons: list[Daemon]) -> str:
+    """Every replica's metrics, one after the other: counters sum over replicas (only the leader counts checks)."""
+    return "\n".join(scrape(d.metrics_url) or "" for d in daemons)
 
 
 def scrape(url: str) -> str | None:
@@ -216,10 +290,11 @@ def counter(text: str, name: str) -> float:
 
 
 def histogram_quantiles(text: str, name: str, qs: tuple[float, ...]) -> tuple[float, ...]:
-    buckets = sorted(
-        (float("inf") if le == "+Inf" else float(le), float(v))
-        for le, v in re.findall(rf'^{name}_bucket{{le="([^"]+)"}} (\S+)$', text, re.M)
-    )
+    summed: dict[float, float] = {}  # several replicas' histograms add up bucket by bucket
+    for le, v in re.findall(rf'^{name}_bucket{{le="([^"]+)"}} (\S+)$', text, re.M):
+        key = float("inf") if le == "+Inf" else float(le)
+        summed[key] = summed.get(key, 0.0) + float(v)
+    buckets = sorted(summed.items())
     total = buckets[-1][1] if buckets else 0
     out = []
     for q in qs:

@@ -21,7 +21,7 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 
 from teckochecker.clock import Clock
-from teckochecker.config.validate import Config
+from teckochecker.config.validate import Config, JobDefinition
 from teckochecker.config.watching import Reloader, watched_dirs
 from teckochecker.control import Control
 from teckochecker.crashpoints import CrashPoints
@@ -29,13 +29,15 @@ from teckochecker.http import HttpClientPool
 from teckochecker.metrics import Metrics
 from teckochecker.plugin_api import PluginContext, SharedRegistry
 from teckochecker.plugins import PluginRegistry
-from teckochecker.reload import ConfigReloader, check_secrets
+from teckochecker.reload import ConfigReloader, JobDiff, check_secrets
+from teckochecker.replicas import Replication, jobs_checksum
 from teckochecker.running_jobs import RunningJobs
 from teckochecker.sdnotify import Notifier, run_watchdog
 from teckochecker.secrets.resolving import Redactor
 from teckochecker.services import TickServices
 from teckochecker.state.guard import StoreGuard
 from teckochecker.state.heartbeat import HEARTBEAT_META, HEARTBEAT_PERIOD, Heartbeat, heartbeat_json
+from teckochecker.state.leadership import Fence, LeaderLease, Role
 from teckochecker.state.location import (
     SingleInstanceLock,
     StoreFileIdentity,
@@ -43,6 +45,7 @@ from teckochecker.state.location import (
     resolve_state_url,
     sqlite_path,
 )
+from teckochecker.state.schema import create_engine
 from teckochecker.state.store import StateStore
 from teckochecker.state.worker import StoreWorker
 from teckochecker.web.routes import create_app
@@ -127,6 +130,7 @@ class Daemon:
         db_path = sqlite_path(url)
         identity = StoreFileIdentity.of(db_path) if db_path is not None else None
         self.guard = StoreGuard(identity, self._log, on_lost=lambda: self.jobs.halt())
+        self.replication: Replication | None = None if db_path is not None else self._replication(url)
         await self._beat()
         self._opened.push_async_callback(self._beat_stopped)
         http = HttpClientPool(self.config.defaults.concurrency, self.metrics)
@@ -143,10 +147,11 @@ class Daemon:
         self._start_background()
         self._install_signals()
         self._log.info(
-            "teckochecker started: %d job(s), %d scheduled, state %s",
+            "teckochecker started: %d job(s), %d scheduled, state %s%s",
             self.jobs.count,
             self.jobs.scheduled_count,
             self.store.url,
+            "" if self.replication is None else f", replica {self.replication.name} ({self.replication.role})",
         )
         self._notifier.ready(f"{self.jobs.count} job(s)")
 
@@ -166,7 +171,10 @@ class Daemon:
             shared=SharedRegistry(),
         )
         crashpoints = CrashPoints(self._environ)
-        services = TickServices(self.store, self.worker, self._clock, crashpoints, self._log, self.metrics)
+        may_act = self.replication.may_act if self.replication is not None else _always
+        services = TickServices(
+            self.store, self.worker, self._clock, crashpoints, self._log, self.metrics, may_act=may_act
+        )
         rng = random.Random()
         self.jobs = RunningJobs(
             services,
@@ -184,7 +192,13 @@ class Daemon:
         watchdog = asyncio.create_task(run_watchdog(self._notifier, self._on_time, self._clock.sleep), name="watchdog")
         self._opened.push_async_callback(_cancel, [watchdog])
         self._opened.push_async_callback(self.jobs.stop, SHUTDOWN_GRACE)
-        await self.jobs.start(self.config.jobs, self.config.defaults.startup_spread)
+        if self.replication is None:  # SQLite: one process, guarded by its lock file
+            await self.jobs.start(self.config.jobs, self.config.defaults.startup_spread)
+            return
+        # Runs before jobs.stop above: the leader stops its ticks, then hands the lease over.
+        self._opened.push_async_callback(self.replication.stop)
+        await self.replication.start()
+        await self.replication.wait_started()  # the startup log then counts the leader's jobs
 
     async def _start_web(self) -> None:
         control = Control(
@@ -194,6 +208,7 @@ class Daemon:
             self.guard,
             reload_status=lambda: self.reloader.status,
             api_token=self._api_token,
+            replicas=self.replication,
         )
         app = create_app(control, self.metrics, logging.getLogger("teckochecker.http"), self._redactor)
         web = WebServer(app, self.config.http.listen, self.config.http.port, self._log)
@@ -216,6 +231,8 @@ class Daemon:
             asyncio.create_task(self._gauge_loop(), name="gauges"),
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
         ]
+        if self.replication is not None:
+            self._background.append(asyncio.create_task(self.replication.run(), name="replication"))
         self._opened.push_async_callback(_cancel, self._background)
 
     def _on_time(self) -> bool:
@@ -224,6 +241,38 @@ class Daemon:
             # Idle on purpose: a watchdog restart would open an empty store and fire every trigger again.
             return True
         return self.jobs.on_time()
+
+    def _replication(self, url: str) -> Replication:
+        """Several replicas may share a PostgreSQL store: fence the store, and elect the leader (replicas.py)."""
+        settings = self.config.state
+        host, pid = socket.gethostname(), os.getpid()
+        name = settings.replica_name or f"{host}:{pid}"
+        fence = Fence(name)
+        fence.install(self.store.engine)
+        lease_engine = create_engine(url)
+        self._opened.callback(lease_engine.dispose)
+        replication = Replication(
+            LeaderLease(lease_engine, name, settings.lease),
+            fence,
+            name=name,
+            host=host,
+            pid=pid,
+            lease_seconds=settings.lease,
+            clock=self._clock,
+            metrics=self.metrics,
+            logger=self._log,
+            checksum=lambda: jobs_checksum(self.config.jobs),
+            on_lead=lambda: self.jobs.start(self.config.jobs, self.config.defaults.startup_spread),
+            on_standby=lambda: self.jobs.stand_down(SHUTDOWN_GRACE),
+        )
+        loop = asyncio.get_running_loop()
+
+        def refused() -> None:  # on the store's thread
+            self.metrics.fenced_writes.inc()
+            loop.call_soon_threadsafe(replication.fenced)
+
+        fence.on_refused = refused
+        return replication
 
     def _lock(self, url: str) -> None:
         path = sqlite_path(url)
@@ -251,10 +300,18 @@ class Daemon:
                 forced="SIGHUP" in reasons,
                 reason=", ".join(sorted(reasons)),
                 guard=self.guard,
-                apply=self.jobs.apply,
+                apply=self._apply_jobs,
                 watch=lambda new: self._watcher.watch(watched_dirs(self.reloader.config_path, new.include)),
             )
             await self._save_reload_outcome()
+
+    async def _apply_jobs(self, definitions: Mapping[str, JobDefinition], change: JobDiff) -> None:
+        # A standby runs no jobs: the reloaded config is what it starts with once it leads.
+        if self._leading():
+            await self.jobs.apply(definitions, change)
+
+    def _leading(self) -> bool:
+        return self.replication is None or self.replication.role == Role.LEADER
 
     async def _save_reload_outcome(self) -> None:
         if self.guard.problem is not None:  # never write into a store that is not the one we opened
@@ -267,7 +324,8 @@ class Daemon:
     async def _gauge_loop(self) -> None:
         while self.guard.intact():
             try:
-                await self.jobs.flush()
+                if self._leading():
+                    await self.jobs.flush()
                 self.metrics.observe(await self.worker.run(self.store.gauges))
             except Exception as exc:  # the state store may be briefly unreachable; metrics can wait
                 self._log.warning("cannot refresh job metrics: %s", exc)
@@ -300,6 +358,10 @@ class Daemon:
                 if failing:
                     self._log.info("heartbeat written again")
                 failing = False
+
+
+def _always() -> bool:
+    return True
 
 
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:

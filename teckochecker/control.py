@@ -9,9 +9,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from teckochecker.errors import Fenced
+from teckochecker.state.leadership import Role, replica_to_json
 from teckochecker.state.models import Event, JobSnapshot
 
 if TYPE_CHECKING:  # the web layer imports this module for the protocol alone; the engine stays out of it
+    from teckochecker.replicas import Replication
     from teckochecker.running_jobs import RunningJobs
     from teckochecker.state.guard import StoreGuard
     from teckochecker.state.store import StateStore
@@ -87,6 +90,10 @@ class DaemonControl(Protocol):
 
     def reload_status(self) -> ReloadStatus: ...
 
+    def replicas(self) -> dict[str, Any] | None:
+        """This replica's name and role and every replica sharing the store (None on SQLite: one process)."""
+        ...
+
     def api_token(self) -> str | None:
         """The control endpoints' bearer token, or None when none is configured (endpoints off)."""
         ...
@@ -104,6 +111,7 @@ class Control:
         *,
         reload_status: Callable[[], ReloadStatus],
         api_token: Callable[[], str | None],
+        replicas: Replication | None = None,
     ) -> None:
         self._store = store
         self._db = worker
@@ -111,6 +119,7 @@ class Control:
         self._guard = guard
         self._reload_status = reload_status
         self._api_token = api_token
+        self._replication = replicas
 
     async def jobs(self) -> list[JobSnapshot]:
         return await self._db.run(self._store.jobs)
@@ -130,21 +139,36 @@ class Control:
             store_ok = self._guard.intact()
         except Exception:
             store_ok = False
-        return {"config_loaded": True, "state_store": store_ok, "scheduler": self._jobs.scheduler_running}
+        # A standby is ready: it serves the status and the API, and runs no scheduler until it leads.
+        scheduler = self._jobs.scheduler_running or not self._leads()
+        return {"config_loaded": True, "state_store": store_ok, "scheduler": scheduler}
+
+    def _leads(self) -> bool:
+        return self._replication is None or self._replication.role == Role.LEADER
+
+    def _require_leader(self) -> None:
+        if self._leads() or self._replication is None:
+            return
+        leaders = [r.name for r in self._replication.live() if r.role == Role.LEADER]
+        where = f"replica {leaders[0]} leads" if leaders else "no replica leads right now"
+        raise Fenced(f"replica {self._replication.name} is a standby; {where}: send control requests there")
 
     def store_problem(self) -> str | None:
         return self._guard.problem
 
     async def pause(self, name: str) -> bool:
         self._guard.require()
+        self._require_leader()
         return await self._jobs.set_paused(name, True)
 
     async def resume(self, name: str) -> bool:
         self._guard.require()
+        self._require_leader()
         return await self._jobs.set_paused(name, False)
 
     async def check_now(self, name: str) -> bool:
         self._guard.require()
+        self._require_leader()
         return self._jobs.run_now(name)
 
     def reload_status(self) -> ReloadStatus:
@@ -152,3 +176,14 @@ class Control:
 
     def api_token(self) -> str | None:
         return self._api_token()
+
+    def replicas(self) -> dict[str, Any] | None:
+        r = self._replication
+        if r is None:
+            return None
+        return {
+            "this": r.name,
+            "role": r.role,
+            "epoch": r.epoch,
+            "replicas": [replica_to_json(info) for info in r.replicas],
+        }

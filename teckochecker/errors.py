@@ -5,6 +5,7 @@ TeckoCheckerError
 ├── StateStoreError        the state store cannot be opened or used
 │   └── NoStateStore       there is none yet: no daemon has run with this config
 │   └── StateStoreUnavailable  a call to the running store failed (down, dropped, unreadable); may pass later
+│       └── Fenced         this replica does not lead (a standby, or a leader whose lease passed): no write
 ├── PluginError            a plugin could not be loaded or registered
 ├── SecretError            a secret cannot be resolved (names the secret, never the value)
 ├── UnreadableFile         a file is missing, not a regular file, or over its size cap (never shows content)
@@ -46,6 +47,10 @@ class NoStateStore(StateStoreError):
 
 class StateStoreUnavailable(StateStoreError):
     pass
+
+
+class Fenced(StateStoreUnavailable):
+    """A write or start refused because this replica does not hold the current leader epoch (replicas.py)."""
 
 
 class PluginError(TeckoCheckerError):

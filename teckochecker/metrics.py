@@ -128,6 +128,36 @@ class Metrics:
             registry=r,
         )
 
+        # Replicas on PostgreSQL (replicas.py).
+        self.replica_leader = Gauge(
+            f"{PREFIX}_replica_leader", "1 while this replica leads (runs the jobs), else 0.", registry=r
+        )
+        self.replica_epoch = Gauge(
+            f"{PREFIX}_replica_epoch", "The leader epoch this replica last held (fencing token).", registry=r
+        )
+        self.leadership_changes = Counter(
+            f"{PREFIX}_leadership_changes",
+            "Leadership changes of this replica (acquired, took_over from another replica, lost).",
+            ["change"],
+            registry=r,
+        )
+        self.fenced_writes = Counter(
+            f"{PREFIX}_fenced_writes",
+            "State writes refused because this replica did not hold the current leader epoch.",
+            registry=r,
+        )
+        self.replicas = Gauge(
+            f"{PREFIX}_replicas",
+            "Live replicas sharing the state store, by role, as this replica sees them.",
+            ["role"],
+            registry=r,
+        )
+        self.replica_config_mismatch = Gauge(
+            f"{PREFIX}_replica_config_mismatch",
+            "Live replicas whose loaded job definitions differ from this replica's (checksum).",
+            registry=r,
+        )
+
     def observe_jobs(self, snapshots: Iterable[JobSnapshot]) -> None:
         """Refresh the state gauges from job snapshots."""
         self.observe(JobGauges.from_snapshots(snapshots))

@@ -37,6 +37,8 @@ LOGGED_NAMES = 20
 
 RESTART_ONLY: dict[str, Callable[[Config], object]] = {
     "state.url": lambda c: c.state.url,
+    "state.lease": lambda c: c.state.lease,
+    "state.replica_name": lambda c: c.state.replica_name,
     "http.listen": lambda c: c.http.listen,
     "http.port": lambda c: c.http.port,
     "defaults.concurrency": lambda c: c.defaults.concurrency,

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 
 from teckochecker.clock import Clock
 from teckochecker.config.validate import JobDefinition
+from teckochecker.errors import Fenced
 from teckochecker.metrics import Metrics
 from teckochecker.plugin_api import PluginContext
 from teckochecker.reload import JobDiff
@@ -56,6 +57,7 @@ class RunningJobs:
         self._log = logger
         self._rng = rng
         self._runner = JobRunner(services)
+        self._metrics = metrics
         self._ticker = Ticker(self._tick, clock, logger, metrics)
         self._definitions: Mapping[str, JobDefinition] = {}
         self._jobs: dict[str, JobRuntime] = {}
@@ -67,6 +69,9 @@ class RunningJobs:
 
     async def start(self, definitions: Mapping[str, JobDefinition], startup_spread: float) -> None:
         """Build every job, record the plan, and schedule what is not finished (spread over the start)."""
+        if self._ticker.shut_down:  # a replica that leads again after standing by
+            self._ticker = Ticker(self._tick, self._clock, self._log, self._metrics)
+        self._halted = False
         self._definitions = definitions
         self._jobs = {name: JobRuntime.build(d, self._context) for name, d in definitions.items()}
         await self._db.run(self._store.sync_jobs, [j.plan() for j in self._jobs.values()], self._clock.now())
@@ -102,6 +107,17 @@ class RunningJobs:
     async def aclose(self) -> None:
         for job in self._jobs.values():
             await job.aclose()
+
+    async def stand_down(self, grace: float) -> None:
+        """A replica that stopped leading: stop every tick and forget the jobs; start() may follow later.
+        Writes still under way are refused by the fence, so the last batched writes may be lost (harmless:
+        quiet-check times)."""
+        try:
+            await self.stop(grace)
+        finally:
+            await self.aclose()
+            self._jobs = {}
+            self._runner.forget()
 
     # ----- what others ask -----
 
@@ -164,6 +180,9 @@ class RunningJobs:
                     break
                 result = await self._runner.tick(job)
                 steps += 1
+        except Fenced:
+            self._log.info("tick of job %s stopped: this replica no longer leads", name)
+            return
         except asyncio.CancelledError:
             # Only shutdown cancels a tick; the state machine picks up where it stopped (a start → in doubt).
             self._log.info("tick of job %s cut short by shutdown", name)

@@ -38,6 +38,7 @@ class Ticker:
         self._scheduler.add_listener(self._on_skipped, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
         self._scheduler.add_listener(self._on_submitted, EVENT_JOB_SUBMITTED)
         self.last_tick_at: float | None = None
+        self.shut_down = False
 
     def start(self) -> None:
         """Call from inside the running event loop."""
@@ -48,6 +49,7 @@ class Ticker:
             self._scheduler.pause()
 
     def shutdown(self) -> None:
+        self.shut_down = True
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from teckochecker.clock import Clock
@@ -23,3 +24,5 @@ class TickServices:
     logger: logging.Logger
     metrics: Metrics
     rng: random.Random = field(default_factory=random.Random)
+    # Asked just before an action start: False when this replica may no longer be the leader (replicas.py).
+    may_act: Callable[[], bool] = field(default=lambda: True)

@@ -64,6 +64,7 @@ class ActionDriver:
         self._crash = services.crashpoints
         self._log = services.logger
         self._rng = services.rng
+        self._may_act = services.may_act
         self._failures: dict[int, _StepFailure] = {}
         self._conditions = ConditionLog(services.logger)
 
@@ -112,6 +113,13 @@ class ActionDriver:
         if not await self._db.run(self._store.begin_run, run.id, now=self._clock.now()):
             return TARGET_BUSY_RETRY
         self._crash.hit("after_intent_commit")
+        if not self._may_act():
+            # The lease may pass before the start lands (a long pause, or renewals failing): start nothing.
+            # The run stays SENDING, so whoever leads next reconciles it by search, never starts it blindly.
+            self._log.warning(
+                "action %s of job %s not started: leadership unconfirmed", run.action_index, request.job_name
+            )
+            return TARGET_BUSY_RETRY
         if run.attempt == 1:
             # From the check that saw the last target finish (it created this run) to the start call.
             self._metrics.trigger_delay.observe(max(0.0, (self._clock.now() - run.created_at).total_seconds()))

@@ -176,6 +176,11 @@ class StoreControl:
     def api_token(self) -> str | None:
         return self.token
 
+    def replicas(self) -> dict[str, Any] | None:
+        return self.replication
+
+    replication: dict[str, Any] | None = None  # what a replica on PostgreSQL answers (None: SQLite)
+
 
 @contextlib.contextmanager
 def serve_in_thread(

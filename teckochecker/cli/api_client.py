@@ -12,6 +12,7 @@ import httpx
 
 from teckochecker.errors import TeckoCheckerError
 from teckochecker.plugin_api import TargetState
+from teckochecker.state.leadership import ReplicaInfo
 from teckochecker.state.models import Event, JobSnapshot, JobState, RunSnapshot, RunState, TargetSnapshot
 
 TIMEOUT = httpx.Timeout(10.0, connect=5.0)
@@ -31,6 +32,29 @@ def fetch_job(
     body = _get(base_url, f"/api/v1/jobs/{quote(name, safe='')}?events={events}", transport)
     job = _convert(base_url, job_from_json, body)
     return job, [_convert(base_url, event_from_json, e) for e in body.get("events") or ()]
+
+
+def fetch_replicas(base_url: str, *, transport: httpx.BaseTransport | None = None) -> list[ReplicaInfo]:
+    """The replicas a daemon on PostgreSQL sees (its /api/v1/status); none from a SQLite daemon."""
+    body = _get(base_url, "/api/v1/status", transport)
+    replication = body.get("replication") if isinstance(body, Mapping) else None
+    if not isinstance(replication, Mapping):
+        return []
+    return [_convert(base_url, replica_from_json, r) for r in replication.get("replicas") or ()]
+
+
+def replica_from_json(data: Mapping[str, Any]) -> ReplicaInfo:
+    return ReplicaInfo(
+        name=str(data["name"]),
+        host=str(data["host"]),
+        pid=int(data["pid"]),
+        role=str(data["role"]),
+        started_at=dt.datetime.fromisoformat(data["started_at"]),
+        heartbeat_at=dt.datetime.fromisoformat(data["last_heartbeat"]),
+        config_checksum=str(data["config_checksum"]),
+        epoch=None if data.get("epoch") is None else int(data["epoch"]),
+        age=float(data["heartbeat_age_seconds"]),
+    )
 
 
 def _get(base_url: str, path: str, transport: httpx.BaseTransport | None) -> Any:

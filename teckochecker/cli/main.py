@@ -10,6 +10,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from teckochecker import __version__
@@ -20,8 +21,10 @@ from teckochecker.cli.report import (
     render_job,
     render_plugins,
     render_reload,
+    render_replicas,
     render_status,
     render_unchecked,
+    replicas_down,
 )
 from teckochecker.cli.secrets import register_secrets_commands
 from teckochecker.clock import SystemClock
@@ -35,6 +38,7 @@ from teckochecker.plugins import PluginRegistry, load_plugins
 from teckochecker.plugintrace import tracing_requested
 from teckochecker.secrets.resolving import Redactor
 from teckochecker.state.heartbeat import HEARTBEAT_META, heartbeat_from_json
+from teckochecker.state.leadership import ReplicaInfo, list_replicas
 from teckochecker.state.location import SingleInstanceLock, ensure_parent, resolve_state_url, sqlite_path
 from teckochecker.state.revisions import UPGRADE_COMMAND, SchemaState
 from teckochecker.state.store import StateStore
@@ -273,16 +277,28 @@ def _state_url(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
 
 
 def _daemon_down(store: StateStore, now: dt.datetime) -> str | None:
+    replicas = _replicas(store)
+    if replicas:
+        return replicas_down(replicas)
     return daemon_down(heartbeat_from_json(store.get_meta(HEARTBEAT_META)), now)
+
+
+def _replicas(store: StateStore) -> list[ReplicaInfo]:
+    """The replicas on a PostgreSQL store (SQLite has one daemon and its heartbeat in tc_meta)."""
+    if store.engine.dialect.name != "postgresql" or not sa.inspect(store.engine).has_table("tc_replicas"):
+        return []
+    return list_replicas(store.engine)
 
 
 def cmd_status(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     if args.url:
         if args.state_url:
             raise TeckoCheckerError("give --url or --state-url, not both")
-        from teckochecker.cli.api_client import fetch_jobs  # httpx only when asked to
+        from teckochecker.cli.api_client import fetch_jobs, fetch_replicas  # httpx only when asked to
 
         print(render_status(fetch_jobs(args.url), SystemClock().now()))
+        if replicas := fetch_replicas(args.url):
+            print(render_replicas(replicas))
         return EXIT_OK
     url = _state_url(args, environ)
     try:
@@ -295,6 +311,8 @@ def cmd_status(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         print(render_status(store.jobs(), now, daemon_down=down))
         saved = store.get_meta(RELOAD_META)
         print(render_reload(reload_status_from_json(saved) if saved else None))
+        if replicas := _replicas(store):
+            print(render_replicas(replicas))
     finally:
         store.close()
     return EXIT_OK

@@ -9,6 +9,7 @@ from teckochecker.config.durations import format_duration
 from teckochecker.control import ReloadStatus
 from teckochecker.plugins import PluginRegistry
 from teckochecker.state.heartbeat import Heartbeat
+from teckochecker.state.leadership import ReplicaInfo, Role
 from teckochecker.state.models import Event, JobSnapshot, RequestCounts, RunSnapshot, request_counts
 
 BAR_WIDTH = 20
@@ -49,6 +50,27 @@ def daemon_down(heartbeat: Heartbeat | None, now: dt.datetime) -> str | None:
     age = format_duration(max(0.0, (now - heartbeat.at).total_seconds()))
     how = "; it stopped cleanly" if heartbeat.stopped else ""
     return f"daemon not running (last seen {_time(heartbeat.at)}, {age} ago{how})"
+
+
+def render_replicas(replicas: Sequence[ReplicaInfo]) -> str:
+    """The replicas sharing a PostgreSQL store, for the foot of `status`."""
+    rows = [("REPLICA", "ROLE", "LAST HEARTBEAT", "CONFIG")]
+    for r in replicas:
+        role = r.role if r.alive or r.role == Role.STOPPED else f"{r.role} (silent)"
+        rows.append((r.name, role, f"{format_duration(r.age)} ago", r.config_checksum))
+    checksums = {r.config_checksum for r in replicas if r.alive}
+    lines = _table_lines(rows)
+    if len(checksums) > 1:
+        lines.append("WARNING: live replicas disagree on the configuration (see CONFIG)")
+    return "\n".join(lines)
+
+
+def replicas_down(replicas: Sequence[ReplicaInfo]) -> str | None:
+    """Like daemon_down, for replicas: None while any replica beats."""
+    if any(r.alive for r in replicas):
+        return None
+    newest = min(replicas, key=lambda r: r.age)
+    return f"no replica running (last seen: {newest.name}, {format_duration(newest.age)} ago)"
 
 
 def render_unchecked(targets: Mapping[str, Sequence[str]], why: str) -> str:

@@ -140,6 +140,10 @@ class StateSettings(Model):
     # Off: the daemon refuses a store whose schema is not at the head and names `teckochecker db upgrade`,
     # for operators who upgrade the schema themselves (after a backup, before rolling out replicas).
     upgrade_on_start: bool = True
+    # Replicas on PostgreSQL (replicas.py): a standby takes over once the leader has not renewed for this long.
+    lease: Duration = Field(default=30.0, ge=3, le=600)
+    # How this replica is shown and recorded; default host:pid. Must differ between replicas.
+    replica_name: str | None = Field(default=None, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:@-]+$")
 
 
 class HttpSettings(Model):

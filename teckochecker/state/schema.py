@@ -150,6 +150,34 @@ registered_jobs = sa.Table(
     sa.Column("details", sa.JSON, nullable=False, default=dict),
 )
 
+# Several replicas on one PostgreSQL (state/leadership.py): one row, id 1. Each new leader increments the
+# epoch in the transaction that takes over; every fenced write checks it. Times are the database's clock.
+leader = sa.Table(
+    "tc_leader",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("epoch", sa.BigInteger, nullable=False),
+    sa.Column("holder", sa.String(255)),
+    sa.Column("acquired_at", UTCDateTime),
+    sa.Column("renewed_at", UTCDateTime),
+    sa.Column("expires_at", UTCDateTime),
+)
+
+# One row per daemon process sharing the store: its heartbeat (database clock), role and the checksum of the
+# job definitions it loaded, so `status` lists the replicas and they can notice they disagree.
+replicas = sa.Table(
+    "tc_replicas",
+    metadata,
+    sa.Column("name", sa.String(255), primary_key=True),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("heartbeat_at", UTCDateTime, nullable=False),
+    sa.Column("config_checksum", sa.String(64), nullable=False),
+    sa.Column("epoch", sa.BigInteger),
+)
+
 events = sa.Table(
     "tc_events",
     metadata,

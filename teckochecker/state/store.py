@@ -23,6 +23,7 @@ from teckochecker.errors import NoStateStore, StateStoreError
 from teckochecker.plugin_api import CheckReport, TargetState
 from teckochecker.state import revisions, schema
 from teckochecker.state.events import EventKind, append_event
+from teckochecker.state.leadership import UNFENCED
 from teckochecker.state.location import sqlite_path
 from teckochecker.state.models import (
     Duplicate,
@@ -114,13 +115,18 @@ class StateStore(RunTransitions):
         self._engine.dispose()
 
     @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    @property
     def url(self) -> str:
         return self._engine.url.render_as_string(hide_password=True)
 
     def set_meta(self, key: str, value: str) -> None:
         """Small daemon-wide facts (e.g. the last config reload) that `status` shows."""
         m = schema.meta_table
-        with self._engine.begin() as conn:
+        # Not acting on jobs: any replica, leader or standby, may record these (state/leadership.py).
+        with self._engine.connect() as conn, conn.execution_options(**{UNFENCED: True}).begin():
             if conn.execute(sa.update(m).where(m.c.key == key).values(value=value)).rowcount == 0:
                 conn.execute(sa.insert(m).values(key=key, value=value))
 

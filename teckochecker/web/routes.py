@@ -100,12 +100,17 @@ class _Api:
         body: dict[str, Any] = {"status": "ready" if ready else "not_ready", "checks": checks}
         if (problem := self._control.store_problem()) is not None:
             body["reason"] = problem
+        if (replicas := self._control.replicas()) is not None:
+            body["role"] = replicas["role"]
         return JSONResponse(body, status_code=200 if ready else 503)
 
     # ----- reading -----
 
     async def status(self, request: Request) -> Response:
-        return _json({"version": __version__, "reload": reload_status_to_dict(self._control.reload_status())})
+        body: dict[str, Any] = {"version": __version__, "reload": reload_status_to_dict(self._control.reload_status())}
+        if (replicas := self._control.replicas()) is not None:
+            body["replication"] = replicas
+        return _json(body)
 
     async def jobs(self, request: Request) -> Response:
         jobs = await self._control.jobs()

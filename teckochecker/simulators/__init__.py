@@ -4,8 +4,8 @@ Real HTTP servers that follow shared/contracts to the letter. The tests drive th
 `teckochecker demo` lets a user without credentials or network watch the daemon work.
 """
 
-from teckochecker.simulators._http import RecordedRequest
+from teckochecker.simulators._http import Latency, RecordedRequest
 from teckochecker.simulators.keboola import FakeKeboola
 from teckochecker.simulators.openai import FakeOpenAI, Step
 
-__all__ = ["FakeKeboola", "FakeOpenAI", "RecordedRequest", "Step"]
+__all__ = ["FakeKeboola", "FakeOpenAI", "Latency", "RecordedRequest", "Step"]

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from teckochecker.simulators import keboola as _keboola
-from teckochecker.simulators._http import RecordedRequest
+from teckochecker.simulators._http import Latency, RecordedRequest
 from teckochecker.simulators.keboola import FINISHED_STATUSES, POST_FAULT_MODES
 from teckochecker.simulators.openai import BATCH_STATUSES, TERMINAL_STATUSES, FakeOpenAI, Step
 
@@ -23,6 +23,7 @@ __all__ = [
     "TERMINAL_STATUSES",
     "FakeKeboola",
     "FakeOpenAI",
+    "Latency",
     "RecordedRequest",
     "Step",
     "response_violations",

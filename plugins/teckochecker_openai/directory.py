@@ -136,8 +136,9 @@ class BatchDirectory:
         age = now - self._sweep_began
         if age >= self._max_age:
             return True
-        # After a failure only the age counts: the account backs off, new batches do not hurry it.
-        return self._new_since_sweep and self._failure is None and age >= min(NEW_BATCHES_GAP, self._max_age)
+        # Batches nobody has looked for yet get a sweep soon. So does a failed sweep: the source asks only
+        # once the account's back-off allows, so this only bounds how often a refusal is asked again.
+        return (self._new_since_sweep or self._failure is not None) and age >= min(NEW_BATCHES_GAP, self._max_age)
 
     def _answer(self, ids: Sequence[str], now: float) -> Lookup:
         answer = Lookup()

@@ -156,6 +156,30 @@ def test_a_start_does_not_fan_out_into_one_request_per_batch(fake: FakeOpenAI) -
     assert fake.request_kinds()["retrieve"] == 0
 
 
+def test_a_first_sweep_out_of_pages_while_jobs_start_gives_up_on_nothing(fake: FakeOpenAI) -> None:
+    first_job = [fake.add_batch(status="in_progress") for _ in range(10)]  # the oldest: last in the list
+    others = [[fake.add_batch(status="in_progress") for _ in range(10)] for _ in range(149)]
+    listing, clock = Listing(fake), FakeClock()
+    directory = BatchDirectory(clock.monotonic, MAX_AGE, refresh_wait=0.05)
+
+    async def scenario() -> tuple[Lookup, Lookup]:
+        listing.gate.clear()
+        await directory.lookup(first_job, listing)  # the first sweep looks for 10 batches: a 10-page budget
+        await asyncio.gather(*(directory.lookup(ids, listing) for ids in others))  # the other jobs start
+        listing.gate.set()
+        while listing.pages < 10:  # the first sweep ends at its budget, 10 of the 15 pages
+            await asyncio.sleep(0.01)
+        clock.advance(2)
+        next_tick = await directory.lookup(first_job, listing)  # begins a sweep with a budget for all 1,500
+        await listing.finished.wait()
+        return next_tick, await directory.lookup(first_job, listing)
+
+    next_tick, after = run(listing, scenario())
+    assert next_tick.fetch == []  # not given up on: the next sweep, with a bigger budget, reaches it
+    assert set(after.listed) == set(first_job) and after.fetch == []
+    assert fake.request_kinds() == {"list": 10 + 15, "retrieve": 0, "other": 0}
+
+
 def test_a_batch_the_listing_cannot_reach_is_fetched_one_by_one_at_a_bounded_rate(fake: FakeOpenAI) -> None:
     now = int(time.time())
     old = [fake.add_batch(status="in_progress", created_at=now - 86_000) for _ in range(30)]

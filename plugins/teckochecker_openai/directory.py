@@ -11,12 +11,14 @@ for yet (a new job, a start).
 A sweep stops as soon as it has seen every batch wanted when it began, or when its pages have gone past the
 oldest of them (by ``created_at``: OpenAI lists newest first, which is undocumented, see
 shared/contracts/llm-batch-apis.md §2; so the order is only used to stop early, never trusted), or after a
-page budget. A wanted batch that such a complete sweep did not show is one the listing cannot reach (older
-than the pages go, not where the order says, deleted): only those are fetched one by one
+page budget. A wanted batch that such a sweep did not show is one the listing cannot reach (older than the
+pages go, not where the order says, deleted; a budget running out while new batches kept arriving, as at a
+start, counts only for batches wanted for ``UNREACHED_FOR``): only those are fetched one by one
 (``GET /batches/{id}``), each at most once per ``max_age`` and the account at most ``FETCH_RATE`` per second.
 A batch only asked about after a sweep began is left for the next sweep: a (re)start never fans out into
 one request per batch. A sweep that fails is not replaced by one request per batch either: the source makes
-the account back off, and every check gets that failure until the next sweep begins.
+the account back off, and every check gets that failure until the next sweep begins (``NEW_BATCHES_GAP``
+later at the earliest).
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ SPARE_PAGES = 10
 REFRESH_WAIT = 2.0
 # Batches asked about for the first time get a sweep this soon after the previous one began (not max_age).
 NEW_BATCHES_GAP = 2.0
+# A sweep out of pages while new batches arrived says little about them; one this long wanted is given up on.
+UNREACHED_FOR = 300.0
 # Single requests for batches the listing cannot reach, per account: a steady rate and a burst.
 FETCH_RATE = 5.0
 FETCH_BURST = 20.0
@@ -52,6 +56,7 @@ KEPT_FIELDS = frozenset(
 class _Wanted:
     """What the directory knows of one wanted batch."""
 
+    first_asked: float
     asked_at: float
     created_at: int | None = None
     batch: Mapping[str, Any] | None = None  # the freshest copy a sweep read
@@ -87,6 +92,7 @@ class BatchDirectory:
         self._sweep: asyncio.Task[None] | None = None
         self._sweep_began: float | None = None
         self._new_since_sweep = False
+        self._arrivals = 0  # batches first asked about so far
         self._failure: Exception | None = None
         self._progress = asyncio.Event()
         self._fetches = _TokenBucket(monotonic, fetch_rate, fetch_burst)
@@ -125,8 +131,9 @@ class BatchDirectory:
     def _want(self, batch_id: str, now: float) -> None:
         wanted = self._wanted.get(batch_id)
         if wanted is None:
-            self._wanted[batch_id] = _Wanted(asked_at=now)
+            self._wanted[batch_id] = _Wanted(first_asked=now, asked_at=now)
             self._new_since_sweep = True
+            self._arrivals += 1
         else:
             wanted.asked_at = now
 
@@ -183,11 +190,17 @@ class BatchDirectory:
     async def _run_sweep(self, list_page: ListPage, number: int) -> None:
         # Looked for: every batch wanted now that a listing can reach; the rest is fetched one by one.
         looked_for = {batch_id for batch_id, w in self._wanted.items() if not w.unreachable}
+        arrivals = self._arrivals
         try:
-            unseen = await self._sweep_pages(list_page, number, looked_for)
+            unseen, conclusive = await self._sweep_pages(list_page, number, looked_for)
+            now = self._monotonic()
             for batch_id in unseen:
                 wanted = self._wanted.get(batch_id)
-                if wanted is not None:
+                if wanted is None:
+                    continue
+                # Out of pages while batches kept arriving (a start): the next sweep, with a budget for all of
+                # them, may well reach it. Only a batch waiting for long is given up on anyway.
+                if conclusive or self._arrivals == arrivals or now - wanted.first_asked >= UNREACHED_FOR:
                     wanted.unreachable = True
         except Exception as exc:  # kept for every check until the next sweep; see lookup()
             self._failure = exc
@@ -195,11 +208,12 @@ class BatchDirectory:
             self._sweep = None
             self._wake()
 
-    async def _sweep_pages(self, list_page: ListPage, number: int, looked_for: set[str]) -> set[str]:
-        """Read pages until every batch looked for was seen or passed; returns those not seen."""
+    async def _sweep_pages(self, list_page: ListPage, number: int, looked_for: set[str]) -> tuple[set[str], bool]:
+        """Read pages until every batch looked for was seen or passed. Returns those not seen, and whether that
+        is conclusive: the list ended or went past them, rather than the page budget running out."""
         unseen = set(looked_for)
         if not unseen:
-            return unseen  # every wanted batch is fetched on its own: a page would show none of them
+            return unseen, True  # every wanted batch is fetched on its own: a page would show none of them
         oldest = self._oldest_created(looked_for)
         after: str | None = None
         for _ in range(len(looked_for) // PAGE_SIZE + SPARE_PAGES):
@@ -210,9 +224,9 @@ class BatchDirectory:
                 unseen.discard(batch["id"])
             self._wake()
             if not data or not page.get("has_more") or not unseen or _older(data, oldest):
-                break
+                return unseen, True
             after = data[-1]["id"]
-        return unseen
+        return unseen, False
 
     def _read(self, batch: Mapping[str, Any], number: int) -> None:
         # Any wanted batch counts, also one first asked about after the sweep began.

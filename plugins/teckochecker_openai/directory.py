@@ -117,7 +117,7 @@ class BatchDirectory:
             await self._wait_for(ids, number)
             if self._sweep is None and self._sweeps == number and self._failure is not None:
                 raise self._failure
-        return self._answer(ids, now)
+        return self._answer(ids, self._monotonic())
 
     def learn(self, batch: Mapping[str, Any]) -> None:
         """Remember a batch's creation time from a single fetch, so later sweeps know when to stop."""

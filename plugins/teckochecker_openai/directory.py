@@ -148,17 +148,18 @@ class BatchDirectory:
         return (self._new_since_sweep or self._failure is not None) and age >= min(NEW_BATCHES_GAP, self._max_age)
 
     def _answer(self, ids: Sequence[str], now: float) -> Lookup:
-        answer = Lookup()
+        listed: dict[str, Mapping[str, Any]] = {}
+        fetch: list[str] = []
         for batch_id in ids:
             wanted = self._wanted[batch_id]
             if wanted.unreachable:
                 due = wanted.fetched_at is None or now - wanted.fetched_at >= self._max_age
                 if due and self._fetches.take():
                     wanted.fetched_at = now
-                    answer.fetch.append(batch_id)
+                    fetch.append(batch_id)
             elif wanted.batch is not None:
-                answer.listed[batch_id] = wanted.batch
-        return answer
+                listed[batch_id] = wanted.batch
+        return Lookup(listed, fetch)
 
     async def _wait_for(self, ids: Sequence[str], number: int) -> None:
         """Until the running sweep has read every one of ``ids`` it can, it ends, or ``refresh_wait`` passed."""

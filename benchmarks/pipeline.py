@@ -1,13 +1,16 @@
 """Benchmark: the real daemon watching N jobs × M batches against the fake OpenAI and Keboola servers.
 
     .venv/bin/python benchmarks/pipeline.py --jobs 1000 --batches 10
+    .venv/bin/python benchmarks/pipeline.py --jobs 1000 --batches 10 --latency 300ms±200ms
+    .venv/bin/python benchmarks/pipeline.py --jobs 1 --batches 1 --measure 60    # what an idle daemon costs
     .venv/bin/python benchmarks/pipeline.py --jobs 1000 --batches 10 \
         --state-url postgresql+psycopg://postgres@127.0.0.1:5432/test --replicas 2
 
 It starts the fakes (in this process) and `teckochecker run` (its own process), lets the daemon poll
 for a while, completes every batch at once, waits for every Keboola job, and prints:
-CPU seconds of the daemon per 1000 batch checks, peak RSS, requests per batch per interval, scheduler
-lag (p50/p99), completion-to-Keboola-POST delay (p50/p99) and Keboola jobs per fired trigger.
+CPU seconds of the daemon per 1000 batch checks, its CPU as a share of one core, peak RSS, requests per
+batch per interval (list pages and single GETs, during the start and steady), scheduler lag (p50/p99),
+completion-to-Keboola-POST delay (p50/p99) and Keboola jobs per fired trigger.
 With a PostgreSQL ``--state-url`` the run uses a fresh database created beside the one named (dropped
 afterwards), and ``--replicas N`` starts N daemons on it (one leads, the others stand by); CPU and RSS are
 then given per replica, each replica's CPU divided by all the batch checks done.
@@ -36,7 +39,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-from fakes import FakeKeboola, FakeOpenAI  # noqa: E402
+from fakes import FakeKeboola, FakeOpenAI, Latency  # noqa: E402
 
 OPENAI_KEY = "sk-bench-0123456789abcdefghij"
 KEBOOLA_TOKEN = "kbc-bench-token-0123456789"
@@ -53,6 +56,12 @@ def main() -> int:
     parser.add_argument("--measure", type=float, default=90.0, help="seconds of steady polling to measure")
     parser.add_argument("--state-url", help="state store URL (default: SQLite in a temp dir)")
     parser.add_argument("--replicas", type=int, default=1, help="daemons sharing a PostgreSQL --state-url")
+    parser.add_argument(
+        "--latency",
+        type=latency_arg,
+        default=Latency(0.0),
+        help="time the fake OpenAI takes per request, mean±jitter (uniform), e.g. 300ms±200ms (default 0)",
+    )
     args = parser.parse_args()
     postgres = bool(args.state_url and args.state_url.startswith("postgresql"))
     if args.replicas > 1 and not postgres:
@@ -60,7 +69,7 @@ def main() -> int:
 
     with (
         tempfile.TemporaryDirectory(prefix="tc-bench-") as tmp,
-        FakeOpenAI(api_key=OPENAI_KEY, record_requests=RECORD) as openai,
+        FakeOpenAI(api_key=OPENAI_KEY, record_requests=RECORD, latency=args.latency) as openai,
         FakeKeboola(token=KEBOOLA_TOKEN, search_lag=1.0) as keboola,
         fresh_database(args.state_url if postgres else None) as state_url,
     ):
@@ -69,7 +78,8 @@ def main() -> int:
         ports = [free_port() for _ in range(args.replicas)]
         print(
             f"{args.jobs} jobs × {args.batches} batches = {args.jobs * args.batches} batches, "
-            f"interval {args.interval}s; {args.replicas} daemon(s) on 127.0.0.1:{', '.join(map(str, ports))}",
+            f"interval {args.interval}s, OpenAI latency {args.latency}; "
+            f"{args.replicas} daemon(s) on 127.0.0.1:{', '.join(map(str, ports))}",
             flush=True,
         )
         env = {**os.environ, "OPENAI_API_KEY": OPENAI_KEY, "KEBOOLA_STORAGE_TOKEN": KEBOOLA_TOKEN}
@@ -145,6 +155,7 @@ def run(
         wait_for(lambda d=d: scrape(d.metrics_url) is not None, 120, "the daemons' HTTP listeners", d.proc)
     print(f"ready after {time.monotonic() - started:.1f}s; warming up for two intervals", flush=True)
     time.sleep(2 * args.interval + 10)
+    warm_kinds = openai.request_kinds()
 
     before_cpus = [cpu_seconds(d.proc.pid) for d in daemons]
     before_metrics, before_requests = scrape_all(daemons), openai.request_count()
@@ -154,6 +165,8 @@ def run(
     after_cpus = [cpu_seconds(d.proc.pid) for d in daemons]
     after_metrics, after_requests = scrape_all(daemons), openai.request_count()
     assert before_metrics and after_metrics
+    steady_kinds = {k: v - warm_kinds[k] for k, v in openai.request_kinds().items()}
+    skipped_warm = counter(before_metrics, "teckochecker_scheduler_skipped_ticks_total")
 
     skipped_steady = counter(after_metrics, "teckochecker_scheduler_skipped_ticks_total") - counter(
         before_metrics, "teckochecker_scheduler_skipped_ticks_total"
@@ -171,13 +184,21 @@ def run(
         f"{requests} OpenAI requests, daemon CPU {cpu:.2f}s",
         flush=True,
     )
+    print(
+        f"start and warm-up ({t0 - started:.0f}s): {warm_kinds['list']} list pages, "
+        f"{warm_kinds['retrieve']} single GETs, {skipped_warm:.0f} skipped ticks; steady: "
+        f"{steady_kinds['list']} list pages, {steady_kinds['retrieve']} single GETs",
+        flush=True,
+    )
 
     completed_at = time.monotonic()
     for group in batches:
         for batch in group:
             openai.set_status(batch, "completed", completed=10, failed=0)
     print("all batches completed; waiting for the Keboola jobs", flush=True)
-    wait_for(lambda: len(keboola.jobs) >= args.jobs, args.interval * 3 + 120, "every Keboola job", daemon)
+    # A slow listing takes longer to pass every batch: allow two whole sweeps of it on top.
+    sweep = total_batches / 100 * (args.latency.mean + 0.05)
+    wait_for(lambda: len(keboola.jobs) >= args.jobs, args.interval * 3 + 120 + 2 * sweep, "every Keboola job", daemon)
     time.sleep(5)  # anything extra would show up now
     posts = sorted(r.at for r in keboola.requests if r.method == "POST" and r.path == "/jobs")
     delays = [p - completed_at for p in posts]
@@ -189,6 +210,10 @@ def run(
     print(
         f"CPU per 1000 batch checks:       {1000 * cpu / max(batch_checks, 1):.3f} s  "
         f"({1e6 * cpu / max(batch_checks, 1):.0f} µs per check)"
+    )
+    print(
+        f"daemon CPU while polling:        {', '.join(f'{100 * c / window:.2f}' for c in cpus)} % of a core  "
+        f"({cpu:.2f} s of CPU in {window:.0f} s, from /proc/PID/stat)"
     )
     print(f"peak RSS:                        {', '.join(f'{peak_rss_mb(d.proc.pid):.0f}' for d in daemons)} MB")
     if len(daemons) > 1:
@@ -213,7 +238,8 @@ def run(
     )
     print(
         f"completion → Keboola POST:       p50 {statistics.median(delays):.1f} s, "
-        f"p99 {quantile(delays, 0.99):.1f} s  (polling every {args.interval}s)"
+        f"p99 {quantile(delays, 0.99):.1f} s, max {max(delays, default=float('nan')):.1f} s  "
+        f"(polling every {args.interval}s); {sum(d <= 150 for d in delays)} of {args.jobs} jobs within 150 s"
     )
     if RECORD:
         lists = sum(1 for r in openai.requests if r.path == "/v1/batches")
@@ -226,6 +252,13 @@ def run(
         f"{len(posts)} POSTs, {args.jobs} triggers)"
     )
     return 0
+
+
+def latency_arg(text: str) -> Latency:
+    try:
+        return Latency.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc} (a latency is written like 300ms±200ms, 1s or 0)") from None
 
 
 def setup_fakes(openai: FakeOpenAI, keboola: FakeKeboola, jobs: int, per_job: int) -> list[list[str]]:

@@ -36,9 +36,14 @@ class WatchCache:
             self._snapshots.pop(name, None)
 
     def is_news(self, snap: JobSnapshot, observations: Iterable[Observation]) -> bool:
-        """Whether any observation differs from what is stored (or the job was never observed)."""
-        if snap.first_observed_at is None or snap.consecutive_failures:
+        """Whether any observation differs from what is stored (or is the job's first)."""
+        observations = tuple(observations)
+        if snap.consecutive_failures:
             return True
+        if snap.first_observed_at is None:
+            # The first observation starts the deadline. A check that has observed nothing yet (a shared
+            # listing that has not reached the targets, at a start) has nothing but its time to store.
+            return bool(observations)
         stored = {t.target: t for t in snap.targets}
         for obs in observations:
             target = stored.get(obs.target)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import re
 import time
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ import httpx
 import openai
 import pydantic
 import pytest
-from fakes import FakeKeboola, FakeOpenAI, Step, response_violations
+from fakes import FakeKeboola, FakeOpenAI, Latency, Step, response_violations
 from openai.types import Batch
 
 CONTRACTS = Path(__file__).parent / "contracts"
@@ -323,6 +324,33 @@ def test_missing_auth_is_401_and_truncated_and_slow_replies(oai: FakeOpenAI, htt
     oai.inject(200, delay=0.5)
     with pytest.raises(httpx.ReadTimeout):
         http.get(f"{oai.base_url}/batches/{batch_id}", headers=AUTH, timeout=0.1)
+
+
+@pytest.mark.parametrize(
+    ("text", "latency"),
+    [("300ms±200ms", Latency(0.3, 0.2)), ("1s+-250ms", Latency(1.0, 0.25)), ("1s", Latency(1.0)), ("0", Latency(0))],
+)
+def test_latency_is_written_as_mean_and_jitter(text: str, latency: Latency) -> None:
+    assert Latency.parse(text) == latency
+
+
+@pytest.mark.parametrize("text", ["300", "300ms±", "fast", "-1s"])
+def test_a_latency_without_units_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="duration"):
+        Latency.parse(text)
+
+
+def test_latency_draws_within_its_jitter_and_delays_every_answer(http: httpx.Client) -> None:
+    samples = [Latency(0.3, 0.2).sample(random.Random(seed)) for seed in range(200)]
+    assert 0.1 <= min(samples) < 0.2 and 0.4 < max(samples) <= 0.5
+    assert Latency(0.05, 0.2).sample(random.Random(1)) >= 0  # never a negative wait
+    with FakeOpenAI(latency=Latency(0.3, 0.1), rng=random.Random(7)) as slow:
+        batch_id = slow.add_batch()
+        for path in (f"/batches/{batch_id}", "/batches?limit=1"):
+            started = time.monotonic()
+            assert http.get(slow.base_url + path, headers=AUTH).status_code == 200
+            assert time.monotonic() - started >= 0.2  # a lower bound only: the machine may add, never take
+        assert slow.request_kinds() == {"list": 1, "retrieve": 1, "other": 0}
 
 
 # ===== Keboola ====================================================================================

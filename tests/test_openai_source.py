@@ -432,7 +432,7 @@ def test_listing_observes_hundreds_of_batches_in_a_few_requests(fake: FakeOpenAI
     assert all(r.query.get("limit") == ["100"] for r in fake.requests)
 
 
-def test_jobs_of_one_account_share_a_listing_until_it_is_too_old(fake: FakeOpenAI) -> None:
+def test_jobs_of_one_account_share_a_listing_and_new_batches_wait_for_the_next_sweep(fake: FakeOpenAI) -> None:
     a = [fake.add_batch(status="in_progress") for _ in range(3)]
     b = [fake.add_batch(status="validating") for _ in range(3)]
     shared, clock, clients = SharedRegistry(), SteppingClock(), Clients()
@@ -441,17 +441,18 @@ def test_jobs_of_one_account_share_a_listing_until_it_is_too_old(fake: FakeOpenA
         first = make_source(clients, fake.base_url, list_batches=True, shared=shared, clock=clock)
         second = make_source(clients, fake.base_url, list_batches=True, shared=shared, clock=clock)
         reports = [await first.check(a)]
-        reports.append(await second.check(b))  # b was not wanted in the first sweep: fetched one by one
-        reports.append(await second.check(b))  # now wanted, but the listing is fresh: still one by one
-        clock.mono += 11  # older than list_max_age (10 s): the next check lists again, and sees b
+        reports.append(await second.check(b))  # b was not wanted in that sweep: not observed yet, not fetched
+        clock.mono += 2  # new batches get a sweep soon (NEW_BATCHES_GAP), not after list_max_age
         reports.append(await second.check(b))
         reports.append(await first.check(a))  # reuses that listing
+        clock.mono += 10  # older than list_max_age (10 s): the next check lists again
+        reports.append(await first.check(a))
         return reports
 
     reports = run(clients, checks())
-    assert all(len(r.observations) == 3 for r in reports)
-    assert list_requests(fake) == 2
-    assert get_requests(fake) == 6
+    assert [len(r.observations) for r in reports] == [3, 0, 3, 3, 3]
+    assert not any(r.transient_errors for r in reports)
+    assert list_requests(fake) == 3 and get_requests(fake) == 0
 
 
 def test_batches_missing_from_the_listing_are_fetched_one_by_one(fake: FakeOpenAI) -> None:

@@ -126,6 +126,19 @@ def test_fires_once_when_every_target_is_terminal(make) -> None:
     assert h.tick().done and len(read_ledger(h.ledger)) == 1
 
 
+def test_a_check_that_has_observed_nothing_yet_stores_only_its_time_batched(make) -> None:
+    h = make()
+    h.set(a="unseen", b="unseen")  # e.g. the account's shared listing has not reached them yet
+    assert h.tick() == TickResult() and h.tick() == TickResult()
+    snap = h.snap()
+    assert snap.last_checked_at is None and snap.first_observed_at is None and snap.deadline_at is None
+    asyncio.run(h.runner.flush())  # the batched "last checked" write
+    assert h.snap().last_checked_at == h.clock.now() and h.snap().first_observed_at is None
+    h.set(a="running", b="unseen")
+    h.tick()
+    assert h.snap().first_observed_at == h.clock.now()  # the first observation starts the deadline
+
+
 def test_only_unfinished_targets_are_checked_and_final_states_stick(make) -> None:
     h = make()
     h.set(a="succeeded", b="running")

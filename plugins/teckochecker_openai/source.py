@@ -1,6 +1,6 @@
 """The ``openai_batch`` source: observes each watched batch through a shared listing of the account's
-batches (``GET {base_url}/batches``, see directory.py), and ``GET {base_url}/batches/{id}`` for any batch
-the listing did not show.
+batches (``GET {base_url}/batches``, see directory.py), and ``GET {base_url}/batches/{id}`` for a batch
+the listing cannot reach (rate-limited there), or for every batch with ``list_batches: false``.
 
 Works with any OpenAI-compatible endpoint (Azure v1, proxies) through ``base_url``. The core is the only
 retry layer: a check never retries, it reports what failed and how long to wait. Rate limits are the
@@ -34,7 +34,7 @@ from teckochecker.plugin_api import (
 )
 from teckochecker.retry import is_transient_status, parse_retry_after
 from teckochecker.vendor_replies import describe, json_object
-from teckochecker_openai.directory import PAGE_SIZE, BatchDirectory
+from teckochecker_openai.directory import PAGE_SIZE, BatchDirectory, Lookup
 from teckochecker_openai.envelope import VendorError, vendor_error
 from teckochecker_openai.statuses import TIMESTAMP_FIELDS, batch_state
 from teckochecker_openai.throttle import AccountThrottle
@@ -110,16 +110,18 @@ class OpenAIBatchSource(Source):
         # rotated secret is picked up without rebuilding the pool.
         headers = self._auth_headers()
         try:
-            listed = await self._listed(client, headers, unique)
+            lookup = await self._lookup(client, headers, unique)
         except _AccountWaits:
             # Fetching every batch on its own instead would multiply the requests of an account that just
             # failed to answer one (300 watched batches: 301 requests in the same second after one 429).
             return self._waiting(unique, throttle)
         results: list[Observation | _Unobserved] = [
-            self._observe_batch(target, f"{self.options.base_url}/batches", batch) for target, batch in listed.items()
+            self._observe_batch(target, f"{self.options.base_url}/batches", batch)
+            for target, batch in lookup.listed.items()
         ]
+        # The rest is neither observed nor in error: the listing has not reached it yet (a start, a new job).
         outcomes = await asyncio.gather(
-            *(self._check_one(client, target, headers, throttle) for target in unique if target not in listed),
+            *(self._check_one(client, target, headers, throttle) for target in lookup.fetch),
             return_exceptions=True,
         )
         # Wait for every request before raising, so no task is left with an unretrieved exception.
@@ -136,11 +138,10 @@ class OpenAIBatchSource(Source):
     def _waiting_message(self, throttle: AccountThrottle) -> str:
         return f"not asked: the OpenAI account at {self.options.base_url} is backing off after {throttle.reason}"
 
-    async def _listed(
-        self, client: httpx.AsyncClient, headers: Mapping[str, str], targets: Sequence[str]
-    ) -> dict[str, Mapping[str, Any]]:
+    async def _lookup(self, client: httpx.AsyncClient, headers: Mapping[str, str], targets: Sequence[str]) -> Lookup:
+        """The listing's copies of ``targets``, and which to fetch one by one (all of them without a listing)."""
         if not self.options.list_batches:
-            return {}
+            return Lookup(fetch=list(targets))
         throttle = self._throttle()
 
         async def list_page(after: str | None) -> Mapping[str, Any]:

@@ -94,6 +94,9 @@ class Reloader:
                 step=WATCH_QUIET_MS,
                 recursive=False,
                 raise_interrupt=False,
+                # No timeout: by default the watching thread returns every 5 s only to be started again.
+                # It still looks at the stop event every WATCH_QUIET_MS.
+                rust_timeout=0,
             ):
                 self._log.debug("config directory changed: %s", sorted(p for _, p in changes))
                 self._request("file change")

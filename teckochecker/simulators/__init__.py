@@ -5,7 +5,7 @@ Real HTTP servers that follow shared/contracts to the letter. The tests drive th
 `teckochecker demo` lets a user without credentials or network watch the daemon work.
 """
 
-from teckochecker.simulators._http import RecordedRequest
+from teckochecker.simulators._http import Latency, RecordedRequest
 from teckochecker.simulators.anthropic import FakeAnthropic
 from teckochecker.simulators.azure import FakeAzureOpenAI
 from teckochecker.simulators.keboola import FakeKeboola
@@ -18,6 +18,7 @@ __all__ = [
     "FakeKeboola",
     "FakeOpenAI",
     "FakeWebhookReceiver",
+    "Latency",
     "RecordedRequest",
     "Step",
 ]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import json
+import random
 import socket
 import struct
 import sys
@@ -68,6 +69,35 @@ class Hang:
 
 
 Outcome = Reply | Reset | Hang
+
+
+@dataclass(frozen=True)
+class Latency:
+    """How long the fake takes over every request before answering: ``mean`` ± ``jitter`` seconds (uniform,
+    never below 0), like a real vendor far away. Written ``300ms±200ms`` (``+-`` too) or ``1s``."""
+
+    mean: float
+    jitter: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not (self.mean >= 0 and self.jitter >= 0):  # `not >=` refuses nan too
+            raise ValueError(f"latency must be >= 0 (got {self.mean}±{self.jitter})")
+
+    @classmethod
+    def parse(cls, text: str) -> Latency:
+        from teckochecker.config.durations import parse_duration
+
+        if text.strip() == "0":
+            return cls(0.0)
+        mean, separator, jitter = text.replace("+-", "±").partition("±")
+        return cls(parse_duration(mean), parse_duration(jitter) if separator else 0.0)
+
+    def sample(self, rng: random.Random) -> float:
+        return max(0.0, self.mean + rng.uniform(-self.jitter, self.jitter)) if self.jitter else self.mean
+
+    def __str__(self) -> str:
+        return f"{self.mean * 1000:.0f}ms±{self.jitter * 1000:.0f}ms"
+
 
 REASONS = {
     200: "OK",
@@ -166,7 +196,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.stopping.wait(MAX_HANG_SECONDS)
             self.close_connection = True
         else:
-            if outcome.delay > 0 and self.server.stopping.wait(outcome.delay):
+            delay = outcome.delay + self.server.latency()
+            if delay > 0 and self.server.stopping.wait(delay):
                 self.close_connection = True
                 return
             self._write(outcome)
@@ -202,9 +233,15 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 128
 
     def __init__(
-        self, port: int, service: str, handler: Callable[[RecordedRequest], Outcome], stopping: threading.Event
+        self,
+        port: int,
+        service: str,
+        handler: Callable[[RecordedRequest], Outcome],
+        stopping: threading.Event,
+        latency: Callable[[], float],
     ) -> None:
         self.service = service
+        self.latency = latency
         self.fake_handler = handler
         self.stopping = stopping
         self._connections: set[socket.socket] = set()
@@ -244,8 +281,10 @@ class _Listener:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
-    def start(self, handler: Callable[[RecordedRequest], Outcome], stopping: threading.Event) -> None:
-        self._server = _Server(self.port, self.service, handler, stopping)
+    def start(
+        self, handler: Callable[[RecordedRequest], Outcome], stopping: threading.Event, latency: Callable[[], float]
+    ) -> None:
+        self._server = _Server(self.port, self.service, handler, stopping, latency)
         self.port = self._server.server_address[1]
         # A short poll interval keeps shutdown() (which waits for the serve loop) prompt.
         self._thread = threading.Thread(
@@ -282,8 +321,17 @@ class LoopbackFake:
     test can take a vendor down and bring it back at the same URL.
     """
 
-    def __init__(self, services: tuple[str, ...], *, record_requests: bool = True) -> None:
+    def __init__(
+        self,
+        services: tuple[str, ...],
+        *,
+        record_requests: bool = True,
+        latency: Latency | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
         self._lock = threading.RLock()
+        self._latency = latency or Latency(0.0)
+        self._rng = rng or random.Random()
         self._listeners = {name: _Listener(name) for name in services}
         self._stopping = threading.Event()
         self._record = record_requests
@@ -298,7 +346,7 @@ class LoopbackFake:
         started: list[_Listener] = []
         try:
             for listener in self._listeners.values():
-                listener.start(self._receive, self._stopping)
+                listener.start(self._receive, self._stopping, self._answer_delay)
                 started.append(listener)
         except BaseException:
             for listener in started:
@@ -324,6 +372,10 @@ class LoopbackFake:
 
     def _url(self, service: str) -> str:
         return self._listeners[service].url
+
+    def _answer_delay(self) -> float:
+        with self._lock:  # random.Random is not meant to be shared by threads unlocked
+            return self._latency.sample(self._rng)
 
     def _receive(self, request: RecordedRequest) -> Outcome:
         with self._lock:

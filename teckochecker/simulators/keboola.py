@@ -15,6 +15,7 @@ import datetime as dt
 import functools
 import hashlib
 import json
+import random
 import re
 import secrets
 import time
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._http import Hang, LoopbackFake, Outcome, RecordedRequest, Reply, Reset, json_reply
+from ._http import Hang, Latency, LoopbackFake, Outcome, RecordedRequest, Reply, Reset, json_reply
 
 __all__ = [
     "FINISHED_STATUSES",
@@ -237,8 +238,11 @@ class FakeKeboola(LoopbackFake):
         project_id: str = "7150",
         project_name: str = "TeckoChecker Fake",
         record_requests: bool = True,
+        latency: Latency | None = None,
+        rng: random.Random | None = None,
     ) -> None:
-        super().__init__(("stack", "queue"), record_requests=record_requests)
+        """``latency``: every answer is held this long (mean ± jitter, drawn from ``rng``), as across a WAN."""
+        super().__init__(("stack", "queue"), record_requests=record_requests, latency=latency, rng=rng)
         # Token value → its Storage record (id, description); a job records the id of the token that made it.
         self._tokens: dict[str, dict[str, str]] = {token: {"id": token_id, "description": token_description}}
         self._project = {"id": project_id, "name": project_name}

@@ -8,6 +8,7 @@ tests/contracts/openai-batch-examples.json and parse every object with the offic
 from __future__ import annotations
 
 import copy
+import random
 import re
 import secrets
 import string
@@ -18,9 +19,9 @@ from dataclasses import dataclass, field
 from types import EllipsisType
 from typing import Any
 
-from ._http import LoopbackFake, Outcome, RecordedRequest, Reply, json_reply
+from ._http import Latency, LoopbackFake, Outcome, RecordedRequest, Reply, json_reply
 
-__all__ = ["BATCH_STATUSES", "TERMINAL_STATUSES", "FakeOpenAI", "RecordedRequest", "Step"]
+__all__ = ["BATCH_STATUSES", "TERMINAL_STATUSES", "FakeOpenAI", "Latency", "RecordedRequest", "Step"]
 
 BATCH_STATUSES = (
     "validating",
@@ -147,8 +148,11 @@ class FakeOpenAI(LoopbackFake):
         organization: str | None = None,
         project: str | None = None,
         record_requests: bool = True,
+        latency: Latency | None = None,
+        rng: random.Random | None = None,
     ) -> None:
-        super().__init__(("openai",), record_requests=record_requests)
+        """``latency``: every answer is held this long (mean ± jitter, drawn from ``rng``), as across a WAN."""
+        super().__init__(("openai",), record_requests=record_requests, latency=latency, rng=rng)
         self._api_key = api_key
         self._organization = organization
         self._project = project
@@ -156,6 +160,7 @@ class FakeOpenAI(LoopbackFake):
         self._seq = 0
         self._injections: list[_Injection] = []
         self._gets: Counter[str] = Counter()
+        self._lists = 0
         self._order: tuple[list[_Batch], dict[str, int]] | None = None
 
     # ----- test-facing API -------------------------------------------------------------------------
@@ -289,6 +294,13 @@ class FakeOpenAI(LoopbackFake):
         with self._lock:
             self._injections.append(_Injection(reply, times, batch_id))
 
+    def request_kinds(self) -> dict[str, int]:
+        """Requests so far by kind: ``list`` pages, single-batch ``retrieve`` GETs, and ``other`` (counted even
+        if not recorded), so a benchmark can tell a listing from a fan-out of single requests."""
+        with self._lock:
+            retrieves = self._gets.total()
+            return {"list": self._lists, "retrieve": retrieves, "other": self._request_total - self._lists - retrieves}
+
     def request_count(self, batch_id: str | None = None) -> int:
         """GETs of that batch, or every request of any kind when None (counted even if not recorded)."""
         with self._lock:
@@ -301,6 +313,8 @@ class FakeOpenAI(LoopbackFake):
         with self._lock:
             if request.method == "GET" and target is not None:
                 self._gets[target] += 1
+            elif request.method == "GET" and request.path.rstrip("/") == "/v1/batches":
+                self._lists += 1
             injected = self._take_injection(request, target)
         if injected is not None and (injected.status != 200 or injected.body):
             return self._finish_injected(injected, target)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from teckochecker.simulators import keboola as _keboola
-from teckochecker.simulators._http import RecordedRequest
+from teckochecker.simulators._http import Latency, RecordedRequest
 from teckochecker.simulators.anthropic import ANTHROPIC_VERSIONS, PROCESSING_STATUSES, FakeAnthropic
 from teckochecker.simulators.azure import API_VERSIONS, FakeAzureOpenAI
 from teckochecker.simulators.keboola import FINISHED_STATUSES, POST_FAULT_MODES
@@ -33,6 +33,7 @@ __all__ = [
     "FakeKeboola",
     "FakeOpenAI",
     "FakeWebhookReceiver",
+    "Latency",
     "RecordedRequest",
     "Step",
     "response_violations",

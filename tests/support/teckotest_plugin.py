@@ -65,6 +65,8 @@ class StatusFileSource(Source):
         observations, unobserved = [], {}
         for target in targets:
             entry = data.get(target, "pending")
+            if entry == "unseen":  # not observed yet, and no error either (a listing that has not reached it)
+                continue
             if isinstance(entry, str):
                 entry = {"state": entry, "status": entry}
             if "error" in entry:

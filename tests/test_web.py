@@ -27,7 +27,7 @@ from daemon import run_cli
 from teckochecker.cli.api_client import fetch_job, fetch_jobs
 from teckochecker.cli.report import render_status
 from teckochecker.config.models import Condition, TriggerRule
-from teckochecker.control import ReloadStatus
+from teckochecker.control import BearerToken, ReloadStatus
 from teckochecker.errors import StateStoreError, TeckoCheckerError
 from teckochecker.metrics import Metrics
 from teckochecker.plugin_api import ActionOutcome, ActionResult, CheckReport, Observation, TargetState
@@ -175,6 +175,12 @@ class StoreControl:
 
     def api_token(self) -> str | None:
         return self.token
+
+    def bearer_tokens(self) -> list[BearerToken]:
+        return [BearerToken(self.token, frozenset({"register", "control"}))] if self.token else []
+
+    def registry_notes(self) -> tuple[str, ...]:
+        return ()
 
 
 @contextlib.contextmanager
@@ -478,7 +484,7 @@ def test_unknown_route_and_wrong_method(client: httpx.Client) -> None:
     assert_json_error(response, 405, "/api/v1/jobs/watching/pause")
     assert response.headers["allow"] == "POST"
     assert_json_error(client.post("/api/v1/jobs", headers=auth()), 405, "/api/v1/jobs")
-    assert_json_error(client.delete("/api/v1/jobs/watching", headers=auth()), 405, "/api/v1/jobs/watching")
+    assert_json_error(client.patch("/api/v1/jobs/watching", headers=auth()), 405, "/api/v1/jobs/watching")
     assert_json_error(client.put("/healthz"), 405, "/healthz")
 
 

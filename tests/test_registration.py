@@ -14,6 +14,7 @@ import httpx
 import pytest
 from daemon import DaemonProcess, read_ledger, run_cli
 
+from teckochecker.config.validate import load_config, validate_job_body
 from teckochecker.state.models import JobOrigin
 from teckochecker.state.store import StateStore
 
@@ -283,3 +284,83 @@ def test_rows_written_by_another_process_are_picked_up_and_survive_a_restart(
     finally:
         client.close()
         assert daemon.stop()[0] == 0
+
+
+def test_jobs_add_and_remove_with_url(running, setup: Setup, plugin_env: dict[str, str]) -> None:
+    daemon, client = running
+    base = str(client.base_url)
+    env = {**setup.env(plugin_env), "TECKOCHECKER_TOKEN": REGISTER_TOKEN}
+    cli = ("--config", str(setup.config), "jobs")
+    added = run_cli(
+        *cli, "add", "remote", "-t", "std", "-b", "wait1", "-b", "wait2", "--url", base, env=env, cwd=setup.dir
+    )
+    assert added.returncode == 0, added.stderr
+    assert added.stdout.strip() == f"job 'remote' created at {base}: watching 2 target(s)"
+    assert client.get("/api/v1/jobs/remote").json()["origin"] == "api"
+    assert not (setup.dir / "jobs.d" / "remote.yaml").exists()  # over the API, not a drop-in
+    again = run_cli(
+        *cli, "add", "remote", "-t", "std", "-b", "wait1", "-b", "wait2", "--url", base, env=env, cwd=setup.dir
+    )
+    assert "job 'remote' unchanged" in again.stdout
+
+    # The token from a file; none at all is a clear error; a bad job prints every problem and exits 1.
+    token_file = setup.dir / "token"
+    token_file.write_text(REGISTER_TOKEN + "\n")
+    no_env = setup.env(plugin_env)
+    bad = run_cli(
+        *cli,
+        "add",
+        "bad",
+        "-t",
+        "nope",
+        "-b",
+        "x",
+        "--url",
+        base,
+        "--token-file",
+        str(token_file),
+        env=no_env,
+        cwd=setup.dir,
+    )
+    assert bad.returncode == 1 and "template: unknown template 'nope' (defined: std)" in bad.stderr, bad.stderr
+    missing = run_cli(*cli, "remove", "remote", "--url", base, env=no_env, cwd=setup.dir)
+    assert missing.returncode == 2 and "--token-file PATH or the TECKOCHECKER_TOKEN" in missing.stderr
+    filed = run_cli(*cli, "remove", "filed", "--url", base, "--token-file", str(token_file), env=no_env, cwd=setup.dir)
+    assert filed.returncode == 2 and f"{setup.config}:15" in filed.stderr
+    removed = run_cli(
+        *cli, "remove", "remote", "--url", base, "--token-file", str(token_file), env=no_env, cwd=setup.dir
+    )
+    assert removed.returncode == 0 and removed.stdout.strip() == f"job 'remote' removed at {base}"
+    assert REGISTER_TOKEN not in daemon.output
+
+
+def test_export_is_a_drop_in_that_validates_to_the_same_jobs(
+    running, setup: Setup, plugin_env: dict[str, str], registry
+) -> None:
+    _, client = running
+    body = {**job_body("wait1"), "interval": "45s", "actions": [{"type": "record", "ledger": str(setup.ledger)}]}
+    assert client.put("/api/v1/jobs/one", headers=REGISTER, json=body).status_code == 201
+    assert client.put("/api/v1/jobs/two", headers=REGISTER, json=job_body("wait2", "wait3")).status_code == 201
+    env = setup.env(plugin_env)
+    exported = run_cli("--config", str(setup.config), "jobs", "export", env=env, cwd=setup.dir)
+    assert exported.returncode == 0, exported.stderr
+    assert exported.stdout.startswith("# 2 job(s) registered over the API")
+
+    # Into git: the same jobs, now from a file in a copy of the config (this one would shadow the API jobs).
+    copy = setup.dir / "copy"
+    (copy / "jobs.d").mkdir(parents=True)
+    (copy / "teckochecker.yaml").write_text(setup.config.read_text())
+    (copy / "jobs.d" / "exported.yaml").write_text(exported.stdout)
+    valid = run_cli("validate-config", str(copy / "teckochecker.yaml"), env=env, cwd=setup.dir)
+    assert valid.returncode == 0 and "OK: 3 job(s)" in valid.stdout, valid.stdout + valid.stderr
+    from_file = load_config(copy / "teckochecker.yaml", registry)
+    running_config = load_config(setup.config, registry)
+    store = StateStore.open(f"sqlite:///{setup.state}", readonly=True)
+    try:
+        rows = store.registered_jobs()
+    finally:
+        store.close()
+    assert [r.name for r in rows] == ["one", "two"]
+    for row in rows:
+        definition, problems = validate_job_body(row.body, running_config, registry, where="api")
+        assert problems == [] and from_file.jobs[row.name].fingerprint == definition.fingerprint

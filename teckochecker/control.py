@@ -204,7 +204,10 @@ class Control:
     async def register_job(self, name: str, body: object) -> PutOutcome | Refusal:
         self._guard.require()
         outcome = await self._registered.put(name, body, self._config())
-        if outcome in (PutOutcome.CREATED, PutOutcome.UPDATED):
+        # Unchanged but not running here: another replica stored it and this one has not polled yet.
+        if outcome in (PutOutcome.CREATED, PutOutcome.UPDATED) or (
+            outcome is PutOutcome.UNCHANGED and name not in self._registered.assembly.definitions
+        ):
             await self._rebuild()
         return outcome
 

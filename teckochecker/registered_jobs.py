@@ -33,6 +33,9 @@ from teckochecker.state.models import JobOrigin, JobState, PutOutcome, Registere
 from teckochecker.state.store import CONFLICTS_META, StateStore
 from teckochecker.state.worker import StoreWorker
 
+# A job is a few levels deep; plugin options add a few more. The validator and the secret scan recurse.
+MAX_BODY_DEPTH = 32
+
 
 def place_of(definition: JobDefinition) -> str:
     """FILE:LINE of a file job: what a refused change names, so the operator knows where to edit."""
@@ -148,6 +151,8 @@ def body_problems(name: str, body: Any, redactor: Redactor) -> tuple[Problem, ..
         return (Problem("name", f"invalid job name in the URL: {JOB_NAME_RULE}"),)
     if not isinstance(body, dict):
         return (Problem("", "the body must be a JSON object: one job, as it would be written in the YAML"),)
+    if _depth(body) > MAX_BODY_DEPTH:
+        return (Problem("", f"nested deeper than {MAX_BODY_DEPTH} levels: no job is"),)
     problems = []
     if "name" in body and body["name"] != name:
         problems.append(Problem("name", "differs from the name in the URL (leave it out, or make them equal)"))
@@ -160,6 +165,18 @@ def body_problems(name: str, body: Any, redactor: Redactor) -> tuple[Problem, ..
         if redactor.redact(text) != text:
             problems.append(Problem(path, "looks like a secret value: name a secret defined under 'secrets:'"))
     return tuple(problems)
+
+
+def _depth(value: Any) -> int:
+    """How deeply ``value`` nests, without recursion (a hostile body may nest thousands deep)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if depth <= MAX_BODY_DEPTH:
+            children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def _strings(value: Any, path: tuple[str | int, ...]) -> Iterator[tuple[str, str]]:

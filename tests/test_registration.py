@@ -198,6 +198,14 @@ def test_malformed_and_oversized_bodies(running) -> None:
     mismatch = client.put("/api/v1/jobs/x", headers=REGISTER, json={**job_body("a"), "name": "y"})
     assert mismatch.status_code == 422 and mismatch.json()["problems"][0]["path"] == "name"
     assert client.put("/api/v1/jobs/x", headers=REGISTER, json=["a"]).status_code == 422
+    assert client.put("/api/v1/jobs/x", headers=REGISTER, content=b"[" * 100_000).status_code == 400
+    deep: dict[str, object] = {}
+    for _ in range(40):
+        deep = {"a": deep}
+    nested = client.put("/api/v1/jobs/x", headers=REGISTER, json={**job_body("a"), "deep": deep})
+    assert nested.status_code == 422 and "nested deeper than 32 levels" in nested.json()["problems"][0]["message"]
+    bad_name = client.put("/api/v1/jobs/%2E%2E", headers=REGISTER, json=job_body("a"))
+    assert bad_name.status_code == 422 and bad_name.json()["problems"][0]["path"] == "name"
     # Bigger than the 64 KiB any other endpoint accepts, within the 256 KiB a job may be.
     targets = [f"batch_{i:026d}" for i in range(5000)]
     big = client.put("/api/v1/jobs/big", headers=REGISTER, json=job_body(*targets))
@@ -364,3 +372,21 @@ def test_export_is_a_drop_in_that_validates_to_the_same_jobs(
     for row in rows:
         definition, problems = validate_job_body(row.body, running_config, registry, where="api")
         assert problems == [] and from_file.jobs[row.name].fingerprint == definition.fingerprint
+
+
+def test_the_readme_snippet_for_the_submitting_script_registers(
+    running, setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    daemon, client = running
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    (snippet,) = [b for b in readme.split("```python\n")[1:] if "def register(" in b]
+    code = snippet.split("```")[0].replace("http://teckochecker.internal:9718", str(client.base_url))
+    monkeypatch.setenv("TECKOCHECKER_TOKEN", REGISTER_TOKEN)
+    namespace: dict[str, object] = {}
+    exec(code.replace('"template": "classify"', '"template": "std"'), namespace)
+    register = namespace["register"]
+    register("from-readme", ["done1"])
+    register("from-readme", ["done1"])  # the retry of a lost answer: nothing changes
+    daemon.wait_for("job from-readme: completed")
+    assert len(read_ledger(setup.ledger)) == 1
+    assert "audit: register job='from-readme' from 127.0.0.1: unchanged" in daemon.output

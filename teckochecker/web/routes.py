@@ -25,8 +25,8 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from teckochecker import __version__
-from teckochecker.config.models import JOB_NAME
-from teckochecker.control import DaemonControl, Refusal, reload_status_to_dict
+from teckochecker.config.models import JOB_NAME, JOB_NAME_RULE
+from teckochecker.control import DaemonControl, Problem, Refusal, reload_status_to_dict
 from teckochecker.errors import StateStoreUnavailable, TeckoCheckerError
 from teckochecker.metrics import Metrics
 from teckochecker.secrets.resolving import Redactor
@@ -160,9 +160,12 @@ class _Api:
         if denied is not None:
             self._audit("register", name, request, f"denied ({denied.status_code})", logging.WARNING)
             return denied
+        if not _could_be_a_job(name):
+            self._audit("register", name, request, "refused (422: name)")
+            return _refusal(Refusal(422, "invalid job name", (Problem("name", JOB_NAME_RULE),)), path)
         try:
             body = json.loads(await request.body())
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: '[' nested past the parser's depth
             self._audit("register", name, request, "refused (400: not JSON)")
             return error_response(400, f"the body is not JSON: {str(exc)[:200]}", path)
         outcome = await self._control.register_job(name, body)

@@ -210,7 +210,7 @@ class Daemon:
         watchdog = asyncio.create_task(run_watchdog(self._notifier, self._on_time, self._clock.sleep), name="watchdog")
         self._opened.push_async_callback(_cancel, [watchdog])
         self._opened.push_async_callback(self.jobs.stop, SHUTDOWN_GRACE)
-        assembly = self.registered.assemble(self.config)
+        assembly = await self.registered.assemble(self.config)
         await self.jobs.start(assembly.definitions, self.config.defaults.startup_spread)
         await self.registered.applied(assembly)
 
@@ -272,17 +272,19 @@ class Daemon:
     # ----- background loops -----
 
     async def _reload_loop(self) -> None:
-        while True:
-            await self._reload_wanted.wait()
-            self._reload_wanted.clear()
-            reasons, self._reload_reasons = self._reload_reasons, set()
-            waiters, self._rebuild_waiters = self._rebuild_waiters, []
-            try:
-                await self._reload(reasons)
-            finally:
-                for waiter in waiters:
-                    if not waiter.done():
-                        waiter.set_result(None)
+        try:
+            while True:
+                await self._reload_wanted.wait()
+                self._reload_wanted.clear()
+                reasons, self._reload_reasons = self._reload_reasons, set()
+                waiters, self._rebuild_waiters = self._rebuild_waiters, []
+                try:
+                    await self._reload(reasons)
+                finally:
+                    _release(waiters)
+        finally:
+            # Shutting down: a PUT waiting for its rebuild answers now (its row is stored; a start applies it).
+            _release(self._rebuild_waiters)
 
     async def _reload(self, reasons: set[str]) -> None:
         files = reasons - {REGISTRY_CHANGED}
@@ -298,14 +300,14 @@ class Daemon:
         if REGISTRY_CHANGED in reasons and self.guard.intact():
             try:
                 await self.registered.read_if_changed()
-                await self._apply(self.registered.assemble(self.config), "registered jobs")
+                await self._apply(await self.registered.assemble(self.config), "registered jobs")
             except Exception as exc:  # the store may be briefly down; the next change or poll tries again
                 self._log.warning("cannot apply the registered jobs: %s", exc)
 
     async def _apply_file_jobs(self, _file_jobs: object, _change: JobDiff) -> None:
         # The reloader has moved to the new config; run its file jobs plus the registered ones.
         await self.registered.read_if_changed()
-        await self._apply(self.registered.assemble(self.config), None)
+        await self._apply(await self.registered.assemble(self.config), None)
 
     async def _apply(self, assembly: Assembly, log_as: str | None) -> None:
         change = diff(self.registered.assembly.definitions, assembly.definitions)
@@ -376,6 +378,12 @@ class Daemon:
                 if failing:
                     self._log.info("heartbeat written again")
                 failing = False
+
+
+def _release(waiters: list[asyncio.Future[None]]) -> None:
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(None)
 
 
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:

@@ -27,6 +27,7 @@ from teckochecker.config.models import JOB_NAME, JOB_NAME_RULE
 from teckochecker.config.validate import Config, JobDefinition, validate_job_body
 from teckochecker.control import Problem, Refusal
 from teckochecker.metrics import Metrics
+from teckochecker.offloop import run_off_loop
 from teckochecker.plugins import PluginRegistry
 from teckochecker.secrets.resolving import Redactor
 from teckochecker.state.models import JobOrigin, JobState, PutOutcome, RegisteredJob, RegistryVersion
@@ -226,9 +227,13 @@ class RegisteredJobs:
         self._rows, self._version = {r.name: r for r in rows}, version
         return True
 
-    def assemble(self, config: Config) -> Assembly:
-        """The definitions to run with ``config``: its file jobs plus the registered rows last read."""
-        registered, invalid = self._definitions.build(list(self._rows.values()), config)
+    async def assemble(self, config: Config) -> Assembly:
+        """The definitions to run with ``config``: its file jobs plus the registered rows last read.
+
+        Validating is pure CPU work and, after a config change, covers every row: off the event loop, so
+        /healthz and the ticks keep running. Only the reload loop calls this, one call at a time."""
+        rows = list(self._rows.values())
+        registered, invalid = await run_off_loop("registered-jobs", self._definitions.build, rows, config)
         assembly = assemble(config.jobs, self._rows, registered, invalid)
         self._report(assembly)
         return assembly

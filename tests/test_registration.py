@@ -105,7 +105,9 @@ def job_body(*targets: str) -> dict[str, object]:
     return {"template": "std", "source": {"targets": list(targets)}}
 
 
-def test_put_fires_once_and_the_same_put_again_changes_nothing(running, setup: Setup) -> None:
+def test_put_fires_once_and_the_same_put_again_changes_nothing(
+    running, setup: Setup, plugin_env: dict[str, str]
+) -> None:
     daemon, client = running
     created = client.put("/api/v1/jobs/nightly", headers=REGISTER, json=job_body("done1", "done2"))
     assert created.status_code == 201, created.text
@@ -130,6 +132,16 @@ def test_put_fires_once_and_the_same_put_again_changes_nothing(running, setup: S
     metrics = client.get("/metrics").text
     assert 'teckochecker_jobs_by_origin{origin="api"} 1.0' in metrics
     assert 'teckochecker_jobs_by_origin{origin="file"} 1.0' in metrics
+    env, cli = setup.env(plugin_env), ("--config", str(setup.config))
+    status = run_cli(*cli, "status", env=env, cwd=setup.dir).stdout.splitlines()
+    assert status[0].split()[:3] == ["JOB", "ORIGIN", "STATE"]
+    assert [line.split()[:3] for line in status if line.startswith(("filed", "nightly"))] == [
+        ["filed", "file", "watching"],
+        ["nightly", "api", "completed"],
+    ]
+    remote = run_cli(*cli, "status", "--url", str(client.base_url), env=env, cwd=setup.dir).stdout
+    assert "nightly  api     completed" in remote
+    assert "origin:     api" in run_cli(*cli, "show", "nightly", env=env, cwd=setup.dir).stdout
 
 
 def test_a_watching_job_gains_targets_and_delete_removes_it(running, setup: Setup) -> None:

@@ -329,7 +329,7 @@ class Daemon:
         while self.guard.intact():
             await self._clock.sleep(REGISTRY_POLL)
             try:
-                if await self.registered.read_if_changed():
+                if await self.registered.needs_rebuild():
                     self.registered_jobs_changed()
             except Exception as exc:  # the state store may be briefly unreachable; the next poll tries again
                 self._log.debug("cannot read the registered jobs' version: %s", exc)

@@ -215,6 +215,10 @@ class RegisteredJobs:
         self._definitions = RegisteredDefinitions(plugins)
         self._rows: dict[str, RegisteredJob] = {}
         self._version: RegistryVersion | None = None
+        # The version of the rows the last assembly was built from: a PUT's read must not hide a change
+        # another process made from the periodic check (needs_rebuild).
+        self._assembled: RegistryVersion | None = None
+        self._assembling: RegistryVersion | None = None
         self._reported: frozenset[str] = frozenset()
         self.assembly = Assembly({}, {})
 
@@ -227,12 +231,17 @@ class RegisteredJobs:
         self._rows, self._version = {r.name: r for r in rows}, version
         return True
 
+    async def needs_rebuild(self) -> bool:
+        """True when the stored rows differ from those the running definitions were built from."""
+        await self.read_if_changed()
+        return self._version != self._assembled
+
     async def assemble(self, config: Config) -> Assembly:
         """The definitions to run with ``config``: its file jobs plus the registered rows last read.
 
         Validating is pure CPU work and, after a config change, covers every row: off the event loop, so
         /healthz and the ticks keep running. Only the reload loop calls this, one call at a time."""
-        rows = list(self._rows.values())
+        rows, self._assembling = list(self._rows.values()), self._version
         registered, invalid = await run_off_loop("registered-jobs", self._definitions.build, rows, config)
         assembly = assemble(config.jobs, self._rows, registered, invalid)
         self._report(assembly)
@@ -240,7 +249,7 @@ class RegisteredJobs:
 
     async def applied(self, assembly: Assembly) -> None:
         """``assembly`` now runs: count it by origin, and tell `status` (through the store) about conflicts."""
-        self.assembly = assembly
+        self.assembly, self._assembled = assembly, self._assembling
         for origin, count in assembly.counts().items():
             self._metrics.jobs_by_origin.labels(origin.value).set(count)
         shadowed = json.dumps({"shadowed": sorted(c.name for c in assembly.conflicts), "notes": assembly.notes()})

@@ -402,3 +402,34 @@ def test_the_readme_snippet_for_the_submitting_script_registers(
     daemon.wait_for("job from-readme: completed")
     assert len(read_ledger(setup.ledger)) == 1
     assert "audit: register job='from-readme' from 127.0.0.1: unchanged" in daemon.output
+
+
+def test_a_config_change_revalidates_registered_jobs(running, setup: Setup) -> None:
+    daemon, client = running
+    assert client.put("/api/v1/jobs/api-job", headers=REGISTER, json=job_body("wait1")).status_code == 201
+    before = client.get("/api/v1/jobs/api-job").json()["fingerprint"]
+    # The template the registered job uses changes: its definition changes with it, as a file job's would.
+    setup.config.write_text(setup.config.read_text().replace("follow: false", "follow: true"))
+    wait_until(lambda: client.get("/api/v1/jobs/api-job").json()["fingerprint"] != before, "a new fingerprint", daemon)
+    # The template goes away: the stored job no longer validates; it is left out and that is reported.
+    text = setup.config.read_text().replace("  std:", "  renamed:").replace("template: std", "template: renamed")
+    setup.config.write_text(text)
+    note = "registered job 'api-job' no longer validates and is not run: template: unknown template 'std'"
+    wait_until(lambda: any(n.startswith(note) for n in client.get("/api/v1/status").json()["registered"]), note, daemon)
+    assert client.get("/api/v1/jobs/api-job").json()["removed"] is True
+    assert note in daemon.output
+
+
+def test_a_discovered_job_is_not_replaced_or_removed_over_the_api(running, setup: Setup) -> None:
+    daemon, client = running
+    store = StateStore.open(f"sqlite:///{setup.state}")
+    try:
+        body = {"name": "group-1", **job_body("wait1")}
+        store.put_registered_job("group-1", JobOrigin.DISCOVERED, body, {"expected": 2}, now=dt.datetime.now(dt.UTC))
+    finally:
+        store.close()
+    put = client.put("/api/v1/jobs/group-1", headers=REGISTER, json=job_body("wait1", "wait2"))
+    assert put.status_code == 409 and "was discovered" in put.json()["error"]
+    assert client.delete("/api/v1/jobs/group-1", headers=REGISTER).status_code == 409
+    wait_until(lambda: client.get("/api/v1/jobs/group-1").status_code == 200, "the discovered job", daemon)
+    assert client.get("/api/v1/jobs/group-1").json()["origin"] == "discovered"

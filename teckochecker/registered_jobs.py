@@ -256,9 +256,6 @@ class RegisteredJobs:
         if await self._db.run(self._store.get_meta, CONFLICTS_META) != shadowed:
             await self._db.run(self._store.set_meta, CONFLICTS_META, shadowed)
 
-    def origin(self, name: str) -> JobOrigin:
-        return self.assembly.origins.get(name, JobOrigin.FILE)
-
     def _report(self, assembly: Assembly) -> None:
         # Once per conflict or invalid row, not at every periodic re-read.
         current = frozenset(assembly.notes())

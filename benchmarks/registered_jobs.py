@@ -5,7 +5,8 @@
 Prints, for N registered jobs of 2 targets each (template + targets, as a pipeline PUTs them):
 - storing them one put_registered_job at a time (one transaction each, as N PUTs would);
 - the periodic check when nothing changed (registry_version: the one query every replica runs every 5 s);
-- re-reading every row (what a replica does after a change);
+- re-reading every row (a replica's first read), and what a replica reads after one PUT elsewhere: the
+  fingerprints and update times of all rows (registered_stamps), then the one changed row;
 - validating and merging all of them against the config (after a config change; off the event loop);
 - the same with nothing changed (the cache: only changed rows are validated again).
 Uses the test plugins (tests/support), so only TeckoChecker is measured. Not a test: it prints figures.
@@ -75,7 +76,9 @@ def main() -> None:
         timed(f"store {args.jobs} jobs, one transaction each", put_all)
         timed("the same PUT again (unchanged: nothing written)", lambda: put_all(), repeat=1)
         timed("periodic check with nothing changed (registry_version)", store.registry_version, repeat=20)
-        rows = timed("re-read every row (registered_jobs)", store.registered_jobs, repeat=3)
+        rows = timed("read every row with its body (registered_jobs)", store.registered_jobs, repeat=3)
+        timed("after one change: every row's stamp (registered_stamps)", store.registered_stamps, repeat=3)
+        timed("after one change: that row's body", lambda: store.registered_jobs(["run-42"]), repeat=3)
         assert isinstance(rows, list)
         definitions = RegisteredDefinitions(registry)
         built = timed("validate every row against the config", lambda: definitions.build(rows, config))

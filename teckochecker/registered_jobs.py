@@ -15,6 +15,7 @@ nothing restarts that did not change.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 from collections.abc import Iterator, Mapping
@@ -223,12 +224,18 @@ class RegisteredJobs:
         self.assembly = Assembly({}, {})
 
     async def read_if_changed(self) -> bool:
-        """Re-read the rows when the store's cheap version differs from the last one read; True if it did."""
+        """Re-read the rows when the store's cheap version differs from the last one read; True if it did.
+        Only rows whose fingerprint or update time moved are read with their bodies."""
         version = await self._db.run(self._store.registry_version)
         if version == self._version:
             return False
-        rows = await self._db.run(self._store.registered_jobs)
-        self._rows, self._version = {r.name: r for r in rows}, version
+        stamps = await self._db.run(self._store.registered_stamps)
+        known = self._rows
+        moved = [n for n, stamp in stamps.items() if n not in known or _stamp(known[n]) != stamp]
+        fresh = {r.name: r for r in await self._db.run(self._store.registered_jobs, moved)} if moved else {}
+        # A row removed between the two reads is left out now; the next version check picks that up.
+        self._rows = {n: fresh.get(n) or known[n] for n in sorted(stamps) if n in fresh or n in known}
+        self._version = version
         return True
 
     async def needs_rebuild(self) -> bool:
@@ -304,6 +311,10 @@ class RegisteredJobs:
             f"job {name!r} already fired (state {job.state.value}); its definition cannot change. "
             "Register the new one under another name"
         )
+
+
+def _stamp(row: RegisteredJob) -> tuple[str, dt.datetime]:
+    return row.fingerprint, row.updated_at
 
 
 def _not_ours(name: str, origin: JobOrigin, verb: str) -> Refusal:

@@ -3,20 +3,31 @@ file winning a name in both, and re-validating only what changed."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import logging
 import textwrap
 from pathlib import Path
 
 import pytest
+from clock import FakeClock
 
 from teckochecker.config.models import TokenScope
 from teckochecker.config.validate import Config, load_config
 from teckochecker.errors import ConfigError
+from teckochecker.metrics import Metrics
 from teckochecker.plugins import PluginRegistry
-from teckochecker.registered_jobs import RegisteredDefinitions, assemble, body_problems, validate_body
+from teckochecker.registered_jobs import (
+    RegisteredDefinitions,
+    RegisteredJobs,
+    assemble,
+    body_problems,
+    validate_body,
+)
 from teckochecker.secrets.resolving import Redactor
 from teckochecker.state.models import JobOrigin, RegisteredJob
-from teckochecker.state.store import body_fingerprint
+from teckochecker.state.store import StateStore, body_fingerprint
+from teckochecker.state.worker import StoreWorker
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 CONFIG = """\
@@ -148,3 +159,37 @@ def test_rows_are_validated_again_only_when_they_or_the_config_change(
     rows[1] = row("j1", {"template": "std", "source": {"targets": ["t1", "t9"]}})
     definitions.build(rows, config)
     assert calls[3:] == ["j1"]
+
+
+def test_a_reread_fetches_only_the_rows_that_changed(tmp_path: Path, registry: PluginRegistry) -> None:
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    store, other = StateStore.open(url), StateStore.open(url)
+    worker = StoreWorker()
+    fetched: list[list[str] | None] = []
+    real = store.registered_jobs
+
+    def spying(names=None):
+        fetched.append(None if names is None else list(names))
+        return real(names)
+
+    store.registered_jobs = spying  # type: ignore[method-assign]
+    jobs = RegisteredJobs(store, worker, registry, Redactor(), Metrics(), logging.getLogger("t"), FakeClock(T0))
+    body = {"template": "std", "source": {"targets": ["a"]}}
+    try:
+        for name in ("a", "b", "c"):
+            other.put_registered_job(name, JobOrigin.API, {"name": name, **body}, now=T0)
+        assert asyncio.run(jobs.read_if_changed()) is True
+        assert asyncio.run(jobs.read_if_changed()) is False  # nothing changed: one small query, no rows
+        assert fetched == [["a", "b", "c"]]
+        # Another process changes one, removes one and adds one.
+        later = T0 + dt.timedelta(seconds=1)
+        other.put_registered_job("a", JobOrigin.API, {"name": "a", **body, "interval": "45s"}, now=later)
+        other.remove_registered_job("b")
+        other.put_registered_job("d", JobOrigin.API, {"name": "d", **body}, now=later)
+        assert asyncio.run(jobs.read_if_changed()) is True
+        assert fetched[-1] == ["a", "d"]
+        assert asyncio.run(jobs.needs_rebuild()) is True  # read, but never assembled
+    finally:
+        worker.close()
+        store.close()
+        other.close()

@@ -76,3 +76,13 @@ def test_another_process_sees_a_put(state_url: str) -> None:
     finally:
         one.close()
         two.close()
+
+
+def test_stamps_and_reading_only_some_rows(store: StateStore) -> None:
+    store.put_registered_job("a", JobOrigin.API, {**BODY, "name": "a"}, now=T0)
+    store.put_registered_job("b", JobOrigin.API, {**BODY, "name": "b"}, now=T1)
+    stamps = store.registered_stamps()
+    assert {n: at for n, (_, at) in stamps.items()} == {"a": T0, "b": T1}
+    assert [j.name for j in store.registered_jobs(["b", "missing"])] == ["b"]
+    assert [j.name for j in store.registered_jobs([])] == []
+    assert stamps["a"][0] == store.registered_jobs(["a"])[0].fingerprint

@@ -213,10 +213,24 @@ class StateStore(RunTransitions):
 
     # ----- registered jobs (origin api or discovered) -----
 
-    def registered_jobs(self) -> list[RegisteredJob]:
+    def registered_jobs(self, names: Iterable[str] | None = None) -> list[RegisteredJob]:
+        """Every registered job, or only those named (a replica re-reads only what changed)."""
+        r = schema.registered_jobs
+        query = sa.select(r).order_by(r.c.name)
+        with self._engine.connect() as conn:
+            if names is None:
+                return [_registered(row) for row in conn.execute(query)]
+            wanted, found = list(names), []
+            for start in range(0, len(wanted), 500):  # bounded IN lists
+                chunk = wanted[start : start + 500]
+                found += [_registered(row) for row in conn.execute(query.where(r.c.name.in_(chunk)))]
+            return found
+
+    def registered_stamps(self) -> dict[str, tuple[str, dt.datetime]]:
+        """Each registered job's fingerprint and last update, without the bodies: what changed since a read."""
         r = schema.registered_jobs
         with self._engine.connect() as conn:
-            return [_registered(row) for row in conn.execute(sa.select(r).order_by(r.c.name))]
+            return {n: (f, u) for n, f, u in conn.execute(sa.select(r.c.name, r.c.fingerprint, r.c.updated_at))}
 
     def registry_version(self) -> RegistryVersion:
         """One cheap query: what a replica compares to know whether to re-read the registered jobs."""

@@ -24,7 +24,7 @@ from typing import Any
 
 from teckochecker.clock import Clock
 from teckochecker.config.diagnostics import format_path
-from teckochecker.config.models import JOB_NAME, JOB_NAME_RULE
+from teckochecker.config.models import JOB_NAME, JOB_NAME_RULE, SECRET_KINDS
 from teckochecker.config.validate import Config, JobDefinition, validate_job_body
 from teckochecker.control import Problem, Refusal
 from teckochecker.metrics import Metrics
@@ -122,7 +122,24 @@ def validate_body(
     name: str, body: Any, origin: JobOrigin, config: Config, plugins: PluginRegistry
 ) -> tuple[JobDefinition | None, tuple[Problem, ...]]:
     definition, diagnostics = validate_job_body(body, config, plugins, where=registered_place(origin, name))
-    return definition, tuple(Problem(format_path(d.path), d.message) for d in diagnostics)
+    return definition, tuple(Problem(format_path(d.path), _explained(body, d.path, d.message)) for d in diagnostics)
+
+
+# What someone writes who tries to give a secret in a job: a value, or a whole secret declaration.
+_SECRET_KEYS = frozenset({"value", *SECRET_KINDS})
+
+
+def _explained(body: Any, path: tuple[str | int, ...], message: str) -> str:
+    """A refused mapping that carries a secret's value or declaration gets a message that says so."""
+    value = body
+    for part in path:
+        found = part in value if isinstance(value, dict) else _has_index(value, part)
+        if not found:
+            return message
+        value = value[part]
+    if isinstance(value, dict) and _SECRET_KEYS & set(value):
+        return "a job names a secret defined under 'secrets:' (as in the YAML); it never gives its value or source"
+    return message
 
 
 def assemble(
@@ -167,6 +184,10 @@ def body_problems(name: str, body: Any, redactor: Redactor) -> tuple[Problem, ..
         if redactor.redact(text) != text:
             problems.append(Problem(path, "looks like a secret value: name a secret defined under 'secrets:'"))
     return tuple(problems)
+
+
+def _has_index(value: Any, part: str | int) -> bool:
+    return isinstance(value, list) and isinstance(part, int) and 0 <= part < len(value)
 
 
 def _depth(value: Any) -> int:

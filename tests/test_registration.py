@@ -193,6 +193,17 @@ def test_a_body_never_carries_a_secret_value(running, setup: Setup) -> None:
             }
         ]
         assert value not in answer.text
+    for given in ({"value": "hunter2-hunter2"}, {"env": "TC_VENDOR"}):
+        inline = {"template": "std", "source": {"targets": ["a"], "token": given}}
+        answer = client.put("/api/v1/jobs/leaky", headers=REGISTER, json=inline)
+        assert answer.status_code == 422 and "hunter2" not in answer.text
+        assert answer.json()["problems"] == [
+            {
+                "path": "source.token",
+                "message": "a job names a secret defined under 'secrets:' (as in the YAML); "
+                "it never gives its value or source",
+            }
+        ]
     declared = client.put("/api/v1/jobs/leaky", headers=REGISTER, json={**job_body("a"), "secrets": {"x": "y"}})
     assert declared.status_code == 422 and declared.json()["problems"][0]["path"] == "secrets"
     assert "vendor-secret-value-42" not in daemon.output and "sk-AAAA" not in daemon.output

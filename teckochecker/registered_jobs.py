@@ -109,7 +109,9 @@ class RegisteredDefinitions:
         for row in rows:
             cached = self._built.get(row.name)
             if cached is None or cached[0] != row.fingerprint:
-                definition, problems = validate_body(row.name, row.body, row.origin, config, self._plugins)
+                # The row's name is the job's, whether or not its body repeats it.
+                body = {**row.body, "name": row.name}
+                definition, problems = validate_body(row.name, body, row.origin, config, self._plugins)
                 cached = (row.fingerprint, definition, problems)
             built[row.name] = cached
         self._built = built

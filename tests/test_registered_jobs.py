@@ -128,6 +128,13 @@ def test_the_file_wins_a_name_in_both(config: Config, registry: PluginRegistry) 
     assert assembly.notes() == (f"{note}; remove one of them",)
 
 
+def test_a_row_body_without_a_name_takes_the_rows(config: Config, registry: PluginRegistry) -> None:
+    body = {"template": "std", "source": {"targets": ["c"]}}
+    nameless = RegisteredJob("group-7", JobOrigin.DISCOVERED, body, body_fingerprint(body), T0, T0)
+    built, invalid = RegisteredDefinitions(registry).build([nameless], config)
+    assert invalid == {} and built["group-7"].name == "group-7"
+
+
 def test_a_stored_row_that_no_longer_validates_is_left_out_and_reported(
     config: Config, registry: PluginRegistry
 ) -> None:

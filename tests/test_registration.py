@@ -281,6 +281,8 @@ def test_a_name_in_a_file_and_registered_the_file_wins_and_it_is_reported(
     wait_until(lambda: note in client.get("/api/v1/status").json()["registered"], "the note in status", daemon)
     job = client.get("/api/v1/jobs/clash").json()
     assert job["origin"] == "file" and job["targets"][-1]["target"] == "never5"
+    page = client.get("/").text
+    assert '<ul class="registered-notes"><li>job &#x27;clash&#x27; is registered (api) and also defined at' in page
     status = run_cli("--config", str(setup.config), "status", env=setup.env(plugin_env), cwd=setup.dir)
     assert note in status.stdout, status.stdout + status.stderr
     # The registered row is still there (the API may remove it); the file job is untouched by that.

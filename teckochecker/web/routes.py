@@ -141,6 +141,7 @@ class _Api:
             events = await self._control.events(job.name, PAGE_EVENTS)
             jobs.append(job_to_json(job, self._control.next_run(job.name), events))
         reload = reload_status_to_dict(self._control.reload_status())
+        reload["registered"] = list(self._control.registry_notes())
         page = render_page(jobs, reload, __version__, dt.datetime.now(dt.UTC))
         # No script runs on the page, so none may: a vendor message that slips past escaping stays inert.
         return HTMLResponse(

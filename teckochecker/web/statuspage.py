@@ -90,6 +90,9 @@ def _reload(reload: Mapping[str, Any]) -> str:
     restart = ", ".join(reload.get("restart_required") or ())
     extra = f" (restart needed for: {_e(restart)})" if restart else ""
     listing = f'<ul class="reload-errors">{errors}</ul>' if errors else ""
+    # Registered jobs a file job shadows, or that no longer validate (registered_jobs.Assembly.notes).
+    notes = "".join(f"<li>{_e(note)}</li>" for note in reload.get("registered") or ())
+    listing += f'<ul class="registered-notes">{notes}</ul>' if notes else ""
     return f'<span id="reload-status" data-successful="{str(ok).lower()}">{_e(text)}{extra}</span>{listing}'
 
 

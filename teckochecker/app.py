@@ -21,15 +21,17 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 
 from teckochecker.clock import Clock
-from teckochecker.config.validate import Config, JobDefinition
+from teckochecker.config.models import TokenSpec
+from teckochecker.config.validate import Config
 from teckochecker.config.watching import Reloader, watched_dirs
-from teckochecker.control import Control
+from teckochecker.control import BearerToken, Control
 from teckochecker.crashpoints import CrashPoints
 from teckochecker.http import HttpClientPool
 from teckochecker.metrics import Metrics
 from teckochecker.plugin_api import PluginContext, SharedRegistry
 from teckochecker.plugins import PluginRegistry
-from teckochecker.reload import ConfigReloader, JobDiff, check_secrets
+from teckochecker.registered_jobs import Assembly, RegisteredJobs
+from teckochecker.reload import ConfigReloader, JobDiff, check_secrets, diff
 from teckochecker.replicas import Replication, jobs_checksum
 from teckochecker.running_jobs import RunningJobs
 from teckochecker.sdnotify import Notifier, run_watchdog
@@ -54,6 +56,11 @@ from teckochecker.web.server import WebServer
 # SIGTERM must end the process within 5 s; ticks get this long to finish their current step.
 SHUTDOWN_GRACE = 3.0
 GAUGE_REFRESH = 15.0
+# How often the registered jobs' version is compared with the store's, so rows another replica (or the CLI)
+# wrote are picked up: one small query. A PUT or DELETE on this daemon applies at once.
+REGISTRY_POLL = 5.0
+# The reload reason for a change of the registered jobs (rows in the state store, not files).
+REGISTRY_CHANGED = "registered jobs changed"
 
 
 class Daemon:
@@ -77,6 +84,7 @@ class Daemon:
         self._log = logger
         self._cwd = cwd
         self._notifier = notifier or Notifier({})
+        self._plugins = registry
         self.metrics = metrics or Metrics()
         self.reloader = ConfigReloader(
             config_path,
@@ -92,6 +100,8 @@ class Daemon:
         self._stop = asyncio.Event()
         self._reload_wanted = asyncio.Event()
         self._reload_reasons: set[str] = set()
+        # Callers waiting for the next pass of the reload loop (a PUT answers once its job runs).
+        self._rebuild_waiters: list[asyncio.Future[None]] = []
         # Everything startup() opened, closed in reverse by shutdown(), whatever point startup reached.
         self._opened = AsyncExitStack()
         self._background: list[asyncio.Task[None]] = []
@@ -108,6 +118,19 @@ class Daemon:
     def request_reload(self, reason: str) -> None:
         self._reload_reasons.add(reason)
         self._reload_wanted.set()
+
+    def registered_jobs_changed(self) -> None:
+        """The registered jobs in the state store changed (a put or remove by discovery, say): rebuild the
+        job definitions from the files plus those rows and apply the difference. Returns at once; the
+        rebuild runs on the reload loop, so calls made while one runs are coalesced into the next."""
+        self.request_reload(REGISTRY_CHANGED)
+
+    async def rebuild_registered(self) -> None:
+        """Like registered_jobs_changed(), and return once the rebuild is applied."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._rebuild_waiters.append(waiter)
+        self.registered_jobs_changed()
+        await waiter
 
     # ----- lifecycle -----
 
@@ -133,6 +156,10 @@ class Daemon:
         self.replication: Replication | None = None if db_path is not None else self._replication(url)
         await self._beat()
         self._opened.push_async_callback(self._beat_stopped)
+        self.registered = RegisteredJobs(
+            self.store, self.worker, self._plugins, self._redactor, self.metrics, self._log, self._clock
+        )
+        await self.registered.read_if_changed()
         http = HttpClientPool(self.config.defaults.concurrency, self.metrics)
         self._opened.push_async_callback(http.aclose)
         await self._start_jobs(http)
@@ -193,12 +220,18 @@ class Daemon:
         self._opened.push_async_callback(_cancel, [watchdog])
         self._opened.push_async_callback(self.jobs.stop, SHUTDOWN_GRACE)
         if self.replication is None:  # SQLite: one process, guarded by its lock file
-            await self.jobs.start(self.config.jobs, self.config.defaults.startup_spread)
+            await self._lead()
             return
         # Runs before jobs.stop above: the leader stops its ticks, then hands the lease over.
         self._opened.push_async_callback(self.replication.stop)
         await self.replication.start()
         await self.replication.wait_started()  # the startup log then counts the leader's jobs
+
+    async def _lead(self) -> None:
+        """Run every job: the file jobs plus the registered ones (at start, or when this replica leads)."""
+        assembly = await self.registered.assemble(self.config)
+        await self.jobs.start(assembly.definitions, self.config.defaults.startup_spread)
+        await self.registered.applied(assembly)
 
     async def _start_web(self) -> None:
         control = Control(
@@ -206,8 +239,11 @@ class Daemon:
             self.worker,
             self.jobs,
             self.guard,
+            registered=self.registered,
             reload_status=lambda: self.reloader.status,
-            api_token=self._api_token,
+            bearer_tokens=self._bearer_tokens,
+            config=lambda: self.reloader.config,
+            rebuild=self.rebuild_registered,
             replicas=self.replication,
         )
         app = create_app(control, self.metrics, logging.getLogger("teckochecker.http"), self._redactor)
@@ -221,15 +257,18 @@ class Daemon:
         if upgrade is not None and upgrade.changed:
             self._log.info("state store schema %s", upgrade.describe())
 
-    def _api_token(self) -> str | None:
-        name = self.config.http.api_token
-        return self.reloader.secret(name) if name else None
+    def _bearer_tokens(self) -> list[BearerToken]:
+        return [self._bearer_token(spec) for spec in self.config.http.bearer_tokens()]
+
+    def _bearer_token(self, spec: TokenSpec) -> BearerToken:
+        return BearerToken(self.reloader.secret(spec.secret), frozenset(s.value for s in spec.scopes))
 
     def _start_background(self) -> None:
         self._background = [
             asyncio.create_task(self._reload_loop(), name="reload"),
             asyncio.create_task(self._gauge_loop(), name="gauges"),
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+            asyncio.create_task(self._registry_loop(), name="registry"),
         ]
         if self.replication is not None:
             self._background.append(asyncio.create_task(self.replication.run(), name="replication"))
@@ -262,7 +301,7 @@ class Daemon:
             metrics=self.metrics,
             logger=self._log,
             checksum=lambda: jobs_checksum(self.config.jobs),
-            on_lead=lambda: self.jobs.start(self.config.jobs, self.config.defaults.startup_spread),
+            on_lead=self._lead,
             on_standby=lambda: self.jobs.stand_down(SHUTDOWN_GRACE),
         )
         loop = asyncio.get_running_loop()
@@ -292,23 +331,68 @@ class Daemon:
     # ----- background loops -----
 
     async def _reload_loop(self) -> None:
-        while True:
-            await self._reload_wanted.wait()
-            self._reload_wanted.clear()
-            reasons, self._reload_reasons = self._reload_reasons, set()
+        try:
+            while True:
+                await self._reload_wanted.wait()
+                self._reload_wanted.clear()
+                reasons, self._reload_reasons = self._reload_reasons, set()
+                waiters, self._rebuild_waiters = self._rebuild_waiters, []
+                try:
+                    await self._reload(reasons)
+                finally:
+                    _release(waiters)
+        finally:
+            # Shutting down: a PUT waiting for its rebuild answers now (its row is stored; a start applies it).
+            _release(self._rebuild_waiters)
+
+    async def _reload(self, reasons: set[str]) -> None:
+        files = reasons - {REGISTRY_CHANGED}
+        if files:
             await self.reloader.reload(
-                forced="SIGHUP" in reasons,
-                reason=", ".join(sorted(reasons)),
+                forced="SIGHUP" in files,
+                reason=", ".join(sorted(files)),
                 guard=self.guard,
-                apply=self._apply_jobs,
+                apply=self._apply_file_jobs,
                 watch=lambda new: self._watcher.watch(watched_dirs(self.reloader.config_path, new.include)),
             )
             await self._save_reload_outcome()
+        if REGISTRY_CHANGED in reasons and self.guard.intact():
+            try:
+                await self.registered.read_if_changed()
+                await self._apply(await self.registered.assemble(self.config), "registered jobs")
+            except Exception as exc:  # the store may be briefly down; the next change or poll tries again
+                self._log.warning("cannot apply the registered jobs: %s", exc)
 
-    async def _apply_jobs(self, definitions: Mapping[str, JobDefinition], change: JobDiff) -> None:
-        # A standby runs no jobs: the reloaded config is what it starts with once it leads.
-        if self._leading():
-            await self.jobs.apply(definitions, change)
+    async def _apply_file_jobs(self, _file_jobs: object, _change: JobDiff) -> None:
+        # The reloader has moved to the new config; run its file jobs plus the registered ones.
+        await self.registered.read_if_changed()
+        await self._apply(await self.registered.assemble(self.config), None)
+
+    async def _apply(self, assembly: Assembly, log_as: str | None) -> None:
+        change = diff(self.registered.assembly.definitions, assembly.definitions)
+        # A standby runs no jobs: what it assembled is what it starts with once it leads (_lead).
+        if (change.added or change.changed or change.removed) and self._leading():
+            await self.jobs.apply(assembly.definitions, change)
+            if log_as is not None:
+                self._log.info(
+                    "%s applied: %d added, %d changed, %d removed, %d unchanged",
+                    log_as,
+                    len(change.added),
+                    len(change.changed),
+                    len(change.removed),
+                    change.unchanged,
+                )
+        await self.registered.applied(assembly)
+
+    async def _registry_loop(self) -> None:
+        """Notice rows another process wrote (a replica's PUT, discovery, the CLI) within REGISTRY_POLL."""
+        while self.guard.intact():
+            await self._clock.sleep(REGISTRY_POLL)
+            try:
+                if await self.registered.needs_rebuild():
+                    self.registered_jobs_changed()
+            except Exception as exc:  # the state store may be briefly unreachable; the next poll tries again
+                self._log.debug("cannot read the registered jobs' version: %s", exc)
 
     def _leading(self) -> bool:
         return self.replication is None or self.replication.role == Role.LEADER
@@ -362,6 +446,12 @@ class Daemon:
 
 def _always() -> bool:
     return True
+
+
+def _release(waiters: list[asyncio.Future[None]]) -> None:
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(None)
 
 
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:

@@ -7,9 +7,12 @@ one worker thread so the event loop never blocks on an fsync.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import hashlib
+import json
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,8 +33,12 @@ from teckochecker.state.models import (
     DuplicateWatch,
     Event,
     JobGauges,
+    JobOrigin,
     JobSnapshot,
     JobState,
+    PutOutcome,
+    RegisteredJob,
+    RegistryVersion,
     RunSnapshot,
     RunState,
     TargetSnapshot,
@@ -41,6 +48,10 @@ from teckochecker.state.redaction import Redact, redact_writes
 from teckochecker.state.runs import RunTransitions
 
 _JOB_FINAL = [s.value for s in JobState if s.is_final]
+# Changed (to a fresh uuid) in the transaction of every put or remove of a registered job.
+REGISTRY_TOKEN_META = "registered_jobs_token"
+# Written by the daemon: the registered names a file job shadows, and notes for `status` (registered_jobs.py).
+CONFLICTS_META = "registered_job_conflicts"
 
 
 @dataclass(frozen=True)
@@ -228,12 +239,104 @@ class StateStore(RunTransitions):
         if changes:
             conn.execute(sa.update(schema.jobs).where(schema.jobs.c.id == row.id).values(updated_at=now, **changes))
 
+    # ----- registered jobs (origin api or discovered) -----
+
+    def registered_jobs(self, names: Iterable[str] | None = None) -> list[RegisteredJob]:
+        """Every registered job, or only those named (a replica re-reads only what changed)."""
+        r = schema.registered_jobs
+        query = sa.select(r).order_by(r.c.name)
+        with self._engine.connect() as conn:
+            if names is None:
+                return [_registered(row) for row in conn.execute(query)]
+            wanted, found = list(names), []
+            for start in range(0, len(wanted), 500):  # bounded IN lists
+                chunk = wanted[start : start + 500]
+                found += [_registered(row) for row in conn.execute(query.where(r.c.name.in_(chunk)))]
+            return found
+
+    def registered_stamps(self) -> dict[str, tuple[str, dt.datetime]]:
+        """Each registered job's fingerprint and last update, without the bodies: what changed since a read."""
+        r = schema.registered_jobs
+        with self._engine.connect() as conn:
+            return {n: (f, u) for n, f, u in conn.execute(sa.select(r.c.name, r.c.fingerprint, r.c.updated_at))}
+
+    def registry_version(self) -> RegistryVersion:
+        """One cheap query: what a replica compares to know whether to re-read the registered jobs."""
+        r, m = schema.registered_jobs, schema.meta_table
+        with self._engine.connect() as conn:
+            count, latest = conn.execute(sa.select(sa.func.count(), sa.func.max(r.c.updated_at))).one()
+            token = conn.execute(sa.select(m.c.value).where(m.c.key == REGISTRY_TOKEN_META)).scalar()
+        return RegistryVersion(token, int(count), latest)
+
+    def put_registered_job(
+        self,
+        name: str,
+        origin: JobOrigin,
+        body: Mapping[str, Any],
+        details: Mapping[str, Any] | None = None,
+        *,
+        now: dt.datetime,
+    ) -> PutOutcome:
+        """Create or replace a registered job. The same body (and origin, and details when given) again is
+        UNCHANGED and writes nothing, so a retried PUT changes nothing. ``details=None`` keeps the stored ones."""
+        r = schema.registered_jobs
+        fingerprint = body_fingerprint(body)
+        with self._registry_transaction() as conn:
+            row = conn.execute(sa.select(r).where(r.c.name == name)).first()
+            if row is None:
+                values: dict[str, Any] = {"name": name, "origin": origin.value, "created_at": now, "updated_at": now}
+                values |= {"body": dict(body), "details": dict(details or {}), "fingerprint": fingerprint}
+                conn.execute(sa.insert(r).values(**values))
+                outcome = PutOutcome.CREATED
+            else:
+                changes: dict[str, Any] = {}
+                if row.fingerprint != fingerprint:
+                    changes |= {"body": dict(body), "fingerprint": fingerprint}
+                if row.origin != origin.value:
+                    changes["origin"] = origin.value
+                if details is not None and dict(row.details or {}) != dict(details):
+                    changes["details"] = dict(details)
+                if not changes:
+                    return PutOutcome.UNCHANGED
+                conn.execute(sa.update(r).where(r.c.name == name).values(updated_at=now, **changes))
+                outcome = PutOutcome.UPDATED
+            self._bump_registry_token(conn)
+            return outcome
+
+    def remove_registered_job(self, name: str) -> bool:
+        """False if there was no such registered job. The job's history in tc_jobs is kept, as for a file job."""
+        r = schema.registered_jobs
+        with self._registry_transaction() as conn:
+            if conn.execute(sa.delete(r).where(r.c.name == name)).rowcount == 0:
+                return False
+            self._bump_registry_token(conn)
+            return True
+
+    def registry_notes(self) -> list[str]:
+        """What the daemon last reported about the registered jobs (shadowed by a file job, invalid)."""
+        recorded = self.get_meta(CONFLICTS_META)
+        return [str(note) for note in json.loads(recorded).get("notes", [])] if recorded else []
+
+    @contextlib.contextmanager
+    def _registry_transaction(self) -> Iterator[Connection]:
+        # Unfenced: a registered job is declarative input, like a line in a config file, so any replica may
+        # accept a PUT; only the leader acts on it, with fenced writes (state/leadership.py). A pipeline
+        # calling a Service in front of two replicas thus never gets a 503 from the standby.
+        with self._engine.connect() as conn, conn.execution_options(**{UNFENCED: True}).begin():
+            yield conn
+
+    def _bump_registry_token(self, conn: Connection) -> None:
+        m = schema.meta_table
+        token = uuid.uuid4().hex
+        if conn.execute(sa.update(m).where(m.c.key == REGISTRY_TOKEN_META).values(value=token)).rowcount == 0:
+            conn.execute(sa.insert(m).values(key=REGISTRY_TOKEN_META, value=token))
+
     # ----- reading -----
 
     def job(self, name: str) -> JobSnapshot | None:
         with self._engine.connect() as conn:
             row = conn.execute(sa.select(schema.jobs).where(schema.jobs.c.name == name)).first()
-            return None if row is None else self._snapshot(conn, row)
+            return None if row is None else self._snapshot(conn, row, _origins(conn, name))
 
     def jobs(self, *, include_removed: bool = True) -> list[JobSnapshot]:
         with self._engine.connect() as conn:
@@ -244,7 +347,8 @@ class StateStore(RunTransitions):
             targets = _group(conn.execute(sa.select(schema.targets).order_by(schema.targets.c.position)))
             runs = _group(conn.execute(sa.select(schema.runs).order_by(schema.runs.c.action_index)))
             watches = _watches(conn.execute(sa.select(schema.duplicate_watches)))
-            return [_job_snapshot(r, targets.get(r.id, []), runs.get(r.id, []), watches) for r in rows]
+            origins = _origins(conn)
+            return [_job_snapshot(r, targets.get(r.id, []), runs.get(r.id, []), watches, origins) for r in rows]
 
     def gauges(self) -> JobGauges:
         """The counts behind the state gauges, as aggregate queries (cheap even with thousands of targets)."""
@@ -302,7 +406,7 @@ class StateStore(RunTransitions):
             ).all()
         return [Event(r.at, r.kind, r.message, r.data or {}) for r in reversed(rows)]
 
-    def _snapshot(self, conn: Connection, row: Row[Any]) -> JobSnapshot:
+    def _snapshot(self, conn: Connection, row: Row[Any], origins: Mapping[str, JobOrigin]) -> JobSnapshot:
         targets = conn.execute(
             sa.select(schema.targets).where(schema.targets.c.job_id == row.id).order_by(schema.targets.c.position)
         ).all()
@@ -311,7 +415,7 @@ class StateStore(RunTransitions):
         ).all()
         w = schema.duplicate_watches
         watches = _watches(conn.execute(sa.select(w).where(w.c.job_id == row.id)))
-        return _job_snapshot(row, targets, runs, watches)
+        return _job_snapshot(row, targets, runs, watches, origins)
 
     def _job_id(self, conn: Connection, name: str) -> int:
         job_id = conn.execute(sa.select(schema.jobs.c.id).where(schema.jobs.c.name == name)).scalar()
@@ -557,11 +661,29 @@ def _parse_at(text: str) -> dt.datetime:
     return dt.datetime.fromisoformat(text)
 
 
+def _origins(conn: Connection, name: str | None = None) -> dict[str, JobOrigin]:
+    """Where each registered job came from; a name a file job shadows (the daemon records those) is the
+    file's, as that is the job that runs."""
+    r, m = schema.registered_jobs, schema.meta_table
+    query = sa.select(r.c.name, r.c.origin) if name is None else sa.select(r.c.name, r.c.origin).where(r.c.name == name)
+    origins = {n: JobOrigin(o) for n, o in conn.execute(query)}
+    if origins:
+        recorded = conn.execute(sa.select(m.c.value).where(m.c.key == CONFLICTS_META)).scalar()
+        for shadowed in json.loads(recorded).get("shadowed", []) if recorded else []:
+            origins.pop(shadowed, None)
+    return origins
+
+
 def _job_snapshot(
-    row: Row[Any], targets: Sequence[Row[Any]], runs: Sequence[Row[Any]], watches: Mapping[int, DuplicateWatch]
+    row: Row[Any],
+    targets: Sequence[Row[Any]],
+    runs: Sequence[Row[Any]],
+    watches: Mapping[int, DuplicateWatch],
+    origins: Mapping[str, JobOrigin],
 ) -> JobSnapshot:
     return JobSnapshot(
         name=row.name,
+        origin=origins.get(row.name, JobOrigin.FILE),
         state=JobState(row.state),
         fingerprint=row.fingerprint,
         removed=bool(row.removed),
@@ -599,6 +721,24 @@ def _job_snapshot(
             )
             for r in runs
         ),
+    )
+
+
+def body_fingerprint(body: Mapping[str, Any]) -> str:
+    """The same body, whatever its key order, has the same fingerprint."""
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _registered(row: Row[Any]) -> RegisteredJob:
+    return RegisteredJob(
+        name=row.name,
+        origin=JobOrigin(row.origin),
+        body=row.body,
+        fingerprint=row.fingerprint,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        details=row.details or {},
     )
 
 

@@ -7,11 +7,15 @@ pages have gone past the oldest wanted batch (OpenAI lists newest first — undo
 used to stop early, never to conclude anything), or after a page budget. Whatever a sweep did not see is
 fetched one by one (``GET /batches/{id}``) by the source: the listing saves requests, it never decides.
 A sweep that fails is not replaced by one request per batch: the source makes the account back off.
+
+Listeners (discovery, see teckochecker/discovery.py) are shown every page a sweep reads, whoever asked for
+it, and may ask for the next page: a sweep ends when neither the wanted batches nor a listener need more.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -24,6 +28,8 @@ FORGET_AFTER = 2 * 3600.0
 SPARE_PAGES = 10
 
 ListPage = Callable[[str | None], Awaitable[Mapping[str, Any]]]
+# Shown each page a sweep reads (page 0 starts a sweep): returns whether it wants the next page.
+PageListener = Callable[[int, Sequence[Mapping[str, Any]]], bool]
 # What a source reads of a batch; the rest (usage, metadata, ...) is not kept for thousands of batches.
 KEPT_FIELDS = frozenset(
     {"id", "object", "status", "endpoint", "model", "request_counts", "output_file_id", "error_file_id", "errors"}
@@ -40,6 +46,12 @@ class BatchDirectory:
         self._swept_at: float | None = None
         self._sweep: asyncio.Task[None] | None = None
         self._pruned_at = monotonic()
+        self._listeners: list[PageListener] = []
+
+    def listen(self, listener: PageListener) -> Callable[[], None]:
+        """Show ``listener`` every page from now on; returns the call that stops that."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
 
     async def lookup(self, ids: Iterable[str], list_page: ListPage) -> dict[str, Mapping[str, Any]]:
         """The batches among ``ids`` that a sweep at most ``max_age`` old has seen.
@@ -78,14 +90,18 @@ class BatchDirectory:
         seen: dict[str, Mapping[str, Any]] = {}
         after: str | None = None
         oldest_wanted = self._oldest_created(wanted)
-        for _ in range(len(wanted) // PAGE_SIZE + SPARE_PAGES):
+        budget = len(wanted) // PAGE_SIZE + SPARE_PAGES
+        for number in itertools.count():
             page = await list_page(after)
             data = [b for b in page.get("data") or [] if isinstance(b, dict) and isinstance(b.get("id"), str)]
             for batch in data:
                 if batch["id"] in wanted:
                     seen[batch["id"]] = {k: v for k, v in batch.items() if k in KEPT_FIELDS}
                     self.learn(batch)
-            if not data or not page.get("has_more") or len(seen) == len(wanted) or _older(data, oldest_wanted):
+            # Every listener sees the page (no short-circuit); each bounds its own pages.
+            listeners_want = [listener(number, data) for listener in list(self._listeners)]
+            enough = len(seen) == len(wanted) or _older(data, oldest_wanted) or number + 1 >= budget
+            if not data or not page.get("has_more") or (enough and not any(listeners_want)):
                 break
             after = data[-1]["id"]
         return seen

@@ -51,6 +51,8 @@ from teckochecker.web.server import WebServer
 # SIGTERM must end the process within 5 s; ticks get this long to finish their current step.
 SHUTDOWN_GRACE = 3.0
 GAUGE_REFRESH = 15.0
+# The reload reason for a change of the registered jobs (rows in the state store, not files).
+REGISTRY_CHANGED = "registered jobs changed"
 
 
 class Daemon:
@@ -105,6 +107,12 @@ class Daemon:
     def request_reload(self, reason: str) -> None:
         self._reload_reasons.add(reason)
         self._reload_wanted.set()
+
+    def registered_jobs_changed(self) -> None:
+        """The registered jobs in the state store changed (a put or remove by discovery, say): rebuild the
+        job definitions from the files plus those rows and apply the difference. Returns at once; the
+        rebuild runs on the reload loop, so calls made while one runs are coalesced into the next."""
+        self.request_reload(REGISTRY_CHANGED)
 
     # ----- lifecycle -----
 

@@ -227,3 +227,45 @@ class JobGauges:
             if job.deadline_at is not None and not job.state.is_final:
                 deadlines[job.name] = job.deadline_at.timestamp()
         return cls(jobs, targets, requests, deadlines)
+
+
+class JobOrigin(str, enum.Enum):
+    """Where a job's definition came from. File jobs are read-only through the API."""
+
+    FILE = "file"  # the YAML or a drop-in
+    API = "api"  # PUT /api/v1/jobs/{name}
+    DISCOVERED = "discovered"  # found by batch metadata (a template's discover:)
+
+
+class PutOutcome(str, enum.Enum):
+    """What storing a registered job did: the HTTP answer (201 / 200) and whether a rebuild is needed."""
+
+    CREATED = "created"
+    UPDATED = "updated"
+    UNCHANGED = "unchanged"
+
+
+@dataclass(frozen=True)
+class RegisteredJob:
+    """A job that did not come from a file: its body is the job as it would be written in the YAML (secrets
+    by name only), and ``details`` the origin's own bookkeeping (e.g. a discovered group's expected count)."""
+
+    name: str
+    origin: JobOrigin
+    body: Mapping[str, Any]
+    fingerprint: str
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RegistryVersion:
+    """A cheap summary of the registered jobs: when it differs from the last one seen, re-read them all.
+
+    ``token`` changes on every put or remove through the store; count and latest update also catch rows
+    written some other way."""
+
+    token: str | None
+    count: int
+    latest: dt.datetime | None

@@ -8,6 +8,8 @@ one worker thread so the event loop never blocks on an fsync.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,8 +31,12 @@ from teckochecker.state.models import (
     DuplicateWatch,
     Event,
     JobGauges,
+    JobOrigin,
     JobSnapshot,
     JobState,
+    PutOutcome,
+    RegisteredJob,
+    RegistryVersion,
     RunSnapshot,
     RunState,
     TargetSnapshot,
@@ -40,6 +46,8 @@ from teckochecker.state.redaction import Redact, redact_writes
 from teckochecker.state.runs import RunTransitions
 
 _JOB_FINAL = [s.value for s in JobState if s.is_final]
+# Changed (to a fresh uuid) in the transaction of every put or remove of a registered job.
+REGISTRY_TOKEN_META = "registered_jobs_token"
 
 
 @dataclass(frozen=True)
@@ -200,6 +208,71 @@ class StateStore(RunTransitions):
             )
         if changes:
             conn.execute(sa.update(schema.jobs).where(schema.jobs.c.id == row.id).values(updated_at=now, **changes))
+
+    # ----- registered jobs (origin api or discovered) -----
+
+    def registered_jobs(self) -> list[RegisteredJob]:
+        r = schema.registered_jobs
+        with self._engine.connect() as conn:
+            return [_registered(row) for row in conn.execute(sa.select(r).order_by(r.c.name))]
+
+    def registry_version(self) -> RegistryVersion:
+        """One cheap query: what a replica compares to know whether to re-read the registered jobs."""
+        r, m = schema.registered_jobs, schema.meta_table
+        with self._engine.connect() as conn:
+            count, latest = conn.execute(sa.select(sa.func.count(), sa.func.max(r.c.updated_at))).one()
+            token = conn.execute(sa.select(m.c.value).where(m.c.key == REGISTRY_TOKEN_META)).scalar()
+        return RegistryVersion(token, int(count), latest)
+
+    def put_registered_job(
+        self,
+        name: str,
+        origin: JobOrigin,
+        body: Mapping[str, Any],
+        details: Mapping[str, Any] | None = None,
+        *,
+        now: dt.datetime,
+    ) -> PutOutcome:
+        """Create or replace a registered job. The same body (and origin, and details when given) again is
+        UNCHANGED and writes nothing, so a retried PUT changes nothing. ``details=None`` keeps the stored ones."""
+        r = schema.registered_jobs
+        fingerprint = body_fingerprint(body)
+        with self._engine.begin() as conn:
+            row = conn.execute(sa.select(r).where(r.c.name == name)).first()
+            if row is None:
+                values: dict[str, Any] = {"name": name, "origin": origin.value, "created_at": now, "updated_at": now}
+                values |= {"body": dict(body), "details": dict(details or {}), "fingerprint": fingerprint}
+                conn.execute(sa.insert(r).values(**values))
+                outcome = PutOutcome.CREATED
+            else:
+                changes: dict[str, Any] = {}
+                if row.fingerprint != fingerprint:
+                    changes |= {"body": dict(body), "fingerprint": fingerprint}
+                if row.origin != origin.value:
+                    changes["origin"] = origin.value
+                if details is not None and dict(row.details or {}) != dict(details):
+                    changes["details"] = dict(details)
+                if not changes:
+                    return PutOutcome.UNCHANGED
+                conn.execute(sa.update(r).where(r.c.name == name).values(updated_at=now, **changes))
+                outcome = PutOutcome.UPDATED
+            self._bump_registry_token(conn)
+            return outcome
+
+    def remove_registered_job(self, name: str) -> bool:
+        """False if there was no such registered job. The job's history in tc_jobs is kept, as for a file job."""
+        r = schema.registered_jobs
+        with self._engine.begin() as conn:
+            if conn.execute(sa.delete(r).where(r.c.name == name)).rowcount == 0:
+                return False
+            self._bump_registry_token(conn)
+            return True
+
+    def _bump_registry_token(self, conn: Connection) -> None:
+        m = schema.meta_table
+        token = uuid.uuid4().hex
+        if conn.execute(sa.update(m).where(m.c.key == REGISTRY_TOKEN_META).values(value=token)).rowcount == 0:
+            conn.execute(sa.insert(m).values(key=REGISTRY_TOKEN_META, value=token))
 
     # ----- reading -----
 
@@ -572,6 +645,24 @@ def _job_snapshot(
             )
             for r in runs
         ),
+    )
+
+
+def body_fingerprint(body: Mapping[str, Any]) -> str:
+    """The same body, whatever its key order, has the same fingerprint."""
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _registered(row: Row[Any]) -> RegisteredJob:
+    return RegisteredJob(
+        name=row.name,
+        origin=JobOrigin(row.origin),
+        body=row.body,
+        fingerprint=row.fingerprint,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        details=row.details or {},
     )
 
 

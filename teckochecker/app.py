@@ -25,6 +25,7 @@ from teckochecker.config.validate import Config
 from teckochecker.config.watching import Reloader, watched_dirs
 from teckochecker.control import Control
 from teckochecker.crashpoints import CrashPoints
+from teckochecker.discovery import Discovery
 from teckochecker.http import HttpClientPool
 from teckochecker.metrics import Metrics
 from teckochecker.plugin_api import PluginContext, SharedRegistry
@@ -192,6 +193,23 @@ class Daemon:
         self._opened.push_async_callback(_cancel, [watchdog])
         self._opened.push_async_callback(self.jobs.stop, SHUTDOWN_GRACE)
         await self.jobs.start(self.config.jobs, self.config.defaults.startup_spread)
+        await self._start_discovery(context)
+
+    async def _start_discovery(self, context: PluginContext) -> None:
+        self.discovery = Discovery(
+            self.store,
+            self.worker,
+            context,
+            clock=self._clock,
+            metrics=self.metrics,
+            logger=logging.getLogger("teckochecker.discovery"),
+            rebuild=self.registered_jobs_changed,
+            run_now=self.jobs.run_now,
+            file_jobs=lambda: self.config.jobs,
+        )
+        # Closed before the ticks drain (exit callbacks run in reverse): no new job appears while stopping.
+        self._opened.push_async_callback(self.discovery.aclose)
+        await self.discovery.start(self.config.discoveries)
 
     async def _start_web(self) -> None:
         control = Control(
@@ -256,6 +274,7 @@ class Daemon:
                 apply=self.jobs.apply,
                 watch=lambda new: self._watcher.watch(watched_dirs(self.reloader.config_path, new.include)),
             )
+            await self.discovery.apply(self.config.discoveries)
             await self._save_reload_outcome()
 
     async def _save_reload_outcome(self) -> None:

@@ -91,16 +91,21 @@ class BatchDirectory:
         after: str | None = None
         oldest_wanted = self._oldest_created(wanted)
         budget = len(wanted) // PAGE_SIZE + SPARE_PAGES
+        found: set[str] = set()
         for number in itertools.count():
             page = await list_page(after)
             data = [b for b in page.get("data") or [] if isinstance(b, dict) and isinstance(b.get("id"), str)]
             for batch in data:
-                if batch["id"] in wanted:
+                # With listeners, every batch read is kept: a job discovery makes of it asks right after, and
+                # must find it here rather than fetch it on its own (bounded by the pages the listeners read).
+                if batch["id"] in wanted or self._listeners:
                     seen[batch["id"]] = {k: v for k, v in batch.items() if k in KEPT_FIELDS}
                     self.learn(batch)
+                if batch["id"] in wanted:
+                    found.add(batch["id"])
             # Every listener sees the page (no short-circuit); each bounds its own pages.
             listeners_want = [listener(number, data) for listener in list(self._listeners)]
-            enough = len(seen) == len(wanted) or _older(data, oldest_wanted) or number + 1 >= budget
+            enough = len(found) == len(wanted) or _older(data, oldest_wanted) or number + 1 >= budget
             if not data or not page.get("has_more") or (enough and not any(listeners_want)):
                 break
             after = data[-1]["id"]

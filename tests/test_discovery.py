@@ -276,3 +276,29 @@ def test_listed_targets_carry_what_grouping_needs(fake: FakeOpenAI) -> None:
         )
     ]
     assert fake.request_count() == 1
+
+
+def test_a_restart_picks_up_the_groups_where_they_were(
+    harness: Harness, fake: FakeOpenAI, registry: PluginRegistry
+) -> None:
+    h = harness
+    first = [fake.add_batch(metadata=meta("run-7"), status="completed") for _ in range(2)]
+    run(h)
+    h.apply_rows()
+    h.loop.run_until_complete(h.discovery.aclose())
+    # A new daemon on the same store: its discovery restores the waiting group from the registered row.
+    clients = Clients()
+    again = Harness(h.config, h.store, h.clock, clients)
+    try:
+        again.loop.run_until_complete(again.discovery.start(h.config.discoveries))
+        third = fake.add_batch(metadata=meta("run-7"), status="completed")
+        again.loop.run_until_complete(again.discovery.run_once("classify"))
+        [row] = h.store.registered_jobs()
+        assert row.body["source"]["targets"] == [*first, third] and row.details["state"] == "complete"
+        assert again.sample("teckochecker_discovery_groups_total", template="classify", outcome="discovered") == 0
+        assert again.sample("teckochecker_discovery_groups_total", template="classify", outcome="complete") == 1
+        again.loop.run_until_complete(again.discovery.aclose())
+    finally:
+        again.loop.run_until_complete(clients.aclose())
+        again.loop.close()
+        again.worker.close()

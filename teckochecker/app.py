@@ -21,16 +21,18 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 
 from teckochecker.clock import Clock
+from teckochecker.config.models import TokenSpec
 from teckochecker.config.validate import Config
 from teckochecker.config.watching import Reloader, watched_dirs
-from teckochecker.control import Control
+from teckochecker.control import BearerToken, Control
 from teckochecker.crashpoints import CrashPoints
 from teckochecker.discovery import Discovery
 from teckochecker.http import HttpClientPool
 from teckochecker.metrics import Metrics
 from teckochecker.plugin_api import PluginContext, SharedRegistry
 from teckochecker.plugins import PluginRegistry
-from teckochecker.reload import ConfigReloader, check_secrets
+from teckochecker.registered_jobs import Assembly, RegisteredJobs
+from teckochecker.reload import ConfigReloader, JobDiff, check_secrets, diff
 from teckochecker.running_jobs import RunningJobs
 from teckochecker.sdnotify import Notifier, run_watchdog
 from teckochecker.secrets.resolving import Redactor
@@ -52,6 +54,9 @@ from teckochecker.web.server import WebServer
 # SIGTERM must end the process within 5 s; ticks get this long to finish their current step.
 SHUTDOWN_GRACE = 3.0
 GAUGE_REFRESH = 15.0
+# How often the registered jobs' version is compared with the store's, so rows another replica (or the CLI)
+# wrote are picked up: one small query. A PUT or DELETE on this daemon applies at once.
+REGISTRY_POLL = 5.0
 # The reload reason for a change of the registered jobs (rows in the state store, not files).
 REGISTRY_CHANGED = "registered jobs changed"
 
@@ -77,6 +82,7 @@ class Daemon:
         self._log = logger
         self._cwd = cwd
         self._notifier = notifier or Notifier({})
+        self._plugins = registry
         self.metrics = metrics or Metrics()
         self.reloader = ConfigReloader(
             config_path,
@@ -92,6 +98,8 @@ class Daemon:
         self._stop = asyncio.Event()
         self._reload_wanted = asyncio.Event()
         self._reload_reasons: set[str] = set()
+        # Callers waiting for the next pass of the reload loop (a PUT answers once its job runs).
+        self._rebuild_waiters: list[asyncio.Future[None]] = []
         # Everything startup() opened, closed in reverse by shutdown(), whatever point startup reached.
         self._opened = AsyncExitStack()
         self._background: list[asyncio.Task[None]] = []
@@ -115,6 +123,13 @@ class Daemon:
         rebuild runs on the reload loop, so calls made while one runs are coalesced into the next."""
         self.request_reload(REGISTRY_CHANGED)
 
+    async def rebuild_registered(self) -> None:
+        """Like registered_jobs_changed(), and return once the rebuild is applied."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._rebuild_waiters.append(waiter)
+        self.registered_jobs_changed()
+        await waiter
+
     # ----- lifecycle -----
 
     async def run(self) -> None:
@@ -137,6 +152,10 @@ class Daemon:
         self.guard = StoreGuard(identity, self._log, on_lost=lambda: self.jobs.halt())
         await self._beat()
         self._opened.push_async_callback(self._beat_stopped)
+        self.registered = RegisteredJobs(
+            self.store, self.worker, self._plugins, self._redactor, self.metrics, self._log, self._clock
+        )
+        await self.registered.read_if_changed()
         http = HttpClientPool(self.config.defaults.concurrency, self.metrics)
         self._opened.push_async_callback(http.aclose)
         await self._start_jobs(http)
@@ -192,7 +211,9 @@ class Daemon:
         watchdog = asyncio.create_task(run_watchdog(self._notifier, self._on_time, self._clock.sleep), name="watchdog")
         self._opened.push_async_callback(_cancel, [watchdog])
         self._opened.push_async_callback(self.jobs.stop, SHUTDOWN_GRACE)
-        await self.jobs.start(self.config.jobs, self.config.defaults.startup_spread)
+        assembly = self.registered.assemble(self.config)
+        await self.jobs.start(assembly.definitions, self.config.defaults.startup_spread)
+        await self.registered.applied(assembly)
         await self._start_discovery(context)
 
     async def _start_discovery(self, context: PluginContext) -> None:
@@ -217,8 +238,11 @@ class Daemon:
             self.worker,
             self.jobs,
             self.guard,
+            registered=self.registered,
             reload_status=lambda: self.reloader.status,
-            api_token=self._api_token,
+            bearer_tokens=self._bearer_tokens,
+            config=lambda: self.reloader.config,
+            rebuild=self.rebuild_registered,
         )
         app = create_app(control, self.metrics, logging.getLogger("teckochecker.http"), self._redactor)
         web = WebServer(app, self.config.http.listen, self.config.http.port, self._log)
@@ -226,15 +250,18 @@ class Daemon:
         # Stopped before the ticks drain, so no request waits on a daemon that is going away.
         self._opened.push_async_callback(web.stop)
 
-    def _api_token(self) -> str | None:
-        name = self.config.http.api_token
-        return self.reloader.secret(name) if name else None
+    def _bearer_tokens(self) -> list[BearerToken]:
+        return [self._bearer_token(spec) for spec in self.config.http.bearer_tokens()]
+
+    def _bearer_token(self, spec: TokenSpec) -> BearerToken:
+        return BearerToken(self.reloader.secret(spec.secret), frozenset(s.value for s in spec.scopes))
 
     def _start_background(self) -> None:
         self._background = [
             asyncio.create_task(self._reload_loop(), name="reload"),
             asyncio.create_task(self._gauge_loop(), name="gauges"),
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+            asyncio.create_task(self._registry_loop(), name="registry"),
         ]
         self._opened.push_async_callback(_cancel, self._background)
 
@@ -267,15 +294,62 @@ class Daemon:
             await self._reload_wanted.wait()
             self._reload_wanted.clear()
             reasons, self._reload_reasons = self._reload_reasons, set()
+            waiters, self._rebuild_waiters = self._rebuild_waiters, []
+            try:
+                await self._reload(reasons)
+            finally:
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_result(None)
+
+    async def _reload(self, reasons: set[str]) -> None:
+        files = reasons - {REGISTRY_CHANGED}
+        if files:
             await self.reloader.reload(
-                forced="SIGHUP" in reasons,
-                reason=", ".join(sorted(reasons)),
+                forced="SIGHUP" in files,
+                reason=", ".join(sorted(files)),
                 guard=self.guard,
-                apply=self.jobs.apply,
+                apply=self._apply_file_jobs,
                 watch=lambda new: self._watcher.watch(watched_dirs(self.reloader.config_path, new.include)),
             )
             await self.discovery.apply(self.config.discoveries)
             await self._save_reload_outcome()
+        if REGISTRY_CHANGED in reasons and self.guard.intact():
+            try:
+                await self.registered.read_if_changed()
+                await self._apply(self.registered.assemble(self.config), "registered jobs")
+            except Exception as exc:  # the store may be briefly down; the next change or poll tries again
+                self._log.warning("cannot apply the registered jobs: %s", exc)
+
+    async def _apply_file_jobs(self, _file_jobs: object, _change: JobDiff) -> None:
+        # The reloader has moved to the new config; run its file jobs plus the registered ones.
+        await self.registered.read_if_changed()
+        await self._apply(self.registered.assemble(self.config), None)
+
+    async def _apply(self, assembly: Assembly, log_as: str | None) -> None:
+        change = diff(self.registered.assembly.definitions, assembly.definitions)
+        if change.added or change.changed or change.removed:
+            await self.jobs.apply(assembly.definitions, change)
+            if log_as is not None:
+                self._log.info(
+                    "%s applied: %d added, %d changed, %d removed, %d unchanged",
+                    log_as,
+                    len(change.added),
+                    len(change.changed),
+                    len(change.removed),
+                    change.unchanged,
+                )
+        await self.registered.applied(assembly)
+
+    async def _registry_loop(self) -> None:
+        """Notice rows another process wrote (a replica's PUT, discovery, the CLI) within REGISTRY_POLL."""
+        while self.guard.intact():
+            await self._clock.sleep(REGISTRY_POLL)
+            try:
+                if await self.registered.read_if_changed():
+                    self.registered_jobs_changed()
+            except Exception as exc:  # the state store may be briefly unreachable; the next poll tries again
+                self._log.debug("cannot read the registered jobs' version: %s", exc)
 
     async def _save_reload_outcome(self) -> None:
         if self.guard.problem is not None:  # never write into a store that is not the one we opened

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from teckochecker.state.models import Event, JobSnapshot
+from teckochecker.state.models import Event, JobSnapshot, PutOutcome
 
 if TYPE_CHECKING:  # the web layer imports this module for the protocol alone; the engine stays out of it
+    from teckochecker.config.validate import Config
+    from teckochecker.registered_jobs import RegisteredJobs
     from teckochecker.running_jobs import RunningJobs
     from teckochecker.state.guard import StoreGuard
     from teckochecker.state.store import StateStore
@@ -28,6 +30,34 @@ class ReloadStatus:
 
 
 RELOAD_META = "last_reload"
+
+
+@dataclass(frozen=True)
+class BearerToken:
+    """A configured token's value and what it may do ("register", "control")."""
+
+    value: str
+    scopes: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a registered job's body; ``path`` is relative to the body (``source.targets[2]``)."""
+
+    path: str
+    message: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"path": self.path, "message": self.message}
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a PUT or DELETE of a registered job was refused: the HTTP status and, for 422, every problem."""
+
+    status: int
+    message: str
+    problems: tuple[Problem, ...] = ()
 
 
 def reload_status_to_dict(status: ReloadStatus) -> dict[str, Any]:
@@ -87,8 +117,20 @@ class DaemonControl(Protocol):
 
     def reload_status(self) -> ReloadStatus: ...
 
-    def api_token(self) -> str | None:
-        """The control endpoints' bearer token, or None when none is configured (endpoints off)."""
+    def bearer_tokens(self) -> list[BearerToken]:
+        """The configured tokens (http.tokens, and http.api_token with every scope); none: endpoints off."""
+        ...
+
+    async def register_job(self, name: str, body: object) -> PutOutcome | Refusal:
+        """Create or replace a job registered over the API; returns once the daemon runs the result."""
+        ...
+
+    async def unregister_job(self, name: str) -> bool | Refusal:
+        """Remove a job registered over the API; False if there is none of that name."""
+        ...
+
+    def registry_notes(self) -> tuple[str, ...]:
+        """Registered jobs a file job shadows, or that no longer validate: shown in /api/v1/status."""
         ...
 
 
@@ -102,15 +144,21 @@ class Control:
         jobs: RunningJobs,
         guard: StoreGuard,
         *,
+        registered: RegisteredJobs,
         reload_status: Callable[[], ReloadStatus],
-        api_token: Callable[[], str | None],
+        bearer_tokens: Callable[[], list[BearerToken]],
+        config: Callable[[], Config],
+        rebuild: Callable[[], Awaitable[None]],
     ) -> None:
         self._store = store
         self._db = worker
         self._jobs = jobs
         self._guard = guard
+        self._registered = registered
         self._reload_status = reload_status
-        self._api_token = api_token
+        self._bearer_tokens = bearer_tokens
+        self._config = config
+        self._rebuild = rebuild
 
     async def jobs(self) -> list[JobSnapshot]:
         return await self._db.run(self._store.jobs)
@@ -150,5 +198,25 @@ class Control:
     def reload_status(self) -> ReloadStatus:
         return self._reload_status()
 
-    def api_token(self) -> str | None:
-        return self._api_token()
+    def bearer_tokens(self) -> list[BearerToken]:
+        return self._bearer_tokens()
+
+    async def register_job(self, name: str, body: object) -> PutOutcome | Refusal:
+        self._guard.require()
+        outcome = await self._registered.put(name, body, self._config())
+        # Unchanged but not running here: another replica stored it and this one has not polled yet.
+        if outcome in (PutOutcome.CREATED, PutOutcome.UPDATED) or (
+            outcome is PutOutcome.UNCHANGED and name not in self._registered.assembly.definitions
+        ):
+            await self._rebuild()
+        return outcome
+
+    async def unregister_job(self, name: str) -> bool | Refusal:
+        self._guard.require()
+        removed = await self._registered.remove(name, self._config())
+        if removed is True:
+            await self._rebuild()
+        return removed
+
+    def registry_notes(self) -> tuple[str, ...]:
+        return self._registered.assembly.notes()

@@ -41,6 +41,12 @@ class Metrics:
             registry=r,
         )
         self.jobs = Gauge(f"{PREFIX}_jobs", "Configured jobs by state.", ["state"], registry=r)
+        self.jobs_by_origin = Gauge(
+            f"{PREFIX}_jobs_by_origin",
+            "Jobs the daemon runs, by where their definition came from (file, api, discovered).",
+            ["origin"],
+            registry=r,
+        )
         self.targets = Gauge(
             f"{PREFIX}_targets",
             "Watched targets (batches) by job and normalized state.",

@@ -27,12 +27,12 @@ from daemon import run_cli
 from teckochecker.cli.api_client import fetch_job, fetch_jobs
 from teckochecker.cli.report import render_status
 from teckochecker.config.models import Condition, TriggerRule
-from teckochecker.control import ReloadStatus
+from teckochecker.control import BearerToken, Problem, Refusal, ReloadStatus
 from teckochecker.errors import StateStoreError, TeckoCheckerError
 from teckochecker.metrics import Metrics
 from teckochecker.plugin_api import ActionOutcome, ActionResult, CheckReport, Observation, TargetState
 from teckochecker.secrets.resolving import MASK, Redactor
-from teckochecker.state.models import Event, JobSnapshot
+from teckochecker.state.models import Event, JobOrigin, JobSnapshot, PutOutcome
 from teckochecker.state.store import JobPlan, PlannedAction, StateStore
 from teckochecker.state.worker import StoreWorker
 from teckochecker.web.routes import MAX_BODY_BYTES, create_app
@@ -175,6 +175,21 @@ class StoreControl:
 
     def api_token(self) -> str | None:
         return self.token
+
+    def bearer_tokens(self) -> list[BearerToken]:
+        return [BearerToken(self.token, frozenset({"register", "control"}))] if self.token else []
+
+    def registry_notes(self) -> tuple[str, ...]:
+        return ()
+
+    async def register_job(self, name: str, body: object) -> PutOutcome | Refusal:
+        # The real checks live in registered_jobs.py (tests/test_registration.py); here only what the store keeps.
+        if not isinstance(body, dict):
+            return Refusal(422, "not a job", (Problem("", "the body must be a JSON object"),))
+        return await self.worker.run(self.store.put_registered_job, name, JobOrigin.API, body, now=T0)
+
+    async def unregister_job(self, name: str) -> bool | Refusal:
+        return await self.worker.run(self.store.remove_registered_job, name)
 
 
 @contextlib.contextmanager
@@ -478,7 +493,7 @@ def test_unknown_route_and_wrong_method(client: httpx.Client) -> None:
     assert_json_error(response, 405, "/api/v1/jobs/watching/pause")
     assert response.headers["allow"] == "POST"
     assert_json_error(client.post("/api/v1/jobs", headers=auth()), 405, "/api/v1/jobs")
-    assert_json_error(client.delete("/api/v1/jobs/watching", headers=auth()), 405, "/api/v1/jobs/watching")
+    assert_json_error(client.patch("/api/v1/jobs/watching", headers=auth()), 405, "/api/v1/jobs/watching")
     assert_json_error(client.put("/healthz"), 405, "/healthz")
 
 

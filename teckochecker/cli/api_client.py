@@ -12,7 +12,7 @@ import httpx
 
 from teckochecker.errors import TeckoCheckerError
 from teckochecker.plugin_api import TargetState
-from teckochecker.state.models import Event, JobSnapshot, JobState, RunSnapshot, RunState, TargetSnapshot
+from teckochecker.state.models import Event, JobOrigin, JobSnapshot, JobState, RunSnapshot, RunState, TargetSnapshot
 
 TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 
@@ -34,7 +34,7 @@ def fetch_job(
 
 
 def _get(base_url: str, path: str, transport: httpx.BaseTransport | None) -> Any:
-    root = _root(base_url)
+    root = api_root(base_url)
     try:
         # trust_env=False: an HTTP(S)_PROXY meant for the internet must not swallow a loopback daemon.
         with httpx.Client(timeout=TIMEOUT, transport=transport, trust_env=False) as client:
@@ -55,7 +55,7 @@ def _get(base_url: str, path: str, transport: httpx.BaseTransport | None) -> Any
     return body
 
 
-def _root(base_url: str) -> str:
+def api_root(base_url: str) -> str:
     parts = urlsplit(base_url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise TeckoCheckerError(f"not an http(s) URL: {base_url!r} (e.g. http://127.0.0.1:9718)")
@@ -92,6 +92,7 @@ def job_from_json(data: Mapping[str, Any]) -> JobSnapshot:
         consecutive_failures=int(data.get("consecutive_failures") or 0),
         targets=tuple(target_from_json(t) for t in data.get("targets") or ()),
         runs=tuple(run_from_json(r) for r in data.get("runs") or ()),
+        origin=JobOrigin(data.get("origin") or JobOrigin.FILE.value),
     )
 
 

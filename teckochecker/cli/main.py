@@ -7,8 +7,9 @@ import asyncio
 import datetime as dt
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import make_url
 
@@ -18,6 +19,7 @@ from teckochecker.cli.report import (
     daemon_down,
     render_job,
     render_plugins,
+    render_registry_notes,
     render_reload,
     render_status,
     render_unchecked,
@@ -35,6 +37,9 @@ from teckochecker.secrets.resolving import Redactor
 from teckochecker.state.heartbeat import HEARTBEAT_META, heartbeat_from_json
 from teckochecker.state.location import resolve_state_url
 from teckochecker.state.store import StateStore
+
+if TYPE_CHECKING:
+    from teckochecker.cli.registration import Registered
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -125,8 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     jobs = commands.add_parser(
         "jobs",
-        help="add or remove drop-in job files",
-        description="Manage drop-in job files in the first include: directory.",
+        help="add or remove jobs (drop-in files, or a daemon's API with --url); export API jobs",
+        description="Manage drop-in job files in the first include: directory, or with --url the jobs registered "
+        "over a daemon's HTTP API (token from --token-file or $TECKOCHECKER_TOKEN, never the command line).",
     )
     jobs_commands = jobs.add_subparsers(title="commands", dest="jobs_command", required=True, metavar="COMMAND")
     add = jobs_commands.add_parser(
@@ -147,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a target (batch ID) to watch; repeat for several",
     )
     add.add_argument("--replace", action="store_true", help="overwrite an existing drop-in of that name")
+    _remote_options(add)
     add.set_defaults(handler=cmd_jobs_add)
     remove = jobs_commands.add_parser(
         "remove",
@@ -154,9 +161,27 @@ def build_parser() -> argparse.ArgumentParser:
         description="Delete the drop-in file that defines NAME. Its history is kept.",
     )
     remove.add_argument("name", help="the job's name")
+    _remote_options(remove)
     remove.set_defaults(handler=cmd_jobs_remove)
+    export = jobs_commands.add_parser(
+        "export",
+        help="print the jobs registered over the API as a drop-in file",
+        description="Print the jobs registered over the HTTP API (from the state store) as YAML that "
+        "validate-config accepts as a drop-in file: for teams that move them into git.",
+    )
+    _state_url_option(export)
+    export.set_defaults(handler=cmd_jobs_export)
     register_secrets_commands(commands)
     return parser
+
+
+def _remote_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--url", metavar="URL", help="register or remove over a running daemon's HTTP API instead of a drop-in file"
+    )
+    parser.add_argument(
+        "--token-file", type=Path, metavar="PATH", help="a file holding the bearer token (else $TECKOCHECKER_TOKEN)"
+    )
 
 
 def _state_url_option(parser: argparse.ArgumentParser) -> None:
@@ -260,6 +285,8 @@ def cmd_status(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         print(render_status(store.jobs(), now, daemon_down=down))
         saved = store.get_meta(RELOAD_META)
         print(render_reload(reload_status_from_json(saved) if saved else None))
+        if notes := store.registry_notes():
+            print(render_registry_notes(notes))
     finally:
         store.close()
     return EXIT_OK
@@ -289,6 +316,15 @@ def cmd_show(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 def cmd_jobs_add(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    if args.url:
+        from teckochecker.cli.registration import job_body, put_job, read_token  # httpx only when asked to
+
+        body = job_body(args.template, args.targets)
+        done = _remote(lambda: put_job(args.url, args.name, body, read_token(args.token_file, environ)))
+        if done is None:
+            return EXIT_INVALID
+        print(f"job {args.name!r} {done.outcome} at {args.url}: watching {len(args.targets)} target(s)")
+        return EXIT_OK
     from teckochecker.cli.dropins import add_job
 
     path = add_job(
@@ -299,10 +335,45 @@ def cmd_jobs_add(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 def cmd_jobs_remove(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    if args.url:
+        from teckochecker.cli.registration import delete_job, read_token
+
+        done = _remote(lambda: delete_job(args.url, args.name, read_token(args.token_file, environ)))
+        if done is None:
+            return EXIT_INVALID
+        print(f"job {args.name!r} removed at {args.url}")
+        return EXIT_OK
     from teckochecker.cli.dropins import remove_job
 
     path = remove_job(_config_path(args, environ), args.name)
     print(f"removed {path}")
+    return EXIT_OK
+
+
+def _remote(call: Callable[[], Registered]) -> Registered | None:
+    """The call's result; None (after printing every problem) when the daemon found the job invalid."""
+    from teckochecker.cli.registration import Refused
+
+    try:
+        return call()
+    except Refused as exc:
+        if not exc.problems:
+            raise
+        print(f"teckochecker: error: {exc}", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        print(f"{len(exc.problems)} problem(s) found", file=sys.stderr)
+        return None
+
+
+def cmd_jobs_export(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from teckochecker.cli.registration import export_yaml
+
+    store = StateStore.open(_state_url(args, environ), readonly=True)
+    try:
+        print(export_yaml(store.registered_jobs(), store.url, SystemClock().now()), end="")
+    finally:
+        store.close()
     return EXIT_OK
 
 

@@ -9,7 +9,7 @@ from teckochecker.config.durations import format_duration
 from teckochecker.control import ReloadStatus
 from teckochecker.plugins import PluginRegistry
 from teckochecker.state.heartbeat import Heartbeat
-from teckochecker.state.models import Event, JobSnapshot, RequestCounts, RunSnapshot, request_counts
+from teckochecker.state.models import Event, JobOrigin, JobSnapshot, RequestCounts, RunSnapshot, request_counts
 
 BAR_WIDTH = 20
 
@@ -39,6 +39,11 @@ def render_reload(status: ReloadStatus | None) -> str:
     return f"config: last reload FAILED at {when} ({len(status.errors)} problem(s); the previous config runs): {first}"
 
 
+def render_registry_notes(notes: Sequence[str]) -> str:
+    """Registered jobs a file job shadows, or that no longer validate (registered_jobs.Assembly.notes)."""
+    return "\n".join(f"registered jobs: {note}" for note in notes)
+
+
 def daemon_down(heartbeat: Heartbeat | None, now: dt.datetime) -> str | None:
     """None while the daemon's heartbeat is fresh (teckochecker.state.heartbeat); else a line saying that it is not
     running and when it was last seen."""
@@ -64,12 +69,15 @@ def render_status(jobs: Sequence[JobSnapshot], now: dt.datetime, *, daemon_down:
     """The job table. ``daemon_down`` (see daemon_down()) says no daemon runs: then no check is promised."""
     if not jobs:
         return "no jobs in the state store" + (f"\n{daemon_down}" if daemon_down else "")
-    rows = [("JOB", "STATE", "TARGETS", "NEXT CHECK", "ACTION", "LAST ERROR")]
+    # The ORIGIN column appears once a job came from elsewhere than a file (the API, discovery).
+    origins = any(job.origin is not JobOrigin.FILE for job in jobs)
+    rows = [("JOB", *(("ORIGIN",) if origins else ()), "STATE", "TARGETS", "NEXT CHECK", "ACTION", "LAST ERROR")]
     for job in jobs:
         state = job.state.value + (" (removed)" if job.removed else "") + (" (paused)" if job.paused else "")
         rows.append(
             (
                 job.name,
+                *((job.origin.value,) if origins else ()),
                 state,
                 f"{job.done_count}/{len(job.targets)}",
                 _next_check(job, now) if daemon_down is None else _no_daemon(job),
@@ -106,6 +114,7 @@ def render_job(job: JobSnapshot, events: Sequence[Event], now: dt.datetime, *, d
     next_check = _next_check(job, now) if daemon_down is None or job.state.is_final else daemon_down
     lines = [
         f"job:        {_one_line(job.name)}",
+        f"origin:     {job.origin.value}",
         f"state:      {job.state.value}" + (" (removed from config)" if job.removed else ""),
         f"targets:    {job.done_count}/{len(job.targets)} finished",
         f"next check: {next_check}",

@@ -139,12 +139,34 @@ class StateSettings(Model):
     url: str | None = Field(default=None, description="SQLAlchemy URL; default: a SQLite file in the state dir")
 
 
+class TokenScope(str, enum.Enum):
+    """What a bearer token may do: register and remove jobs (PUT/DELETE /api/v1/jobs/NAME), or control
+    running jobs (pause, resume, check-now)."""
+
+    REGISTER = "register"
+    CONTROL = "control"
+
+
+class TokenSpec(Model):
+    """One bearer token: the name of the secret that holds it, and what it may do."""
+
+    secret: str = Field(min_length=1)
+    scopes: Annotated[list[TokenScope], Field(min_length=1)]
+
+
 class HttpSettings(Model):
     listen: str = "127.0.0.1"
     port: int = Field(default=DEFAULT_HTTP_PORT, ge=0, le=65535)
-    # The name of a secret holding the bearer token for the control endpoints (pause, resume, check-now).
-    # Without it those endpoints are off.
+    # The name of a secret holding a bearer token with every scope (register and control): the older,
+    # single-token form, kept working. Without it and without tokens, the mutating endpoints are off.
     api_token: str | None = Field(default=None, min_length=1)
+    # Least privilege: each token names its secret and its scopes (a pipeline's token: [register]).
+    tokens: list[TokenSpec] = []
+
+    def bearer_tokens(self) -> list[TokenSpec]:
+        """Every configured token, api_token as one with both scopes."""
+        legacy = [TokenSpec(secret=self.api_token, scopes=list(TokenScope))] if self.api_token else []
+        return [*legacy, *self.tokens]
 
 
 class Defaults(Model):

@@ -12,7 +12,7 @@ import hashlib
 import json
 from collections import ChainMap
 from collections.abc import Iterator, Mapping, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path as FsPath
 from typing import Any, cast
 
@@ -65,6 +65,8 @@ class JobDefinition:
     file: str
     # Changes whenever anything about the job changes; a reload compares these.
     fingerprint: str
+    # Where the job starts in its file (FILE:LINE names it when the API refuses to change a file job).
+    line: int = 1
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,8 @@ class Config:
     templates: tuple[str, ...] = ()
     # Templates with a discover: section, by template name.
     discoveries: Mapping[str, DiscoveryDefinition] = dataclasses.field(default_factory=dict)
+    # The templates' bodies, so a job registered over the API can be validated against this config.
+    template_bodies: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def summary(self) -> str:
         targets = sum(len(j.source.targets) for j in self.jobs.values())
@@ -148,7 +152,7 @@ def _validate_document(
     jobs: dict[str, JobDefinition] = {}
     for raw in raw_jobs:
         raw = _with_template(raw, templates, template_marks, diagnostics)
-        job, problems = _validate_job(raw.data, raw.path, raw.doc, registry, secrets, defaults)
+        job, problems = _validate_job(raw.data, raw.path, raw.doc, registry, secrets, defaults, echo_secrets=True)
         diagnostics.extend(problems)
         if job is None:
             continue
@@ -161,15 +165,8 @@ def _validate_document(
             )
             continue
         jobs[job.name] = job
-    if top is not None and top.http.api_token and top.http.api_token not in top.secrets:
-        defined = ", ".join(sorted(top.secrets)) or "none"
-        diagnostics.append(
-            Diagnostic(
-                doc.mark_for(("http", "api_token")),
-                ("http", "api_token"),
-                f"secret {top.http.api_token!r} is not defined under 'secrets:' (defined: {defined})",
-            )
-        )
+    if top is not None:
+        diagnostics += _token_secret_problems(top, doc)
     if top is None or diagnostics:
         return None, diagnostics
     config = Config(
@@ -185,6 +182,7 @@ def _validate_document(
         include=tuple(top.include),
         templates=tuple(sorted(top.templates)),
         discoveries=discoveries,
+        template_bodies=dict(top.templates),
     )
     return config, []
 
@@ -213,7 +211,7 @@ def _discoveries(
         raw = {k: v for k, v in template.items() if k != "discover"}
         source = raw["source"] if isinstance(raw.get("source"), dict) else {}
         probe = {**raw, "name": _PROBE_NAME, "source": {**source, "targets": ["probe"]}}
-        job, problems = _validate_job(probe, path, doc, registry, secrets, defaults)
+        job, problems = _validate_job(probe, path, doc, registry, secrets, defaults, echo_secrets=True)
         diagnostics.extend(problems)
         if job is None or rule is None:
             continue
@@ -224,6 +222,32 @@ def _discoveries(
             continue
         found[name] = DiscoveryDefinition(name, rule, job.source)
     return found
+
+
+def validate_job_body(
+    body: Any, config: Config, registry: PluginRegistry, *, where: str
+) -> tuple[JobDefinition | None, list[Diagnostic]]:
+    """One job given as data (registered over the API, or stored), validated exactly as a job in the
+    config's files would be, against its templates, secrets and defaults. Diagnostic paths are relative to
+    the body (``source.targets[2]``); ``where`` names it in place of a file. Unknown secret names are not
+    echoed back: a caller who pasted a value where a name belongs must not see it in the answer."""
+    doc = Document(where, body, {})
+    diagnostics: list[Diagnostic] = []
+    raw = _with_template(_RawJob(body, (), doc), config.template_bodies, {}, diagnostics)
+    job, problems = _validate_job(raw.data, (), doc, registry, config.secrets, config.defaults, echo_secrets=False)
+    diagnostics += problems
+    return (None if diagnostics else job), diagnostics
+
+
+def _token_secret_problems(top: ConfigFile, doc: Document) -> list[Diagnostic]:
+    named: list[tuple[Path, str]] = [(("http", "api_token"), top.http.api_token)] if top.http.api_token else []
+    named += [(("http", "tokens", i, "secret"), t.secret) for i, t in enumerate(top.http.tokens)]
+    defined = ", ".join(sorted(top.secrets)) or "none"
+    return [
+        Diagnostic(doc.mark_for(path), path, f"secret {name!r} is not defined under 'secrets:' (defined: {defined})")
+        for path, name in named
+        if name not in top.secrets
+    ]
 
 
 def _jobs_of(doc: Document, diagnostics: list[Diagnostic], *, drop_in: bool) -> list[_RawJob]:
@@ -293,7 +317,7 @@ def _template_marks(main: Document) -> dict[str, list[tuple[Path, Mark]]]:
 
 def _with_template(
     raw: _RawJob,
-    templates: Mapping[str, dict[str, Any]],
+    templates: Mapping[str, Mapping[str, Any]],
     template_marks: Mapping[str, list[tuple[Path, Mark]]],
     diagnostics: list[Diagnostic],
 ) -> _RawJob:
@@ -332,14 +356,28 @@ def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[st
 
 
 def _validate_job(
-    raw: Any, path: Path, doc: Document, registry: PluginRegistry, secrets: Mapping[str, Any], defaults: Defaults
+    raw: Any,
+    path: Path,
+    doc: Document,
+    registry: PluginRegistry,
+    secrets: Mapping[str, Any],
+    defaults: Defaults,
+    *,
+    echo_secrets: bool,
 ) -> tuple[JobDefinition | None, list[Diagnostic]]:
     spec, diagnostics = _validate_model(JobSpec, raw, path, doc)
     # Plugin options are checked from the raw mapping, so their problems show even when the job's own are wrong.
     raw = raw if isinstance(raw, dict) else {}
     source_path = (*path, "source")
     source_cls, source_options = _plugin_part(
-        registry.sources, "source", raw.get("source"), {"type", "targets"}, source_path, doc, secrets, diagnostics
+        registry.sources,
+        "source",
+        raw.get("source"),
+        {"type", "targets"},
+        source_path,
+        doc,
+        _SecretNames(secrets, echo_secrets),
+        diagnostics,
     )
     raw_actions = raw.get("actions") if isinstance(raw.get("actions"), list) else []
     actions = []
@@ -351,7 +389,7 @@ def _validate_job(
             {"type", "when"},
             (*path, "actions", index),
             doc,
-            secrets,
+            _SecretNames(secrets, echo_secrets),
             diagnostics,
         )
         if spec is not None and action_cls is not None and options is not None:
@@ -369,8 +407,23 @@ def _validate_job(
         deadline=spec.deadline or defaults.deadline,
         file=doc.file,
         fingerprint=_fingerprint(spec, source_options, actions, defaults),
+        line=doc.mark_for(path).line,
     )
     return job, []
+
+
+@dataclass(frozen=True)
+class _SecretNames:
+    """The secrets a job may name, and whether a problem may quote the name it was given."""
+
+    defined: Mapping[str, Any]
+    echo: bool
+
+    def problem(self, name: str) -> str:
+        defined = ", ".join(sorted(self.defined)) or "none"
+        if self.echo:
+            return f"secret {name!r} is not defined under 'secrets:' (defined: {defined})"
+        return f"no secret of that name under 'secrets:' (defined: {defined}); name a secret, never its value"
 
 
 def _plugin_part(
@@ -380,7 +433,7 @@ def _plugin_part(
     core_keys: set[str],
     path: Path,
     doc: Document,
-    secrets: Mapping[str, Any],
+    secrets: _SecretNames,
     diagnostics: list[Diagnostic],
 ) -> tuple[Any, OptionsModel | None]:
     if not isinstance(raw, dict) or not isinstance(raw.get("type"), str):
@@ -409,7 +462,7 @@ def _plugin_options(
     raw: dict[str, Any],
     path: Path,
     doc: Document,
-    secrets: Mapping[str, Any],
+    secrets: _SecretNames,
     diagnostics: list[Diagnostic],
 ) -> OptionsModel | None:
     if cls is None:
@@ -419,15 +472,8 @@ def _plugin_options(
     diagnostics.extend(problems)
     if options is not None:
         for field_path, name in _secret_names(options, path):
-            if name not in secrets:
-                defined = ", ".join(sorted(secrets)) or "none"
-                diagnostics.append(
-                    Diagnostic(
-                        doc.mark_for(field_path),
-                        field_path,
-                        f"secret {str(name)!r} is not defined under 'secrets:' (defined: {defined})",
-                    )
-                )
+            if name not in secrets.defined:
+                diagnostics.append(Diagnostic(doc.mark_for(field_path), field_path, secrets.problem(str(name))))
     return options
 
 

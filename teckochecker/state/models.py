@@ -23,6 +23,14 @@ class JobState(str, enum.Enum):
         return self in (JobState.COMPLETED, JobState.COMPLETED_WITH_FAILURES, JobState.FAILED)
 
 
+class JobOrigin(str, enum.Enum):
+    """Where a job's definition came from. File jobs are read-only through the API."""
+
+    FILE = "file"  # the YAML or a drop-in
+    API = "api"  # PUT /api/v1/jobs/{name}
+    DISCOVERED = "discovered"  # found by batch metadata (a template's discover:)
+
+
 class RunState(str, enum.Enum):
     """One action of one job, through the effectively-once protocol (design/reliability.md §1.3)."""
 
@@ -145,6 +153,7 @@ class JobSnapshot:
     consecutive_failures: int
     targets: tuple[TargetSnapshot, ...] = ()
     runs: tuple[RunSnapshot, ...] = ()
+    origin: JobOrigin = JobOrigin.FILE
 
     @property
     def pending_targets(self) -> list[str]:
@@ -227,14 +236,6 @@ class JobGauges:
             if job.deadline_at is not None and not job.state.is_final:
                 deadlines[job.name] = job.deadline_at.timestamp()
         return cls(jobs, targets, requests, deadlines)
-
-
-class JobOrigin(str, enum.Enum):
-    """Where a job's definition came from. File jobs are read-only through the API."""
-
-    FILE = "file"  # the YAML or a drop-in
-    API = "api"  # PUT /api/v1/jobs/{name}
-    DISCOVERED = "discovered"  # found by batch metadata (a template's discover:)
 
 
 class PutOutcome(str, enum.Enum):

@@ -49,6 +49,8 @@ from teckochecker.state.runs import RunTransitions
 _JOB_FINAL = [s.value for s in JobState if s.is_final]
 # Changed (to a fresh uuid) in the transaction of every put or remove of a registered job.
 REGISTRY_TOKEN_META = "registered_jobs_token"
+# Written by the daemon: the registered names a file job shadows, and notes for `status` (registered_jobs.py).
+CONFLICTS_META = "registered_job_conflicts"
 
 
 @dataclass(frozen=True)
@@ -269,6 +271,11 @@ class StateStore(RunTransitions):
             self._bump_registry_token(conn)
             return True
 
+    def registry_notes(self) -> list[str]:
+        """What the daemon last reported about the registered jobs (shadowed by a file job, invalid)."""
+        recorded = self.get_meta(CONFLICTS_META)
+        return [str(note) for note in json.loads(recorded).get("notes", [])] if recorded else []
+
     def _bump_registry_token(self, conn: Connection) -> None:
         m = schema.meta_table
         token = uuid.uuid4().hex
@@ -280,7 +287,7 @@ class StateStore(RunTransitions):
     def job(self, name: str) -> JobSnapshot | None:
         with self._engine.connect() as conn:
             row = conn.execute(sa.select(schema.jobs).where(schema.jobs.c.name == name)).first()
-            return None if row is None else self._snapshot(conn, row)
+            return None if row is None else self._snapshot(conn, row, _origins(conn, name))
 
     def jobs(self, *, include_removed: bool = True) -> list[JobSnapshot]:
         with self._engine.connect() as conn:
@@ -291,7 +298,8 @@ class StateStore(RunTransitions):
             targets = _group(conn.execute(sa.select(schema.targets).order_by(schema.targets.c.position)))
             runs = _group(conn.execute(sa.select(schema.runs).order_by(schema.runs.c.action_index)))
             watches = _watches(conn.execute(sa.select(schema.duplicate_watches)))
-            return [_job_snapshot(r, targets.get(r.id, []), runs.get(r.id, []), watches) for r in rows]
+            origins = _origins(conn)
+            return [_job_snapshot(r, targets.get(r.id, []), runs.get(r.id, []), watches, origins) for r in rows]
 
     def gauges(self) -> JobGauges:
         """The counts behind the state gauges, as aggregate queries (cheap even with thousands of targets)."""
@@ -349,7 +357,7 @@ class StateStore(RunTransitions):
             ).all()
         return [Event(r.at, r.kind, r.message, r.data or {}) for r in reversed(rows)]
 
-    def _snapshot(self, conn: Connection, row: Row[Any]) -> JobSnapshot:
+    def _snapshot(self, conn: Connection, row: Row[Any], origins: Mapping[str, JobOrigin]) -> JobSnapshot:
         targets = conn.execute(
             sa.select(schema.targets).where(schema.targets.c.job_id == row.id).order_by(schema.targets.c.position)
         ).all()
@@ -358,7 +366,7 @@ class StateStore(RunTransitions):
         ).all()
         w = schema.duplicate_watches
         watches = _watches(conn.execute(sa.select(w).where(w.c.job_id == row.id)))
-        return _job_snapshot(row, targets, runs, watches)
+        return _job_snapshot(row, targets, runs, watches, origins)
 
     def _job_id(self, conn: Connection, name: str) -> int:
         job_id = conn.execute(sa.select(schema.jobs.c.id).where(schema.jobs.c.name == name)).scalar()
@@ -615,11 +623,29 @@ def _parse_at(text: str) -> dt.datetime:
     return dt.datetime.fromisoformat(text)
 
 
+def _origins(conn: Connection, name: str | None = None) -> dict[str, JobOrigin]:
+    """Where each registered job came from; a name a file job shadows (the daemon records those) is the
+    file's, as that is the job that runs."""
+    r, m = schema.registered_jobs, schema.meta_table
+    query = sa.select(r.c.name, r.c.origin) if name is None else sa.select(r.c.name, r.c.origin).where(r.c.name == name)
+    origins = {n: JobOrigin(o) for n, o in conn.execute(query)}
+    if origins:
+        recorded = conn.execute(sa.select(m.c.value).where(m.c.key == CONFLICTS_META)).scalar()
+        for shadowed in json.loads(recorded).get("shadowed", []) if recorded else []:
+            origins.pop(shadowed, None)
+    return origins
+
+
 def _job_snapshot(
-    row: Row[Any], targets: Sequence[Row[Any]], runs: Sequence[Row[Any]], watches: Mapping[int, DuplicateWatch]
+    row: Row[Any],
+    targets: Sequence[Row[Any]],
+    runs: Sequence[Row[Any]],
+    watches: Mapping[int, DuplicateWatch],
+    origins: Mapping[str, JobOrigin],
 ) -> JobSnapshot:
     return JobSnapshot(
         name=row.name,
+        origin=origins.get(row.name, JobOrigin.FILE),
         state=JobState(row.state),
         fingerprint=row.fingerprint,
         removed=bool(row.removed),

@@ -25,22 +25,27 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from teckochecker import __version__
-from teckochecker.config.models import JOB_NAME
-from teckochecker.control import DaemonControl, reload_status_to_dict
+from teckochecker.config.models import JOB_NAME, JOB_NAME_RULE
+from teckochecker.control import DaemonControl, Problem, Refusal, reload_status_to_dict
 from teckochecker.errors import StateStoreUnavailable, TeckoCheckerError
 from teckochecker.metrics import Metrics
 from teckochecker.secrets.resolving import Redactor
-from teckochecker.state.models import Event, JobSnapshot, RunSnapshot, TargetSnapshot, request_counts
+from teckochecker.state.models import Event, JobSnapshot, PutOutcome, RunSnapshot, TargetSnapshot, request_counts
 from teckochecker.web.statuspage import render_page
 
 MAX_BODY_BYTES = 64 * 1024
+# A registered job's body: room for about 5,000 batch IDs; a bigger job is better split (or put in a file).
+MAX_JOB_BODY_BYTES = 256 * 1024
 DEFAULT_EVENTS, MAX_EVENTS = 50, 1000
 PAGE_EVENTS = 10  # per job on the status page: enough to see what happened lately, short enough to scan
 _EVENTS_PARAM = re.compile(r"^[0-9]{1,4}$")
 _ENABLE_HINT = (
     "the control endpoints are off: set http.api_token in the config to the name of a secret "
-    "(declared under secrets:) that holds the bearer token, then reload or restart the daemon"
+    "(declared under secrets:) that holds the bearer token, or list tokens with their scopes under "
+    "http.tokens, then reload or restart the daemon"
 )
+REGISTER, CONTROL = "register", "control"
+_JOB_PATH = re.compile(r"^/api/v1/jobs/[^/]+$")
 
 
 def create_app(
@@ -57,7 +62,7 @@ def create_app(
         Route("/metrics", _MetricsEndpoint(metrics), methods=["GET"]),
         Route("/api/v1/status", api.status),
         Route("/api/v1/jobs", api.jobs),
-        Route("/api/v1/jobs/{name}", api.job),
+        Route("/api/v1/jobs/{name}", api.job_resource, methods=["GET", "HEAD", "PUT", "DELETE"]),
         Route("/api/v1/jobs/{name}/pause", api.pause, methods=["POST"]),
         Route("/api/v1/jobs/{name}/resume", api.resume, methods=["POST"]),
         Route("/api/v1/jobs/{name}/check-now", api.check_now, methods=["POST"]),
@@ -69,7 +74,7 @@ def create_app(
             Middleware(_CatchAll, logger=logger),
             Middleware(_RedactBodies, redactor=redactor or Redactor()),
             Middleware(_SecurityHeaders),
-            Middleware(_BodyLimit, max_bytes=MAX_BODY_BYTES),
+            Middleware(_BodyLimit, max_bytes=MAX_BODY_BYTES, job_max_bytes=MAX_JOB_BODY_BYTES),
         ],
         exception_handlers={
             HTTPException: _http_error,
@@ -105,11 +110,19 @@ class _Api:
     # ----- reading -----
 
     async def status(self, request: Request) -> Response:
-        return _json({"version": __version__, "reload": reload_status_to_dict(self._control.reload_status())})
+        reload = reload_status_to_dict(self._control.reload_status())
+        return _json({"version": __version__, "reload": reload, "registered": list(self._control.registry_notes())})
 
     async def jobs(self, request: Request) -> Response:
         jobs = await self._control.jobs()
         return _json({"jobs": [job_to_json(job, self._control.next_run(job.name)) for job in jobs]})
+
+    async def job_resource(self, request: Request) -> Response:
+        if request.method == "PUT":
+            return await self.register(request)
+        if request.method == "DELETE":
+            return await self.unregister(request)
+        return await self.job(request)
 
     async def job(self, request: Request) -> Response:
         limit = _events_limit(request)
@@ -139,7 +152,47 @@ class _Api:
             },
         )
 
-    # ----- control (mutating) -----
+    # ----- registration (mutating; scope "register") -----
+
+    async def register(self, request: Request) -> Response:
+        name, path = request.path_params["name"], _path(request)
+        denied = self._authorize(request, REGISTER)
+        if denied is not None:
+            self._audit("register", name, request, f"denied ({denied.status_code})", logging.WARNING)
+            return denied
+        if not _could_be_a_job(name):
+            self._audit("register", name, request, "refused (422: name)")
+            return _refusal(Refusal(422, "invalid job name", (Problem("name", JOB_NAME_RULE),)), path)
+        try:
+            body = json.loads(await request.body())
+        except (ValueError, RecursionError) as exc:  # RecursionError: '[' nested past the parser's depth
+            self._audit("register", name, request, "refused (400: not JSON)")
+            return error_response(400, f"the body is not JSON: {str(exc)[:200]}", path)
+        outcome = await self._control.register_job(name, body)
+        if isinstance(outcome, Refusal):
+            self._audit("register", name, request, f"refused ({outcome.status})")
+            return _refusal(outcome, path)
+        self._audit("register", name, request, outcome.value)
+        status = 201 if outcome is PutOutcome.CREATED else 200
+        return _json({"job": name, "origin": "api", "outcome": outcome.value}, status_code=status)
+
+    async def unregister(self, request: Request) -> Response:
+        name, path = request.path_params["name"], _path(request)
+        denied = self._authorize(request, REGISTER)
+        if denied is not None:
+            self._audit("unregister", name, request, f"denied ({denied.status_code})", logging.WARNING)
+            return denied
+        removed = await self._control.unregister_job(name) if _could_be_a_job(name) else False
+        if isinstance(removed, Refusal):
+            self._audit("unregister", name, request, f"refused ({removed.status})")
+            return _refusal(removed, path)
+        if not removed:
+            self._audit("unregister", name, request, "no such job")
+            return error_response(404, f"no job named {name!r} is registered over the API", path)
+        self._audit("unregister", name, request, "removed")
+        return _json({"job": name, "removed": True})
+
+    # ----- control (mutating; scope "control") -----
 
     async def pause(self, request: Request) -> Response:
         return await self._mutate(request, "pause", self._control.pause)
@@ -153,7 +206,7 @@ class _Api:
     async def _mutate(self, request: Request, action: str, call: Callable[[str], Awaitable[bool]]) -> Response:
         name = request.path_params["name"]
         path = _path(request)
-        denied = self._authorize(request)
+        denied = self._authorize(request, CONTROL)
         if denied is not None:
             self._audit(action, name, request, f"denied ({denied.status_code})", logging.WARNING)
             return denied
@@ -174,27 +227,38 @@ class _Api:
         self._audit(action, name, request, "ok")
         return _json({"job": name, "action": action, "ok": True})
 
-    def _authorize(self, request: Request) -> Response | None:
-        """None if the caller may mutate; else the 403/401 answer. Which error comes first matters:
-        with no token configured nobody can be authorized, so say how to turn the endpoints on."""
-        expected = self._control.api_token()
+    def _authorize(self, request: Request, scope: str) -> Response | None:
+        """None if the caller's token has ``scope``; else the 403/401 answer. Which error comes first
+        matters: with no token configured nobody can be authorized, so say how to turn the endpoints on."""
+        tokens = self._control.bearer_tokens()
         path = _path(request)
-        if expected is None:
+        if not tokens:
             return error_response(403, _ENABLE_HINT, path)
         given = _bearer_token(request.headers.get("authorization"))
-        if given is None or not hmac.compare_digest(given, expected.encode("utf-8")):
+        # Every token is compared (constant time each), so the answer's timing says nothing about which matched.
+        matched = [t for t in tokens if given is not None and hmac.compare_digest(given, t.value.encode("utf-8"))]
+        if not matched:
             return error_response(
                 401,
                 "missing or wrong bearer token (Authorization: Bearer <token>)",
                 path,
                 headers={"WWW-Authenticate": 'Bearer realm="teckochecker"'},
             )
+        if not any(scope in t.scopes for t in matched):
+            return error_response(403, f"this token may not {scope} (its scopes are set under http.tokens)", path)
         return None
 
     def _audit(self, action: str, name: str, request: Request, result: str, level: int = logging.INFO) -> None:
         # Never the token, not even a prefix; %r keeps a hostile job name on one line.
         remote = request.client.host if request.client else "-"
         self._logger.log(level, "audit: %s job=%r from %s: %s", action, name[:200], remote, result)
+
+
+def _refusal(refusal: Refusal, path: str) -> Response:
+    body: dict[str, Any] = {"error": refusal.message, "path": path}
+    if refusal.problems:
+        body["problems"] = [p.to_json() for p in refusal.problems]
+    return _json(body, status_code=refusal.status)
 
 
 def _could_be_a_job(name: str) -> bool:
@@ -236,6 +300,7 @@ def job_to_json(job: JobSnapshot, next_check: dt.datetime | None, events: list[E
             totals[kind] += getattr(counts, kind)
     body: dict[str, Any] = {
         "name": job.name,
+        "origin": job.origin.value,
         "state": job.state.value,
         "final": job.state.is_final,
         "paused": job.paused,
@@ -481,17 +546,21 @@ class _BodyLimit:
     A declared Content-Length is checked up front; a chunked body is read (up to the cap) and replayed.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, job_max_bytes: int) -> None:
         self._app = app
-        self._max = max_bytes
+        self._default_max = max_bytes
+        self._job_max = job_max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
+        # A registered job's body may be larger than anything else the API accepts.
+        registering = scope.get("method") == "PUT" and _JOB_PATH.match(scope.get("path", ""))
+        limit = self._job_max if registering else self._default_max
         declared = _content_length(scope)
-        if declared is not None and declared > self._max:
-            await _send_error(scope, receive, send, 413, f"request body over {self._max} bytes")
+        if declared is not None and declared > limit:
+            await _send_error(scope, receive, send, 413, f"request body over {limit} bytes")
             return
         body, more = b"", True
         while more:
@@ -500,8 +569,8 @@ class _BodyLimit:
                 return  # an incomplete request must not act, and nobody is left to answer
             body += message.get("body", b"")
             more = bool(message.get("more_body"))
-            if len(body) > self._max:
-                await _send_error(scope, receive, send, 413, f"request body over {self._max} bytes")
+            if len(body) > limit:
+                await _send_error(scope, receive, send, 413, f"request body over {limit} bytes")
                 return
         await self._app(scope, _replay(body, receive), send)
 

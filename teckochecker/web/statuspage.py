@@ -98,7 +98,10 @@ def _job(job: Mapping[str, Any], now: dt.datetime) -> str:
     badges = f'<span class="badge job-state state-{_e(state)}">{_e(state)}</span>'
     badges += '<span class="badge paused">paused</span>' if job.get("paused") else ""
     badges += '<span class="badge removed">removed from config</span>' if job.get("removed") else ""
+    origin = str(job.get("origin") or "file")
+    badges += f'<span class="badge origin origin-{_e(origin)}">{_e(origin)}</span>' if origin != "file" else ""
     return f"""<section class="job" id="job-{_e(name)}" data-job="{_e(name)}" data-state="{_e(state)}" \
+data-origin="{_e(origin)}" \
 data-paused="{str(bool(job.get("paused"))).lower()}" data-removed="{str(bool(job.get("removed"))).lower()}">
 <header><h2 class="job-name">{_e(name)}</h2>{badges}</header>
 {_job_meta(job, now)}

@@ -1,0 +1,110 @@
+"""Jobs registered over the HTTP API, from the command line: `jobs add/remove --url` (the same as a
+pipeline's PUT/DELETE) and `jobs export` (the API jobs as a drop-in file, for teams that move them into git).
+
+The bearer token comes from a file (--token-file) or the environment (TECKOCHECKER_TOKEN), never from the
+command line, where `ps` and shell history would show it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import yaml
+
+from teckochecker.cli.api_client import TIMEOUT, api_root
+from teckochecker.config.models import JOB_NAME_RULE, is_job_name
+from teckochecker.errors import TeckoCheckerError
+from teckochecker.state.models import JobOrigin, RegisteredJob
+
+TOKEN_ENV = "TECKOCHECKER_TOKEN"
+
+
+class Refused(TeckoCheckerError):
+    """The daemon refused the job; ``problems`` lists each one (HTTP 422) as ``path: message``."""
+
+    def __init__(self, message: str, problems: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.problems = tuple(problems)
+
+
+@dataclass(frozen=True)
+class Registered:
+    name: str
+    outcome: str  # created, updated, unchanged, removed
+
+
+def read_token(token_file: Path | None, environ: Mapping[str, str]) -> str:
+    if token_file is not None:
+        try:
+            token = token_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise TeckoCheckerError(f"cannot read the token file {token_file}: {exc.__class__.__name__}") from exc
+        if not token:
+            raise TeckoCheckerError(f"the token file {token_file} is empty")
+        return token
+    token = environ.get(TOKEN_ENV, "").strip()
+    if not token:
+        raise TeckoCheckerError(f"give the bearer token with --token-file PATH or the {TOKEN_ENV} environment variable")
+    return token
+
+
+def job_body(template: str, targets: Sequence[str]) -> dict[str, Any]:
+    return {"template": template, "source": {"targets": list(targets)}}
+
+
+def put_job(
+    base_url: str, name: str, body: Mapping[str, Any], token: str, *, transport: httpx.BaseTransport | None = None
+) -> Registered:
+    answer = _call("PUT", base_url, name, token, body, transport)
+    return Registered(name, str(answer.get("outcome", "created")))
+
+
+def delete_job(base_url: str, name: str, token: str, *, transport: httpx.BaseTransport | None = None) -> Registered:
+    _call("DELETE", base_url, name, token, None, transport)
+    return Registered(name, "removed")
+
+
+def _call(
+    method: str,
+    base_url: str,
+    name: str,
+    token: str,
+    body: Mapping[str, Any] | None,
+    transport: httpx.BaseTransport | None,
+) -> Mapping[str, Any]:
+    if not is_job_name(name):
+        raise TeckoCheckerError(f"invalid job name {name!r}: {JOB_NAME_RULE}")
+    url = f"{api_root(base_url)}/api/v1/jobs/{quote(name, safe='')}"
+    headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+    try:
+        with httpx.Client(timeout=TIMEOUT, transport=transport, trust_env=False) as client:
+            response = client.request(method, url, headers=headers, json=body)
+    except httpx.HTTPError as exc:
+        raise TeckoCheckerError(f"cannot reach the daemon at {base_url}: {str(exc) or type(exc).__name__}") from exc
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = None
+    if not isinstance(answer, Mapping):
+        raise TeckoCheckerError(f"{base_url} answered HTTP {response.status_code} without JSON (is it TeckoChecker?)")
+    if response.status_code in (200, 201):
+        return answer
+    message = f"the daemon at {base_url} answered HTTP {response.status_code}: {answer.get('error', '-')}"
+    problems = [f"{p.get('path') or 'body'}: {p.get('message')}" for p in answer.get("problems") or ()]
+    raise Refused(message, problems)
+
+
+def export_yaml(jobs: Sequence[RegisteredJob], source: str, now: dt.datetime) -> str:
+    """The API jobs as one drop-in file (``jobs:`` only) that validate-config accepts in an include directory."""
+    exported = [dict(job.body) for job in jobs if job.origin is JobOrigin.API]
+    header = (
+        f"# {len(exported)} job(s) registered over the API, exported from {source} at {now:%Y-%m-%d %H:%M:%SZ}.\n"
+        "# Put this file in an include: directory; then DELETE the API jobs (a name in both: the file wins).\n"
+    )
+    return header + yaml.safe_dump({"jobs": exported}, sort_keys=False, allow_unicode=True, default_flow_style=False)

@@ -1,0 +1,303 @@
+"""Jobs that did not come from a file: registered over the HTTP API (origin ``api``) or found by batch
+metadata (origin ``discovered``), kept in the state store so they survive restarts and every replica sees
+them.
+
+The files stay the declarative source (Grafana's provisioning model): a file job is read-only through the
+API, and when a name is both in a file and registered, the file wins and the conflict is reported (a
+warning in the log, ``/api/v1/status``, and ``status`` through the state store), never silently dropped.
+
+A registered body is the job exactly as it would be written in the YAML, secrets by name only, and is
+validated by the daemon's own validator against the running config's templates, secrets and defaults.
+This module turns the stored rows into JobDefinitions, merges them with the file jobs, and decides what a
+PUT or DELETE may do; ``app.Daemon`` applies the result through the same reload path as a file change, so
+nothing restarts that did not change.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from teckochecker.clock import Clock
+from teckochecker.config.diagnostics import format_path
+from teckochecker.config.models import JOB_NAME, JOB_NAME_RULE
+from teckochecker.config.validate import Config, JobDefinition, validate_job_body
+from teckochecker.control import Problem, Refusal
+from teckochecker.metrics import Metrics
+from teckochecker.plugins import PluginRegistry
+from teckochecker.secrets.resolving import Redactor
+from teckochecker.state.models import JobOrigin, JobState, PutOutcome, RegisteredJob, RegistryVersion
+from teckochecker.state.store import CONFLICTS_META, StateStore
+from teckochecker.state.worker import StoreWorker
+
+# A job is a few levels deep; plugin options add a few more. The validator and the secret scan recurse.
+MAX_BODY_DEPTH = 32
+
+
+def place_of(definition: JobDefinition) -> str:
+    """FILE:LINE of a file job: what a refused change names, so the operator knows where to edit."""
+    return f"{definition.file}:{definition.line}"
+
+
+def registered_place(origin: JobOrigin, name: str) -> str:
+    """What a registered job has in place of a file (JobDefinition.file, shown in logs)."""
+    return f"<{origin.value}:{name}>"
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """A name registered and also in a file: the file's job runs, the registered one does not."""
+
+    name: str
+    origin: JobOrigin
+    file_place: str
+
+    @property
+    def message(self) -> str:
+        return (
+            f"job {self.name!r} is registered ({self.origin.value}) and also defined at {self.file_place}: "
+            "the file's job runs; remove one of them"
+        )
+
+
+@dataclass(frozen=True)
+class Assembly:
+    """The job definitions the daemon runs: the file jobs plus the registered ones they do not shadow."""
+
+    definitions: Mapping[str, JobDefinition]
+    origins: Mapping[str, JobOrigin]
+    conflicts: tuple[Conflict, ...] = ()
+    # Stored rows that no longer validate against the running config (a template or secret was removed).
+    invalid: Mapping[str, tuple[Problem, ...]] = field(default_factory=dict)
+
+    def counts(self) -> dict[JobOrigin, int]:
+        counts = dict.fromkeys(JobOrigin, 0)
+        for name in self.definitions:
+            counts[self.origins.get(name, JobOrigin.FILE)] += 1
+        return counts
+
+    def notes(self) -> tuple[str, ...]:
+        """What `status` and /api/v1/status show under the last reload: conflicts and stored jobs left out."""
+        invalid = [
+            f"registered job {name!r} no longer validates and is not run: {problems[0].path or 'body'}: "
+            f"{problems[0].message}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
+            for name, problems in self.invalid.items()
+        ]
+        return (*(c.message for c in self.conflicts), *invalid)
+
+
+class RegisteredDefinitions:
+    """The stored rows, validated against one config. A row is validated again only when it or the
+    config changed, so a periodic re-read of 10,000 rows costs one comparison each."""
+
+    def __init__(self, plugins: PluginRegistry) -> None:
+        self._plugins = plugins
+        self._config: Config | None = None
+        self._built: dict[str, tuple[str, JobDefinition | None, tuple[Problem, ...]]] = {}
+
+    def build(
+        self, rows: list[RegisteredJob], config: Config
+    ) -> tuple[dict[str, JobDefinition], dict[str, tuple[Problem, ...]]]:
+        if config is not self._config:
+            self._config, self._built = config, {}
+        built: dict[str, tuple[str, JobDefinition | None, tuple[Problem, ...]]] = {}
+        for row in rows:
+            cached = self._built.get(row.name)
+            if cached is None or cached[0] != row.fingerprint:
+                definition, problems = validate_body(row.name, row.body, row.origin, config, self._plugins)
+                cached = (row.fingerprint, definition, problems)
+            built[row.name] = cached
+        self._built = built
+        definitions = {name: d for name, (_, d, _) in built.items() if d is not None}
+        invalid = {name: p for name, (_, d, p) in built.items() if d is None}
+        return definitions, invalid
+
+
+def validate_body(
+    name: str, body: Any, origin: JobOrigin, config: Config, plugins: PluginRegistry
+) -> tuple[JobDefinition | None, tuple[Problem, ...]]:
+    definition, diagnostics = validate_job_body(body, config, plugins, where=registered_place(origin, name))
+    return definition, tuple(Problem(format_path(d.path), d.message) for d in diagnostics)
+
+
+def assemble(
+    file_jobs: Mapping[str, JobDefinition],
+    rows: Mapping[str, RegisteredJob],
+    registered: Mapping[str, JobDefinition],
+    invalid: Mapping[str, tuple[Problem, ...]],
+) -> Assembly:
+    """File jobs first; a registered job joins unless a file job has its name (a conflict, reported)."""
+    definitions = dict(file_jobs)
+    origins: dict[str, JobOrigin] = {}
+    conflicts = []
+    for name, definition in registered.items():
+        if name in file_jobs:
+            conflicts.append(Conflict(name, rows[name].origin, place_of(file_jobs[name])))
+            continue
+        definitions[name] = definition
+        origins[name] = rows[name].origin
+    return Assembly(definitions, origins, tuple(conflicts), dict(invalid))
+
+
+# ----- what the API may do -----
+
+
+def body_problems(name: str, body: Any, redactor: Redactor) -> tuple[Problem, ...]:
+    """What is wrong with a body before the validator sees it: its shape, its name, and secret values."""
+    if not JOB_NAME.fullmatch(name):
+        return (Problem("name", f"invalid job name in the URL: {JOB_NAME_RULE}"),)
+    if not isinstance(body, dict):
+        return (Problem("", "the body must be a JSON object: one job, as it would be written in the YAML"),)
+    if _depth(body) > MAX_BODY_DEPTH:
+        return (Problem("", f"nested deeper than {MAX_BODY_DEPTH} levels: no job is"),)
+    problems = []
+    if "name" in body and body["name"] != name:
+        problems.append(Problem("name", "differs from the name in the URL (leave it out, or make them equal)"))
+    if "secrets" in body:
+        problems.append(
+            Problem("secrets", "a job names secrets defined in the daemon's config; it never declares or carries them")
+        )
+    for path, text in _strings(body, ()):
+        # A value the daemon resolved, or the shape of a token or an Authorization header: refused, not stored.
+        if redactor.redact(text) != text:
+            problems.append(Problem(path, "looks like a secret value: name a secret defined under 'secrets:'"))
+    return tuple(problems)
+
+
+def _depth(value: Any) -> int:
+    """How deeply ``value`` nests, without recursion (a hostile body may nest thousands deep)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if depth <= MAX_BODY_DEPTH:
+            children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def _strings(value: Any, path: tuple[str | int, ...]) -> Iterator[tuple[str, str]]:
+    if isinstance(value, str):
+        yield format_path(path), value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _strings(item, (*path, str(key)))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _strings(item, (*path, index))
+
+
+class RegisteredJobs:
+    """The daemon's view of the registered jobs: the rows last read, the assembly last applied, and the
+    checks a PUT or DELETE must pass. Reads and writes go through the store worker."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        worker: StoreWorker,
+        plugins: PluginRegistry,
+        redactor: Redactor,
+        metrics: Metrics,
+        logger: logging.Logger,
+        clock: Clock,
+    ) -> None:
+        self._clock = clock
+        self._store = store
+        self._db = worker
+        self._plugins = plugins
+        self._redactor = redactor
+        self._metrics = metrics
+        self._log = logger
+        self._definitions = RegisteredDefinitions(plugins)
+        self._rows: dict[str, RegisteredJob] = {}
+        self._version: RegistryVersion | None = None
+        self._reported: frozenset[str] = frozenset()
+        self.assembly = Assembly({}, {})
+
+    async def read_if_changed(self) -> bool:
+        """Re-read the rows when the store's cheap version differs from the last one read; True if it did."""
+        version = await self._db.run(self._store.registry_version)
+        if version == self._version:
+            return False
+        rows = await self._db.run(self._store.registered_jobs)
+        self._rows, self._version = {r.name: r for r in rows}, version
+        return True
+
+    def assemble(self, config: Config) -> Assembly:
+        """The definitions to run with ``config``: its file jobs plus the registered rows last read."""
+        registered, invalid = self._definitions.build(list(self._rows.values()), config)
+        assembly = assemble(config.jobs, self._rows, registered, invalid)
+        self._report(assembly)
+        return assembly
+
+    async def applied(self, assembly: Assembly) -> None:
+        """``assembly`` now runs: count it by origin, and tell `status` (through the store) about conflicts."""
+        self.assembly = assembly
+        for origin, count in assembly.counts().items():
+            self._metrics.jobs_by_origin.labels(origin.value).set(count)
+        shadowed = json.dumps({"shadowed": sorted(c.name for c in assembly.conflicts), "notes": assembly.notes()})
+        if await self._db.run(self._store.get_meta, CONFLICTS_META) != shadowed:
+            await self._db.run(self._store.set_meta, CONFLICTS_META, shadowed)
+
+    def origin(self, name: str) -> JobOrigin:
+        return self.assembly.origins.get(name, JobOrigin.FILE)
+
+    def _report(self, assembly: Assembly) -> None:
+        # Once per conflict or invalid row, not at every periodic re-read.
+        current = frozenset(assembly.notes())
+        for note in sorted(current - self._reported):
+            self._log.warning("%s", note)
+        self._reported = current
+
+    # ----- the API's PUT and DELETE -----
+
+    async def put(self, name: str, body: Any, config: Config) -> PutOutcome | Refusal:
+        """Validate and store; the caller then applies the change (Daemon.rebuild_registered)."""
+        problems = body_problems(name, body, self._redactor)
+        if problems:
+            return Refusal(422, f"job {name!r} is not valid", problems)
+        body = {"name": name, **body}
+        await self.read_if_changed()  # another replica may have written this name since the last read
+        if name in config.jobs:
+            return _read_only(name, config.jobs[name])
+        row = self._rows.get(name)
+        if row is not None and row.origin is not JobOrigin.API:
+            return _not_ours(name, row.origin, "replaced")
+        definition, problems = validate_body(name, body, JobOrigin.API, config, self._plugins)
+        if definition is None:
+            return Refusal(422, f"job {name!r} is not valid", problems)
+        fired = await self._fired_with_another_definition(name, definition)
+        if fired is not None:
+            return Refusal(409, fired)
+        return await self._db.run(self._store.put_registered_job, name, JobOrigin.API, body, now=self._clock.now())
+
+    async def remove(self, name: str, config: Config) -> bool | Refusal:
+        """False if no job of that name is registered over the API."""
+        await self.read_if_changed()
+        row = self._rows.get(name)
+        if row is None and name in config.jobs:
+            return _read_only(name, config.jobs[name])
+        if row is not None and row.origin is not JobOrigin.API:
+            return _not_ours(name, row.origin, "removed")
+        return await self._db.run(self._store.remove_registered_job, name)
+
+    async def _fired_with_another_definition(self, name: str, definition: JobDefinition) -> str | None:
+        job = await self._db.run(self._store.job, name)
+        # A removed job keeps its state: registering it again under a changed definition would never fire.
+        if job is None or job.state is JobState.WATCHING or job.fingerprint == definition.fingerprint:
+            return None
+        return (
+            f"job {name!r} already fired (state {job.state.value}); its definition cannot change. "
+            "Register the new one under another name"
+        )
+
+
+def _not_ours(name: str, origin: JobOrigin, verb: str) -> Refusal:
+    return Refusal(409, f"job {name!r} was {origin.value}, not registered over the API; it is not {verb} here")
+
+
+def _read_only(name: str, definition: JobDefinition) -> Refusal:
+    return Refusal(409, f"job {name!r} is defined at {place_of(definition)} and is read-only through the API")

@@ -123,6 +123,7 @@ def test_a_discovered_group_fires_exactly_one_keboola_job_and_a_bad_count_fires_
             "run-7 with its two batches observed",
         )
         assert [t["target"] for t in seen["targets"]] == first and seen["state"] == "watching"
+        assert seen["origin"] == "discovered"
         failed = wait_until(lambda: (j := job("bad-1")) and j["state"] == "failed" and j, daemon, "bad-1 failed")
         assert "teckochecker_batches='three', which is not a whole number above 0" in failed["last_error"]
         assert [t["target"] for t in failed["targets"]] == bad
@@ -131,6 +132,12 @@ def test_a_discovered_group_fires_exactly_one_keboola_job_and_a_bad_count_fires_
         third = submit(openai_fake, "run-7", "3", 1)
         done = wait_until(lambda: (j := job("run-7")) and j["state"] == "completed" and j, daemon, "run-7 done")
         assert [t["target"] for t in done["targets"]] == first + third
+        metrics = httpx.get(f"http://127.0.0.1:{port.group(1)}/metrics", timeout=5).text
+        for outcome, count in (("discovered", 2), ("complete", 1), ("failed", 1)):
+            line = f'teckochecker_discovery_groups_total{{outcome="{outcome}",template="classify"}} {count}.0'
+            assert line in metrics, outcome
+        pages = re.search(r'teckochecker_discovery_pages_total\{template="classify"\} (\d+)', metrics)
+        assert pages is not None and int(pages.group(1)) >= 2
     finally:
         code, _ = daemon.stop()
     assert code == 0 and "Traceback" not in daemon.output

@@ -128,11 +128,17 @@ class Discovery:
     async def start(self, discoveries: Mapping[str, DiscoveryDefinition]) -> None:
         """Restore the groups from the store, then listen and sweep for every template."""
         for row in await self._db.run(self._store.registered_jobs):
-            if row.origin is JobOrigin.DISCOVERED:
+            if row.origin is not JobOrigin.DISCOVERED:
+                continue
+            try:
                 group = Group.from_details(row.name, row.details)
-                self._groups[row.name] = group
-                if group.state is GroupState.FAILED:
-                    self._to_fail.add(row.name)
+            except (KeyError, TypeError, ValueError) as exc:
+                # A row edited by hand must not stop the daemon; its job stays held (state/holds.py).
+                self._log.warning("discovered job %s: its group cannot be read (%r); left as it is", row.name, exc)
+                continue
+            self._groups[row.name] = group
+            if group.state is GroupState.FAILED:
+                self._to_fail.add(row.name)
         await self.apply(discoveries)
 
     async def apply(self, discoveries: Mapping[str, DiscoveryDefinition]) -> None:

@@ -22,7 +22,7 @@ from teckochecker.discovery import Discovery
 from teckochecker.metrics import Metrics
 from teckochecker.plugin_api import CheckReport, ListedTarget, Observation, PluginContext, SharedRegistry, TargetState
 from teckochecker.plugins import PluginRegistry
-from teckochecker.state.models import JobState
+from teckochecker.state.models import JobOrigin, JobState
 from teckochecker.state.store import JobPlan, PlannedAction, StateStore
 from teckochecker.state.worker import StoreWorker
 
@@ -297,6 +297,26 @@ def test_a_restart_picks_up_the_groups_where_they_were(
         assert row.body["source"]["targets"] == [*first, third] and row.details["state"] == "complete"
         assert again.sample("teckochecker_discovery_groups_total", template="classify", outcome="discovered") == 0
         assert again.sample("teckochecker_discovery_groups_total", template="classify", outcome="complete") == 1
+        again.loop.run_until_complete(again.discovery.aclose())
+    finally:
+        again.loop.run_until_complete(clients.aclose())
+        again.loop.close()
+        again.worker.close()
+
+
+def test_a_group_row_that_cannot_be_read_is_left_alone_and_never_fires(harness: Harness, fake: FakeOpenAI) -> None:
+    h = harness
+    body = {"name": "odd", "template": "classify", "source": {"targets": ["batch_x"]}}
+    h.store.put_registered_job("odd", JobOrigin.DISCOVERED, body, {"state": "complete"}, now=h.clock.now())
+    h.store.put_registered_job("odd2", JobOrigin.DISCOVERED, body | {"name": "odd2"}, {}, now=h.clock.now())
+    clients = Clients()
+    again = Harness(h.config, h.store, h.clock, clients)
+    try:
+        again.loop.run_until_complete(again.discovery.start(h.config.discoveries))
+        again.loop.run_until_complete(again.discovery.run_once("classify"))
+        again.apply_rows()
+        # Both unreadable rows were skipped (the start did not fail); one without a group state stays held.
+        assert again.fire_if_finished("odd2") is JobState.WATCHING
         again.loop.run_until_complete(again.discovery.aclose())
     finally:
         again.loop.run_until_complete(clients.aclose())

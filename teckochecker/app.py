@@ -26,6 +26,7 @@ from teckochecker.config.validate import Config
 from teckochecker.config.watching import Reloader, watched_dirs
 from teckochecker.control import BearerToken, Control
 from teckochecker.crashpoints import CrashPoints
+from teckochecker.discovery import Discovery
 from teckochecker.http import HttpClientPool
 from teckochecker.metrics import Metrics
 from teckochecker.plugin_api import PluginContext, SharedRegistry
@@ -219,6 +220,10 @@ class Daemon:
         watchdog = asyncio.create_task(run_watchdog(self._notifier, self._on_time, self._clock.sleep), name="watchdog")
         self._opened.push_async_callback(_cancel, [watchdog])
         self._opened.push_async_callback(self.jobs.stop, SHUTDOWN_GRACE)
+        self._context = context
+        self.discovery: Discovery | None = None
+        # Closed before the ticks drain (exit callbacks run in reverse): no new job appears while stopping.
+        self._opened.push_async_callback(self._stop_discovery)
         if self.replication is None:  # SQLite: one process, guarded by its lock file
             await self._lead()
             return
@@ -232,6 +237,33 @@ class Daemon:
         assembly = await self.registered.assemble(self.config)
         await self.jobs.start(assembly.definitions, self.config.defaults.startup_spread)
         await self.registered.applied(assembly)
+        await self._start_discovery()
+
+    async def _stand_down(self) -> None:
+        """This replica no longer leads: no discovery, no ticks (replicas.py)."""
+        await self._stop_discovery()
+        await self.jobs.stand_down(SHUTDOWN_GRACE)
+
+    async def _start_discovery(self) -> None:
+        # Only the leader discovers: groups are written by one replica, never raced by two.
+        await self._stop_discovery()
+        self.discovery = Discovery(
+            self.store,
+            self.worker,
+            self._context,
+            clock=self._clock,
+            metrics=self.metrics,
+            logger=logging.getLogger("teckochecker.discovery"),
+            rebuild=self.registered_jobs_changed,
+            run_now=self.jobs.run_now,
+            file_jobs=lambda: self.config.jobs,
+        )
+        await self.discovery.start(self.config.discoveries)
+
+    async def _stop_discovery(self) -> None:
+        discovery, self.discovery = self.discovery, None
+        if discovery is not None:
+            await discovery.aclose()
 
     async def _start_web(self) -> None:
         control = Control(
@@ -302,7 +334,7 @@ class Daemon:
             logger=self._log,
             checksum=lambda: jobs_checksum(self.config.jobs),
             on_lead=self._lead,
-            on_standby=lambda: self.jobs.stand_down(SHUTDOWN_GRACE),
+            on_standby=self._stand_down,
         )
         loop = asyncio.get_running_loop()
 
@@ -355,6 +387,8 @@ class Daemon:
                 apply=self._apply_file_jobs,
                 watch=lambda new: self._watcher.watch(watched_dirs(self.reloader.config_path, new.include)),
             )
+            if self.discovery is not None:
+                await self.discovery.apply(self.config.discoveries)
             await self._save_reload_outcome()
         if REGISTRY_CHANGED in reasons and self.guard.intact():
             try:

@@ -163,6 +163,24 @@ class Metrics:
             "Live replicas whose loaded job definitions differ from this replica's (checksum).",
             registry=r,
         )
+        self.discovery_pages = Counter(
+            f"{PREFIX}_discovery_pages",
+            "Pages of a source's listing shown to a template's discovery (bounded per sweep by discover.max_pages).",
+            ["template"],
+            registry=r,
+        )
+        self.discovery_sweeps = Counter(
+            f"{PREFIX}_discovery_sweeps",
+            "Discovery sweeps by template and outcome (ok, transient_error, permanent_error).",
+            ["template", "outcome"],
+            registry=r,
+        )
+        self.discovery_groups = Counter(
+            f"{PREFIX}_discovery_groups",
+            "Discovered groups by template and outcome (discovered, complete, failed, refused).",
+            ["template", "outcome"],
+            registry=r,
+        )
 
     def observe_jobs(self, snapshots: Iterable[JobSnapshot]) -> None:
         """Refresh the state gauges from job snapshots."""

@@ -35,6 +35,8 @@ __all__ = [
     "CheckReport",
     "Duration",
     "HttpClients",
+    "ListedTarget",
+    "ListingListener",
     "Observation",
     "OptionsModel",
     "PluginContext",
@@ -128,6 +130,25 @@ class CheckReport:
     observations: tuple[Observation, ...] = ()
     transient_errors: Mapping[str, str] = field(default_factory=dict)
     retry_after: float | None = None
+
+
+@dataclass(frozen=True)
+class ListedTarget:
+    """One target as a source's shared listing showed it (e.g. one batch on a page of ``GET /batches``):
+    what discovery needs to group it, nothing more."""
+
+    target: str
+    state: TargetState
+    vendor_status: str | None
+    metadata: Mapping[str, str]
+    created_at: dt.datetime | None
+
+
+class ListingListener(Protocol):
+    def __call__(self, page: int, targets: Sequence[ListedTarget]) -> bool:
+        """Told every target of each page a listing read (``page`` 0 starts a new listing); returns whether
+        it wants the next page too. The listing reads on while any listener wants more and there is more."""
+        ...
 
 
 class ActionOutcome(str, enum.Enum):
@@ -233,10 +254,23 @@ class Source(ABC):
 
     type_name: ClassVar[str]
     Options: ClassVar[type[OptionsModel]]
+    # True when the source reads a listing of all targets that ``listen`` and ``sweep`` expose (a template
+    # with ``discover:`` needs one).
+    supports_discovery: ClassVar[bool] = False
 
     def __init__(self, options: OptionsModel, context: PluginContext) -> None:
         self.options = options
         self.context = context
+
+    def listen(self, listener: ListingListener) -> Callable[[], None]:
+        """Have ``listener`` told every page the shared listing reads, whoever asked for it; returns the
+        call that stops that. Only for sources with ``supports_discovery``."""
+        raise NotImplementedError(f"the {self.type_name} source has no listing")
+
+    async def sweep(self) -> None:
+        """Make the shared listing read now, unless a fresh enough one exists or is under way; its pages go
+        to the listeners. Raises ``TransientError`` when the listing cannot be read now."""
+        raise NotImplementedError(f"the {self.type_name} source has no listing")
 
     @abstractmethod
     async def check(self, targets: Sequence[str]) -> CheckReport:

@@ -98,7 +98,10 @@ class JobRunner:
             next_in = backoff_delay(snap.consecutive_failures + 1, report.retry_after, rng=self._rng)
         interval = job.definition.interval
         next_check_at = now + dt.timedelta(seconds=next_in if next_in is not None else interval)
-        if not report.transient_errors and not self._cache.is_news(snap, report.observations):
+        # Nothing left to observe but still watching: something held the trigger (a discovered job's group),
+        # so the rule is evaluated again at every check, never skipped as "no news".
+        quiet = snap.pending_targets and not self._cache.is_news(snap, report.observations)
+        if not report.transient_errors and quiet:
             self._cache.touch(snap, now, next_check_at)
             return JobState.WATCHING, None
         self._cache.forget(job.name)

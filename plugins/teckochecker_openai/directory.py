@@ -19,6 +19,10 @@ A batch only asked about after a sweep began is left for the next sweep: a (re)s
 one request per batch. A sweep that fails is not replaced by one request per batch either: the source makes
 the account back off, and every check gets that failure until the next sweep begins (``NEW_BATCHES_GAP``
 later at the earliest).
+
+Listeners (discovery, see teckochecker/discovery.py) are shown every page a sweep reads, and may ask for the
+next page: a sweep ends when neither the batches looked for nor a listener need more. ``refresh`` begins a
+sweep when one is due (even with no batch wanted) and waits for it, so discovery reads a whole sweep.
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ FETCH_RATE = 5.0
 FETCH_BURST = 20.0
 
 ListPage = Callable[[str | None], Awaitable[Mapping[str, Any]]]
+# Shown each page a sweep reads (page 0 starts a sweep): returns whether it wants the next page.
+PageListener = Callable[[int, Sequence[Mapping[str, Any]]], bool]
 # What a source reads of a batch; the rest (usage, metadata, ...) is not kept for thousands of batches.
 KEPT_FIELDS = frozenset(
     {"id", "object", "status", "endpoint", "model", "request_counts", "output_file_id", "error_file_id", "errors"}
@@ -97,6 +103,29 @@ class BatchDirectory:
         self._progress = asyncio.Event()
         self._fetches = _TokenBucket(monotonic, fetch_rate, fetch_burst)
         self._pruned_at = monotonic()
+        self._listeners: list[PageListener] = []
+
+    def listen(self, listener: PageListener) -> Callable[[], None]:
+        """Show ``listener`` every page from now on; returns the call that stops that."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+    async def refresh(self, list_page: ListPage) -> None:
+        """Begin a sweep if one is due and wait for the running one to end, so the listeners saw it whole.
+
+        Raises that sweep's failure. A fresh listing (younger than ``max_age``) is not read again.
+        """
+        if self._sweep is None:
+            now = self._monotonic()
+            if not self._due(now):
+                return
+            self._begin(list_page, now)
+        number = self._sweeps
+        if self._sweep is not None:
+            # Shielded: a caller giving up must not cancel the sweep every job's checks share.
+            await asyncio.shield(self._sweep)
+        if self._sweeps == number and self._failure is not None:
+            raise self._failure
 
     async def lookup(self, ids: Iterable[str], list_page: ListPage) -> Lookup:
         """What the listing knows of ``ids``, and which of them to fetch one by one.
@@ -213,21 +242,28 @@ class BatchDirectory:
         """Read pages until every batch looked for was seen or passed. Returns those not seen, and whether that
         is conclusive: the list ended or went past them, rather than the page budget running out."""
         unseen = set(looked_for)
-        if not unseen:
+        if not unseen and not self._listeners:
             return unseen, True  # every wanted batch is fetched on its own: a page would show none of them
         oldest = self._oldest_created(looked_for)
         after: str | None = None
-        for _ in range(len(looked_for) // PAGE_SIZE + SPARE_PAGES):
+        budget = len(looked_for) // PAGE_SIZE + SPARE_PAGES
+        page_number = 0
+        while True:
             page = await list_page(after)
             data = [b for b in page.get("data") or [] if isinstance(b, dict) and isinstance(b.get("id"), str)]
             for batch in data:
                 self._read(batch, number)
                 unseen.discard(batch["id"])
             self._wake()
-            if not data or not page.get("has_more") or not unseen or _older(data, oldest):
+            # Every listener sees the page (no short-circuit); each bounds its own pages.
+            listeners_want = [listener(page_number, data) for listener in list(self._listeners)]
+            if not data or not page.get("has_more"):
                 return unseen, True
+            passed_all = not unseen or _older(data, oldest)
+            if (passed_all or page_number + 1 >= budget) and not any(listeners_want):
+                return unseen, passed_all
             after = data[-1]["id"]
-        return unseen, False
+            page_number += 1
 
     def _read(self, batch: Mapping[str, Any], number: int) -> None:
         # Any wanted batch counts, also one first asked about after the sweep began.

@@ -14,17 +14,20 @@ error envelope (envelope.py) is a verdict about a batch or a key; anything else 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, field_validator
 
-from teckochecker.errors import PermanentError
+from teckochecker.errors import PermanentError, TransientError
 from teckochecker.plugin_api import (
     CheckReport,
     Duration,
+    ListedTarget,
+    ListingListener,
     Observation,
     OptionsModel,
     SecretName,
@@ -97,6 +100,30 @@ class OpenAIBatchSource(Source):
     type_name = "openai_batch"
     Options = OpenAIBatchOptions
     options: OpenAIBatchOptions
+    supports_discovery = True
+
+    def listen(self, listener: ListingListener) -> Callable[[], None]:
+        def on_page(number: int, batches: Sequence[Mapping[str, Any]]) -> bool:
+            return listener(number, [target for batch in batches if (target := _listed(batch)) is not None])
+
+        return self._directory().listen(on_page)
+
+    async def sweep(self) -> None:
+        """The account's listing, now unless a fresh one exists (even with list_batches: false: discovery
+        has no other way to see new batches). Its pages go to the listeners, and to the jobs' lookups."""
+        throttle = self._throttle()
+        if throttle.remaining() is not None:
+            raise TransientError(self._waiting_message(throttle), retry_after=throttle.remaining())
+        client = self._client()
+        headers = {"Authorization": f"Bearer {self.context.secret(self.options.api_key)}"}
+
+        async def list_page(after: str | None) -> Mapping[str, Any]:
+            return await self._list_page(client, headers, throttle, after)
+
+        try:
+            await self._directory().refresh(list_page)
+        except _AccountWaits as exc:
+            raise TransientError(str(exc), retry_after=throttle.remaining()) from None
 
     async def check(self, targets: Sequence[str]) -> CheckReport:
         if not targets:
@@ -342,6 +369,30 @@ def _list_envelope(response: httpx.Response) -> Mapping[str, Any] | None:
     if page is not None and isinstance(page.get("data"), list) and isinstance(page.get("has_more"), bool):
         return page
     return None
+
+
+def _listed(batch: Mapping[str, Any]) -> ListedTarget | None:
+    """What discovery reads of a listed batch; metadata that is not string to string is left out."""
+    status, created, metadata = batch.get("status"), batch.get("created_at"), batch.get("metadata")
+    if not isinstance(status, str):
+        return None
+    pairs = metadata if isinstance(metadata, dict) else {}
+    return ListedTarget(
+        target=batch["id"],
+        state=batch_state(status),
+        vendor_status=status,
+        metadata={k: v for k, v in pairs.items() if isinstance(k, str) and isinstance(v, str)},
+        created_at=_timestamp(created),
+    )
+
+
+def _timestamp(value: Any) -> dt.datetime | None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        return None
+    try:
+        return dt.datetime.fromtimestamp(value, dt.timezone.utc)
+    except (OverflowError, OSError, ValueError):  # vendor data: a timestamp out of any sane range
+        return None
 
 
 def _details(batch: Mapping[str, Any]) -> dict[str, Any]:

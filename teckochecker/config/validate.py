@@ -7,6 +7,7 @@ It opens no network connection and no state store.
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import hashlib
 import json
 from collections import ChainMap
@@ -18,6 +19,7 @@ from typing import Any, cast
 from pydantic import BaseModel, ValidationError
 
 from teckochecker.config.diagnostics import Diagnostic, Mark, Path
+from teckochecker.config.discovery import DiscoverSpec
 from teckochecker.config.includes import include_directory_problem, include_matches
 from teckochecker.config.loader import Document, load_file, load_text
 from teckochecker.config.models import (
@@ -68,6 +70,16 @@ class JobDefinition:
 
 
 @dataclass(frozen=True)
+class DiscoveryDefinition:
+    """A template that makes jobs of the batches it discovers (templates.NAME.discover)."""
+
+    template: str
+    rule: DiscoverSpec
+    # The template's source, checked as a job would be: what discovery lists with.
+    source: SourceDefinition
+
+
+@dataclass(frozen=True)
 class Config:
     file: str
     state: StateSettings
@@ -81,6 +93,8 @@ class Config:
     include_dirs: tuple[FsPath, ...] = ()
     include: tuple[str, ...] = ()
     templates: tuple[str, ...] = ()
+    # Templates with a discover: section, by template name.
+    discoveries: Mapping[str, DiscoveryDefinition] = dataclasses.field(default_factory=dict)
     # The templates' bodies, so a job registered over the API can be validated against this config.
     template_bodies: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
@@ -134,6 +148,7 @@ def _validate_document(
     defaults = top.defaults if top else Defaults()
     templates = top.templates if top else {}
     template_marks = _template_marks(doc)
+    discoveries = _discoveries(doc, templates, registry, secrets, defaults, diagnostics)
     jobs: dict[str, JobDefinition] = {}
     for raw in raw_jobs:
         raw = _with_template(raw, templates, template_marks, diagnostics)
@@ -166,9 +181,47 @@ def _validate_document(
         include_dirs=include_dirs,
         include=tuple(top.include),
         templates=tuple(sorted(top.templates)),
+        discoveries=discoveries,
         template_bodies=dict(top.templates),
     )
     return config, []
+
+
+# The name a template with discover: is checked under, as if it were a job with one target.
+_PROBE_NAME = "discovered"
+
+
+def _discoveries(
+    doc: Document,
+    templates: Mapping[str, dict[str, Any]],
+    registry: PluginRegistry,
+    secrets: Mapping[str, Any],
+    defaults: Defaults,
+    diagnostics: list[Diagnostic],
+) -> dict[str, DiscoveryDefinition]:
+    """Every template's discover: section, and the template checked as the job it will make, so that a
+    template that cannot make a valid job is refused now rather than when its first batch is listed."""
+    found: dict[str, DiscoveryDefinition] = {}
+    for name, template in templates.items():
+        if not isinstance(template, dict) or "discover" not in template:
+            continue
+        path: Path = ("templates", name)
+        rule, problems = _validate_model(DiscoverSpec, template["discover"], (*path, "discover"), doc)
+        diagnostics.extend(problems)
+        raw = {k: v for k, v in template.items() if k != "discover"}
+        source = raw["source"] if isinstance(raw.get("source"), dict) else {}
+        probe = {**raw, "name": _PROBE_NAME, "source": {**source, "targets": ["probe"]}}
+        job, problems = _validate_job(probe, path, doc, registry, secrets, defaults, echo_secrets=True)
+        diagnostics.extend(problems)
+        if job is None or rule is None:
+            continue
+        if not job.source.cls.supports_discovery:
+            where = (*path, "source", "type")
+            message = f"source type {job.source.type!r} cannot discover batches (it has no listing to read)"
+            diagnostics.append(Diagnostic(doc.mark_for(where), where, message))
+            continue
+        found[name] = DiscoveryDefinition(name, rule, job.source)
+    return found
 
 
 def validate_job_body(
@@ -282,7 +335,8 @@ def _with_template(
             )
         )
         return _RawJob({k: v for k, v in raw.data.items() if k != "template"}, raw.path, raw.doc)
-    merged = _deep_merge(template, raw.data)
+    # discover: says how jobs are made of the template; it is no part of the jobs themselves.
+    merged = _deep_merge({k: v for k, v in template.items() if k != "discover"}, raw.data)
     # Problems in parts that came from the template are located in the template.
     from_template = {(*raw.path, *inner): mark for inner, mark in template_marks.get(name, [])}
     # The job's own marks win; a view, not a copy: copying the whole file's marks per job was quadratic too.

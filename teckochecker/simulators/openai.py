@@ -1,6 +1,8 @@
 """A fake OpenAI Batch API on 127.0.0.1, following shared/contracts/llm-batch-apis.md §1, §2, §6, §7.
 
-Routes: GET /v1/batches/{id}, GET /v1/batches?limit=&after=, POST /v1/batches/{id}/cancel.
+Routes: POST /v1/batches (create, with metadata), GET /v1/batches/{id}, GET /v1/batches?limit=&after=,
+POST /v1/batches/{id}/cancel. Create checks the contract's limits (metadata: at most 16 pairs, string keys of
+at most 64 characters, string values of at most 512); the wording of its 400 answers is unverified upstream.
 Batch objects always carry every key of the contract (explicit nulls); tests check the key set against
 tests/contracts/openai-batch-examples.json and parse every object with the official SDK.
 """
@@ -40,6 +42,22 @@ OPENAI_VERSION = "2020-10-01"
 _BASE62 = string.ascii_letters + string.digits
 _BATCH_PATH = re.compile(r"^/v1/batches/([^/]+)$")
 _CANCEL_PATH = re.compile(r"^/v1/batches/([^/]+)/cancel$")
+# The create request's accepted endpoints (contract §1, batch_create_params.py).
+CREATE_ENDPOINTS = frozenset(
+    {
+        "/v1/responses",
+        "/v1/chat/completions",
+        "/v1/embeddings",
+        "/v1/completions",
+        "/v1/moderations",
+        "/v1/images/generations",
+        "/v1/images/edits",
+        "/v1/videos",
+    }
+)
+METADATA_PAIRS, METADATA_KEY_CHARS, METADATA_VALUE_CHARS = 16, 64, 512
+# The fake has no files API: a created batch holds this many requests.
+CREATED_BATCH_TOTAL = 10
 
 # Default error envelopes per status. Texts follow the examples file; code/type per the contract's table.
 _DEFAULT_ERRORS: dict[int, tuple[str, str, str | None]] = {
@@ -328,6 +346,8 @@ class FakeOpenAI(LoopbackFake):
         retrieve, cancel = _BATCH_PATH.match(path), _CANCEL_PATH.match(path)
         if request.method == "GET" and path == "/v1/batches":
             return self._list(request.query)
+        if request.method == "POST" and path == "/v1/batches":
+            return self._create(request)
         if request.method == "GET" and retrieve:
             return self._retrieve(retrieve.group(1))
         if request.method == "POST" and cancel:
@@ -342,6 +362,20 @@ class FakeOpenAI(LoopbackFake):
         return self._error(
             404, error_envelope(f"Invalid URL ({request.method} {request.path})", "invalid_request_error", None)
         )
+
+    def _create(self, request: RecordedRequest) -> Reply:
+        try:
+            body = request.json()
+        except ValueError:
+            body = None
+        problem = _create_problem(body)
+        if problem is not None:
+            message, param, code = problem
+            return self._error(400, error_envelope(message, "invalid_request_error", code, param))
+        batch_id = self.add_batch(endpoint=body["endpoint"], metadata=body.get("metadata"), total=CREATED_BATCH_TOTAL)
+        with self._lock:
+            self._batches[batch_id].obj["input_file_id"] = body["input_file_id"]
+            return self._ok(self._batches[batch_id].obj)
 
     def _retrieve(self, batch_id: str) -> Reply:
         with self._lock:
@@ -512,10 +546,56 @@ def _target_batch(request: RecordedRequest) -> str | None:
 
 def _check_metadata(metadata: dict[str, str] | None) -> None:
     """The API's limits (16 pairs, keys ≤ 64, values ≤ 512 chars): a fake must not hold what the API can't."""
+    problem = _metadata_problem(metadata)
+    if problem is not None:
+        raise ValueError(f"metadata exceeds the OpenAI limits (16 pairs, keys ≤ 64, values ≤ 512 chars): {problem[0]}")
+
+
+def _metadata_problem(metadata: Any) -> tuple[str, str, str] | None:
+    """(message, param, code) of the 400 the API gives for this metadata, or None when it is accepted."""
     if metadata is None:
-        return
-    if len(metadata) > 16 or any(len(k) > 64 or len(v) > 512 for k, v in metadata.items()):
-        raise ValueError("metadata exceeds the OpenAI limits (16 pairs, keys ≤ 64, values ≤ 512 chars)")
+        return None
+    if not isinstance(metadata, dict):
+        return ("Invalid type for 'metadata': expected an object.", "metadata", "invalid_type")
+    if len(metadata) > METADATA_PAIRS:
+        return (
+            f"Invalid 'metadata': too many properties. Expected an object with at most {METADATA_PAIRS} "
+            f"properties, but got an object with {len(metadata)} properties instead.",
+            "metadata",
+            "object_above_max_properties",
+        )
+    for key, value in metadata.items():
+        if len(key) > METADATA_KEY_CHARS:
+            return (
+                f"Invalid 'metadata': key too long. Expected a key with at most {METADATA_KEY_CHARS} characters, "
+                f"but got a key with {len(key)} characters instead.",
+                "metadata",
+                "string_above_max_length",
+            )
+        if not isinstance(value, str):
+            return (f"Invalid type for 'metadata.{key}': expected a string.", f"metadata.{key}", "invalid_type")
+        if len(value) > METADATA_VALUE_CHARS:
+            return (
+                f"Invalid 'metadata.{key}': string too long. Expected a string with maximum length "
+                f"{METADATA_VALUE_CHARS}, but got a string with length {len(value)} instead.",
+                f"metadata.{key}",
+                "string_above_max_length",
+            )
+    return None
+
+
+def _create_problem(body: Any) -> tuple[str, str | None, str | None] | None:
+    if not isinstance(body, dict):
+        return ("The request body is not a JSON object.", None, None)
+    for name in ("input_file_id", "endpoint", "completion_window"):
+        if not isinstance(body.get(name), str) or not body[name]:
+            return (f"Missing required parameter: '{name}'.", name, "missing_required_parameter")
+    if body["endpoint"] not in CREATE_ENDPOINTS:
+        return (f"Invalid value for 'endpoint': {body['endpoint']!r} is not supported.", "endpoint", "invalid_value")
+    if body["completion_window"] != "24h":
+        return ("Invalid value for 'completion_window': only '24h' is supported.", "completion_window", "invalid_value")
+    metadata = _metadata_problem(body.get("metadata"))
+    return (metadata[0], metadata[1], metadata[2]) if metadata else None
 
 
 # ----- the state machine ---------------------------------------------------------------------------

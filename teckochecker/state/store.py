@@ -26,6 +26,7 @@ from teckochecker.errors import NoStateStore, StateStoreError
 from teckochecker.plugin_api import CheckReport, TargetState
 from teckochecker.state import revisions, schema
 from teckochecker.state.events import EventKind, append_event
+from teckochecker.state.holds import group_hold
 from teckochecker.state.leadership import UNFENCED
 from teckochecker.state.location import sqlite_path
 from teckochecker.state.models import (
@@ -458,6 +459,8 @@ class StateStore(RunTransitions):
             changes |= self._check_errors(conn, row, report, now)
             state = JobState.WATCHING
             decision = rules.evaluate(rule, list(states.values()))
+            if decision.verdict is rules.Verdict.FIRE and group_hold(conn, name, rows) is not None:
+                decision = rules.Decision(rules.Verdict.WAIT)
             if decision.verdict is rules.Verdict.FIRE:
                 self._fire(conn, row.id, list(states.values()), actions, now, decision.reason)
                 state = JobState.FIRING
@@ -556,6 +559,15 @@ class StateStore(RunTransitions):
                     EventKind.PAUSED if paused else EventKind.RESUMED,
                     "job paused" if paused else "job resumed",
                 )
+            return True
+
+    def note(self, name: str, kind: EventKind, message: str, data: Mapping[str, Any], *, now: dt.datetime) -> bool:
+        """Add an event to a job's log from outside a tick (e.g. discovery); False if there is no such job."""
+        with self._engine.begin() as conn:
+            job_id = conn.execute(sa.select(schema.jobs.c.id).where(schema.jobs.c.name == name)).scalar()
+            if job_id is None:
+                return False
+            append_event(conn, int(job_id), now, kind, message, data)
             return True
 
     def fail_job(self, name: str, reason: str, *, now: dt.datetime, kind: EventKind = EventKind.JOB_FAILED) -> None:

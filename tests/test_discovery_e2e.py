@@ -1,0 +1,150 @@
+"""Discovery end to end, on the real daemon process against the fake OpenAI and Keboola servers: a pipeline
+creates batches with the official SDK and one metadata= argument; the daemon finds them in the listing, makes
+one job of the group, holds it while the group is incomplete, and starts exactly one Keboola job. A group
+with a bad count fails with the reason and starts nothing."""
+
+from __future__ import annotations
+
+import json
+import re
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from daemon import DaemonProcess
+from fakes import FakeKeboola, FakeOpenAI
+
+OPENAI_KEY = "sk-CANARYdiscoveryKEY0123456789abcd"
+KEBOOLA_TOKEN = "kbc-CANARY-discovery-4242-zyxwvu"
+COMPONENT = "kds-team.app-custom-python"
+
+
+@pytest.fixture
+def openai_fake() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI(api_key=OPENAI_KEY) as fake:
+        yield fake
+
+
+@pytest.fixture
+def keboola() -> Iterator[FakeKeboola]:
+    with FakeKeboola(token=KEBOOLA_TOKEN, search_lag=0.5) as fake:
+        fake.add_config(COMPONENT, "101")
+        fake.set_outcome(COMPONENT, "101", "success")
+        yield fake
+
+
+def write_config(tmp_path: Path, oai: FakeOpenAI, keboola: FakeKeboola) -> Path:
+    path = tmp_path / "teckochecker.yaml"
+    path.write_text(
+        textwrap.dedent(f"""\
+        http: {{port: 0}}
+        secrets:
+          openai: {{env: OPENAI_API_KEY}}
+          keboola: {{env: KEBOOLA_STORAGE_TOKEN}}
+        defaults: {{interval: 30s, startup_spread: 0s}}
+        templates:
+          classify:
+            source: {{type: openai_batch, api_key: openai, base_url: "{oai.base_url}", list_max_age: 1s}}
+            actions:
+              - type: keboola_job
+                token: keboola
+                stack_url: {keboola.stack_url}
+                component: {COMPONENT}
+                config: "101"
+                search_lag: 1s
+                duplicate_watch: 0s
+                follow_interval: 1s
+            discover:
+              match: {{teckochecker_template: classify}}
+              group_by: teckochecker_job
+              count_key: teckochecker_batches
+              deadline: 1h
+              interval: 5s
+        """)
+    )
+    return path
+
+
+def submit(oai: FakeOpenAI, group: str, count: str, how_many: int) -> list[str]:
+    """The pipeline's side: create batches with the openai package, one metadata= argument each."""
+    client = openai.OpenAI(api_key=OPENAI_KEY, base_url=oai.base_url, max_retries=0)
+    created = [
+        client.batches.create(
+            input_file_id=f"file-{group}-{i}",
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+            metadata={"teckochecker_template": "classify", "teckochecker_job": group, "teckochecker_batches": count},
+        ).id
+        for i in range(how_many)
+    ]
+    for batch_id in created:
+        oai.set_status(batch_id, "completed", completed=10, failed=0)
+    return created
+
+
+def wait_until(predicate: Callable[[], Any], daemon: DaemonProcess, what: str, timeout: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if daemon.proc.poll() is not None:
+            raise AssertionError(f"daemon exited while waiting for {what}:\n{daemon.output}")
+        assert time.monotonic() < deadline, f"timed out waiting for {what}:\n{daemon.output}"
+        time.sleep(0.1)
+
+
+def test_a_discovered_group_fires_exactly_one_keboola_job_and_a_bad_count_fires_nothing(
+    tmp_path: Path, openai_fake: FakeOpenAI, keboola: FakeKeboola, plugin_env: dict[str, str]
+) -> None:
+    env = {**plugin_env, "OPENAI_API_KEY": OPENAI_KEY, "KEBOOLA_STORAGE_TOKEN": KEBOOLA_TOKEN}
+    first = submit(openai_fake, "run-7", "3", 2)
+    bad = submit(openai_fake, "bad-1", "three", 1)
+    daemon = DaemonProcess(write_config(tmp_path, openai_fake, keboola), env, tmp_path)
+    try:
+        daemon.wait_for("HTTP listening on")
+        port = re.search(r"HTTP listening on http://127\.0\.0\.1:(\d+)", daemon.output)
+        assert port is not None
+        api = f"http://127.0.0.1:{port.group(1)}/api/v1/jobs"
+
+        def job(name: str) -> dict[str, Any] | None:
+            response = httpx.get(f"{api}/{name}", timeout=5)
+            return response.json() if response.status_code == 200 else None
+
+        # The job appears at once and checks its two finished batches, but its group is incomplete: no fire.
+        seen = wait_until(
+            lambda: (j := job("run-7")) and all(t["state"] == "succeeded" for t in j["targets"]) and j,
+            daemon,
+            "run-7 with its two batches observed",
+        )
+        assert [t["target"] for t in seen["targets"]] == first and seen["state"] == "watching"
+        assert seen["origin"] == "discovered"
+        failed = wait_until(lambda: (j := job("bad-1")) and j["state"] == "failed" and j, daemon, "bad-1 failed")
+        assert "teckochecker_batches='three', which is not a whole number above 0" in failed["last_error"]
+        assert [t["target"] for t in failed["targets"]] == bad
+        assert keboola.jobs == []
+
+        third = submit(openai_fake, "run-7", "3", 1)
+        done = wait_until(lambda: (j := job("run-7")) and j["state"] == "completed" and j, daemon, "run-7 done")
+        assert [t["target"] for t in done["targets"]] == first + third
+        metrics = httpx.get(f"http://127.0.0.1:{port.group(1)}/metrics", timeout=5).text
+        for outcome, count in (("discovered", 2), ("complete", 1), ("failed", 1)):
+            line = f'teckochecker_discovery_groups_total{{outcome="{outcome}",template="classify"}} {count}.0'
+            assert line in metrics, outcome
+        pages = re.search(r'teckochecker_discovery_pages_total\{template="classify"\} (\d+)', metrics)
+        assert pages is not None and int(pages.group(1)) >= 2
+    finally:
+        code, _ = daemon.stop()
+    assert code == 0 and "Traceback" not in daemon.output
+    assert keboola.contract_violations == []
+    (started,) = keboola.jobs
+    variables = {v["name"]: v["value"] for v in started["variableValuesData"]["values"]}
+    assert json.loads(variables["batch_ids_completed"]) == first + third
+    assert OPENAI_KEY not in daemon.output and KEBOOLA_TOKEN not in daemon.output
+    # Discovery read the listing only: not one request for a single batch.
+    assert [r.path for r in openai_fake.requests if r.method == "GET" and r.path != "/v1/batches"] == []

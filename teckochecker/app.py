@@ -161,6 +161,11 @@ class Daemon:
             self.store, self.worker, self._plugins, self._redactor, self.metrics, self._log, self._clock
         )
         await self.registered.read_if_changed()
+        # Watching before any job runs: its task arms the watch at the next await, so an edit made once a job
+        # has run is never missed (the reload loop, started below, takes the request).
+        self._watcher = Reloader(self.request_reload, self._log)
+        self._watcher.start(watched_dirs(self.reloader.config_path, self.config.include))
+        self._opened.push_async_callback(self._watcher.stop)
         http = HttpClientPool(self.config.defaults.concurrency, self.metrics)
         self._opened.push_async_callback(http.aclose)
         await self._start_jobs(http)
@@ -169,9 +174,6 @@ class Daemon:
         await self.reloader.save_status(self.worker, self.store)
         # Runs after the reload loop is cancelled: a reload applied just before SIGTERM still reaches `status`.
         self._opened.push_async_callback(self._save_reload_outcome)
-        self._watcher = Reloader(self.request_reload, self._log)
-        self._watcher.start(watched_dirs(self.reloader.config_path, self.config.include))
-        self._opened.push_async_callback(self._watcher.stop)
         self._start_background()
         self._install_signals()
         self._log.info(

@@ -19,6 +19,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
+from standardwebhooks.webhooks import Webhook
 
 from teckochecker.clock import Clock
 from teckochecker.config.validate import Config
@@ -47,6 +48,8 @@ from teckochecker.state.store import StateStore
 from teckochecker.state.worker import StoreWorker
 from teckochecker.web.routes import create_app
 from teckochecker.web.server import WebServer
+from teckochecker.webhooks.receiver import OpenAIWebhooks, create_webhook_app
+from teckochecker.webhooks.signature import SignatureVerifier, signing_key
 
 # SIGTERM must end the process within 5 s; ticks get this long to finish their current step.
 SHUTDOWN_GRACE = 3.0
@@ -132,6 +135,7 @@ class Daemon:
         self._opened.push_async_callback(http.aclose)
         await self._start_jobs(http)
         await self._start_web()
+        await self._start_webhooks()
         self.reloader.started()
         await self.reloader.save_status(self.worker, self.store)
         # Runs after the reload loop is cancelled: a reload applied just before SIGTERM still reaches `status`.
@@ -199,6 +203,33 @@ class Daemon:
         await web.start()
         # Stopped before the ticks drain, so no request waits on a daemon that is going away.
         self._opened.push_async_callback(web.stop)
+
+    async def _start_webhooks(self) -> None:
+        settings = self.config.webhooks
+        if not settings.enabled:
+            return
+        assert settings.port is not None
+        verifier = SignatureVerifier(self._signing_keys, self._clock)
+        verifier_keys = self._signing_keys()  # refuse to start on a secret that is not a whsec_ value
+        self._log.info("webhook receiver: %d signing secret(s)", len(verifier_keys))
+        receiver = OpenAIWebhooks(
+            verifier, self.jobs.hint, self.metrics, self._clock, logging.getLogger("teckochecker.webhooks")
+        )
+        web = WebServer(
+            create_webhook_app(receiver),
+            settings.listen,
+            settings.port,
+            self._log,
+            name="webhook receiver",
+            exposure="it serves only POST /webhooks/openai, verified by signature",
+        )
+        await web.start()
+        # Stopped with the other listener, before the ticks drain: no hint arrives for a tick that will not run.
+        self._opened.push_async_callback(web.stop)
+
+    def _signing_keys(self) -> list[Webhook]:
+        """The current webhook signing keys, read at each delivery so that a rotated secret is used at once."""
+        return [signing_key(name, self.reloader.secret(name)) for name in self.config.webhooks.secrets]
 
     def _api_token(self) -> str | None:
         name = self.config.http.api_token

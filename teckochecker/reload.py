@@ -40,6 +40,8 @@ RESTART_ONLY: dict[str, Callable[[Config], object]] = {
     "http.listen": lambda c: c.http.listen,
     "http.port": lambda c: c.http.port,
     "defaults.concurrency": lambda c: c.defaults.concurrency,
+    "webhooks.listen": lambda c: c.webhooks.listen,
+    "webhooks.port": lambda c: c.webhooks.port,
 }
 
 
@@ -69,6 +71,7 @@ def keep_restart_only_settings(old: Config, new: Config) -> tuple[Config, list[s
         state=old.state,
         http=new.http.model_copy(update={"listen": old.http.listen, "port": old.http.port}),
         defaults=new.defaults.model_copy(update={"concurrency": old.defaults.concurrency}),
+        webhooks=new.webhooks.model_copy(update={"listen": old.webhooks.listen, "port": old.webhooks.port}),
     )
     return kept, changed
 

@@ -97,6 +97,8 @@ class OpenAIBatchSource(Source):
     type_name = "openai_batch"
     Options = OpenAIBatchOptions
     options: OpenAIBatchOptions
+    # OpenAI's batch.* webhooks name the batch; the daemon's receiver is POST /webhooks/openai.
+    push_channel = "openai"
 
     async def check(self, targets: Sequence[str]) -> CheckReport:
         if not targets:
@@ -118,8 +120,30 @@ class OpenAIBatchSource(Source):
         results: list[Observation | _Unobserved] = [
             self._observe_batch(target, f"{self.options.base_url}/batches", batch) for target, batch in listed.items()
         ]
+        return await self._fetch_each(client, headers, throttle, [t for t in unique if t not in listed], results)
+
+    async def check_fresh(self, targets: Sequence[str]) -> CheckReport:
+        """One ``GET /batches/{id}`` per target, never the shared listing: a webhook said these changed, and
+        a listing read seconds ago would still show them running."""
+        if not targets:
+            return CheckReport()
+        unique = list(dict.fromkeys(targets))
+        throttle = self._throttle()
+        if throttle.remaining() is not None:
+            return self._waiting(unique, throttle)
+        headers = {"Authorization": f"Bearer {self.context.secret(self.options.api_key)}"}
+        return await self._fetch_each(self._client(), headers, throttle, unique, [])
+
+    async def _fetch_each(
+        self,
+        client: httpx.AsyncClient,
+        headers: Mapping[str, str],
+        throttle: AccountThrottle,
+        targets: Sequence[str],
+        results: list[Observation | _Unobserved],
+    ) -> CheckReport:
         outcomes = await asyncio.gather(
-            *(self._check_one(client, target, headers, throttle) for target in unique if target not in listed),
+            *(self._check_one(client, target, headers, throttle) for target in targets),
             return_exceptions=True,
         )
         # Wait for every request before raising, so no task is left with an unretrieved exception.

@@ -11,7 +11,7 @@ import hashlib
 import json
 from collections import ChainMap
 from collections.abc import Iterator, Mapping, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path as FsPath
 from typing import Any, cast
 
@@ -29,6 +29,7 @@ from teckochecker.config.models import (
     SecretRef,
     StateSettings,
     TriggerRule,
+    WebhookSettings,
 )
 from teckochecker.errors import ConfigError
 from teckochecker.plugin_api import Action, OptionsModel, SecretName, Source
@@ -79,6 +80,7 @@ class Config:
     include_dirs: tuple[FsPath, ...] = ()
     include: tuple[str, ...] = ()
     templates: tuple[str, ...] = ()
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
 
     def summary(self) -> str:
         targets = sum(len(j.source.targets) for j in self.jobs.values())
@@ -155,6 +157,8 @@ def _validate_document(
                 f"secret {top.http.api_token!r} is not defined under 'secrets:' (defined: {defined})",
             )
         )
+    if top is not None:
+        diagnostics += _webhook_problems(top, doc)
     if top is None or diagnostics:
         return None, diagnostics
     config = Config(
@@ -169,8 +173,33 @@ def _validate_document(
         include_dirs=include_dirs,
         include=tuple(top.include),
         templates=tuple(sorted(top.templates)),
+        webhooks=top.webhooks,
     )
     return config, []
+
+
+def _webhook_problems(top: ConfigFile, doc: Document) -> list[Diagnostic]:
+    hooks = top.webhooks
+    problems = []
+    where: Path
+    defined = ", ".join(sorted(top.secrets)) or "none"
+    for index, name in enumerate(hooks.secrets):
+        if name not in top.secrets:
+            where = ("webhooks", "secrets", index)
+            message = f"secret {name!r} is not defined under 'secrets:' (defined: {defined})"
+            problems.append(Diagnostic(doc.mark_for(where), where, message))
+    if hooks.enabled and not hooks.secrets:
+        where = ("webhooks", "port")
+        message = (
+            "the webhook receiver needs webhooks.secrets: the name(s) of secrets holding the endpoint's "
+            "signing secret (whsec_...); without one every delivery would be refused"
+        )
+        problems.append(Diagnostic(doc.mark_for(where), where, message))
+    if hooks.port and hooks.port == top.http.port:
+        where = ("webhooks", "port")
+        message = f"must differ from http.port ({top.http.port}): the webhook receiver has a listener of its own"
+        problems.append(Diagnostic(doc.mark_for(where), where, message))
+    return problems
 
 
 def _jobs_of(doc: Document, diagnostics: list[Diagnostic], *, drop_in: bool) -> list[_RawJob]:

@@ -44,7 +44,16 @@ def main() -> int:
     parser.add_argument("--interval", type=int, default=30, help="poll interval in seconds (30..3600)")
     parser.add_argument("--measure", type=float, default=90.0, help="seconds of steady polling to measure")
     parser.add_argument("--state-url", help="state store URL (default: SQLite in a temp dir)")
+    parser.add_argument(
+        "--webhooks", action="store_true", help="completion → POST with webhooks vs polling (pipeline_webhooks.py)"
+    )
+    parser.add_argument("--spread", type=float, default=60.0, help="--webhooks: seconds over which batches complete")
+    parser.add_argument("--concurrency", type=int, default=10, help="--webhooks: defaults.concurrency")
     args = parser.parse_args()
+    if args.webhooks:
+        import pipeline_webhooks
+
+        return pipeline_webhooks.main(args)
 
     with (
         tempfile.TemporaryDirectory(prefix="tc-bench-") as tmp,

@@ -120,6 +120,8 @@ class Daemon:
 
     async def startup(self) -> None:
         check_secrets(self.reloader.secrets, self._log)
+        if self.config.webhooks.enabled:
+            self._signing_keys()  # refuse to start on a webhook secret that is not a whole whsec_ value
         url = resolve_state_url(self.config.state.url, self._environ, self._cwd)
         self._lock(url)
         self.store = StateStore.open(url, redact=self._redactor.redact)
@@ -210,8 +212,6 @@ class Daemon:
             return
         assert settings.port is not None
         verifier = SignatureVerifier(self._signing_keys, self._clock)
-        verifier_keys = self._signing_keys()  # refuse to start on a secret that is not a whsec_ value
-        self._log.info("webhook receiver: %d signing secret(s)", len(verifier_keys))
         receiver = OpenAIWebhooks(
             verifier, self.jobs.hint, self.metrics, self._clock, logging.getLogger("teckochecker.webhooks")
         )

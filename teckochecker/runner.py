@@ -11,12 +11,14 @@ from dataclasses import dataclass
 
 from teckochecker.conditions import ConditionKind, ConditionLog
 from teckochecker.errors import PermanentError, TransientError
+from teckochecker.groupcommit import CheckRecorder
 from teckochecker.plugin_api import CheckReport
 from teckochecker.retry import backoff_delay
 from teckochecker.runtime import JobRuntime
 from teckochecker.services import TickServices
 from teckochecker.state.events import EventKind
 from teckochecker.state.models import JobSnapshot, JobState
+from teckochecker.state.store import CheckToRecord
 from teckochecker.triggering import ActionDriver
 from teckochecker.watchcache import WatchCache
 
@@ -43,6 +45,7 @@ class JobRunner:
         self._actions = ActionDriver(services)
         self._conditions = ConditionLog(services.logger)
         self._cache = WatchCache()
+        self._checks = CheckRecorder(services.store, services.worker)
 
     def forget(self, name: str | None = None) -> None:
         """Drop cached state after a change made outside a tick (reload, pause, resume)."""
@@ -115,17 +118,20 @@ class JobRunner:
         if not report.transient_errors and not self._cache.is_news(snap, report.observations):
             self._cache.touch(snap, now, next_check_at)
             return JobState.WATCHING, None
-        self._cache.forget(job.name)
-        state = await self._db.run(
-            self._store.record_check,
+        check = CheckToRecord(
             job.name,
             report,
-            now=now,
-            next_check_at=next_check_at,
-            deadline=job.definition.deadline,
-            rule=job.definition.trigger,
-            actions=job.planned_actions(),
+            now,
+            next_check_at,
+            job.definition.deadline,
+            job.definition.trigger,
+            tuple(job.planned_actions()),
         )
+        self._cache.forget(job.name)
+        epoch = self._cache.epoch
+        state = await self._checks.record(check)
+        if state is JobState.WATCHING and not report.transient_errors:
+            self._cache.recorded(snap, report.observations, now, next_check_at, epoch)
         self._crash.hit("after_check_commit")
         if state is JobState.FIRING:
             self._log.info("job %s: trigger fired", job.name)

@@ -175,3 +175,16 @@ def test_a_webhook_that_never_comes_is_caught_by_the_next_poll(
         assert len(keboola.jobs) == 1
     finally:
         daemon.stop()
+
+
+def test_a_secret_without_its_whsec_prefix_stops_the_start_by_name(
+    tmp_path: Path, openai: FakeOpenAI, keboola: FakeKeboola, env: dict[str, str]
+) -> None:
+    bare = HOOK_SECRET.removeprefix("whsec_")
+    config = write_config(tmp_path, openai, keboola, [openai.add_batch()], "15m")
+    daemon = DaemonProcess(config, {**env, "HOOK": bare}, tmp_path)
+    code = daemon.proc.wait(timeout=30)
+    output = daemon.output
+    assert code != 0
+    assert "secret 'hook' is not a webhook signing secret" in output and "whsec_" in output
+    assert "Traceback" not in output and bare not in output

@@ -75,3 +75,38 @@ def test_one_bad_record_does_not_fail_the_others(tmp_path: Path) -> None:
     finally:
         worker.close()
         store.close()
+
+
+def test_the_watch_cache_keeps_what_was_written_unless_something_was_forgotten_meanwhile(tmp_path: Path) -> None:
+    from teckochecker.watchcache import WatchCache
+
+    store = StateStore.open(f"sqlite:///{tmp_path / 'state.db'}")
+    store.sync_jobs([JobPlan("j", "fp", ["a", "b"])], T0)
+    store.record_check(
+        "j",
+        check("j", "a", TargetState.RUNNING).report,
+        now=T0,
+        next_check_at=T0,
+        deadline=3600.0,
+        rule=TriggerRule.ALL_TERMINAL,
+        actions=ACTION,
+    )
+    snap = store.job("j")
+    store.close()
+    assert snap is not None
+    cache = WatchCache()
+    done = (Observation("a", TargetState.SUCCEEDED, "completed"), Observation("b", TargetState.RUNNING, "in_progress"))
+    epoch = cache.epoch
+    cache.recorded(snap, done, T0, T0, epoch)
+    kept = cache.get("j")
+    assert kept is not None and [t.state for t in kept.targets] == [TargetState.SUCCEEDED, TargetState.RUNNING]
+    assert kept.pending_targets == ["b"]
+    # A final state sticks, as in the store.
+    cache.recorded(kept, (Observation("a", TargetState.FAILED, "failed"),), T0, T0, cache.epoch)
+    assert cache.get("j").targets[0].state is TargetState.SUCCEEDED  # type: ignore[union-attr]
+    # A pause or reload forgot jobs while the write was under way: nothing stale is kept.
+    epoch = cache.epoch
+    cache.forget("other")
+    cache.forget("j")
+    cache.recorded(snap, done, T0, T0, epoch)
+    assert cache.get("j") is None

@@ -49,7 +49,7 @@ from teckochecker.state.worker import StoreWorker
 from teckochecker.web.routes import create_app
 from teckochecker.web.server import WebServer
 from teckochecker.webhooks.receiver import OpenAIWebhooks, create_webhook_app
-from teckochecker.webhooks.signature import SignatureVerifier, signing_key
+from teckochecker.webhooks.signature import SignatureVerifier, signing_keys
 
 # SIGTERM must end the process within 5 s; ticks get this long to finish their current step.
 SHUTDOWN_GRACE = 3.0
@@ -229,7 +229,7 @@ class Daemon:
 
     def _signing_keys(self) -> list[Webhook]:
         """The current webhook signing keys, read at each delivery so that a rotated secret is used at once."""
-        return [signing_key(name, self.reloader.secret(name)) for name in self.config.webhooks.secrets]
+        return signing_keys(self.config.webhooks.secrets, self.reloader.secret)
 
     def _api_token(self) -> str | None:
         name = self.config.http.api_token

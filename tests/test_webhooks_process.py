@@ -4,7 +4,9 @@ webhook that never comes is caught by the next poll."""
 
 from __future__ import annotations
 
+import json
 import re
+import signal
 import textwrap
 import time
 from pathlib import Path
@@ -188,3 +190,27 @@ def test_a_secret_without_its_whsec_prefix_stops_the_start_by_name(
     assert code != 0
     assert "secret 'hook' is not a webhook signing secret" in output and "whsec_" in output
     assert "Traceback" not in output and bare not in output
+
+
+def test_a_reload_naming_a_secret_without_whsec_is_refused(
+    tmp_path: Path, openai: FakeOpenAI, keboola: FakeKeboola, env: dict[str, str]
+) -> None:
+    config = write_config(tmp_path, openai, keboola, [openai.add_batch()], "15m")
+    bare = HOOK_SECRET.removeprefix("whsec_")
+    daemon = DaemonProcess(config, {**env, "BARE": bare}, tmp_path)
+    try:
+        api = listener(daemon, "HTTP") + "/api/v1/status"
+        text = config.read_text()
+        config.write_text(
+            text.replace("secrets: [hook]}", "secrets: [bare, hook]}").replace(
+                "  hook: {env: HOOK}", "  hook: {env: HOOK}\n  bare: {env: BARE}"
+            )
+        )
+        daemon.proc.send_signal(signal.SIGHUP)
+        daemon.wait_for("config reload failed")
+        status = httpx.get(api, timeout=10).json()
+        assert status["reload"]["successful"] is False
+        assert "secret 'bare' is not a webhook signing secret" in json.dumps(status["reload"]["errors"])
+        assert bare not in daemon.output and bare not in json.dumps(status)
+    finally:
+        daemon.stop()

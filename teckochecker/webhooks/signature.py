@@ -79,6 +79,11 @@ def signing_key(name: str, value: str) -> Webhook:
     return Webhook(key)
 
 
+def signing_keys(names: Sequence[str], secret: Callable[[str], str]) -> list[Webhook]:
+    """The verifiers for the named secrets, resolved now. Raises SecretError naming the first bad one."""
+    return [signing_key(name, secret(name)) for name in names]
+
+
 SigningKeys = Callable[[], Sequence[Webhook]]
 
 

@@ -62,7 +62,16 @@ def main() -> int:
         default=Latency(0.0),
         help="time the fake OpenAI takes per request, mean±jitter (uniform), e.g. 300ms±200ms (default 0)",
     )
+    parser.add_argument(
+        "--webhooks", action="store_true", help="completion → POST with webhooks vs polling (pipeline_webhooks.py)"
+    )
+    parser.add_argument("--spread", type=float, default=60.0, help="--webhooks: seconds over which batches complete")
+    parser.add_argument("--concurrency", type=int, default=10, help="--webhooks: defaults.concurrency")
     args = parser.parse_args()
+    if args.webhooks:
+        import pipeline_webhooks
+
+        return pipeline_webhooks.main(args)
     postgres = bool(args.state_url and args.state_url.startswith("postgresql"))
     if args.replicas > 1 and not postgres:
         parser.error("--replicas above 1 needs a PostgreSQL --state-url (SQLite allows one daemon)")

@@ -19,6 +19,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
+from standardwebhooks.webhooks import Webhook
 
 from teckochecker.clock import Clock
 from teckochecker.config.models import TokenSpec
@@ -53,6 +54,8 @@ from teckochecker.state.store import StateStore
 from teckochecker.state.worker import StoreWorker
 from teckochecker.web.routes import create_app
 from teckochecker.web.server import WebServer
+from teckochecker.webhooks.receiver import OpenAIWebhooks, create_webhook_app
+from teckochecker.webhooks.signature import SignatureVerifier, signing_keys
 
 # SIGTERM must end the process within 5 s; ticks get this long to finish their current step.
 SHUTDOWN_GRACE = 3.0
@@ -144,6 +147,8 @@ class Daemon:
 
     async def startup(self) -> None:
         check_secrets(self.reloader.secrets, self._log)
+        if self.config.webhooks.enabled:
+            self._signing_keys()  # refuse to start on a webhook secret that is not a whole whsec_ value
         url = resolve_state_url(self.config.state.url, self._environ, self._cwd)
         self._lock(url)
         self.store = StateStore.open(url, redact=self._redactor.redact, upgrade=self.config.state.upgrade_on_start)
@@ -170,6 +175,7 @@ class Daemon:
         self._opened.push_async_callback(http.aclose)
         await self._start_jobs(http)
         await self._start_web()
+        await self._start_webhooks()
         self.reloader.started()
         await self.reloader.save_status(self.worker, self.store)
         # Runs after the reload loop is cancelled: a reload applied just before SIGTERM still reaches `status`.
@@ -296,6 +302,36 @@ class Daemon:
 
     def _bearer_token(self, spec: TokenSpec) -> BearerToken:
         return BearerToken(self.reloader.secret(spec.secret), frozenset(s.value for s in spec.scopes))
+
+    async def _start_webhooks(self) -> None:
+        settings = self.config.webhooks
+        if not settings.enabled:
+            return
+        assert settings.port is not None
+        verifier = SignatureVerifier(self._signing_keys, self._clock)
+        receiver = OpenAIWebhooks(
+            verifier,
+            self.jobs.hint,
+            self.metrics,
+            self._clock,
+            logging.getLogger("teckochecker.webhooks"),
+            leading=self._leading,
+        )
+        web = WebServer(
+            create_webhook_app(receiver),
+            settings.listen,
+            settings.port,
+            self._log,
+            name="webhook receiver",
+            exposure="it serves only POST /webhooks/openai, verified by signature",
+        )
+        await web.start()
+        # Stopped with the other listener, before the ticks drain: no hint arrives for a tick that will not run.
+        self._opened.push_async_callback(web.stop)
+
+    def _signing_keys(self) -> list[Webhook]:
+        """The current webhook signing keys, read at each delivery so that a rotated secret is used at once."""
+        return signing_keys(self.config.webhooks.secrets, self.reloader.secret)
 
     def _start_background(self) -> None:
         self._background = [

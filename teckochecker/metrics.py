@@ -181,6 +181,18 @@ class Metrics:
             ["template", "outcome"],
             registry=r,
         )
+        self.webhook_deliveries = Counter(
+            f"{PREFIX}_webhook_deliveries",
+            "Webhook deliveries by outcome (accepted, duplicate, bad_signature, stale, malformed, unwatched).",
+            ["outcome"],
+            registry=r,
+        )
+        self.webhook_to_action = Histogram(
+            f"{PREFIX}_webhook_to_action_seconds",
+            "From receiving the webhook that let a job fire to the end of its first action start (the Keboola POST).",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
 
     def observe_jobs(self, snapshots: Iterable[JobSnapshot]) -> None:
         """Refresh the state gauges from job snapshots."""

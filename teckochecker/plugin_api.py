@@ -257,6 +257,9 @@ class Source(ABC):
     # True when the source reads a listing of all targets that ``listen`` and ``sweep`` expose (a template
     # with ``discover:`` needs one).
     supports_discovery: ClassVar[bool] = False
+    # The webhook receiver whose events name this source's targets ("openai": POST /webhooks/openai), or
+    # None when the source is only polled. An event makes the core call ``check_fresh`` for that target.
+    push_channel: ClassVar[str | None] = None
 
     def __init__(self, options: OptionsModel, context: PluginContext) -> None:
         self.options = options
@@ -279,6 +282,12 @@ class Source(ABC):
         Raise ``TransientError`` when nothing could be observed but a later try may work, and
         ``PermanentError`` when the job cannot go on (e.g. the API key is rejected).
         """
+
+    async def check_fresh(self, targets: Sequence[str]) -> CheckReport:
+        """Observe ``targets`` straight from the vendor: a push notification said they changed, so an answer
+        from something shared between checks (a listing read a few seconds ago) may be stale. Same contract
+        as ``check``; the default is ``check`` itself (right for a source that keeps nothing between checks)."""
+        return await self.check(targets)
 
     async def aclose(self) -> None:
         """Release what the instance holds. The shared HTTP client is not the plugin's to close."""

@@ -30,6 +30,7 @@ from teckochecker.secrets.resolving import Redactor, SecretResolver
 from teckochecker.state.guard import StoreGuard
 from teckochecker.state.store import StateStore
 from teckochecker.state.worker import StoreWorker
+from teckochecker.webhooks.signature import signing_keys
 
 # Reading and validating 10,000 jobs takes one to three minutes on a busy 2-core machine; past this, a read hangs.
 RELOAD_TIMEOUT = 600.0
@@ -42,6 +43,8 @@ RESTART_ONLY: dict[str, Callable[[Config], object]] = {
     "http.listen": lambda c: c.http.listen,
     "http.port": lambda c: c.http.port,
     "defaults.concurrency": lambda c: c.defaults.concurrency,
+    "webhooks.listen": lambda c: c.webhooks.listen,
+    "webhooks.port": lambda c: c.webhooks.port,
 }
 
 
@@ -71,6 +74,7 @@ def keep_restart_only_settings(old: Config, new: Config) -> tuple[Config, list[s
         state=old.state,
         http=new.http.model_copy(update={"listen": old.http.listen, "port": old.http.port}),
         defaults=new.defaults.model_copy(update={"concurrency": old.defaults.concurrency}),
+        webhooks=new.webhooks.model_copy(update={"listen": old.webhooks.listen, "port": old.webhooks.port}),
     )
     return kept, changed
 
@@ -165,6 +169,8 @@ class ConfigReloader:
             # On the loop: checking registers secret values with the Redactor, which log calls read.
             resolver = SecretResolver(new.secrets, self._environ, self._redactor)
             check_secrets(resolver, self._log)
+            if new.webhooks.enabled:  # a webhook secret that is no whsec_ value would refuse every delivery
+                signing_keys(new.webhooks.secrets, resolver)
         except TimeoutError:
             # The thread may hang on for good (a read that never ends); the daemon carries on without it.
             return self._failed([f"reading and validating the config took over {RELOAD_TIMEOUT:.0f} s"])

@@ -6,16 +6,19 @@ A tick is a plain coroutine over (job, store, clock): it could run under a lease
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from teckochecker.conditions import ConditionKind, ConditionLog
 from teckochecker.errors import PermanentError, TransientError
+from teckochecker.groupcommit import CheckRecorder
 from teckochecker.plugin_api import CheckReport
 from teckochecker.retry import backoff_delay
 from teckochecker.runtime import JobRuntime
 from teckochecker.services import TickServices
 from teckochecker.state.events import EventKind
 from teckochecker.state.models import JobSnapshot, JobState
+from teckochecker.state.store import CheckToRecord
 from teckochecker.triggering import ActionDriver
 from teckochecker.watchcache import WatchCache
 
@@ -26,6 +29,8 @@ class TickResult:
     next_in: float | None = None
     # The job reached a final state: unschedule it.
     done: bool = False
+    # This tick saw the trigger's rule hold and moved the job to firing (its first action step ran too).
+    fired: bool = False
 
 
 class JobRunner:
@@ -40,6 +45,7 @@ class JobRunner:
         self._actions = ActionDriver(services)
         self._conditions = ConditionLog(services.logger)
         self._cache = WatchCache()
+        self._checks = CheckRecorder(services.store, services.worker)
 
     def forget(self, name: str | None = None) -> None:
         """Drop cached state after a change made outside a tick (reload, pause, resume)."""
@@ -51,7 +57,9 @@ class JobRunner:
         if touches:
             await self._db.run(self._store.touch_jobs, touches)
 
-    async def tick(self, job: JobRuntime) -> TickResult:
+    async def tick(self, job: JobRuntime, fresh: Collection[str] = ()) -> TickResult:
+        """One step of the job. ``fresh``: targets a push notification named; then only those (of the ones
+        still pending) are checked, straight from the vendor, instead of every pending target."""
         snap = self._cache.get(job.name)
         if snap is None:
             snap = await self._db.run(self._store.job, job.name)
@@ -63,20 +71,24 @@ class JobRunner:
             return TickResult()
         next_in: float | None = None
         state = snap.state
+        fired = False
         if state is JobState.WATCHING:
-            state, next_in = await self._watch(job, snap)
+            state, next_in = await self._watch(job, snap, fresh)
             if state is JobState.FIRING:
+                fired = True
                 snap = await self._reload(job.name)
         if state is JobState.FIRING:
             next_in = await self._actions.advance(job, snap)
             if next_in is None:
                 self._conditions.forget(job.name)
-                return TickResult(done=True)
+                return TickResult(done=True, fired=fired)
         if state.is_final:
             self._conditions.forget(job.name)
-        return TickResult(next_in=next_in, done=state.is_final)
+        return TickResult(next_in=next_in, done=state.is_final, fired=fired)
 
-    async def _watch(self, job: JobRuntime, snap: JobSnapshot) -> tuple[JobState, float | None]:
+    async def _watch(
+        self, job: JobRuntime, snap: JobSnapshot, fresh: Collection[str] = ()
+    ) -> tuple[JobState, float | None]:
         now = self._clock.now()
         if snap.deadline_at is not None and now >= snap.deadline_at:
             unfinished = len(snap.pending_targets)
@@ -88,11 +100,16 @@ class JobRunner:
         if snap.consecutive_failures and snap.next_check_at and now < snap.next_check_at - dt.timedelta(seconds=1):
             # Still backing off (e.g. the vendor asked us to wait longer than the interval).
             return snap.state, (snap.next_check_at - now).total_seconds()
-        report = await self._check(job, snap, now)
+        targets: Sequence[str] = snap.pending_targets
+        if fresh:
+            targets = tuple(t for t in targets if t in fresh)
+            if not targets:  # already seen finished (a repeated or late event): nothing to ask
+                return snap.state, None
+        report = await self._check(job, targets, now, fresh=bool(fresh))
         if report is None:
             self._cache.forget(job.name)
             return JobState.FAILED, None
-        self._conditions.update(job.name, ConditionKind.CHECK, report.transient_errors, len(snap.pending_targets))
+        self._conditions.update(job.name, ConditionKind.CHECK, report.transient_errors, len(targets))
         next_in = None
         if report.transient_errors:
             next_in = backoff_delay(snap.consecutive_failures + 1, report.retry_after, rng=self._rng)
@@ -104,35 +121,41 @@ class JobRunner:
         if not report.transient_errors and quiet:
             self._cache.touch(snap, now, next_check_at)
             return JobState.WATCHING, None
-        self._cache.forget(job.name)
-        state = await self._db.run(
-            self._store.record_check,
+        check = CheckToRecord(
             job.name,
             report,
-            now=now,
-            next_check_at=next_check_at,
-            deadline=job.definition.deadline,
-            rule=job.definition.trigger,
-            actions=job.planned_actions(),
+            now,
+            next_check_at,
+            job.definition.deadline,
+            job.definition.trigger,
+            tuple(job.planned_actions()),
         )
+        self._cache.forget(job.name)
+        epoch = self._cache.epoch
+        state = await self._checks.record(check)
+        if state is JobState.WATCHING and not report.transient_errors:
+            self._cache.recorded(snap, report.observations, now, next_check_at, epoch)
         self._crash.hit("after_check_commit")
         if state is JobState.FIRING:
             self._log.info("job %s: trigger fired", job.name)
         return state, next_in
 
-    async def _check(self, job: JobRuntime, snap: JobSnapshot, now: dt.datetime) -> CheckReport | None:
+    async def _check(
+        self, job: JobRuntime, targets: Sequence[str], now: dt.datetime, *, fresh: bool
+    ) -> CheckReport | None:
         source_type = job.definition.source.type
         started = self._clock.monotonic()
-        report = await self._call_source(job, snap, now)
+        report = await self._call_source(job, targets, now, fresh=fresh)
         self._metrics.source_check_duration.labels(source_type).observe(self._clock.monotonic() - started)
         outcome = "permanent_error" if report is None else ("transient_error" if report.transient_errors else "ok")
         self._metrics.source_checks.labels(source_type, outcome).inc()
         return report
 
-    async def _call_source(self, job: JobRuntime, snap: JobSnapshot, now: dt.datetime) -> CheckReport | None:
-        pending = snap.pending_targets
+    async def _call_source(
+        self, job: JobRuntime, pending: Sequence[str], now: dt.datetime, *, fresh: bool
+    ) -> CheckReport | None:
         try:
-            report = await job.source.check(pending)
+            report = await (job.source.check_fresh(pending) if fresh else job.source.check(pending))
         except TransientError as exc:
             return CheckReport(transient_errors=dict.fromkeys(pending, str(exc)), retry_after=exc.retry_after)
         except PermanentError as exc:

@@ -11,7 +11,7 @@ import asyncio
 import datetime as dt
 import logging
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from teckochecker.clock import Clock
 from teckochecker.config.validate import JobDefinition
@@ -19,7 +19,7 @@ from teckochecker.errors import Fenced
 from teckochecker.metrics import Metrics
 from teckochecker.plugin_api import PluginContext
 from teckochecker.reload import JobDiff
-from teckochecker.runner import JobRunner
+from teckochecker.runner import JobRunner, TickResult
 from teckochecker.runtime import JobRuntime
 from teckochecker.scheduling import Ticker
 from teckochecker.services import TickServices
@@ -64,6 +64,12 @@ class RunningJobs:
         self._ticks: set[asyncio.Task[None]] = set()
         self._halted = False
         self._stopping = stopping
+        self._metrics = metrics
+        # Push notifications (webhooks): which jobs watch a target, per channel; and per job, the targets a
+        # notification named that its next tick checks first, with when the notification was received.
+        self._watchers: dict[tuple[str, str], tuple[str, ...]] = {}
+        self._hints: dict[str, dict[str, float]] = {}
+        self._ticking: set[str] = set()
 
     # ----- start and stop -----
 
@@ -74,6 +80,7 @@ class RunningJobs:
         self._halted = False
         self._definitions = definitions
         self._jobs = {name: JobRuntime.build(d, self._context) for name, d in definitions.items()}
+        self._watchers = _watchers(self._jobs.values())
         await self._db.run(self._store.sync_jobs, [j.plan() for j in self._jobs.values()], self._clock.now())
         self._ticker.start()
         states = await self._db.run(self._store.job_states)
@@ -143,6 +150,24 @@ class RunningJobs:
         self._ticker.run_in(name, 0)
         return True
 
+    def hint(self, channel: str, target: str, received: float) -> int:
+        """A push notification on ``channel`` says ``target`` changed: every scheduled job watching it checks
+        that target now, straight from the vendor. Returns how many jobs that is (0: nobody watches it).
+
+        Only remembered and brought forward here, never run: the tick runs it, so a hint never overlaps the
+        job's own poll, and several hints for one job before its tick are one check. ``received``: the
+        monotonic time the notification came in (for teckochecker_webhook_to_action_seconds)."""
+        hinted = 0
+        for name in self._watchers.get((channel, target), ()):
+            if self._halted or self._ticker.next_run(name) is None:
+                continue  # finished (or shutting down): its targets are no longer polled either
+            self._hints.setdefault(name, {}).setdefault(target, received)
+            hinted += 1
+            if name not in self._ticking:
+                # A tick under way takes the hint when it ends; bringing it forward now would only skip a tick.
+                self._ticker.run_in(name, 0)
+        return hinted
+
     async def set_paused(self, name: str, paused: bool) -> bool:
         """False if there is no such job. A resumed job is checked at once."""
         changed = await self._db.run(self._store.set_paused, name, paused, now=self._clock.now())
@@ -171,14 +196,16 @@ class RunningJobs:
         task = asyncio.current_task()
         assert task is not None
         self._ticks.add(task)
+        self._ticking.add(name)
         try:
-            result = await self._runner.tick(job)
+            result = await self._step(job)
             steps = 1
             # A step due at once runs here: re-scheduling the job from inside its own run would be skipped.
-            while result.next_in is not None and result.next_in < MIN_RESCHEDULE and steps < MAX_STEPS_PER_TICK:
+            # So does a hint that came in during the step.
+            while steps < MAX_STEPS_PER_TICK and not result.done and (self._due_now(result) or name in self._hints):
                 if self._stopped() or not self._guard.intact():
                     break
-                result = await self._runner.tick(job)
+                result = await self._step(job)
                 steps += 1
         except Fenced:
             self._log.info("tick of job %s stopped: this replica no longer leads", name)
@@ -192,11 +219,27 @@ class RunningJobs:
             return
         finally:
             self._ticks.discard(task)
+            self._ticking.discard(name)
+        if name in self._hints and not result.done:
+            self._ticker.run_in(name, 0)  # hinted after the last step: the next tick takes it
         if result.done:
+            self._hints.pop(name, None)
             self._ticker.unschedule(name)
             await self._retire_if_removed(name)
         elif result.next_in is not None:
             self._ticker.run_in(name, max(result.next_in, MIN_RESCHEDULE))
+
+    async def _step(self, job: JobRuntime) -> TickResult:
+        hints = self._hints.pop(job.name, {})
+        result = await self._runner.tick(job, fresh=hints.keys())
+        if hints and result.fired:
+            # The job fired on a notification: from its earliest receipt to the end of the first action start.
+            self._metrics.webhook_to_action.observe(max(0.0, self._clock.monotonic() - min(hints.values())))
+        return result
+
+    @staticmethod
+    def _due_now(result: TickResult) -> bool:
+        return result.next_in is not None and result.next_in < MIN_RESCHEDULE
 
     def _stopped(self) -> bool:
         return self._halted or self._stopping()
@@ -227,6 +270,7 @@ class RunningJobs:
             jobs[name] = JobRuntime.build(definitions[name], self._context)
             await _yield_every(count)
         self._jobs = jobs
+        self._watchers = _watchers(jobs.values())
         await self._db.run(self._store.sync_jobs, [jobs[n].plan() for n in definitions], self._clock.now())
         self._runner.forget()
         for count, name in enumerate(change.removed, 1):
@@ -260,3 +304,14 @@ async def _yield_every(count: int) -> None:
     """Let the loop serve /healthz and ticks between chunks of a big apply (10,000 jobs added at once)."""
     if count % APPLY_CHUNK == 0:
         await asyncio.sleep(0)
+
+
+def _watchers(jobs: Iterable[JobRuntime]) -> dict[tuple[str, str], tuple[str, ...]]:
+    """(push channel, target) → the jobs whose source watches that target on that channel."""
+    index: dict[tuple[str, str], list[str]] = {}
+    for job in jobs:
+        channel = job.source.push_channel
+        if channel is not None:
+            for target in job.definition.source.targets:
+                index.setdefault((channel, target), []).append(job.name)
+    return {key: tuple(names) for key, names in index.items()}

@@ -12,7 +12,7 @@ import datetime as dt
 from collections.abc import Iterable
 
 from teckochecker.plugin_api import Observation
-from teckochecker.state.models import JobSnapshot, JobState
+from teckochecker.state.models import JobSnapshot, JobState, TargetSnapshot
 
 Touch = tuple[str, dt.datetime, dt.datetime | None]
 
@@ -21,6 +21,7 @@ class WatchCache:
     def __init__(self) -> None:
         self._snapshots: dict[str, JobSnapshot] = {}
         self._touches: dict[str, Touch] = {}
+        self._epoch = 0
 
     def get(self, name: str) -> JobSnapshot | None:
         return self._snapshots.get(name)
@@ -29,7 +30,13 @@ class WatchCache:
         if snap.state is JobState.WATCHING and not snap.paused:
             self._snapshots[snap.name] = snap
 
+    @property
+    def epoch(self) -> int:
+        """Changes whenever something is forgotten: ``recorded`` after a wait keeps nothing older than that."""
+        return self._epoch
+
     def forget(self, name: str | None = None) -> None:
+        self._epoch += 1
         if name is None:
             self._snapshots.clear()
         else:
@@ -56,6 +63,34 @@ class WatchCache:
                 return True
         return False
 
+    def recorded(
+        self,
+        snap: JobSnapshot,
+        observations: Iterable[Observation],
+        checked_at: dt.datetime,
+        next_check_at: dt.datetime | None,
+        epoch: int,
+    ) -> None:
+        """Keep what a check without errors just wrote for a job that still watches, as the store applied it
+        (final target states stick), so the next tick does not read it back: with webhooks every finished
+        batch is such a write, hundreds a second in a burst, all on the store's one thread. ``epoch``: taken
+        before the write; if a reload, pause or resume forgot jobs meanwhile, the snapshot may be stale."""
+        if epoch != self._epoch:
+            return
+        if snap.first_observed_at is None:
+            self.forget(snap.name)  # the first write also set the deadline: read it back once
+            return
+        seen = {o.target: o for o in observations}
+        targets = tuple(_observed(t, seen.get(t.target), checked_at) for t in snap.targets)
+        self._snapshots[snap.name] = dataclasses.replace(
+            snap,
+            targets=targets,
+            last_checked_at=checked_at,
+            next_check_at=next_check_at,
+            consecutive_failures=0,
+            last_error=None,
+        )
+
     def touch(self, snap: JobSnapshot, checked_at: dt.datetime, next_check_at: dt.datetime | None) -> None:
         self._snapshots[snap.name] = dataclasses.replace(snap, last_checked_at=checked_at, next_check_at=next_check_at)
         self._touches[snap.name] = (snap.name, checked_at, next_check_at)
@@ -63,3 +98,18 @@ class WatchCache:
     def take_touches(self) -> list[Touch]:
         touches, self._touches = list(self._touches.values()), {}
         return touches
+
+
+def _observed(target: TargetSnapshot, obs: Observation | None, at: dt.datetime) -> TargetSnapshot:
+    if obs is None or target.state.is_terminal or _same(target, obs):
+        return target
+    return TargetSnapshot(obs.target, obs.state, obs.vendor_status, dict(obs.details), obs.message, at)
+
+
+def _same(target: TargetSnapshot, obs: Observation) -> bool:
+    return (
+        target.state is obs.state
+        and target.vendor_status == obs.vendor_status
+        and target.message == obs.message
+        and target.details == dict(obs.details)
+    )

@@ -35,6 +35,7 @@ class Harness:
         action: str = "",
         rule: str = "all_terminal",
         state_url: str | None = None,
+        source: str = "",
     ) -> None:
         self.status = tmp_path / "status.json"
         self.ledger = tmp_path / "ledger.jsonl"
@@ -46,7 +47,7 @@ class Harness:
                 interval: 30s
                 deadline: 1h
                 trigger: {rule}
-                source: {{type: status_file, path: {self.status}, targets: [a, b]}}
+                source: {{type: status_file, path: {self.status}, targets: [a, b]{source}}}
                 actions:
                   - {{type: record, ledger: {self.ledger}{action}}}
             """)
@@ -78,8 +79,8 @@ class Harness:
     def set(self, **states: object) -> None:
         self.status.write_text(json.dumps(states))
 
-    def tick(self) -> TickResult:
-        return asyncio.run(self.runner.tick(self.job))
+    def tick(self, fresh: tuple[str, ...] = ()) -> TickResult:
+        return asyncio.run(self.runner.tick(self.job, fresh=fresh))
 
     def snap(self) -> JobSnapshot:
         snap = self.store.job("j")
@@ -137,6 +138,26 @@ def test_a_check_that_has_observed_nothing_yet_stores_only_its_time_batched(make
     h.set(a="running", b="unseen")
     h.tick()
     assert h.snap().first_observed_at == h.clock.now()  # the first observation starts the deadline
+
+
+def test_a_hinted_tick_checks_only_the_named_pending_target(make, tmp_path: Path) -> None:
+    checks = tmp_path / "checks.jsonl"
+    h = make(source=f", check_log: {checks}")
+    h.set(a="running", b="running")
+    assert h.tick() == TickResult()
+    h.set(a="succeeded", b="running")
+    assert h.tick(fresh=("a", "unknown-target")) == TickResult()
+    assert [c["targets"] for c in read_ledger(checks)] == [["a", "b"], ["a"]]
+    assert {t.target: t.state.value for t in h.snap().targets} == {"a": "succeeded", "b": "running"}
+    # A repeated or late hint for a target already seen finished asks nothing.
+    assert h.tick(fresh=("a",)) == TickResult() and len(read_ledger(checks)) == 2
+    h.set(a="succeeded", b="succeeded")
+    fired = h.tick(fresh=("b",))
+    assert fired.fired and h.snap().state is JobState.FIRING and len(read_ledger(h.ledger)) == 1
+    assert read_ledger(checks)[-1]["targets"] == ["b"]
+    # Hints after the job fired start nothing more.
+    h.tick(fresh=("b",))
+    assert len(read_ledger(h.ledger)) == 1
 
 
 def test_only_unfinished_targets_are_checked_and_final_states_stick(make) -> None:

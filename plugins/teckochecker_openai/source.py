@@ -115,7 +115,7 @@ class OpenAIBatchSource(Source):
         if throttle.remaining() is not None:
             raise TransientError(self._waiting_message(throttle), retry_after=throttle.remaining())
         client = self._client()
-        headers = {"Authorization": f"Bearer {self.context.secret(self.options.api_key)}"}
+        headers = self._auth_headers()
 
         async def list_page(after: str | None) -> Mapping[str, Any]:
             return await self._list_page(client, headers, throttle, after)
@@ -124,6 +124,9 @@ class OpenAIBatchSource(Source):
             await self._directory().refresh(list_page)
         except _AccountWaits as exc:
             raise TransientError(str(exc), retry_after=throttle.remaining()) from None
+
+    # OpenAI's batch.* webhooks name the batch; the daemon's receiver is POST /webhooks/openai.
+    push_channel = "openai"
 
     async def check(self, targets: Sequence[str]) -> CheckReport:
         if not targets:
@@ -147,8 +150,29 @@ class OpenAIBatchSource(Source):
             for target, batch in lookup.listed.items()
         ]
         # The rest is neither observed nor in error: the listing has not reached it yet (a start, a new job).
+        return await self._fetch_each(client, headers, throttle, lookup.fetch, results)
+
+    async def check_fresh(self, targets: Sequence[str]) -> CheckReport:
+        """One ``GET /batches/{id}`` per target, never the shared listing: a webhook said these changed, and
+        a listing read seconds ago would still show them running."""
+        if not targets:
+            return CheckReport()
+        unique = list(dict.fromkeys(targets))
+        throttle = self._throttle()
+        if throttle.remaining() is not None:
+            return self._waiting(unique, throttle)
+        return await self._fetch_each(self._client(), self._auth_headers(), throttle, unique, [])
+
+    async def _fetch_each(
+        self,
+        client: httpx.AsyncClient,
+        headers: Mapping[str, str],
+        throttle: AccountThrottle,
+        targets: Sequence[str],
+        results: list[Observation | _Unobserved],
+    ) -> CheckReport:
         outcomes = await asyncio.gather(
-            *(self._check_one(client, target, headers, throttle) for target in lookup.fetch),
+            *(self._check_one(client, target, headers, throttle) for target in targets),
             return_exceptions=True,
         )
         # Wait for every request before raising, so no task is left with an unretrieved exception.

@@ -176,6 +176,21 @@ class HttpSettings(Model):
         return [*legacy, *self.tokens]
 
 
+class WebhookSettings(Model):
+    """The webhook receiver (``POST /webhooks/openai``) on a listener of its own, off unless a port is set:
+    only this path may be exposed through a reverse proxy while metrics and the API stay on loopback."""
+
+    listen: str = "127.0.0.1"
+    port: int | None = Field(default=None, ge=0, le=65535)
+    # Names of secrets (declared under secrets:) holding the endpoint's signing secret, ``whsec_...``. Several
+    # while a secret is rotated: a delivery signed with any of them is accepted.
+    secrets: list[Annotated[str, Field(min_length=1)]] = []
+
+    @property
+    def enabled(self) -> bool:
+        return self.port is not None
+
+
 class Defaults(Model):
     interval: Duration = DEFAULT_INTERVAL
     concurrency: int = Field(default=10, ge=1, le=1000)
@@ -268,6 +283,7 @@ class JobSpec(Model):
 class ConfigFile(Model):
     state: StateSettings = StateSettings()
     http: HttpSettings = HttpSettings()
+    webhooks: WebhookSettings = WebhookSettings()
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
     secrets: dict[str, SecretRef] = {}
     defaults: Defaults = Defaults()

@@ -31,6 +31,7 @@ from teckochecker.config.models import (
     SecretRef,
     StateSettings,
     TriggerRule,
+    WebhookSettings,
 )
 from teckochecker.errors import ConfigError
 from teckochecker.plugin_api import Action, OptionsModel, SecretName, Source
@@ -97,6 +98,7 @@ class Config:
     discoveries: Mapping[str, DiscoveryDefinition] = dataclasses.field(default_factory=dict)
     # The templates' bodies, so a job registered over the API can be validated against this config.
     template_bodies: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
 
     def summary(self) -> str:
         targets = sum(len(j.source.targets) for j in self.jobs.values())
@@ -167,6 +169,8 @@ def _validate_document(
         jobs[job.name] = job
     if top is not None:
         diagnostics += _token_secret_problems(top, doc)
+    if top is not None:
+        diagnostics += _webhook_problems(top, doc)
     if top is None or diagnostics:
         return None, diagnostics
     config = Config(
@@ -183,6 +187,7 @@ def _validate_document(
         templates=tuple(sorted(top.templates)),
         discoveries=discoveries,
         template_bodies=dict(top.templates),
+        webhooks=top.webhooks,
     )
     return config, []
 
@@ -248,6 +253,30 @@ def _token_secret_problems(top: ConfigFile, doc: Document) -> list[Diagnostic]:
         for path, name in named
         if name not in top.secrets
     ]
+
+
+def _webhook_problems(top: ConfigFile, doc: Document) -> list[Diagnostic]:
+    hooks = top.webhooks
+    problems = []
+    where: Path
+    defined = ", ".join(sorted(top.secrets)) or "none"
+    for index, name in enumerate(hooks.secrets):
+        if name not in top.secrets:
+            where = ("webhooks", "secrets", index)
+            message = f"secret {name!r} is not defined under 'secrets:' (defined: {defined})"
+            problems.append(Diagnostic(doc.mark_for(where), where, message))
+    if hooks.enabled and not hooks.secrets:
+        where = ("webhooks", "port")
+        message = (
+            "the webhook receiver needs webhooks.secrets: the name(s) of secrets holding the endpoint's "
+            "signing secret (whsec_...); without one every delivery would be refused"
+        )
+        problems.append(Diagnostic(doc.mark_for(where), where, message))
+    if hooks.port and hooks.port == top.http.port:
+        where = ("webhooks", "port")
+        message = f"must differ from http.port ({top.http.port}): the webhook receiver has a listener of its own"
+        problems.append(Diagnostic(doc.mark_for(where), where, message))
+    return problems
 
 
 def _jobs_of(doc: Document, diagnostics: list[Diagnostic], *, drop_in: bool) -> list[_RawJob]:

@@ -3,6 +3,8 @@
 Routes: POST /v1/batches (create, with metadata), GET /v1/batches/{id}, GET /v1/batches?limit=&after=,
 POST /v1/batches/{id}/cancel. Create checks the contract's limits (metadata: at most 16 pairs, string keys of
 at most 64 characters, string values of at most 512); the wording of its 400 answers is unverified upstream.
+After ``send_webhooks(url, secret)``, a batch reaching a terminal status is also announced by a signed
+webhook (§4, openai_webhooks.py), unless it was added with ``webhooks=False``.
 Batch objects always carry every key of the contract (explicit nulls); tests check the key set against
 tests/contracts/openai-batch-examples.json and parse every object with the official SDK.
 """
@@ -22,6 +24,7 @@ from types import EllipsisType
 from typing import Any
 
 from ._http import Latency, LoopbackFake, Outcome, RecordedRequest, Reply, json_reply
+from .openai_webhooks import WebhookSender, batch_event
 
 __all__ = ["BATCH_STATUSES", "TERMINAL_STATUSES", "FakeOpenAI", "Latency", "RecordedRequest", "Step"]
 
@@ -154,6 +157,7 @@ class _Batch:
     seq: int  # creation order, the tie-break for newest-first listing
     timeline: list[Step] = field(default_factory=list)
     gets_into_step: int = 0
+    webhooks: bool = True  # announce its end by webhook (once send_webhooks is on)
 
 
 class FakeOpenAI(LoopbackFake):
@@ -180,12 +184,26 @@ class FakeOpenAI(LoopbackFake):
         self._gets: Counter[str] = Counter()
         self._lists = 0
         self._order: tuple[list[_Batch], dict[str, int]] | None = None
+        self.webhooks: WebhookSender | None = None
 
     # ----- test-facing API -------------------------------------------------------------------------
 
     @property
     def base_url(self) -> str:
         return self._url("openai") + "/v1"
+
+    def send_webhooks(self, url: str, secret: str, *, workers: int = 4, max_attempts: int = 5) -> WebhookSender:
+        """From now on, POST a signed ``batch.<status>`` event to ``url`` whenever a batch ends."""
+        if self.webhooks is not None:
+            self.webhooks.stop()
+        self.webhooks = WebhookSender(url, secret, workers=workers, max_attempts=max_attempts)
+        return self.webhooks
+
+    def stop(self) -> None:
+        if self.webhooks is not None:
+            self.webhooks.stop()
+            self.webhooks = None
+        super().stop()
 
     def add_batch(
         self,
@@ -197,8 +215,10 @@ class FakeOpenAI(LoopbackFake):
         metadata: dict[str, str] | None = None,
         created_at: int | None = None,
         model: str = DEFAULT_MODEL,
+        webhooks: bool = True,
     ) -> str:
-        """Create a batch as the real create call would (validating), then move it to `status`."""
+        """Create a batch as the real create call would (validating), then move it to `status`.
+        ``webhooks=False``: its end is never announced by webhook (a batch of another project)."""
         _check_metadata(metadata)
         batch_id = batch_id or new_batch_id()
         created = int(time.time()) if created_at is None else created_at
@@ -230,7 +250,7 @@ class FakeOpenAI(LoopbackFake):
             if batch_id in self._batches:
                 raise ValueError(f"batch {batch_id} already exists")
             self._seq += 1
-            self._batches[batch_id] = _Batch(obj, total, model, self._seq)
+            self._batches[batch_id] = _Batch(obj, total, model, self._seq, webhooks=webhooks)
             self._order = None
         if status != "validating":
             self.set_status(batch_id, status)
@@ -261,6 +281,7 @@ class FakeOpenAI(LoopbackFake):
             except ValueError:
                 batch.obj = before  # counts that do not fit: leave the batch as it was
                 raise
+            self._announce_end(batch, before["status"])
             if errors is not None and status != "failed":
                 batch.obj["errors"] = {"object": "list", "data": errors}
             if output_file_id is not ...:
@@ -383,7 +404,9 @@ class FakeOpenAI(LoopbackFake):
             if batch is None:
                 return self._error(404, default_error_body(404, batch_id))
             if batch.timeline:
+                status = batch.obj["status"]
                 _advance_timeline(batch)
+                self._announce_end(batch, status)
             return self._ok(batch.obj)
 
     def _cancel(self, batch_id: str) -> Reply:
@@ -399,6 +422,13 @@ class FakeOpenAI(LoopbackFake):
                     400, error_envelope(f"Cannot cancel a batch with status '{status}'.", "invalid_request_error", None)
                 )
             return self._ok(batch.obj)
+
+    def _announce_end(self, batch: _Batch, before: str) -> None:
+        """Send the webhook for a batch that just ended (call with the lock held)."""
+        status = batch.obj["status"]
+        if self.webhooks is None or not batch.webhooks or status not in TERMINAL_STATUSES or before == status:
+            return
+        self.webhooks.send(batch_event(batch.obj["id"], status, batch.obj[f"{status}_at"] or int(time.time())))
 
     def _list(self, query: dict[str, list[str]]) -> Reply:
         limit_text = query.get("limit", ["20"])[-1]

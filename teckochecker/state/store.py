@@ -65,6 +65,19 @@ class JobPlan:
 
 
 @dataclass(frozen=True)
+class CheckToRecord:
+    """One job's ``record_check`` arguments, for ``record_checks`` (several jobs in one transaction)."""
+
+    name: str
+    report: CheckReport
+    now: dt.datetime
+    next_check_at: dt.datetime | None
+    deadline: float
+    rule: TriggerRule
+    actions: tuple[PlannedAction, ...]
+
+
+@dataclass(frozen=True)
 class PlannedAction:
     index: int
     type: str
@@ -442,42 +455,50 @@ class StateStore(RunTransitions):
         The inserted action runs are the outbox: a crash after this commit still fires exactly once.
         Returns the job's state afterwards. Only changed targets are written: this runs on every tick.
         """
+        return self.record_checks([CheckToRecord(name, report, now, next_check_at, deadline, rule, tuple(actions))])[0]
+
+    def record_checks(self, checks: Sequence[CheckToRecord]) -> list[JobState]:
+        """Several jobs' ``record_check`` in one transaction: one commit (one fsync on SQLite) for a burst of
+        checks, such as the webhook hints of many batches finishing at once. Each job's observations and its
+        outbox rows still commit together; if the transaction fails, none of them is written."""
         with self._engine.begin() as conn:
-            row = conn.execute(sa.select(schema.jobs).where(schema.jobs.c.name == name)).one()
-            if row.state != JobState.WATCHING.value:
-                return JobState(row.state)
-            rows = {
-                t.target: t for t in conn.execute(sa.select(schema.targets).where(schema.targets.c.job_id == row.id))
-            }
-            states = {target: TargetState(t.state) for target, t in rows.items()}
-            for obs in report.observations:
-                if obs.target in rows:
-                    states[obs.target] = _apply_observation(conn, row.id, rows[obs.target], obs, now)
-            changes: dict[str, Any] = {"last_checked_at": now, "next_check_at": next_check_at, "updated_at": now}
-            if row.first_observed_at is None and report.observations:
-                changes |= {"first_observed_at": now, "deadline_at": now + dt.timedelta(seconds=deadline)}
-            changes |= self._check_errors(conn, row, report, now)
-            state = JobState.WATCHING
-            decision = rules.evaluate(rule, list(states.values()))
-            if decision.verdict is rules.Verdict.FIRE and group_hold(conn, name, rows) is not None:
-                decision = rules.Decision(rules.Verdict.WAIT)
-            if decision.verdict is rules.Verdict.FIRE:
-                self._fire(conn, row.id, list(states.values()), actions, now, decision.reason)
-                state = JobState.FIRING
-                changes |= {"state": state.value, "next_check_at": now}
-            elif decision.verdict is rules.Verdict.ABANDON:
-                state = JobState.FAILED
-                changes |= {"state": state.value, "finished_at": now, "last_error": decision.reason}
-                append_event(
-                    conn,
-                    row.id,
-                    now,
-                    EventKind.JOB_FINISHED,
-                    f"job failed: {decision.reason}; no action was run",
-                    {"state": state.value},
-                )
-            conn.execute(sa.update(schema.jobs).where(schema.jobs.c.id == row.id).values(**changes))
-            return state
+            return [self._record_check(conn, check) for check in checks]
+
+    def _record_check(self, conn: Connection, check: CheckToRecord) -> JobState:
+        name, report, now, deadline = check.name, check.report, check.now, check.deadline
+        row = conn.execute(sa.select(schema.jobs).where(schema.jobs.c.name == name)).one()
+        if row.state != JobState.WATCHING.value:
+            return JobState(row.state)
+        rows = {t.target: t for t in conn.execute(sa.select(schema.targets).where(schema.targets.c.job_id == row.id))}
+        states = {target: TargetState(t.state) for target, t in rows.items()}
+        for obs in report.observations:
+            if obs.target in rows:
+                states[obs.target] = _apply_observation(conn, row.id, rows[obs.target], obs, now)
+        changes: dict[str, Any] = {"last_checked_at": now, "next_check_at": check.next_check_at, "updated_at": now}
+        if row.first_observed_at is None and report.observations:
+            changes |= {"first_observed_at": now, "deadline_at": now + dt.timedelta(seconds=deadline)}
+        changes |= self._check_errors(conn, row, report, now)
+        state = JobState.WATCHING
+        decision = rules.evaluate(check.rule, list(states.values()))
+        if decision.verdict is rules.Verdict.FIRE and group_hold(conn, name, rows) is not None:
+            decision = rules.Decision(rules.Verdict.WAIT)
+        if decision.verdict is rules.Verdict.FIRE:
+            self._fire(conn, row.id, list(states.values()), check.actions, now, decision.reason)
+            state = JobState.FIRING
+            changes |= {"state": state.value, "next_check_at": now}
+        elif decision.verdict is rules.Verdict.ABANDON:
+            state = JobState.FAILED
+            changes |= {"state": state.value, "finished_at": now, "last_error": decision.reason}
+            append_event(
+                conn,
+                row.id,
+                now,
+                EventKind.JOB_FINISHED,
+                f"job failed: {decision.reason}; no action was run",
+                {"state": state.value},
+            )
+        conn.execute(sa.update(schema.jobs).where(schema.jobs.c.id == row.id).values(**changes))
+        return state
 
     def _check_errors(self, conn: Connection, row: Row[Any], report: CheckReport, now: dt.datetime) -> dict[str, Any]:
         if not report.transient_errors:

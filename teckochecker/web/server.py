@@ -126,8 +126,13 @@ class WebServer:
         *,
         max_connections: int | None = None,
         first_request_timeout: float = FIRST_REQUEST_TIMEOUT,
+        name: str = "HTTP",
+        exposure: str = "job data and metrics are readable by anyone who can reach it",
     ) -> None:
-        """``max_connections``: None for MAX_CONNECTIONS or fewer under a low descriptor limit (connection_cap)."""
+        """``max_connections``: None for MAX_CONNECTIONS or fewer under a low descriptor limit (connection_cap).
+        ``name`` and ``exposure`` word the log lines (a second listener, the webhook receiver, has its own)."""
+        self._name = name
+        self._exposure = exposure
         self._max_connections = max_connections
         self._first_request_timeout = first_request_timeout
         self._app = app
@@ -181,11 +186,12 @@ class WebServer:
         await self._wait_started(sock)
         if not _is_loopback(self._host):
             self._logger.warning(
-                "HTTP listener on %s is not loopback: job data and metrics are readable by "
-                "anyone who can reach it; put a TLS reverse proxy in front",
+                "%s listener on %s is not loopback: %s; put a TLS reverse proxy in front",
+                self._name,
                 self._host,
+                self._exposure,
             )
-        self._logger.info("HTTP listening on %s", self.url)
+        self._logger.info("%s listening on %s", self._name, self.url)
 
     async def _wait_started(self, sock: socket.socket) -> None:
         assert self._server is not None and self._task is not None

@@ -1,0 +1,112 @@
+"""RunningJobs.hint in process, with the real ticker: a hint that comes while the job's tick runs is taken
+by that tick (no skipped tick, no overlap), and checks only the named target."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import textwrap
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from teckotest_plugin import StatusFileSource
+
+from teckochecker.clock import SystemClock
+from teckochecker.config.validate import load_config
+from teckochecker.crashpoints import CrashPoints
+from teckochecker.metrics import Metrics
+from teckochecker.plugin_api import CheckReport, PluginContext
+from teckochecker.plugins import PluginRegistry
+from teckochecker.running_jobs import RunningJobs
+from teckochecker.secrets.resolving import Redactor, SecretResolver
+from teckochecker.services import TickServices
+from teckochecker.state.guard import StoreGuard
+from teckochecker.state.store import StateStore
+from teckochecker.state.worker import StoreWorker
+
+WAIT = 10.0
+
+
+def test_a_hint_during_a_tick_is_taken_by_that_tick(
+    tmp_path: Path, registry: PluginRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    status = tmp_path / "status.json"
+    status.write_text(json.dumps({"a": "running", "b": "running"}))
+    config_path = tmp_path / "tc.yaml"
+    config_path.write_text(
+        textwrap.dedent(f"""\
+        jobs:
+          - name: j
+            interval: 15m
+            source: {{type: status_file, path: {status}, targets: [a, b]}}
+            actions: [{{type: record, ledger: {tmp_path / "ledger.jsonl"}}}]
+        """)
+    )
+    config = load_config(config_path, registry)
+    checked: list[list[str]] = []
+    gate = asyncio.Event()
+    original = StatusFileSource.check
+
+    async def held_check(self: StatusFileSource, targets: Sequence[str]) -> CheckReport:
+        report = await original(self, targets)  # what the vendor said, before the tick is held
+        checked.append(list(targets))
+        if len(checked) == 1:
+            await gate.wait()
+        return report
+
+    monkeypatch.setattr(StatusFileSource, "check", held_check)
+    monkeypatch.setattr(StatusFileSource, "push_channel", "test")
+
+    async def scenario() -> None:
+        store = StateStore.open(f"sqlite:///{tmp_path / 'state.db'}")
+        worker = StoreWorker()
+        metrics = Metrics()
+        clock = SystemClock()
+        log = logging.getLogger("test_hints")
+        services = TickServices(store, worker, clock, CrashPoints({}), log, metrics, random.Random(1))
+        context = PluginContext(http=None, clock=clock, secret=SecretResolver({}, {}, Redactor()), logger=log)  # type: ignore[arg-type]
+        jobs = RunningJobs(
+            services,
+            context,
+            StoreGuard(None, log, lambda: None),
+            stopping=lambda: False,
+            metrics=metrics,
+            logger=log,
+            clock=clock,
+            rng=random.Random(1),
+        )
+        try:
+            await jobs.start(config.jobs, 0.0)
+            await _until(lambda: len(checked) == 1)
+            status.write_text(json.dumps({"a": "succeeded", "b": "running"}))
+            assert jobs.hint("test", "a", clock.monotonic()) == 1
+            assert jobs.hint("test", "nobody-watches-this", clock.monotonic()) == 0
+            assert jobs.hint("other-channel", "a", clock.monotonic()) == 0
+            gate.set()
+            await _until(lambda: len(checked) == 2)
+            await jobs.flush()
+            snap = store.job("j")
+            assert snap is not None and {t.target: t.state.value for t in snap.targets}["a"] == "succeeded"
+            assert metrics.scheduler_skipped_ticks._value.get() == 0
+            # The job's next poll stays where its interval puts it: about 15 minutes away.
+            next_run = jobs.next_run("j")
+            assert next_run is not None and (next_run - clock.now()).total_seconds() > 600
+        finally:
+            await jobs.stop(1.0)
+            await jobs.aclose()
+            worker.close()
+            store.close()
+
+    asyncio.run(scenario())
+    assert checked == [["a", "b"], ["a"]]
+
+
+async def _until(predicate, timeout: float = WAIT) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)

@@ -59,6 +59,7 @@ class AzureOpenAIBatchOptions(OptionsModel):
 class AzureOpenAIBatchSource(OpenAIBatchSource):
     type_name = "azure_openai_batch"
     Options = AzureOpenAIBatchOptions  # type: ignore[assignment]
+    vendor = "Azure OpenAI"
 
     def __init__(self, options: OptionsModel, context: PluginContext) -> None:
         assert isinstance(options, AzureOpenAIBatchOptions)

@@ -101,6 +101,7 @@ class OpenAIBatchSource(Source):
     Options = OpenAIBatchOptions
     options: OpenAIBatchOptions
     supports_discovery = True
+    vendor = "OpenAI"  # in messages about the account
 
     def listen(self, listener: ListingListener) -> Callable[[], None]:
         def on_page(number: int, batches: Sequence[Mapping[str, Any]]) -> bool:
@@ -187,7 +188,7 @@ class OpenAIBatchSource(Source):
         return CheckReport(transient_errors=dict.fromkeys(targets, message), retry_after=throttle.remaining())
 
     def _waiting_message(self, throttle: AccountThrottle) -> str:
-        return f"not asked: the OpenAI account at {self.options.base_url} is backing off after {throttle.reason}"
+        return f"not asked: the {self.vendor} account at {self.options.base_url} is backing off after {throttle.reason}"
 
     async def _lookup(self, client: httpx.AsyncClient, headers: Mapping[str, str], targets: Sequence[str]) -> Lookup:
         """The listing's copies of ``targets``, and which to fetch one by one (all of them without a listing)."""

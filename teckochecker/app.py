@@ -65,6 +65,8 @@ GAUGE_REFRESH = 15.0
 REGISTRY_POLL = 5.0
 # The reload reason for a change of the registered jobs (rows in the state store, not files).
 REGISTRY_CHANGED = "registered jobs changed"
+# How soon a change of the jobs that could not be applied (the state store did not answer) is tried again.
+APPLY_RETRY = 5.0
 
 
 class Daemon:
@@ -106,6 +108,11 @@ class Daemon:
         self._reload_reasons: set[str] = set()
         # Callers waiting for the next pass of the reload loop (a PUT answers once its job runs).
         self._rebuild_waiters: list[asyncio.Future[None]] = []
+        # One change of the running jobs at a time: taking the lead, standing down, a reload or a registry
+        # change (they run on the replication task and the reload loop).
+        self._jobs_lock = asyncio.Lock()
+        # Set once this daemon runs its jobs (the leader, after its start): a webhook hint needs them.
+        self._jobs_running = False
         # Everything startup() opened, closed in reverse by shutdown(), whatever point startup reached.
         self._opened = AsyncExitStack()
         self._background: list[asyncio.Task[None]] = []
@@ -242,15 +249,21 @@ class Daemon:
 
     async def _lead(self) -> None:
         """Run every job: the file jobs plus the registered ones (at start, or when this replica leads)."""
-        assembly = await self.registered.assemble(self.config)
-        await self.jobs.start(assembly.definitions, self.config.defaults.startup_spread)
-        await self.registered.applied(assembly)
-        await self._start_discovery()
+        async with self._jobs_lock:
+            assembly = await self.registered.assemble(self.config)
+            await self.jobs.start(assembly.definitions, self.config.defaults.startup_spread)
+            await self.registered.applied(assembly)
+            self._jobs_running = True
+            await self._start_discovery()
 
     async def _stand_down(self) -> None:
         """This replica no longer leads: no discovery, no ticks (replicas.py)."""
-        await self._stop_discovery()
-        await self.jobs.stand_down(SHUTDOWN_GRACE)
+        async with self._jobs_lock:
+            self._jobs_running = False
+            try:
+                await self._stop_discovery()
+            finally:
+                await self.jobs.stand_down(SHUTDOWN_GRACE)
 
     async def _start_discovery(self) -> None:
         # Only the leader discovers: groups are written by one replica, never raced by two.
@@ -315,7 +328,7 @@ class Daemon:
             self.metrics,
             self._clock,
             logging.getLogger("teckochecker.webhooks"),
-            leading=self._leading,
+            leading=lambda: self._jobs_running,
         )
         web = WebServer(
             create_webhook_app(receiver),
@@ -416,6 +429,10 @@ class Daemon:
             _release(self._rebuild_waiters)
 
     async def _reload(self, reasons: set[str]) -> None:
+        async with self._jobs_lock:
+            await self._reload_locked(reasons)
+
+    async def _reload_locked(self, reasons: set[str]) -> None:
         files = reasons - {REGISTRY_CHANGED}
         if files:
             await self.reloader.reload(
@@ -425,25 +442,35 @@ class Daemon:
                 apply=self._apply_file_jobs,
                 watch=lambda new: self._watcher.watch(watched_dirs(self.reloader.config_path, new.include)),
             )
-            if self.discovery is not None:
+            if self.discovery is not None:  # only while leading (_lead, _stand_down, under the same lock)
                 await self.discovery.apply(self.config.discoveries)
             await self._save_reload_outcome()
         if REGISTRY_CHANGED in reasons and self.guard.intact():
             try:
                 await self.registered.read_if_changed()
                 await self._apply(await self.registered.assemble(self.config), "registered jobs")
-            except Exception as exc:  # the store may be briefly down; the next change or poll tries again
-                self._log.warning("cannot apply the registered jobs: %s", exc)
+            except Exception as exc:  # the store may be briefly down: tried again shortly
+                self._log.warning("cannot apply the registered jobs (%s); trying again in %.0f s", exc, APPLY_RETRY)
+                self._retry_apply()
 
     async def _apply_file_jobs(self, _file_jobs: object, _change: JobDiff) -> None:
         # The reloader has moved to the new config; run its file jobs plus the registered ones.
-        await self.registered.read_if_changed()
-        await self._apply(await self.registered.assemble(self.config), None)
+        try:
+            await self.registered.read_if_changed()
+            await self._apply(await self.registered.assemble(self.config), None)
+        except Exception as exc:
+            # The new config is in force but not running yet; nothing would notice (the files do not change
+            # again), so the registry path applies it once the store answers.
+            self._log.warning("cannot apply the reloaded jobs yet (%s); trying again in %.0f s", exc, APPLY_RETRY)
+            self._retry_apply()
+
+    def _retry_apply(self) -> None:
+        asyncio.get_running_loop().call_later(APPLY_RETRY, self.registered_jobs_changed)
 
     async def _apply(self, assembly: Assembly, log_as: str | None) -> None:
         change = diff(self.registered.assembly.definitions, assembly.definitions)
         # A standby runs no jobs: what it assembled is what it starts with once it leads (_lead).
-        if (change.added or change.changed or change.removed) and self._leading():
+        if (change.added or change.changed or change.removed) and self._jobs_running:
             await self.jobs.apply(assembly.definitions, change)
             if log_as is not None:
                 self._log.info(

@@ -323,6 +323,15 @@ class RegisteredJobs:
             return _read_only(name, config.jobs[name])
         if row is not None and row.origin is not JobOrigin.API:
             return _not_ours(name, row.origin, "removed")
+        job = await self._db.run(self._store.job, name) if row is not None else None
+        if job is not None and job.state is JobState.FIRING:
+            # Its actions are still being started or followed: a restart or failover without the row would
+            # leave them unfinished (an in-doubt start never reconciled, a Keboola job not followed).
+            return Refusal(
+                409,
+                f"job {name!r} is firing: it can be removed once its actions have finished "
+                f"(see GET /api/v1/jobs/{name})",
+            )
         return await self._db.run(self._store.remove_registered_job, name)
 
     async def _fired_with_another_definition(self, name: str, definition: JobDefinition) -> str | None:

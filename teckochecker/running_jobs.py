@@ -64,7 +64,6 @@ class RunningJobs:
         self._ticks: set[asyncio.Task[None]] = set()
         self._halted = False
         self._stopping = stopping
-        self._metrics = metrics
         # Push notifications (webhooks): which jobs watch a target, per channel; and per job, the targets a
         # notification named that its next tick checks first, with when the notification was received.
         self._watchers: dict[tuple[str, str], tuple[str, ...]] = {}
@@ -277,7 +276,8 @@ class RunningJobs:
             if states.get(name) is JobState.FIRING:
                 continue  # a reload never abandons a trigger: it runs to its end, then retires
             self._ticker.unschedule(name)
-            await jobs.pop(name).aclose()
+            if (gone := jobs.pop(name, None)) is not None:
+                await gone.aclose()
             await _yield_every(count)
         await self._reschedule(change)
 

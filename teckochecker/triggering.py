@@ -75,7 +75,8 @@ class ActionDriver:
         waits = []
         for run in snap.runs:
             action = job.actions.get(run.action_index)
-            if action is not None and action.type_name != run.action_type:
+            orphaned = _orphaned_because(action, run)
+            if orphaned is not None:
                 action = None
             request = ActionRequest(job.name, run.trigger_id, run.created_at, request_targets)
             if run.watch is not None and run.watch.is_open:
@@ -83,7 +84,7 @@ class ActionDriver:
             if run.state.is_final:
                 continue
             if action is None:
-                waits.append(await self._orphaned(run))
+                waits.append(await self._orphaned(run, orphaned or _REMOVED))
                 continue
             waits.append(await self._step(action, run, request))
         self._report(job.name, snap.runs)
@@ -370,9 +371,32 @@ class ActionDriver:
             }
             self._conditions.update(job_name, kind, failing, len(live))
 
-    async def _orphaned(self, run: RunSnapshot) -> float:
-        await self._fail(run, "its action was removed from the configuration before it finished")
+    async def _orphaned(self, run: RunSnapshot, reason: str) -> float:
+        await self._fail(run, reason)
         return 0.0
+
+
+_REMOVED = "its action was removed from the configuration before it finished"
+
+
+def _orphaned_because(action: Action | None, run: RunSnapshot) -> str | None:
+    """Why a fired run can no longer be driven by the action now configured at its place, if it cannot.
+
+    A run is followed, searched for and (while nothing was sent) started by the action it fired with: after a
+    restart, a failover or a PUT that raced the fire, the definition in force may name another downstream
+    target, and an in-doubt start there would be searched for in the wrong place and sent again. Such a run
+    fails instead, saying so; the job it belongs to finished firing with the definition it fired with.
+    """
+    if action is None:
+        return _REMOVED
+    if action.type_name != run.action_type:
+        return f"its action's type changed from {run.action_type} to {action.type_name} after it fired"
+    if run.target_key and action.target_key != run.target_key:
+        return (
+            f"its action's target changed from {run.target_key} to {action.target_key} after it fired; "
+            "nothing is started there (check the first target by hand if its start was in doubt)"
+        )
+    return None
 
 
 def _search_since(run: RunSnapshot) -> dt.datetime:

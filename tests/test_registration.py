@@ -159,6 +159,23 @@ def test_a_watching_job_gains_targets_and_delete_removes_it(running, setup: Setu
     assert "registered jobs applied: 0 added, 0 changed, 1 removed" in daemon.output
 
 
+def test_a_firing_job_is_removed_only_once_its_actions_have_finished(running, setup: Setup) -> None:
+    daemon, client = running
+    # done1 has finished: the job fires at its first check; the record action's job then keeps running.
+    action = {"type": "record", "ledger": str(setup.ledger), "outcome": "running"}
+    body = {"template": "std", "source": {"targets": ["done1"]}, "actions": [action]}
+    assert client.put("/api/v1/jobs/busy", headers=REGISTER, json=body).status_code == 201
+    deadline = time.monotonic() + 20
+    while client.get("/api/v1/jobs/busy").json()["state"] != "firing":
+        assert time.monotonic() < deadline, daemon.output
+        time.sleep(0.05)
+    refused = client.delete("/api/v1/jobs/busy", headers=REGISTER)
+    assert refused.status_code == 409 and "firing" in refused.json()["error"]
+    # Still registered and still followed: a restart or failover would find its row.
+    assert client.get("/api/v1/jobs/busy").json()["origin"] == "api"
+    assert len(read_ledger(setup.ledger)) == 1
+
+
 def test_every_problem_is_a_422_with_its_path(running) -> None:
     _, client = running
     body = {

@@ -440,3 +440,21 @@ def test_a_deferred_search_is_its_own_condition(make, caplog, tmp_path) -> None:
     h.tick()
     assert "job j: reconcile recovered" in _logged(caplog, logging.INFO)
     assert h.snap().runs[0].external_id == read_ledger(h.ledger)[0]["id"]
+
+
+def test_a_fired_action_whose_target_changed_fails_and_starts_nothing(make, tmp_path: Path) -> None:
+    outage = tmp_path / "outage"
+    outage.write_text("down")
+    h = make(action=f", target: first, outage: {outage}")
+    h.set(a="succeeded", b="succeeded")
+    h.tick()
+    assert h.snap().state is JobState.FIRING and h.snap().runs[0].state is RunState.PENDING
+    assert h.snap().runs[0].target_key == "record:first"
+    # The definition in force now names another downstream target (a PUT that raced the fire, an edit, a
+    # failover to a replica with the new definition): the run fired at "first" is not started at "second".
+    moved = make(action=", target: second")
+    moved.clock.advance(120)
+    moved.tick()
+    run = moved.snap().runs[0]
+    assert run.state is RunState.FAILED and "target changed from record:first to record:second" in (run.message or "")
+    assert read_ledger(h.ledger) == [] and moved.snap().state.is_final

@@ -118,6 +118,8 @@ class BatchDirectory:
         if self._sweep is None:
             now = self._monotonic()
             if not self._due(now):
+                if self._failure is not None:  # the last sweep failed: it saw nothing, say so (as lookup does)
+                    raise self._failure
                 return
             self._begin(list_page, now)
         number = self._sweeps

@@ -125,6 +125,7 @@ class RunSnapshot:
     message: str | None
     details: Mapping[str, Any]
     watch: DuplicateWatch | None = None
+    target_key: str = ""  # the downstream target it fired at (empty: not known, e.g. a test's snapshot)
 
     def as_result(self) -> ActionResult:
         return ActionResult(

@@ -295,7 +295,7 @@ class StateStore(RunTransitions):
         UNCHANGED and writes nothing, so a retried PUT changes nothing. ``details=None`` keeps the stored ones."""
         r = schema.registered_jobs
         fingerprint = body_fingerprint(body)
-        with self._registry_transaction() as conn:
+        with self._registry_transaction(fenced=origin is not JobOrigin.API) as conn:
             row = conn.execute(sa.select(r).where(r.c.name == name)).first()
             if row is None:
                 values: dict[str, Any] = {"name": name, "origin": origin.value, "created_at": now, "updated_at": now}
@@ -320,7 +320,7 @@ class StateStore(RunTransitions):
     def remove_registered_job(self, name: str) -> bool:
         """False if there was no such registered job. The job's history in tc_jobs is kept, as for a file job."""
         r = schema.registered_jobs
-        with self._registry_transaction() as conn:
+        with self._registry_transaction(fenced=False) as conn:
             if conn.execute(sa.delete(r).where(r.c.name == name)).rowcount == 0:
                 return False
             self._bump_registry_token(conn)
@@ -332,10 +332,16 @@ class StateStore(RunTransitions):
         return [str(note) for note in json.loads(recorded).get("notes", [])] if recorded else []
 
     @contextlib.contextmanager
-    def _registry_transaction(self) -> Iterator[Connection]:
-        # Unfenced: a registered job is declarative input, like a line in a config file, so any replica may
-        # accept a PUT; only the leader acts on it, with fenced writes (state/leadership.py). A pipeline
-        # calling a Service in front of two replicas thus never gets a 503 from the standby.
+    def _registry_transaction(self, *, fenced: bool) -> Iterator[Connection]:
+        # A job registered over the API is declarative input, like a line in a config file: any replica may
+        # accept a PUT or DELETE (unfenced), and only the leader acts on it, with fenced writes
+        # (state/leadership.py), so a pipeline calling a Service in front of two replicas never gets a 503
+        # from the standby. Discovery's group rows are the leader's own state: fenced, so a leader paused
+        # mid-pass cannot overwrite its successor's group when it wakes.
+        if fenced:
+            with self._engine.begin() as conn:
+                yield conn
+            return
         with self._engine.connect() as conn, conn.execution_options(**{UNFENCED: True}).begin():
             yield conn
 
@@ -751,6 +757,7 @@ def _job_snapshot(
                 message=r.message,
                 details=r.details or {},
                 watch=watches.get(r.id),
+                target_key=r.target_key,
             )
             for r in runs
         ),

@@ -195,7 +195,20 @@ def create_engine(url: str, *, readonly: bool = False) -> Engine:
         engine = sa.create_engine(url, connect_args={"timeout": 10.0})
         _configure_sqlite(engine, "BEGIN" if readonly else "BEGIN IMMEDIATE")
         return engine
-    return sa.create_engine(url, pool_pre_ping=True)
+    # A server that vanished without closing the connection (a host lost, a partition) must surface as an
+    # error within seconds, not after the kernel's default two hours, or a leader's step would hang on it.
+    return sa.create_engine(url, pool_pre_ping=True, connect_args=dict(POSTGRES_CONNECT_ARGS))
+
+
+# libpq settings for every PostgreSQL connection: give up connecting after 10 s, and notice a dead peer on
+# an idle connection after about 25 s (TCP keepalives).
+POSTGRES_CONNECT_ARGS = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+}
 
 
 def _configure_sqlite(engine: Engine, begin: str) -> None:

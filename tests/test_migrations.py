@@ -68,7 +68,11 @@ def test_the_comparison_sees_a_schema_py_change_without_a_revision(tmp_path: Pat
 def fill_like_a_running_daemon(url: str) -> None:
     """Jobs, targets, a fired trigger's runs (one of them started) and their events, written by the store's
     own code on the legacy tables, as a daemon of the last pre-Alembic release would have written them."""
-    store = StateStore(schema.create_engine(url))
+    engine = schema.create_engine(url)
+    # Today's store code reads tc_registered_jobs (a discovered job's hold) while it records a check: lend it
+    # the table for the fill and take it away again, so the store keeps the legacy shape.
+    schema.registered_jobs.create(engine)
+    store = StateStore(engine)
     try:
         store.sync_jobs([JobPlan("fired", "fp1", ["a", "b"]), JobPlan("waiting", "fp2", ["c"])], T0)
         actions = [PlannedAction(0, "record", "record:x", Condition.ALWAYS)]
@@ -83,6 +87,7 @@ def fill_like_a_running_daemon(url: str) -> None:
         with store._engine.connect() as conn:
             run_id = conn.execute(sa.select(schema.runs.c.id)).scalar_one()
         assert store.begin_run(run_id, now=T0 + dt.timedelta(minutes=3))
+        schema.registered_jobs.drop(engine)
     finally:
         store.close()
 

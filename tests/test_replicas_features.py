@@ -217,9 +217,7 @@ def test_only_the_leader_discovers_and_the_next_leader_completes_a_group_after_a
             defaults: {{interval: 30s, startup_spread: 0s}}
             templates:
               classify:
-                # One GET per batch for the jobs' checks: a fresh listing read by discovery holds no copy of a
-                # batch no job wanted yet, so a new job's check would wait for its next interval (30 s).
-                source: {{{source(oai, name)}, list_batches: false}}
+                source: {{{source(oai, name)}, list_max_age: 10s}}
                 actions: [{action(keboola)}]
                 discover:
                   match: {{teckochecker_template: classify}}
@@ -257,6 +255,7 @@ def test_only_the_leader_discovers_and_the_next_leader_completes_a_group_after_a
         seen = replicas.wait(
             "run-7 discovered with its two batches observed",
             lambda: (j := get_job(urls["r1"], "run-7")) and all(t["state"] == "succeeded" for t in j["targets"]) and j,
+            timeout=20,  # well within the jobs' 30 s interval: observed by the check discovery asks for at once
         )
         assert [t["target"] for t in seen["targets"]] == early and seen["origin"] == "discovered"
         assert seen["state"] == "watching" and keboola.jobs == []

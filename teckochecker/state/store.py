@@ -290,12 +290,14 @@ class StateStore(RunTransitions):
         details: Mapping[str, Any] | None = None,
         *,
         now: dt.datetime,
+        fenced: bool = False,
     ) -> PutOutcome:
         """Create or replace a registered job. The same body (and origin, and details when given) again is
-        UNCHANGED and writes nothing, so a retried PUT changes nothing. ``details=None`` keeps the stored ones."""
+        UNCHANGED and writes nothing, so a retried PUT changes nothing. ``details=None`` keeps the stored ones.
+        ``fenced``: the leader's own write (discovery's group), refused like a job write once it no longer leads."""
         r = schema.registered_jobs
         fingerprint = body_fingerprint(body)
-        with self._registry_transaction() as conn:
+        with self._registry_transaction(fenced=fenced) as conn:
             row = conn.execute(sa.select(r).where(r.c.name == name)).first()
             if row is None:
                 values: dict[str, Any] = {"name": name, "origin": origin.value, "created_at": now, "updated_at": now}
@@ -332,11 +334,13 @@ class StateStore(RunTransitions):
         return [str(note) for note in json.loads(recorded).get("notes", [])] if recorded else []
 
     @contextlib.contextmanager
-    def _registry_transaction(self) -> Iterator[Connection]:
+    def _registry_transaction(self, *, fenced: bool = False) -> Iterator[Connection]:
         # Unfenced: a registered job is declarative input, like a line in a config file, so any replica may
         # accept a PUT; only the leader acts on it, with fenced writes (state/leadership.py). A pipeline
-        # calling a Service in front of two replicas thus never gets a 503 from the standby.
-        with self._engine.connect() as conn, conn.execution_options(**{UNFENCED: True}).begin():
+        # calling a Service in front of two replicas thus never gets a 503 from the standby. Discovery's
+        # groups are the leader's own conclusions, though: fenced, so a leader paused mid-sweep that wakes up
+        # cannot overwrite the next leader's newer group with its stale one.
+        with self._engine.connect() as conn, conn.execution_options(**{UNFENCED: not fenced}).begin():
             yield conn
 
     def _bump_registry_token(self, conn: Connection) -> None:

@@ -165,6 +165,7 @@ def test_jobs_put_to_the_standby_are_run_by_the_leader_once_and_by_the_next_lead
 
     nightly = [oai.add_batch(status="completed"), oai.add_batch(status="completed")]
     late = [oai.add_batch(status="in_progress")]
+    orphan = [oai.add_batch(status="completed")]
     replicas = Replicas(tmp_path, env, shape)
     try:
         leader = replicas.start("r1")
@@ -193,14 +194,16 @@ def test_jobs_put_to_the_standby_are_run_by_the_leader_once_and_by_the_next_lead
         )
         leader.kill()
         oai.set_status(late[0], "completed", completed=10, failed=0)
+        register(urls["r2"], "orphan", orphan)  # while nobody leads: stored, and run by whoever leads next
         standby.wait_for("replica r2 leads", timeout=15)
-        replicas.wait("job late completed", lambda: "job late: completed" in standby.output, timeout=30)
-        job = get_job(urls["r2"], "late")
-        assert job is not None and (job["origin"], job["state"]) == ("api", "completed")
+        for name in ("late", "orphan"):
+            standby.wait_for(f"job {name}: completed", timeout=30)
+            job = get_job(urls["r2"], name)
+            assert job is not None and (job["origin"], job["state"]) == ("api", "completed")
         time.sleep(2.0)  # a second start by either replica would show up now
-        assert posts(keboola) == 2 and len(keboola.jobs) == 2
+        assert posts(keboola) == 3 and len(keboola.jobs) == 3
         fired = sorted(json.loads(variables(j)["batch_ids_completed"]) for j in keboola.jobs)
-        assert fired == sorted([nightly, late])
+        assert fired == sorted([nightly, late, orphan])
         assert "job nightly" not in standby.output.split("replica r2 leads")[0]
     finally:
         replicas.stop_all()

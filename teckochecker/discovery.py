@@ -283,13 +283,7 @@ class Discovery:
             "source": {"targets": list(after.targets[:MAX_TARGETS_PER_JOB])},
         }
         await self._db.run(
-            self._store.put_registered_job,
-            after.job_name,
-            JobOrigin.DISCOVERED,
-            body,
-            after.details(),
-            now=now,
-            fenced=True,  # a standby (or a leader paused past its lease) must not write groups
+            self._store.put_registered_job, after.job_name, JobOrigin.DISCOVERED, body, after.details(), now=now
         )
         self._groups[after.job_name] = after
         self._tell(before, after)

@@ -130,13 +130,13 @@ def test_any_replica_accepts_a_put_but_only_the_leader_writes_a_discovered_group
     body = {"name": "run-7", "template": "classify", "source": {"targets": ["batch_1", "batch_2"]}}
     grown = {**body, "source": {"targets": ["batch_1", "batch_2", "batch_3"]}}
     put = a.store.put_registered_job
-    assert put("run-7", JobOrigin.DISCOVERED, body, {"state": "waiting"}, now=T0, fenced=True)
+    assert put("run-7", JobOrigin.DISCOVERED, body, {"state": "waiting"}, now=T0)
 
     expire_lease(a)  # a pauses mid-sweep past its lease (SIGSTOP) ...
     b.lead()  # ... b takes over and grows the group
-    assert b.store.put_registered_job("run-7", JobOrigin.DISCOVERED, grown, {"state": "complete"}, now=T0, fenced=True)
+    assert b.store.put_registered_job("run-7", JobOrigin.DISCOVERED, grown, {"state": "complete"}, now=T0)
     with pytest.raises(Fenced, match="no longer this replica's"):  # a wakes up with its stale group
-        put("run-7", JobOrigin.DISCOVERED, body, {"state": "waiting"}, now=T0, fenced=True)
+        put("run-7", JobOrigin.DISCOVERED, body, {"state": "waiting"}, now=T0)
     (row,) = b.store.registered_jobs()
     assert row.body == grown and row.details == {"state": "complete"}
 

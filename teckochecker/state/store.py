@@ -290,14 +290,12 @@ class StateStore(RunTransitions):
         details: Mapping[str, Any] | None = None,
         *,
         now: dt.datetime,
-        fenced: bool = False,
     ) -> PutOutcome:
         """Create or replace a registered job. The same body (and origin, and details when given) again is
-        UNCHANGED and writes nothing, so a retried PUT changes nothing. ``details=None`` keeps the stored ones.
-        ``fenced``: the leader's own write (discovery's group), refused like a job write once it no longer leads."""
+        UNCHANGED and writes nothing, so a retried PUT changes nothing. ``details=None`` keeps the stored ones."""
         r = schema.registered_jobs
         fingerprint = body_fingerprint(body)
-        with self._registry_transaction(fenced=fenced) as conn:
+        with self._registry_transaction(fenced=origin is not JobOrigin.API) as conn:
             row = conn.execute(sa.select(r).where(r.c.name == name)).first()
             if row is None:
                 values: dict[str, Any] = {"name": name, "origin": origin.value, "created_at": now, "updated_at": now}
@@ -322,7 +320,7 @@ class StateStore(RunTransitions):
     def remove_registered_job(self, name: str) -> bool:
         """False if there was no such registered job. The job's history in tc_jobs is kept, as for a file job."""
         r = schema.registered_jobs
-        with self._registry_transaction() as conn:
+        with self._registry_transaction(fenced=False) as conn:
             if conn.execute(sa.delete(r).where(r.c.name == name)).rowcount == 0:
                 return False
             self._bump_registry_token(conn)
@@ -334,13 +332,17 @@ class StateStore(RunTransitions):
         return [str(note) for note in json.loads(recorded).get("notes", [])] if recorded else []
 
     @contextlib.contextmanager
-    def _registry_transaction(self, *, fenced: bool = False) -> Iterator[Connection]:
-        # Unfenced: a registered job is declarative input, like a line in a config file, so any replica may
-        # accept a PUT; only the leader acts on it, with fenced writes (state/leadership.py). A pipeline
-        # calling a Service in front of two replicas thus never gets a 503 from the standby. Discovery's
-        # groups are the leader's own conclusions, though: fenced, so a leader paused mid-sweep that wakes up
-        # cannot overwrite the next leader's newer group with its stale one.
-        with self._engine.connect() as conn, conn.execution_options(**{UNFENCED: not fenced}).begin():
+    def _registry_transaction(self, *, fenced: bool) -> Iterator[Connection]:
+        # A job registered over the API is declarative input, like a line in a config file: any replica may
+        # accept a PUT or DELETE (unfenced), and only the leader acts on it, with fenced writes
+        # (state/leadership.py), so a pipeline calling a Service in front of two replicas never gets a 503
+        # from the standby. Discovery's group rows are the leader's own state: fenced, so a leader paused
+        # mid-pass cannot overwrite its successor's group when it wakes.
+        if fenced:
+            with self._engine.begin() as conn:
+                yield conn
+            return
+        with self._engine.connect() as conn, conn.execution_options(**{UNFENCED: True}).begin():
             yield conn
 
     def _bump_registry_token(self, conn: Connection) -> None:

@@ -35,7 +35,7 @@ from typing import Any
 from teckochecker.clock import Clock
 from teckochecker.config.models import MAX_TARGETS_PER_JOB
 from teckochecker.config.validate import DiscoveryDefinition, JobDefinition
-from teckochecker.errors import PermanentError, TransientError
+from teckochecker.errors import Fenced, PermanentError, TransientError
 from teckochecker.grouping import Group, GroupState, by_group, grow, job_name, settle, sighting, start
 from teckochecker.metrics import Metrics
 from teckochecker.plugin_api import ListedTarget, PluginContext, Source
@@ -187,6 +187,8 @@ class Discovery:
             started = self._clock.monotonic()
             try:
                 await self.run_once(template)
+            except Fenced as exc:  # this replica no longer leads; it is standing down, which stops discovery
+                self._log.warning("discovery for template %s stopped writing: %s", template, exc)
             except Exception:  # a bug or a store outage must not end discovery: the next interval tries again
                 self._log.exception("discovery for template %s failed; it runs again in %.0f s", template, interval)
             while self._clock.monotonic() - started < interval:

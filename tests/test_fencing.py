@@ -22,7 +22,7 @@ from teckochecker.metrics import Metrics
 from teckochecker.plugin_api import CheckReport, Observation, TargetState
 from teckochecker.replicas import Replication
 from teckochecker.state.leadership import Fence, LeaderLease, Role
-from teckochecker.state.models import JobState, RunState
+from teckochecker.state.models import JobOrigin, JobState, RunState
 from teckochecker.state.schema import create_engine
 from teckochecker.state.store import JobPlan, PlannedAction, StateStore
 
@@ -120,6 +120,29 @@ def test_a_stale_leader_can_neither_write_nor_commit_an_intent_to_start(pair: tu
     assert b.store.begin_run(run_id, now=T0)  # the new leader starts it
     job = b.store.job("j")
     assert job is not None and job.runs[0].state is RunState.SENDING
+
+
+def test_any_replica_accepts_a_put_but_only_the_leader_writes_a_discovered_group(
+    pair: tuple[Replica, Replica],
+) -> None:
+    a, b = pair
+    a.lead()
+    body = {"name": "run-7", "template": "classify", "source": {"targets": ["batch_1", "batch_2"]}}
+    grown = {**body, "source": {"targets": ["batch_1", "batch_2", "batch_3"]}}
+    put = a.store.put_registered_job
+    assert put("run-7", JobOrigin.DISCOVERED, body, {"state": "waiting"}, now=T0)
+
+    expire_lease(a)  # a pauses mid-sweep past its lease (SIGSTOP) ...
+    b.lead()  # ... b takes over and grows the group
+    assert b.store.put_registered_job("run-7", JobOrigin.DISCOVERED, grown, {"state": "complete"}, now=T0)
+    with pytest.raises(Fenced, match="no longer this replica's"):  # a wakes up with its stale group
+        put("run-7", JobOrigin.DISCOVERED, body, {"state": "waiting"}, now=T0)
+    (row,) = b.store.registered_jobs()
+    assert row.body == grown and row.details == {"state": "complete"}
+
+    # A pipeline's PUT is declarative input: any replica, leading or not, stores it.
+    assert a.store.put_registered_job("nightly", JobOrigin.API, {"name": "nightly", "template": "t"}, now=T0)
+    assert {r.name for r in b.store.registered_jobs()} == {"run-7", "nightly"}
 
 
 def test_a_late_answer_of_a_stale_leader_is_not_recorded(pair: tuple[Replica, Replica]) -> None:

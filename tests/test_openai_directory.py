@@ -132,6 +132,28 @@ def test_a_check_answers_from_the_last_listing_while_the_next_is_read(fake: Fake
     assert listing.pages == 6 and fake.request_kinds()["retrieve"] == 0
 
 
+def test_a_batch_first_wanted_right_after_a_sweep_its_listener_saw_is_answered_from_that_sweep(
+    fake: FakeOpenAI,
+) -> None:
+    """Discovery's sweep lists a group nobody watched yet; the job made of it is checked at once, before the
+    next sweep is due: it must be answered from that listing, not left unobserved for its whole interval."""
+    now = int(time.time())
+    fake.add_batch(status="in_progress", created_at=now - 10)
+    found = [fake.add_batch(status="completed", created_at=now) for _ in range(2)]
+    listing, clock = Listing(fake), FakeClock()
+    directory = BatchDirectory(clock.monotonic, MAX_AGE)
+    directory.listen(lambda page, batches: False)
+
+    async def scenario() -> Lookup:
+        await directory.refresh(listing)
+        clock.advance(0.5)  # well before the next sweep is due
+        return await directory.lookup(found, listing)
+
+    lookup = run(listing, scenario())
+    assert statuses(lookup) == dict.fromkeys(found, "completed") and lookup.fetch == []
+    assert fake.request_kinds() == {"list": 1, "retrieve": 0, "other": 0}
+
+
 def test_a_start_does_not_fan_out_into_one_request_per_batch(fake: FakeOpenAI) -> None:
     jobs = [[fake.add_batch(status="in_progress") for _ in range(10)] for _ in range(200)]
     listing, clock = Listing(fake), FakeClock()

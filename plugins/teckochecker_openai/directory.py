@@ -23,6 +23,9 @@ later at the earliest).
 Listeners (discovery, see teckochecker/discovery.py) are shown every page a sweep reads, and may ask for the
 next page: a sweep ends when neither the batches looked for nor a listener need more. ``refresh`` begins a
 sweep when one is due (even with no batch wanted) and waits for it, so discovery reads a whole sweep.
+While there are listeners, the last sweep's copies of the batches nobody wanted are kept until the next sweep
+begins: a job discovery makes of them is checked at once, and answered from that sweep rather than left
+unobserved for its whole interval (the next sweep is not due yet, and the job asks again only then).
 """
 
 from __future__ import annotations
@@ -104,6 +107,10 @@ class BatchDirectory:
         self._fetches = _TokenBucket(monotonic, fetch_rate, fetch_burst)
         self._pruned_at = monotonic()
         self._listeners: list[PageListener] = []
+        # With listeners (discovery), the last sweep's copies of batches nobody wanted yet, with that sweep's
+        # number: discovery makes a job of some of them at once, and that job's first check must answer from
+        # this listing, not stay unobserved until its next interval because the next sweep is not due yet.
+        self._unwanted: dict[str, tuple[Mapping[str, Any], int]] = {}
 
     def listen(self, listener: PageListener) -> Callable[[], None]:
         """Show ``listener`` every page from now on; returns the call that stops that."""
@@ -162,9 +169,15 @@ class BatchDirectory:
     def _want(self, batch_id: str, now: float) -> None:
         wanted = self._wanted.get(batch_id)
         if wanted is None:
-            self._wanted[batch_id] = _Wanted(first_asked=now, asked_at=now)
-            self._new_since_sweep = True
+            wanted = self._wanted[batch_id] = _Wanted(first_asked=now, asked_at=now)
             self._arrivals += 1
+            listed = self._unwanted.pop(batch_id, None)
+            if listed is None:
+                self._new_since_sweep = True
+            else:
+                wanted.batch, wanted.listed_in = listed
+                created = listed[0].get("created_at")
+                wanted.created_at = created if isinstance(created, int) else None
         else:
             wanted.asked_at = now
 
@@ -215,6 +228,7 @@ class BatchDirectory:
             self._pruned_at = now
         self._sweeps += 1
         self._sweep_began = now
+        self._unwanted = {}
         self._new_since_sweep = False
         self._failure = None
         self._sweep = asyncio.ensure_future(self._run_sweep(list_page, self._sweeps))
@@ -270,9 +284,12 @@ class BatchDirectory:
     def _read(self, batch: Mapping[str, Any], number: int) -> None:
         # Any wanted batch counts, also one first asked about after the sweep began.
         wanted = self._wanted.get(batch["id"])
+        kept = {k: v for k, v in batch.items() if k in KEPT_FIELDS}
         if wanted is None:
+            if self._listeners:
+                self._unwanted[batch["id"]] = (kept, number)
             return
-        wanted.batch = {k: v for k, v in batch.items() if k in KEPT_FIELDS}
+        wanted.batch = kept
         wanted.listed_in = number
         wanted.unreachable = False
         self.learn(batch)

@@ -153,6 +153,9 @@ class Daemon:
             await self.shutdown()
 
     async def startup(self) -> None:
+        # First: a SIGTERM while starting (a job may fire during startup) must stop the daemon cleanly after
+        # the start, never kill it with the default handler mid-write.
+        self._install_signals()
         check_secrets(self.reloader.secrets, self._log)
         if self.config.webhooks.enabled:
             self._signing_keys()  # refuse to start on a webhook secret that is not a whole whsec_ value
@@ -188,7 +191,6 @@ class Daemon:
         # Runs after the reload loop is cancelled: a reload applied just before SIGTERM still reaches `status`.
         self._opened.push_async_callback(self._save_reload_outcome)
         self._start_background()
-        self._install_signals()
         self._log.info(
             "teckochecker started: %d job(s), %d scheduled, state %s%s",
             self.jobs.count,

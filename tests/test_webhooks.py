@@ -219,12 +219,10 @@ def _bad_deliveries() -> list[tuple[str, bytes, dict[str, str], int, str]]:
     ]
 
 
-@pytest.mark.parametrize(
-    ("name", "body", "hdrs", "status", "outcome"), _bad_deliveries(), ids=lambda v: v if isinstance(v, str) else ""
-)
-def test_bad_deliveries_are_refused_counted_and_change_nothing(
-    name: str, body: bytes, hdrs: dict[str, str], status: int, outcome: str
-) -> None:
+@pytest.mark.parametrize("name", [delivery[0] for delivery in _bad_deliveries()])
+def test_bad_deliveries_are_refused_counted_and_change_nothing(name: str) -> None:
+    # Signed now, not when the suite was collected: in a long run a collection-time signature is stale.
+    _, body, hdrs, status, outcome = next(d for d in _bad_deliveries() if d[0] == name)
     hints = Hints({"batch_abc123", "batch_other"})
     app, metrics = receiver(hints)
     response = post(app, body, hdrs)

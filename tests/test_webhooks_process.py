@@ -152,6 +152,7 @@ def test_a_webhook_fires_a_job_that_polls_every_15_minutes(
             "stale": 1,
             "malformed": 1,
             "unwatched": 1,
+            "standby": 0,
         }
         assert "teckochecker_webhook_to_action_seconds_count 1.0" in httpx.get(metrics_url).text
         assert len(keboola.jobs) == 1

@@ -148,6 +148,7 @@ def run_from_json(data: Mapping[str, Any]) -> RunSnapshot:
         vendor_status=data.get("vendor_status"),
         message=data.get("message"),
         details=dict(data.get("details") or {}),
+        target_key=str(data.get("target_key") or ""),
     )
 
 

@@ -365,6 +365,7 @@ def run_to_json(run: RunSnapshot) -> dict[str, Any]:
         "state": run.state.value,
         "final": run.state.is_final,
         "trigger_id": run.trigger_id,
+        "target_key": run.target_key,
         "attempt": run.attempt,
         "created_at": _time(run.created_at),
         "intent_at": _time(run.intent_at),

@@ -288,3 +288,33 @@ def test_single_instance_lock_through_a_symlink(tmp_path: Path) -> None:
     with pytest.raises(StateStoreError, match=f"another teckochecker daemon already uses {tmp_path / 'real' / 's.db'}"):
         SingleInstanceLock(tmp_path / "alias.db").acquire()
     first.release()
+
+
+def test_set_meta_from_many_writers_at_once_never_collides(state_url: str) -> None:
+    # Replicas starting together each record facts in tc_meta; an update-then-insert raced into a unique
+    # violation that stopped one of them.
+    import threading
+
+    stores = [StateStore.open(state_url) for _ in range(4)]
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(stores))
+
+    def write(store: StateStore, i: int) -> None:
+        start.wait()
+        try:
+            for n in range(20):
+                store.set_meta(f"race-{n}", f"writer {i}")
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(s, i)) for i, s in enumerate(stores)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert errors == []
+        assert all((stores[0].get_meta(f"race-{n}") or "").startswith("writer ") for n in range(20))
+    finally:
+        for s in stores:
+            s.close()

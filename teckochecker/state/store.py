@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -149,11 +150,9 @@ class StateStore(RunTransitions):
 
     def set_meta(self, key: str, value: str) -> None:
         """Small daemon-wide facts (e.g. the last config reload) that `status` shows."""
-        m = schema.meta_table
         # Not acting on jobs: any replica, leader or standby, may record these (state/leadership.py).
         with self._engine.connect() as conn, conn.execution_options(**{UNFENCED: True}).begin():
-            if conn.execute(sa.update(m).where(m.c.key == key).values(value=value)).rowcount == 0:
-                conn.execute(sa.insert(m).values(key=key, value=value))
+            _put_meta(conn, key, value)
 
     def get_meta(self, key: str) -> str | None:
         m = schema.meta_table
@@ -346,10 +345,7 @@ class StateStore(RunTransitions):
             yield conn
 
     def _bump_registry_token(self, conn: Connection) -> None:
-        m = schema.meta_table
-        token = uuid.uuid4().hex
-        if conn.execute(sa.update(m).where(m.c.key == REGISTRY_TOKEN_META).values(value=token)).rowcount == 0:
-            conn.execute(sa.insert(m).values(key=REGISTRY_TOKEN_META, value=token))
+        _put_meta(conn, REGISTRY_TOKEN_META, uuid.uuid4().hex)
 
     # ----- reading -----
 
@@ -761,6 +757,16 @@ def _job_snapshot(
             )
             for r in runs
         ),
+    )
+
+
+def _put_meta(conn: Connection, key: str, value: str) -> None:
+    """Insert or replace one tc_meta row in one statement. An UPDATE-then-INSERT raced between replicas
+    starting together (both inserting the same key: a unique violation that stopped one of them)."""
+    m = schema.meta_table
+    insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(m)
+    conn.execute(
+        insert.values(key=key, value=value).on_conflict_do_update(index_elements=[m.c.key], set_={"value": value})
     )
 
 

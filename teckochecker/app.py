@@ -41,7 +41,7 @@ from teckochecker.secrets.resolving import Redactor
 from teckochecker.services import TickServices
 from teckochecker.state.guard import StoreGuard
 from teckochecker.state.heartbeat import HEARTBEAT_META, HEARTBEAT_PERIOD, Heartbeat, heartbeat_json
-from teckochecker.state.leadership import Fence, LeaderLease, Role
+from teckochecker.state.leadership import Fence, LeaderLease
 from teckochecker.state.location import (
     SingleInstanceLock,
     StoreFileIdentity,
@@ -495,9 +495,6 @@ class Daemon:
             except Exception as exc:  # the state store may be briefly unreachable; the next poll tries again
                 self._log.debug("cannot read the registered jobs' version: %s", exc)
 
-    def _leading(self) -> bool:
-        return self.replication is None or self.replication.role == Role.LEADER
-
     async def _save_reload_outcome(self) -> None:
         if self.guard.problem is not None:  # never write into a store that is not the one we opened
             return
@@ -509,7 +506,7 @@ class Daemon:
     async def _gauge_loop(self) -> None:
         while self.guard.intact():
             try:
-                if self._leading():
+                if self._jobs_running:  # a standby has nothing to flush (and its writes would be fenced)
                     await self.jobs.flush()
                 self.metrics.observe(await self.worker.run(self.store.gauges))
             except Exception as exc:  # the state store may be briefly unreachable; metrics can wait

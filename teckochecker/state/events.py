@@ -63,9 +63,12 @@ def append_event(
     message: str,
     data: Mapping[str, Any] | None = None,
 ) -> None:
+    conn.execute(sa.insert(schema.events).values(**event_row(job_id, at, kind, message, data)))
+
+
+def event_row(
+    job_id: int, at: dt.datetime, kind: EventKind, message: str, data: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The row of one event, for ``append_event`` or for many events inserted at once."""
     # EventKind(kind) refuses a kind that is not listed above, even from a caller that ignores the types.
-    conn.execute(
-        sa.insert(schema.events).values(
-            job_id=job_id, at=at, kind=EventKind(kind).value, message=message, data=dict(data or {})
-        )
-    )
+    return {"job_id": job_id, "at": at, "kind": EventKind(kind).value, "message": message, "data": dict(data or {})}

@@ -21,13 +21,14 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import SQLAlchemyError
 
-from teckochecker import rules
-from teckochecker.config.models import Condition, TriggerRule
+from teckochecker.config.models import TriggerRule
 from teckochecker.errors import NoStateStore, StateStoreError
 from teckochecker.plugin_api import CheckReport, TargetState
+from teckochecker.state import checks as checks_module
 from teckochecker.state import revisions, schema
+from teckochecker.state.checks import CheckToRecord as CheckToRecord
+from teckochecker.state.checks import PlannedAction as PlannedAction
 from teckochecker.state.events import EventKind, append_event
-from teckochecker.state.holds import group_hold
 from teckochecker.state.leadership import UNFENCED
 from teckochecker.state.location import sqlite_path
 from teckochecker.state.models import (
@@ -44,7 +45,6 @@ from teckochecker.state.models import (
     RunSnapshot,
     RunState,
     TargetSnapshot,
-    request_counts,
 )
 from teckochecker.state.redaction import Redact, redact_writes
 from teckochecker.state.runs import RunTransitions
@@ -63,27 +63,6 @@ class JobPlan:
     name: str
     fingerprint: str
     targets: Sequence[str]
-
-
-@dataclass(frozen=True)
-class CheckToRecord:
-    """One job's ``record_check`` arguments, for ``record_checks`` (several jobs in one transaction)."""
-
-    name: str
-    report: CheckReport
-    now: dt.datetime
-    next_check_at: dt.datetime | None
-    deadline: float
-    rule: TriggerRule
-    actions: tuple[PlannedAction, ...]
-
-
-@dataclass(frozen=True)
-class PlannedAction:
-    index: int
-    type: str
-    target_key: str
-    when: Condition
 
 
 class StateStore(RunTransitions):
@@ -464,95 +443,7 @@ class StateStore(RunTransitions):
         checks, such as the webhook hints of many batches finishing at once. Each job's observations and its
         outbox rows still commit together; if the transaction fails, none of them is written."""
         with self._engine.begin() as conn:
-            return [self._record_check(conn, check) for check in checks]
-
-    def _record_check(self, conn: Connection, check: CheckToRecord) -> JobState:
-        name, report, now, deadline = check.name, check.report, check.now, check.deadline
-        row = conn.execute(sa.select(schema.jobs).where(schema.jobs.c.name == name)).one()
-        if row.state != JobState.WATCHING.value:
-            return JobState(row.state)
-        rows = {t.target: t for t in conn.execute(sa.select(schema.targets).where(schema.targets.c.job_id == row.id))}
-        states = {target: TargetState(t.state) for target, t in rows.items()}
-        for obs in report.observations:
-            if obs.target in rows:
-                states[obs.target] = _apply_observation(conn, row.id, rows[obs.target], obs, now)
-        changes: dict[str, Any] = {"last_checked_at": now, "next_check_at": check.next_check_at, "updated_at": now}
-        if row.first_observed_at is None and report.observations:
-            changes |= {"first_observed_at": now, "deadline_at": now + dt.timedelta(seconds=deadline)}
-        changes |= self._check_errors(conn, row, report, now)
-        state = JobState.WATCHING
-        decision = rules.evaluate(check.rule, list(states.values()))
-        if decision.verdict is rules.Verdict.FIRE and group_hold(conn, name, rows) is not None:
-            decision = rules.Decision(rules.Verdict.WAIT)
-        if decision.verdict is rules.Verdict.FIRE:
-            self._fire(conn, row.id, list(states.values()), check.actions, now, decision.reason)
-            state = JobState.FIRING
-            changes |= {"state": state.value, "next_check_at": now}
-        elif decision.verdict is rules.Verdict.ABANDON:
-            state = JobState.FAILED
-            changes |= {"state": state.value, "finished_at": now, "last_error": decision.reason}
-            append_event(
-                conn,
-                row.id,
-                now,
-                EventKind.JOB_FINISHED,
-                f"job failed: {decision.reason}; no action was run",
-                {"state": state.value},
-            )
-        conn.execute(sa.update(schema.jobs).where(schema.jobs.c.id == row.id).values(**changes))
-        return state
-
-    def _check_errors(self, conn: Connection, row: Row[Any], report: CheckReport, now: dt.datetime) -> dict[str, Any]:
-        if not report.transient_errors:
-            return {"consecutive_failures": 0, "last_error": None}
-        count = len(report.transient_errors)
-        sample = dict(list(report.transient_errors.items())[:20])
-        append_event(
-            conn, row.id, now, EventKind.CHECK_FAILED, f"{count} target(s) could not be checked", {"errors": sample}
-        )
-        return {
-            "consecutive_failures": row.consecutive_failures + 1,
-            "last_error": _first_error(report.transient_errors),
-        }
-
-    def _fire(
-        self,
-        conn: Connection,
-        job_id: int,
-        states: Sequence[TargetState],
-        actions: Sequence[PlannedAction],
-        now: dt.datetime,
-        reason: str,
-    ) -> None:
-        append_event(conn, job_id, now, EventKind.TRIGGER_FIRED, f"trigger fired: {reason}")
-        for action in actions:
-            holds = rules.condition_holds(action.when, states)
-            state = RunState.PENDING if holds else RunState.SKIPPED
-            conn.execute(
-                sa.insert(schema.runs).values(
-                    job_id=job_id,
-                    action_index=action.index,
-                    action_type=action.type,
-                    target_key=action.target_key,
-                    trigger_id=str(uuid.uuid4()),
-                    state=state.value,
-                    attempt=1,
-                    created_at=now,
-                    updated_at=now,
-                    next_try_at=now,
-                    search_empty_count=0,
-                    details={},
-                    finished_at=None if holds else now,
-                )
-            )
-            if not holds:
-                append_event(
-                    conn,
-                    job_id,
-                    now,
-                    EventKind.ACTION_SKIPPED,
-                    f"action {action.index} ({action.type}) skipped: condition {action.when.value} does not hold",
-                )
+            return checks_module.record_checks(conn, checks)
 
     def touch_jobs(self, touches: Sequence[tuple[str, dt.datetime, dt.datetime | None]]) -> None:
         """Record quiet checks (nothing new seen) of many watching jobs in one transaction."""
@@ -624,48 +515,6 @@ def _insert_targets(conn: Connection, job_id: int, names: Sequence[str], start: 
                 for i, t in enumerate(names)
             ],
         )
-
-
-def _apply_observation(conn: Connection, job_id: int, row: Row[Any], obs: Any, now: dt.datetime) -> TargetState:
-    """Write one observation if it is news; returns the target's state afterwards. Final states stick."""
-    current = TargetState(row.state)
-    if current.is_terminal:
-        return current
-    details = dict(obs.details)
-    # The first vendor word for a target that is still where it started is not news.
-    changed = row.state != obs.state.value or (row.vendor_status is not None and row.vendor_status != obs.vendor_status)
-    if not changed and row.vendor_status == obs.vendor_status and row.details == details and row.message == obs.message:
-        return current
-    values: dict[str, Any] = {
-        "state": obs.state.value,
-        "vendor_status": obs.vendor_status,
-        "details": details,
-        "message": obs.message,
-        "observed_at": now,
-    }
-    if obs.state.is_terminal:
-        values["terminal_at"] = now
-    counts = request_counts(details)
-    if counts is not None:
-        values |= {
-            "requests_total": counts.total,
-            "requests_completed": counts.completed,
-            "requests_failed": counts.failed,
-        }
-    conn.execute(sa.update(schema.targets).where(schema.targets.c.id == row.id).values(**values))
-    if changed:
-        text = f"{obs.target}: {row.vendor_status or row.state} → {obs.vendor_status or obs.state.value}"
-        if obs.message:
-            text += f" ({obs.message})"
-        append_event(
-            conn,
-            job_id,
-            now,
-            EventKind.TARGET_CHANGED,
-            text,
-            {"target": obs.target, "state": obs.state.value, "vendor_status": obs.vendor_status},
-        )
-    return TargetState(obs.state)
 
 
 def _group(rows: Iterable[Row[Any]]) -> dict[int, list[Row[Any]]]:
@@ -786,12 +635,6 @@ def _registered(row: Row[Any]) -> RegisteredJob:
         updated_at=row.updated_at,
         details=row.details or {},
     )
-
-
-def _first_error(errors: Mapping[str, str]) -> str:
-    target, message = next(iter(errors.items()))
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"{target}: {message}{more}"
 
 
 def _describe(exc: SQLAlchemyError) -> str:

@@ -131,7 +131,7 @@ class JobRunner:
             tuple(job.planned_actions()),
         )
         self._cache.forget(job.name)
-        epoch = self._cache.epoch
+        epoch = self._cache.epoch(job.name)
         state = await self._checks.record(check)
         if state is JobState.WATCHING and not report.transient_errors:
             self._cache.recorded(snap, report.observations, now, next_check_at, epoch)

@@ -21,7 +21,11 @@ class WatchCache:
     def __init__(self) -> None:
         self._snapshots: dict[str, JobSnapshot] = {}
         self._touches: dict[str, Touch] = {}
-        self._epoch = 0
+        # Bumped when everything is forgotten (a reload), and per job when one is: a check's write that
+        # waited keeps its result only if its own job was not forgotten meanwhile. One shared counter made
+        # every concurrent write (a webhook burst) discard the others' results and read them back.
+        self._all_epoch = 0
+        self._job_epochs: dict[str, int] = {}
 
     def get(self, name: str) -> JobSnapshot | None:
         return self._snapshots.get(name)
@@ -30,16 +34,18 @@ class WatchCache:
         if snap.state is JobState.WATCHING and not snap.paused:
             self._snapshots[snap.name] = snap
 
-    @property
-    def epoch(self) -> int:
-        """Changes whenever something is forgotten: ``recorded`` after a wait keeps nothing older than that."""
-        return self._epoch
+    def epoch(self, name: str) -> tuple[int, int]:
+        """Changes whenever job ``name`` (or every job) is forgotten: ``recorded`` after a wait keeps nothing
+        older than that."""
+        return self._all_epoch, self._job_epochs.get(name, 0)
 
     def forget(self, name: str | None = None) -> None:
-        self._epoch += 1
         if name is None:
+            self._all_epoch += 1
+            self._job_epochs.clear()  # the global bump already outdates every epoch taken before it
             self._snapshots.clear()
         else:
+            self._job_epochs[name] = self._job_epochs.get(name, 0) + 1
             self._snapshots.pop(name, None)
 
     def is_news(self, snap: JobSnapshot, observations: Iterable[Observation]) -> bool:
@@ -69,13 +75,13 @@ class WatchCache:
         observations: Iterable[Observation],
         checked_at: dt.datetime,
         next_check_at: dt.datetime | None,
-        epoch: int,
+        epoch: tuple[int, int],
     ) -> None:
         """Keep what a check without errors just wrote for a job that still watches, as the store applied it
         (final target states stick), so the next tick does not read it back: with webhooks every finished
         batch is such a write, hundreds a second in a burst, all on the store's one thread. ``epoch``: taken
         before the write; if a reload, pause or resume forgot jobs meanwhile, the snapshot may be stale."""
-        if epoch != self._epoch:
+        if epoch != self.epoch(snap.name):
             return
         if snap.first_observed_at is None:
             self.forget(snap.name)  # the first write also set the deadline: read it back once

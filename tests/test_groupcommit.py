@@ -77,7 +77,7 @@ def test_one_bad_record_does_not_fail_the_others(tmp_path: Path) -> None:
         store.close()
 
 
-def test_the_watch_cache_keeps_what_was_written_unless_something_was_forgotten_meanwhile(tmp_path: Path) -> None:
+def test_the_watch_cache_keeps_what_was_written_unless_its_job_was_forgotten_meanwhile(tmp_path: Path) -> None:
     from teckochecker.watchcache import WatchCache
 
     store = StateStore.open(f"sqlite:///{tmp_path / 'state.db'}")
@@ -96,17 +96,21 @@ def test_the_watch_cache_keeps_what_was_written_unless_something_was_forgotten_m
     assert snap is not None
     cache = WatchCache()
     done = (Observation("a", TargetState.SUCCEEDED, "completed"), Observation("b", TargetState.RUNNING, "in_progress"))
-    epoch = cache.epoch
+    epoch = cache.epoch("j")
+    cache.forget("other")  # another job's write (a concurrent check of a webhook burst) outdates nothing here
     cache.recorded(snap, done, T0, T0, epoch)
     kept = cache.get("j")
     assert kept is not None and [t.state for t in kept.targets] == [TargetState.SUCCEEDED, TargetState.RUNNING]
     assert kept.pending_targets == ["b"]
     # A final state sticks, as in the store.
-    cache.recorded(kept, (Observation("a", TargetState.FAILED, "failed"),), T0, T0, cache.epoch)
+    cache.recorded(kept, (Observation("a", TargetState.FAILED, "failed"),), T0, T0, cache.epoch("j"))
     assert cache.get("j").targets[0].state is TargetState.SUCCEEDED  # type: ignore[union-attr]
-    # A pause or reload forgot jobs while the write was under way: nothing stale is kept.
-    epoch = cache.epoch
-    cache.forget("other")
+    # A pause of this job, or a reload, forgot it while the write was under way: nothing stale is kept.
+    epoch = cache.epoch("j")
     cache.forget("j")
+    cache.recorded(snap, done, T0, T0, epoch)
+    assert cache.get("j") is None
+    epoch = cache.epoch("j")
+    cache.forget()
     cache.recorded(snap, done, T0, T0, epoch)
     assert cache.get("j") is None

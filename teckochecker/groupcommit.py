@@ -50,7 +50,7 @@ class CheckRecorder:
 
     async def _write(self, group: list[tuple[CheckToRecord, asyncio.Future[JobState]]], *, report_errors: bool) -> bool:
         try:
-            states = await self._db.run(self._store.record_checks, [check for check, _ in group])
+            states = await self._db.run_urgent(self._store.record_checks, [check for check, _ in group])
         except Exception as exc:
             if report_errors:
                 for _, future in group:

@@ -175,6 +175,7 @@ class JobRunner:
         return CheckReport(observations, report.transient_errors, report.retry_after)
 
     async def _reload(self, name: str) -> JobSnapshot:
-        snap = await self._db.run(self._store.job, name)
+        # Urgent: the job just fired, and its first action starts from this snapshot.
+        snap = await self._db.run_urgent(self._store.job, name)
         assert snap is not None
         return snap

@@ -111,7 +111,9 @@ class ActionDriver:
         return await self._follow(action, run)
 
     async def _start(self, action: Action, run: RunSnapshot, request: ActionRequest) -> float:
-        if not await self._db.run(self._store.begin_run, run.id, now=self._clock.now()):
+        # The store calls of a start go ahead of the others waiting (StoreWorker.run_urgent): between the
+        # intent and the recorded start, nothing else of this job may run, and a burst must not delay them.
+        if not await self._db.run_urgent(self._store.begin_run, run.id, now=self._clock.now()):
             return TARGET_BUSY_RETRY
         self._crash.hit("after_intent_commit")
         if not self._may_act():
@@ -131,7 +133,7 @@ class ActionDriver:
             self._count(action, "not_started")
             self._failures[run.id] = _StepFailure(ConditionKind.ACTION, f"start failed, nothing was sent: {exc}")
             delay = backoff_delay(run.attempt, exc.retry_after, rng=self._rng)
-            await self._db.run(
+            await self._db.run_urgent(
                 self._store.run_not_started,
                 run.id,
                 str(exc),
@@ -141,7 +143,9 @@ class ActionDriver:
             return delay
         except PermanentError as exc:
             self._count(action, "rejected")
-            await self._db.run(self._store.run_finished, run.id, RunState.REJECTED, str(exc), now=self._clock.now())
+            await self._db.run_urgent(
+                self._store.run_finished, run.id, RunState.REJECTED, str(exc), now=self._clock.now()
+            )
             self._log.error("action %s of job %s rejected: %s", run.action_index, request.job_name, exc)
             return 0.0
         except (InDoubt, TransientError) as exc:
@@ -161,7 +165,7 @@ class ActionDriver:
         self._crash.hit("after_start_response")
         now = self._clock.now()
         until, first = self._watch_window(action, now)
-        await self._db.run(self._store.run_started, run.id, result, now=now, watch_until=until, watch_next=first)
+        await self._db.run_urgent(self._store.run_started, run.id, result, now=now, watch_until=until, watch_next=first)
         self._record_finish(action, result)
         return action.follow_interval if result.outcome is ActionOutcome.RUNNING else 0.0
 

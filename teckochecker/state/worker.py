@@ -1,5 +1,12 @@
 """Runs state-store calls on one worker thread, so the event loop never waits on a disk sync.
 
+Calls wait in two lanes. ``run_urgent`` is for the way from a check to an action's start (recording checks,
+reading a job that just fired, recording the start): those go before anything waiting in ``run``. In a
+burst of webhooks the store's thread is the daemon's bottleneck, and a job that fired otherwise queued
+behind hundreds of follow-ups, gauges and quiet-check times before its start could be written; measured at
+1,000 jobs x 10 batches finishing within a minute, that queue held each step of a start for seconds. Order
+within a lane is kept; across lanes no caller relies on it (each awaits its own calls in turn).
+
 It is also where a failing store becomes one error type: every database-level failure (server down,
 database dropped, file unreadable, disk full) leaves here as StateStoreUnavailable, with the driver's
 message and never the URL's password, so callers (the HTTP API answers 503) need not know SQLAlchemy.
@@ -9,9 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
+import queue
+import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
-from typing import ParamSpec, TypeVar
+from concurrent.futures import Future
+from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy.exc import DBAPIError
 
@@ -20,24 +30,51 @@ from teckochecker.errors import StateStoreUnavailable
 P = ParamSpec("P")
 T = TypeVar("T")
 MASK = "***"
+URGENT, NORMAL = 0, 1
+_Call = tuple[int, int, Callable[[], Any] | None, "Future[Any] | None"]
 
 
 class StoreWorker:
     def __init__(self, hidden: Iterable[str] = ()) -> None:
         """``hidden``: strings never to repeat in an error (the store URL's password)."""
-        # One thread: writes are serialized anyway (SQLite has one writer), and order is kept.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="state-store")
+        # One thread: writes are serialized anyway (SQLite has one writer).
+        self._calls: queue.PriorityQueue[_Call] = queue.PriorityQueue()
+        self._order = itertools.count()
+        self._thread = threading.Thread(target=self._serve, name="state-store", daemon=True)
+        self._thread.start()
         self._hidden = [h for h in hidden if h]
         self._closed = False
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        return await self._submit(NORMAL, functools.partial(fn, *args, **kwargs))
+
+    async def run_urgent(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Like ``run``, ahead of every call waiting in ``run`` (module docstring)."""
+        return await self._submit(URGENT, functools.partial(fn, *args, **kwargs))
+
+    async def _submit(self, lane: int, call: Callable[[], T]) -> T:
         if self._closed:
             raise StateStoreUnavailable("the daemon is shutting down")
-        loop = asyncio.get_running_loop()
+        future: Future[T] = Future()
+        self._calls.put((lane, next(self._order), call, future))
         try:
-            return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+            return await asyncio.wrap_future(future)
         except DBAPIError as exc:
             raise StateStoreUnavailable(self._describe(exc)) from exc
+
+    def _serve(self) -> None:
+        while True:
+            _, _, call, future = self._calls.get()
+            if call is None or future is None:
+                return
+            if not future.set_running_or_notify_cancel():  # its caller was cancelled while it waited
+                continue
+            try:
+                result = call()
+            except BaseException as exc:
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
 
     def _describe(self, exc: DBAPIError) -> str:
         # The driver's first line: without SQLAlchemy's SQL echo (which may hold values) and background link.
@@ -47,6 +84,14 @@ class StoreWorker:
         return text
 
     def close(self) -> None:
-        """Let the transaction under way finish; then stop."""
+        """Let the transaction under way finish; then stop. Calls still waiting are cancelled."""
         self._closed = True
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        while True:
+            try:
+                _, _, _, future = self._calls.get_nowait()
+            except queue.Empty:
+                break
+            if future is not None:
+                future.cancel()
+        self._calls.put((-1, -1, None, None))  # ahead of anything put meanwhile
+        self._thread.join()

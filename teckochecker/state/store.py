@@ -54,6 +54,19 @@ _JOB_FINAL = [s.value for s in JobState if s.is_final]
 REGISTRY_TOKEN_META = "registered_jobs_token"
 # Written by the daemon: the registered names a file job shadows, and notes for `status` (registered_jobs.py).
 CONFLICTS_META = "registered_job_conflicts"
+_JOB_NAMED = sa.select(schema.jobs).where(schema.jobs.c.name == sa.bindparam("name"))
+_ORIGIN_OF = sa.select(schema.registered_jobs.c.name, schema.registered_jobs.c.origin).where(
+    schema.registered_jobs.c.name == sa.bindparam("name")
+)
+_TARGETS_OF_JOB = (
+    sa.select(schema.targets)
+    .where(schema.targets.c.job_id == sa.bindparam("job_id"))
+    .order_by(schema.targets.c.position)
+)
+_RUNS_OF_JOB = (
+    sa.select(schema.runs).where(schema.runs.c.job_id == sa.bindparam("job_id")).order_by(schema.runs.c.action_index)
+)
+_WATCHES_OF_JOB = sa.select(schema.duplicate_watches).where(schema.duplicate_watches.c.job_id == sa.bindparam("job_id"))
 
 
 @dataclass(frozen=True)
@@ -329,9 +342,18 @@ class StateStore(RunTransitions):
     # ----- reading -----
 
     def job(self, name: str) -> JobSnapshot | None:
+        # Statements built once: a firing job is read at each of its ticks, thousands a minute in a burst.
         with self._engine.connect() as conn:
-            row = conn.execute(sa.select(schema.jobs).where(schema.jobs.c.name == name)).first()
-            return None if row is None else self._snapshot(conn, row, _origins(conn, name))
+            row = conn.execute(_JOB_NAMED, {"name": name}).first()
+            if row is None:
+                return None
+            origins = {n: JobOrigin(o) for n, o in conn.execute(_ORIGIN_OF, {"name": name})}
+            if origins:
+                origins = _without_shadowed(conn, origins)
+            targets = conn.execute(_TARGETS_OF_JOB, {"job_id": row.id}).all()
+            runs = conn.execute(_RUNS_OF_JOB, {"job_id": row.id}).all()
+            watches = _watches(conn.execute(_WATCHES_OF_JOB, {"job_id": row.id}))
+            return _job_snapshot(row, targets, runs, watches, origins)
 
     def jobs(self, *, include_removed: bool = True) -> list[JobSnapshot]:
         with self._engine.connect() as conn:
@@ -400,17 +422,6 @@ class StateStore(RunTransitions):
                 .limit(limit)
             ).all()
         return [Event(r.at, r.kind, r.message, r.data or {}) for r in reversed(rows)]
-
-    def _snapshot(self, conn: Connection, row: Row[Any], origins: Mapping[str, JobOrigin]) -> JobSnapshot:
-        targets = conn.execute(
-            sa.select(schema.targets).where(schema.targets.c.job_id == row.id).order_by(schema.targets.c.position)
-        ).all()
-        runs = conn.execute(
-            sa.select(schema.runs).where(schema.runs.c.job_id == row.id).order_by(schema.runs.c.action_index)
-        ).all()
-        w = schema.duplicate_watches
-        watches = _watches(conn.execute(sa.select(w).where(w.c.job_id == row.id)))
-        return _job_snapshot(row, targets, runs, watches, origins)
 
     def _job_id(self, conn: Connection, name: str) -> int:
         job_id = conn.execute(sa.select(schema.jobs.c.id).where(schema.jobs.c.name == name)).scalar()
@@ -548,13 +559,17 @@ def _parse_at(text: str) -> dt.datetime:
 def _origins(conn: Connection, name: str | None = None) -> dict[str, JobOrigin]:
     """Where each registered job came from; a name a file job shadows (the daemon records those) is the
     file's, as that is the job that runs."""
-    r, m = schema.registered_jobs, schema.meta_table
+    r = schema.registered_jobs
     query = sa.select(r.c.name, r.c.origin) if name is None else sa.select(r.c.name, r.c.origin).where(r.c.name == name)
     origins = {n: JobOrigin(o) for n, o in conn.execute(query)}
-    if origins:
-        recorded = conn.execute(sa.select(m.c.value).where(m.c.key == CONFLICTS_META)).scalar()
-        for shadowed in json.loads(recorded).get("shadowed", []) if recorded else []:
-            origins.pop(shadowed, None)
+    return _without_shadowed(conn, origins) if origins else origins
+
+
+def _without_shadowed(conn: Connection, origins: dict[str, JobOrigin]) -> dict[str, JobOrigin]:
+    m = schema.meta_table
+    recorded = conn.execute(sa.select(m.c.value).where(m.c.key == CONFLICTS_META)).scalar()
+    for shadowed in json.loads(recorded).get("shadowed", []) if recorded else []:
+        origins.pop(shadowed, None)
     return origins
 
 

@@ -51,6 +51,11 @@ class JobRunner:
         """Drop cached state after a change made outside a tick (reload, pause, resume)."""
         self._cache.forget(name)
 
+    def pending_targets(self, name: str) -> list[str] | None:
+        """The targets job ``name`` still waits for as last stored, or None when that needs a read."""
+        snap = self._cache.get(name)
+        return None if snap is None else snap.pending_targets
+
     async def flush(self) -> None:
         """Write when quiet checks happened (batched: these carry no news)."""
         touches = self._cache.take_touches()
@@ -134,7 +139,7 @@ class JobRunner:
         epoch = self._cache.epoch(job.name)
         state = await self._checks.record(check)
         if state is JobState.WATCHING and not report.transient_errors:
-            self._cache.recorded(snap, report.observations, now, next_check_at, epoch)
+            self._cache.recorded(snap, report.observations, now, next_check_at, epoch, job.definition.deadline)
         self._crash.hit("after_check_commit")
         if state is JobState.FIRING:
             self._log.info("job %s: trigger fired", job.name)

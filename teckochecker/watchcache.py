@@ -76,16 +76,20 @@ class WatchCache:
         checked_at: dt.datetime,
         next_check_at: dt.datetime | None,
         epoch: tuple[int, int],
+        deadline: float,
     ) -> None:
         """Keep what a check without errors just wrote for a job that still watches, as the store applied it
         (final target states stick), so the next tick does not read it back: with webhooks every finished
         batch is such a write, hundreds a second in a burst, all on the store's one thread. ``epoch``: taken
-        before the write; if a reload, pause or resume forgot jobs meanwhile, the snapshot may be stale."""
+        before the write; if a reload, pause or resume forgot jobs meanwhile, the snapshot may be stale.
+        ``deadline``: the job's, in seconds; the first observation starts it (as state/checks.py does)."""
         if epoch != self.epoch(snap.name):
             return
-        if snap.first_observed_at is None:
-            self.forget(snap.name)  # the first write also set the deadline: read it back once
-            return
+        observations = tuple(observations)
+        if snap.first_observed_at is None and observations:
+            snap = dataclasses.replace(
+                snap, first_observed_at=checked_at, deadline_at=checked_at + dt.timedelta(seconds=deadline)
+            )
         seen = {o.target: o for o in observations}
         targets = tuple(_observed(t, seen.get(t.target), checked_at) for t in snap.targets)
         self._snapshots[snap.name] = dataclasses.replace(

@@ -98,19 +98,53 @@ def test_the_watch_cache_keeps_what_was_written_unless_its_job_was_forgotten_mea
     done = (Observation("a", TargetState.SUCCEEDED, "completed"), Observation("b", TargetState.RUNNING, "in_progress"))
     epoch = cache.epoch("j")
     cache.forget("other")  # another job's write (a concurrent check of a webhook burst) outdates nothing here
-    cache.recorded(snap, done, T0, T0, epoch)
+    cache.recorded(snap, done, T0, T0, epoch, 3600.0)
     kept = cache.get("j")
     assert kept is not None and [t.state for t in kept.targets] == [TargetState.SUCCEEDED, TargetState.RUNNING]
     assert kept.pending_targets == ["b"]
     # A final state sticks, as in the store.
-    cache.recorded(kept, (Observation("a", TargetState.FAILED, "failed"),), T0, T0, cache.epoch("j"))
+    cache.recorded(kept, (Observation("a", TargetState.FAILED, "failed"),), T0, T0, cache.epoch("j"), 3600.0)
     assert cache.get("j").targets[0].state is TargetState.SUCCEEDED  # type: ignore[union-attr]
     # A pause of this job, or a reload, forgot it while the write was under way: nothing stale is kept.
     epoch = cache.epoch("j")
     cache.forget("j")
-    cache.recorded(snap, done, T0, T0, epoch)
+    cache.recorded(snap, done, T0, T0, epoch, 3600.0)
     assert cache.get("j") is None
     epoch = cache.epoch("j")
     cache.forget()
-    cache.recorded(snap, done, T0, T0, epoch)
+    cache.recorded(snap, done, T0, T0, epoch, 3600.0)
     assert cache.get("j") is None
+
+
+def test_the_watch_cache_after_a_jobs_first_observation_holds_what_the_store_holds(tmp_path: Path) -> None:
+    """The first observation starts the job's deadline; the cache sets it as the store does, so the job's
+    next tick (a webhook hint, in a burst) needs no read."""
+    from teckochecker.watchcache import WatchCache
+
+    store = StateStore.open(f"sqlite:///{tmp_path / 'state.db'}")
+    store.sync_jobs([JobPlan("j", "fp", ["a", "b"])], T0)
+    before = store.job("j")
+    assert before is not None and before.first_observed_at is None
+    seen = (Observation("a", TargetState.RUNNING, "in_progress"), Observation("b", TargetState.SUCCEEDED, "completed"))
+    later = T0 + dt.timedelta(minutes=15)
+    store.record_check(
+        "j",
+        CheckReport(seen),
+        now=T0,
+        next_check_at=later,
+        deadline=7200.0,
+        rule=TriggerRule.ALL_TERMINAL,
+        actions=ACTION,
+    )
+    stored = store.job("j")
+    store.close()
+    cache = WatchCache()
+    cache.recorded(before, seen, T0, later, cache.epoch("j"), 7200.0)
+    cached = cache.get("j")
+    assert stored is not None and cached is not None
+    assert (cached.first_observed_at, cached.deadline_at) == (stored.first_observed_at, stored.deadline_at)
+    assert cached.deadline_at == T0 + dt.timedelta(hours=2)
+    assert [(t.target, t.state, t.vendor_status) for t in cached.targets] == [
+        (t.target, t.state, t.vendor_status) for t in stored.targets
+    ]
+    assert cached.pending_targets == stored.pending_targets == ["a"]

@@ -1,5 +1,6 @@
 """RunningJobs.hint in process, with the real ticker: a hint that comes while the job's tick runs is taken
-by that tick (no skipped tick, no overlap), and checks only the named target."""
+by that tick (no skipped tick, no overlap), and checks only the named target; a hint that can let its job
+fire goes ahead of hints that cannot."""
 
 from __future__ import annotations
 
@@ -103,6 +104,81 @@ def test_a_hint_during_a_tick_is_taken_by_that_tick(
 
     asyncio.run(scenario())
     assert checked == [["a", "b"], ["a"]]
+
+
+def test_a_hint_that_can_fire_its_job_goes_ahead_of_those_that_cannot(
+    tmp_path: Path, registry: PluginRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import teckochecker.running_jobs
+
+    status = tmp_path / "status.json"
+    running = {t: "running" for t in ("a1", "b1", "a2", "b2", "a3")}
+    status.write_text(json.dumps(running))
+    config_path = tmp_path / "tc.yaml"
+    jobs_yaml = "".join(
+        f"  - name: {name}\n    source: {{type: status_file, path: {status}, targets: {targets}}}\n"
+        f"    actions: [{{type: record, ledger: {tmp_path / 'ledger.jsonl'}}}]\n"
+        for name, targets in (("j1", "[a1, b1]"), ("j2", "[a2, b2]"), ("j3", "[a3]"))
+    )
+    config_path.write_text("defaults: {interval: 15m}\njobs:\n" + jobs_yaml)
+    config = load_config(config_path, registry)
+    checked: list[list[str]] = []
+    gate = asyncio.Event()
+    original = StatusFileSource.check
+
+    async def held_check(self: StatusFileSource, targets: Sequence[str]) -> CheckReport:
+        report = await original(self, targets)
+        checked.append(list(targets))
+        if list(targets) == ["a1"]:
+            await gate.wait()
+        return report
+
+    monkeypatch.setattr(StatusFileSource, "check", held_check)
+    monkeypatch.setattr(StatusFileSource, "push_channel", "test")
+    monkeypatch.setattr(teckochecker.running_jobs, "DEFERRED_HINT_TICKS", 1)
+
+    async def scenario() -> None:
+        store = StateStore.open(f"sqlite:///{tmp_path / 'state.db'}")
+        worker = StoreWorker()
+        metrics = Metrics()
+        clock = SystemClock()
+        log = logging.getLogger("test_hints")
+        services = TickServices(store, worker, clock, CrashPoints({}), log, metrics, random.Random(1))
+        context = PluginContext(http=None, clock=clock, secret=SecretResolver({}, {}, Redactor()), logger=log)  # type: ignore[arg-type]
+        jobs = RunningJobs(
+            services,
+            context,
+            StoreGuard(None, log, lambda: None),
+            stopping=lambda: False,
+            metrics=metrics,
+            logger=log,
+            clock=clock,
+            rng=random.Random(1),
+        )
+        try:
+            await jobs.start(config.jobs, 0.0)
+            await _until(lambda: len(checked) == 3)  # each job's first poll
+            # ... written, and kept in the watch cache: what hint() knows of a job's pending targets.
+            await _until(lambda: all(jobs._runner.pending_targets(n) is not None for n in ("j1", "j2", "j3")))
+            status.write_text(json.dumps(running | {"a1": "succeeded", "a2": "succeeded", "a3": "succeeded"}))
+            assert jobs.hint("test", "a1", clock.monotonic()) == 1  # j1 still waits for b1: deferred, run (1 at a time)
+            await _until(lambda: ["a1"] in checked)
+            assert jobs.hint("test", "a2", clock.monotonic()) == 1  # deferred, and the one place is taken
+            assert jobs.hint("test", "a3", clock.monotonic()) == 1  # j3's last target: checked at once
+            await _until(lambda: ["a3"] in checked)
+            await _until(lambda: store.job("j3").state.value != "watching")  # type: ignore[union-attr]
+            assert ["a2"] not in checked
+            gate.set()  # j1's check ends; j2's deferred hint is checked next
+            await _until(lambda: ["a2"] in checked)
+        finally:
+            gate.set()
+            await jobs.stop(1.0)
+            await jobs.aclose()
+            worker.close()
+            store.close()
+
+    asyncio.run(scenario())
+    assert checked[3:] == [["a1"], ["a3"], ["a2"]]
 
 
 async def _until(predicate, timeout: float = WAIT) -> None:  # type: ignore[no-untyped-def]

@@ -67,6 +67,11 @@ def main() -> int:
     )
     parser.add_argument("--spread", type=float, default=60.0, help="--webhooks: seconds over which batches complete")
     parser.add_argument("--concurrency", type=int, default=10, help="--webhooks: defaults.concurrency")
+    parser.add_argument(
+        "--hooked-only",
+        action="store_true",
+        help="--webhooks: complete only the hooked group's batches (the polled group still polls beside it)",
+    )
     args = parser.parse_args()
     if args.webhooks:
         import pipeline_webhooks

@@ -36,6 +36,10 @@ APPLY_CHUNK = 100
 # Hinted ticks that cannot let their job fire (it waits for targets no hint has named yet) run at most this
 # many at once; a hint that can let its job fire is checked at once, ahead of them (see hint()).
 DEFERRED_HINT_TICKS = 10
+# A target a notification named that the fresh check still shows unfinished (OpenAI's batch events are all
+# about ended batches, so its read lags its event) is checked fresh again after these delays, then left to
+# the job's poll.
+RECHECK_DELAYS = (5.0, 15.0, 45.0)
 
 
 class RunningJobs:
@@ -75,6 +79,8 @@ class RunningJobs:
         # Hinted jobs that cannot fire yet, in the order hinted, and those of them let run now.
         self._deferred: dict[str, None] = {}
         self._deferred_running: set[str] = set()
+        # Per job, hinted targets to check fresh again: target → (due, received, checks so far).
+        self._rechecks: dict[str, dict[str, tuple[float, float, int]]] = {}
 
     # ----- start and stop -----
 
@@ -83,7 +89,7 @@ class RunningJobs:
         if self._ticker.shut_down:  # a replica that leads again after standing by
             self._ticker = Ticker(self._tick, self._clock, self._log, self._metrics)
         self._halted = False
-        self._deferred, self._deferred_running = {}, set()
+        self._deferred, self._deferred_running, self._rechecks = {}, set(), {}
         self._definitions = definitions
         self._jobs = {name: JobRuntime.build(d, self._context) for name, d in definitions.items()}
         self._watchers = _watchers(self._jobs.values())
@@ -260,6 +266,7 @@ class RunningJobs:
             self._run_hinted(name)  # hinted after the last step: the next tick takes it
         if result.done:
             self._hints.pop(name, None)
+            self._rechecks.pop(name, None)
             self._ticker.unschedule(name)
             await self._retire_if_removed(name)
         elif result.next_in is not None:
@@ -267,11 +274,42 @@ class RunningJobs:
 
     async def _step(self, job: JobRuntime) -> TickResult:
         hints = self._hints.pop(job.name, {})
+        checks = self._due_rechecks(job.name)
+        hints = {target: received for target, (received, _) in checks.items()} | hints
         result = await self._runner.tick(job, fresh=hints.keys())
         if hints and result.fired:
-            # The job fired on a notification: from its earliest receipt to the end of the first action start.
-            self._metrics.webhook_to_action.observe(max(0.0, self._clock.monotonic() - min(hints.values())))
+            # The job fired on a notification: from the receipt of the last one (the event that let it fire;
+            # earlier ones may have waited their turn, see hint()) to the end of the first action start.
+            self._metrics.webhook_to_action.observe(max(0.0, self._clock.monotonic() - max(hints.values())))
+        if hints and not result.done:
+            self._recheck_later(job.name, hints, checks)
         return result
+
+    def _due_rechecks(self, name: str) -> dict[str, tuple[float, int]]:
+        """The targets due to be checked fresh again: target → (received, checks so far)."""
+        waiting = self._rechecks.get(name)
+        if not waiting:
+            return {}
+        now = self._clock.monotonic()
+        due = {target: (received, n) for target, (at, received, n) in waiting.items() if at <= now}
+        for target in due:
+            del waiting[target]
+        return due
+
+    def _recheck_later(self, name: str, hints: Mapping[str, float], checks: Mapping[str, tuple[float, int]]) -> None:
+        pending = self._runner.pending_targets(name)
+        if pending is None:  # not known without a read (the check failed, or the job fired): the poll decides
+            return
+        for target in set(hints) & set(pending):
+            done = checks[target][1] if target in checks else 1
+            if done > len(RECHECK_DELAYS):
+                self._log.info(
+                    "job %s: %s still unfinished after %d checks a notification asked for", name, target, done
+                )
+                continue
+            delay = RECHECK_DELAYS[done - 1]
+            self._rechecks.setdefault(name, {})[target] = (self._clock.monotonic() + delay, hints[target], done + 1)
+            self._ticker.run_in(name, delay)
 
     @staticmethod
     def _due_now(result: TickResult) -> bool:

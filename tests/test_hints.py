@@ -181,6 +181,79 @@ def test_a_hint_that_can_fire_its_job_goes_ahead_of_those_that_cannot(
     assert checked[3:] == [["a1"], ["a3"], ["a2"]]
 
 
+def test_a_hinted_target_still_unfinished_is_checked_again_a_few_times_then_left_to_the_poll(
+    tmp_path: Path, registry: PluginRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OpenAI's batch events are about ended batches; a fresh read still showing one running lags the event."""
+    import teckochecker.running_jobs
+
+    status = tmp_path / "status.json"
+    status.write_text(json.dumps({"a": "running", "b": "running"}))
+    config_path = tmp_path / "tc.yaml"
+    config_path.write_text(
+        textwrap.dedent(f"""\
+        jobs:
+          - name: j
+            interval: 15m
+            source: {{type: status_file, path: {status}, targets: [a, b]}}
+            actions: [{{type: record, ledger: {tmp_path / "ledger.jsonl"}}}]
+        """)
+    )
+    config = load_config(config_path, registry)
+    checked: list[list[str]] = []
+    original = StatusFileSource.check
+
+    async def counted_check(self: StatusFileSource, targets: Sequence[str]) -> CheckReport:
+        checked.append(list(targets))
+        return await original(self, targets)
+
+    monkeypatch.setattr(StatusFileSource, "check", counted_check)
+    monkeypatch.setattr(StatusFileSource, "push_channel", "test")
+    monkeypatch.setattr(teckochecker.running_jobs, "RECHECK_DELAYS", (0.2, 0.2))
+
+    async def scenario() -> None:
+        store = StateStore.open(f"sqlite:///{tmp_path / 'state.db'}")
+        worker = StoreWorker()
+        metrics = Metrics()
+        clock = SystemClock()
+        log = logging.getLogger("test_hints")
+        services = TickServices(store, worker, clock, CrashPoints({}), log, metrics, random.Random(1))
+        context = PluginContext(http=None, clock=clock, secret=SecretResolver({}, {}, Redactor()), logger=log)  # type: ignore[arg-type]
+        jobs = RunningJobs(
+            services,
+            context,
+            StoreGuard(None, log, lambda: None),
+            stopping=lambda: False,
+            metrics=metrics,
+            logger=log,
+            clock=clock,
+            rng=random.Random(1),
+        )
+        try:
+            await jobs.start(config.jobs, 0.0)
+            await _until(lambda: jobs._runner.pending_targets("j") is not None)  # the first poll, kept
+            assert jobs.hint("test", "a", clock.monotonic()) == 1
+            await _until(lambda: checked.count(["a"]) == 3)  # the hinted check, and two more
+            await asyncio.sleep(0.6)  # three times the delay: nothing more is asked
+            assert checked.count(["a"]) == 3
+            # A later event for it is checked again, and this time the read has caught up.
+            status.write_text(json.dumps({"a": "succeeded", "b": "running"}))
+            assert jobs.hint("test", "a", clock.monotonic()) == 1
+            await _until(lambda: checked.count(["a"]) == 4)
+            await asyncio.sleep(0.6)
+            assert checked.count(["a"]) == 4  # seen finished: not checked again
+            next_run = jobs.next_run("j")
+            assert next_run is not None and (next_run - clock.now()).total_seconds() > 600
+        finally:
+            await jobs.stop(1.0)
+            await jobs.aclose()
+            worker.close()
+            store.close()
+
+    asyncio.run(scenario())
+    assert checked[0] == ["a", "b"] and ["b"] not in checked
+
+
 async def _until(predicate, timeout: float = WAIT) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while not predicate():

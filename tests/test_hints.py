@@ -63,23 +63,13 @@ def test_a_hint_during_a_tick_is_taken_by_that_tick(
     monkeypatch.setattr(StatusFileSource, "push_channel", "test")
 
     async def scenario() -> None:
-        store = StateStore.open(f"sqlite:///{tmp_path / 'state.db'}")
-        worker = StoreWorker()
-        metrics = Metrics()
-        clock = SystemClock()
-        log = logging.getLogger("test_hints")
-        services = TickServices(store, worker, clock, CrashPoints({}), log, metrics, random.Random(1))
-        context = PluginContext(http=None, clock=clock, secret=SecretResolver({}, {}, Redactor()), logger=log)  # type: ignore[arg-type]
-        jobs = RunningJobs(
-            services,
-            context,
-            StoreGuard(None, log, lambda: None),
-            stopping=lambda: False,
-            metrics=metrics,
-            logger=log,
-            clock=clock,
-            rng=random.Random(1),
+        store, worker, metrics, clock = (
+            StateStore.open(f"sqlite:///{tmp_path / 'state.db'}"),
+            StoreWorker(),
+            Metrics(),
+            SystemClock(),
         )
+        jobs = _running_jobs(store, worker, metrics, clock)
         try:
             await jobs.start(config.jobs, 0.0)
             await _until(lambda: len(checked) == 1)
@@ -138,23 +128,13 @@ def test_a_hint_that_can_fire_its_job_goes_ahead_of_those_that_cannot(
     monkeypatch.setattr(teckochecker.running_jobs, "DEFERRED_HINT_TICKS", 1)
 
     async def scenario() -> None:
-        store = StateStore.open(f"sqlite:///{tmp_path / 'state.db'}")
-        worker = StoreWorker()
-        metrics = Metrics()
-        clock = SystemClock()
-        log = logging.getLogger("test_hints")
-        services = TickServices(store, worker, clock, CrashPoints({}), log, metrics, random.Random(1))
-        context = PluginContext(http=None, clock=clock, secret=SecretResolver({}, {}, Redactor()), logger=log)  # type: ignore[arg-type]
-        jobs = RunningJobs(
-            services,
-            context,
-            StoreGuard(None, log, lambda: None),
-            stopping=lambda: False,
-            metrics=metrics,
-            logger=log,
-            clock=clock,
-            rng=random.Random(1),
+        store, worker, metrics, clock = (
+            StateStore.open(f"sqlite:///{tmp_path / 'state.db'}"),
+            StoreWorker(),
+            Metrics(),
+            SystemClock(),
         )
+        jobs = _running_jobs(store, worker, metrics, clock)
         try:
             await jobs.start(config.jobs, 0.0)
             await _until(lambda: len(checked) == 3)  # each job's first poll
@@ -212,23 +192,13 @@ def test_a_hinted_target_still_unfinished_is_checked_again_a_few_times_then_left
     monkeypatch.setattr(teckochecker.running_jobs, "RECHECK_DELAYS", (0.2, 0.2))
 
     async def scenario() -> None:
-        store = StateStore.open(f"sqlite:///{tmp_path / 'state.db'}")
-        worker = StoreWorker()
-        metrics = Metrics()
-        clock = SystemClock()
-        log = logging.getLogger("test_hints")
-        services = TickServices(store, worker, clock, CrashPoints({}), log, metrics, random.Random(1))
-        context = PluginContext(http=None, clock=clock, secret=SecretResolver({}, {}, Redactor()), logger=log)  # type: ignore[arg-type]
-        jobs = RunningJobs(
-            services,
-            context,
-            StoreGuard(None, log, lambda: None),
-            stopping=lambda: False,
-            metrics=metrics,
-            logger=log,
-            clock=clock,
-            rng=random.Random(1),
+        store, worker, metrics, clock = (
+            StateStore.open(f"sqlite:///{tmp_path / 'state.db'}"),
+            StoreWorker(),
+            Metrics(),
+            SystemClock(),
         )
+        jobs = _running_jobs(store, worker, metrics, clock)
         try:
             await jobs.start(config.jobs, 0.0)
             await _until(lambda: jobs._runner.pending_targets("j") is not None)  # the first poll, kept
@@ -252,6 +222,22 @@ def test_a_hinted_target_still_unfinished_is_checked_again_a_few_times_then_left
 
     asyncio.run(scenario())
     assert checked[0] == ["a", "b"] and ["b"] not in checked
+
+
+def _running_jobs(store: StateStore, worker: StoreWorker, metrics: Metrics, clock: SystemClock) -> RunningJobs:
+    log = logging.getLogger("test_hints")
+    services = TickServices(store, worker, clock, CrashPoints({}), log, metrics, random.Random(1))
+    context = PluginContext(http=None, clock=clock, secret=SecretResolver({}, {}, Redactor()), logger=log)  # type: ignore[arg-type]
+    return RunningJobs(
+        services,
+        context,
+        StoreGuard(None, log, lambda: None),
+        stopping=lambda: False,
+        metrics=metrics,
+        logger=log,
+        clock=clock,
+        rng=random.Random(1),
+    )
 
 
 async def _until(predicate, timeout: float = WAIT) -> None:  # type: ignore[no-untyped-def]

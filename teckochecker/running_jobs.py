@@ -187,15 +187,25 @@ class RunningJobs:
         return hinted
 
     def _run_hinted(self, name: str) -> None:
-        pending = self._runner.pending_targets(name)
-        if pending is None or set(pending) <= self._hints.get(name, {}).keys():
+        if self._can_fire(name):
             self._deferred.pop(name, None)
             self._ticker.run_in(name, 0)
         elif name not in self._deferred_running:
             self._deferred.setdefault(name, None)
             self._run_deferred()
 
+    def _can_fire(self, name: str) -> bool:
+        """Whether checking the targets named for job ``name`` (hinted, or waiting to be checked again) may
+        let it fire: they are all it still waits for (or that is not known without a read)."""
+        pending = self._runner.pending_targets(name)
+        named = self._hints.get(name, {}).keys() | self._rechecks.get(name, {}).keys()
+        return pending is None or set(pending) <= named
+
     def _run_deferred(self) -> None:
+        # A job removed (or finished) between being let run and its tick never ticks: its place is free.
+        self._deferred_running = {
+            n for n in self._deferred_running if n in self._ticking or self._ticker.next_run(n) is not None
+        }
         while self._deferred and len(self._deferred_running) < DEFERRED_HINT_TICKS and not self._halted:
             name = next(iter(self._deferred))
             del self._deferred[name]
@@ -263,7 +273,9 @@ class RunningJobs:
             self._ticks.discard(task)
             self._ticking.discard(name)
         if name in self._hints and not result.done:
-            self._run_hinted(name)  # hinted after the last step: the next tick takes it
+            # Hinted after the last step: the next tick takes it. Not at once: this is still the job's own
+            # run, and APScheduler skips a run of a job whose run has not ended (max_instances=1).
+            self._ticker.run_in(name, MIN_RESCHEDULE)
         if result.done:
             self._hints.pop(name, None)
             self._rechecks.pop(name, None)
@@ -271,10 +283,13 @@ class RunningJobs:
             await self._retire_if_removed(name)
         elif result.next_in is not None:
             self._ticker.run_in(name, max(result.next_in, MIN_RESCHEDULE))
+        if not result.done:
+            self._arm_rechecks(name)
 
     async def _step(self, job: JobRuntime) -> TickResult:
+        everything = self._can_fire(job.name)  # then the re-checks not due yet are taken too
         hints = self._hints.pop(job.name, {})
-        checks = self._due_rechecks(job.name)
+        checks = self._due_rechecks(job.name, everything)
         hints = {target: received for target, (received, _) in checks.items()} | hints
         result = await self._runner.tick(job, fresh=hints.keys())
         if hints and result.fired:
@@ -285,13 +300,14 @@ class RunningJobs:
             self._recheck_later(job.name, hints, checks)
         return result
 
-    def _due_rechecks(self, name: str) -> dict[str, tuple[float, int]]:
-        """The targets due to be checked fresh again: target → (received, checks so far)."""
+    def _due_rechecks(self, name: str, everything: bool) -> dict[str, tuple[float, int]]:
+        """The targets due to be checked fresh again (all of them with ``everything``): target → (received,
+        checks so far)."""
         waiting = self._rechecks.get(name)
         if not waiting:
             return {}
         now = self._clock.monotonic()
-        due = {target: (received, n) for target, (at, received, n) in waiting.items() if at <= now}
+        due = {target: (received, n) for target, (at, received, n) in waiting.items() if everything or at <= now}
         for target in due:
             del waiting[target]
         return due
@@ -309,7 +325,14 @@ class RunningJobs:
                 continue
             delay = RECHECK_DELAYS[done - 1]
             self._rechecks.setdefault(name, {})[target] = (self._clock.monotonic() + delay, hints[target], done + 1)
-            self._ticker.run_in(name, delay)
+
+    def _arm_rechecks(self, name: str) -> None:
+        """Bring the job's next tick forward to its earliest re-check. Again after every tick: a tick that
+        runs before it puts the next one an interval later."""
+        waiting = self._rechecks.get(name)
+        if waiting:
+            earliest = min(at for at, _, _ in waiting.values())
+            self._ticker.run_in(name, max(MIN_RESCHEDULE, earliest - self._clock.monotonic()))
 
     @staticmethod
     def _due_now(result: TickResult) -> bool:

@@ -148,3 +148,27 @@ def test_the_watch_cache_after_a_jobs_first_observation_holds_what_the_store_hol
         (t.target, t.state, t.vendor_status) for t in stored.targets
     ]
     assert cached.pending_targets == stored.pending_targets == ["a"]
+
+
+def test_a_quiet_check_time_written_late_never_undoes_a_newer_recorded_check(tmp_path: Path) -> None:
+    """Touches wait in the store's normal lane and recorded checks go ahead of them (StoreWorker.run_urgent):
+    a touch from before a recorded check must not put its older times back."""
+    store = StateStore.open(f"sqlite:///{tmp_path / 'state.db'}")
+    store.sync_jobs([JobPlan("j", "fp", ["a", "b"])], T0)
+    later, much_later = T0 + dt.timedelta(minutes=1), T0 + dt.timedelta(minutes=16)
+    store.record_check(
+        "j",
+        check("j", "a", TargetState.RUNNING).report,
+        now=later,
+        next_check_at=much_later,
+        deadline=3600.0,
+        rule=TriggerRule.ALL_TERMINAL,
+        actions=ACTION,
+    )
+    store.touch_jobs([("j", T0, T0 + dt.timedelta(minutes=15))])  # the quiet check before it, written after
+    snap = store.job("j")
+    assert snap is not None and (snap.last_checked_at, snap.next_check_at) == (later, much_later)
+    store.touch_jobs([("j", much_later, much_later + dt.timedelta(minutes=15))])  # a newer one is written
+    snap = store.job("j")
+    store.close()
+    assert snap is not None and snap.last_checked_at == much_later

@@ -224,6 +224,70 @@ def test_a_hinted_target_still_unfinished_is_checked_again_a_few_times_then_left
     assert checked[0] == ["a", "b"] and ["b"] not in checked
 
 
+def test_a_recheck_outlives_another_tick_and_counts_towards_firing_the_job(
+    tmp_path: Path, registry: PluginRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tick run for another hint puts the job's next poll an interval away: the re-check waiting for a
+    target is brought forward again. And a last hint with a re-check still waiting may fire the job: both
+    are checked together, at once."""
+    import teckochecker.running_jobs
+
+    status = tmp_path / "status.json"
+    status.write_text(json.dumps({"a": "running", "b": "running", "c": "running"}))
+    config_path = tmp_path / "tc.yaml"
+    config_path.write_text(
+        textwrap.dedent(f"""\
+        jobs:
+          - name: j
+            interval: 15m
+            source: {{type: status_file, path: {status}, targets: [a, b, c]}}
+            actions: [{{type: record, ledger: {tmp_path / "ledger.jsonl"}}}]
+        """)
+    )
+    config = load_config(config_path, registry)
+    checked: list[list[str]] = []
+    original = StatusFileSource.check
+
+    async def counted_check(self: StatusFileSource, targets: Sequence[str]) -> CheckReport:
+        checked.append(list(targets))
+        return await original(self, targets)
+
+    monkeypatch.setattr(StatusFileSource, "check", counted_check)
+    monkeypatch.setattr(StatusFileSource, "push_channel", "test")
+    monkeypatch.setattr(teckochecker.running_jobs, "RECHECK_DELAYS", (0.3, 30.0, 30.0))
+
+    async def scenario() -> None:
+        store, worker, metrics, clock = (
+            StateStore.open(f"sqlite:///{tmp_path / 'state.db'}"),
+            StoreWorker(),
+            Metrics(),
+            SystemClock(),
+        )
+        jobs = _running_jobs(store, worker, metrics, clock)
+        try:
+            await jobs.start(config.jobs, 0.0)
+            await _until(lambda: jobs._runner.pending_targets("j") is not None)
+            assert jobs.hint("test", "a", clock.monotonic()) == 1  # still shown running: re-checked later
+            await _until(lambda: ["a"] in checked)
+            status.write_text(json.dumps({"a": "running", "b": "running", "c": "succeeded"}))
+            assert jobs.hint("test", "c", clock.monotonic()) == 1  # another tick, before a's re-check
+            await _until(lambda: ["c"] in checked)
+            await _until(lambda: checked.count(["a"]) == 2)  # a's re-check still came
+            # Its next re-check is 30 s away; b's event names the last other target: both now, and it fires.
+            status.write_text(json.dumps({"a": "succeeded", "b": "succeeded", "c": "succeeded"}))
+            assert jobs.hint("test", "b", clock.monotonic()) == 1
+            await _until(lambda: ["a", "b"] in checked)
+            await _until(lambda: store.job("j").state.value != "watching")  # type: ignore[union-attr]
+        finally:
+            await jobs.stop(1.0)
+            await jobs.aclose()
+            worker.close()
+            store.close()
+
+    asyncio.run(scenario())
+    assert checked[0] == ["a", "b", "c"] and ["b"] not in checked
+
+
 def _running_jobs(store: StateStore, worker: StoreWorker, metrics: Metrics, clock: SystemClock) -> RunningJobs:
     log = logging.getLogger("test_hints")
     services = TickServices(store, worker, clock, CrashPoints({}), log, metrics, random.Random(1))

@@ -4,6 +4,7 @@ whose caller gave up are not run, and a closed worker refuses new calls."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 
 import pytest
@@ -50,6 +51,10 @@ def test_a_call_whose_caller_gave_up_is_not_run_and_errors_reach_the_caller() ->
         kept = asyncio.ensure_future(worker.run(ran.append, "kept"))
         await asyncio.sleep(0.05)
         given_up.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await given_up
+        for _ in range(3):  # the cancellation reaches the worker's side in a callback of the loop
+            await asyncio.sleep(0)
         release.set()
         await asyncio.gather(holding, kept)
 

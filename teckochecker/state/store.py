@@ -458,9 +458,15 @@ class StateStore(RunTransitions):
 
     def touch_jobs(self, touches: Sequence[tuple[str, dt.datetime, dt.datetime | None]]) -> None:
         """Record quiet checks (nothing new seen) of many watching jobs in one transaction."""
+        j = schema.jobs
         statement = (
-            sa.update(schema.jobs)
-            .where(schema.jobs.c.name == sa.bindparam("b_name"), schema.jobs.c.state == JobState.WATCHING.value)
+            sa.update(j)
+            .where(
+                j.c.name == sa.bindparam("b_name"),
+                j.c.state == JobState.WATCHING.value,
+                # A check recorded since (urgent, so possibly written first) has the newer times: keep them.
+                sa.or_(j.c.last_checked_at.is_(None), j.c.last_checked_at < sa.bindparam("b_checked")),
+            )
             .values(last_checked_at=sa.bindparam("b_checked"), next_check_at=sa.bindparam("b_next"))
         )
         with self._engine.begin() as conn:

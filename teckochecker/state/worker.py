@@ -44,6 +44,8 @@ class StoreWorker:
         self._thread.start()
         self._hidden = [h for h in hidden if h]
         self._closed = False
+        # close() runs on another thread: nothing may be queued behind the stop marker, never to be answered.
+        self._closing = threading.Lock()
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         return await self._submit(NORMAL, functools.partial(fn, *args, **kwargs))
@@ -53,10 +55,11 @@ class StoreWorker:
         return await self._submit(URGENT, functools.partial(fn, *args, **kwargs))
 
     async def _submit(self, lane: int, call: Callable[[], T]) -> T:
-        if self._closed:
-            raise StateStoreUnavailable("the daemon is shutting down")
         future: Future[T] = Future()
-        self._calls.put((lane, next(self._order), call, future))
+        with self._closing:
+            if self._closed:
+                raise StateStoreUnavailable("the daemon is shutting down")
+            self._calls.put((lane, next(self._order), call, future))
         try:
             return await asyncio.wrap_future(future)
         except DBAPIError as exc:
@@ -85,13 +88,14 @@ class StoreWorker:
 
     def close(self) -> None:
         """Let the transaction under way finish; then stop. Calls still waiting are cancelled."""
-        self._closed = True
-        while True:
-            try:
-                _, _, _, future = self._calls.get_nowait()
-            except queue.Empty:
-                break
-            if future is not None:
-                future.cancel()
-        self._calls.put((-1, -1, None, None))  # ahead of anything put meanwhile
+        with self._closing:
+            self._closed = True
+            while True:
+                try:
+                    _, _, _, future = self._calls.get_nowait()
+                except queue.Empty:
+                    break
+                if future is not None:
+                    future.cancel()
+            self._calls.put((-1, -1, None, None))
         self._thread.join()

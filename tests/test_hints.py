@@ -17,7 +17,7 @@ import pytest
 from teckotest_plugin import StatusFileSource
 
 from teckochecker.clock import SystemClock
-from teckochecker.config.validate import load_config
+from teckochecker.config.validate import Config, load_config
 from teckochecker.crashpoints import CrashPoints
 from teckochecker.metrics import Metrics
 from teckochecker.plugin_api import CheckReport, PluginContext
@@ -35,19 +35,7 @@ WAIT = 10.0
 def test_a_hint_during_a_tick_is_taken_by_that_tick(
     tmp_path: Path, registry: PluginRegistry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    status = tmp_path / "status.json"
-    status.write_text(json.dumps({"a": "running", "b": "running"}))
-    config_path = tmp_path / "tc.yaml"
-    config_path.write_text(
-        textwrap.dedent(f"""\
-        jobs:
-          - name: j
-            interval: 15m
-            source: {{type: status_file, path: {status}, targets: [a, b]}}
-            actions: [{{type: record, ledger: {tmp_path / "ledger.jsonl"}}}]
-        """)
-    )
-    config = load_config(config_path, registry)
+    status, config = _one_job(tmp_path, registry, ["a", "b"])
     checked: list[list[str]] = []
     gate = asyncio.Event()
     original = StatusFileSource.check
@@ -167,28 +155,8 @@ def test_a_hinted_target_still_unfinished_is_checked_again_a_few_times_then_left
     """OpenAI's batch events are about ended batches; a fresh read still showing one running lags the event."""
     import teckochecker.running_jobs
 
-    status = tmp_path / "status.json"
-    status.write_text(json.dumps({"a": "running", "b": "running"}))
-    config_path = tmp_path / "tc.yaml"
-    config_path.write_text(
-        textwrap.dedent(f"""\
-        jobs:
-          - name: j
-            interval: 15m
-            source: {{type: status_file, path: {status}, targets: [a, b]}}
-            actions: [{{type: record, ledger: {tmp_path / "ledger.jsonl"}}}]
-        """)
-    )
-    config = load_config(config_path, registry)
-    checked: list[list[str]] = []
-    original = StatusFileSource.check
-
-    async def counted_check(self: StatusFileSource, targets: Sequence[str]) -> CheckReport:
-        checked.append(list(targets))
-        return await original(self, targets)
-
-    monkeypatch.setattr(StatusFileSource, "check", counted_check)
-    monkeypatch.setattr(StatusFileSource, "push_channel", "test")
+    status, config = _one_job(tmp_path, registry, ["a", "b"])
+    checked = _counted_checks(monkeypatch)
     monkeypatch.setattr(teckochecker.running_jobs, "RECHECK_DELAYS", (0.2, 0.2))
 
     async def scenario() -> None:
@@ -232,28 +200,8 @@ def test_a_recheck_outlives_another_tick_and_counts_towards_firing_the_job(
     are checked together, at once."""
     import teckochecker.running_jobs
 
-    status = tmp_path / "status.json"
-    status.write_text(json.dumps({"a": "running", "b": "running", "c": "running"}))
-    config_path = tmp_path / "tc.yaml"
-    config_path.write_text(
-        textwrap.dedent(f"""\
-        jobs:
-          - name: j
-            interval: 15m
-            source: {{type: status_file, path: {status}, targets: [a, b, c]}}
-            actions: [{{type: record, ledger: {tmp_path / "ledger.jsonl"}}}]
-        """)
-    )
-    config = load_config(config_path, registry)
-    checked: list[list[str]] = []
-    original = StatusFileSource.check
-
-    async def counted_check(self: StatusFileSource, targets: Sequence[str]) -> CheckReport:
-        checked.append(list(targets))
-        return await original(self, targets)
-
-    monkeypatch.setattr(StatusFileSource, "check", counted_check)
-    monkeypatch.setattr(StatusFileSource, "push_channel", "test")
+    status, config = _one_job(tmp_path, registry, ["a", "b", "c"])
+    checked = _counted_checks(monkeypatch)
     monkeypatch.setattr(teckochecker.running_jobs, "RECHECK_DELAYS", (0.3, 30.0, 30.0))
 
     async def scenario() -> None:
@@ -286,6 +234,37 @@ def test_a_recheck_outlives_another_tick_and_counts_towards_firing_the_job(
 
     asyncio.run(scenario())
     assert checked[0] == ["a", "b", "c"] and ["b"] not in checked
+
+
+def _one_job(tmp_path: Path, registry: PluginRegistry, targets: list[str]) -> tuple[Path, Config]:
+    """Job ``j`` watching ``targets`` (all running) in a status file, polled every 15 min."""
+    status = tmp_path / "status.json"
+    status.write_text(json.dumps(dict.fromkeys(targets, "running")))
+    config_path = tmp_path / "tc.yaml"
+    config_path.write_text(
+        textwrap.dedent(f"""\
+        jobs:
+          - name: j
+            interval: 15m
+            source: {{type: status_file, path: {status}, targets: [{", ".join(targets)}]}}
+            actions: [{{type: record, ledger: {tmp_path / "ledger.jsonl"}}}]
+        """)
+    )
+    return status, load_config(config_path, registry)
+
+
+def _counted_checks(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """Every check's targets, in order; the status file source answers on the push channel "test"."""
+    checked: list[list[str]] = []
+    original = StatusFileSource.check
+
+    async def counted_check(self: StatusFileSource, targets: Sequence[str]) -> CheckReport:
+        checked.append(list(targets))
+        return await original(self, targets)
+
+    monkeypatch.setattr(StatusFileSource, "check", counted_check)
+    monkeypatch.setattr(StatusFileSource, "push_channel", "test")
+    return checked
 
 
 def _running_jobs(store: StateStore, worker: StoreWorker, metrics: Metrics, clock: SystemClock) -> RunningJobs:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import resource
 import socket
 import textwrap
@@ -65,8 +64,7 @@ def running(tmp_path: Path, plugin_env: dict[str, str]):
     daemon = DaemonProcess(write(tmp_path), env, tmp_path)
     daemon.wait_for("job done: completed")
     daemon.wait_for("job refused: failed")
-    port = int(re.search(r"HTTP listening on http://127\.0\.0\.1:(\d+)", daemon.output).group(1))
-    yield daemon, f"http://127.0.0.1:{port}", env
+    yield daemon, daemon.http_url(), env
     code, _ = daemon.stop()
     assert code == 0
 
@@ -137,7 +135,7 @@ def test_a_state_store_outage_is_503_not_a_bug(tmp_path: Path, plugin_env: dict[
     env = {**plugin_env, "TC_CONTROL_TOKEN": TOKEN}
     daemon = DaemonProcess(config, env, tmp_path)
     daemon.wait_for("job done: completed")
-    base = re.search(r"HTTP listening on (http://127\.0\.0\.1:\d+)", daemon.output).group(1)
+    base = daemon.http_url()
     assert httpx.get(base + "/api/v1/jobs").status_code == 200
     admin_url = postgres_url.replace("postgresql+psycopg://", "postgresql://").rsplit("/", 1)[0] + "/postgres"
     with psycopg.connect(admin_url, autocommit=True) as admin:

@@ -162,8 +162,7 @@ def test_deleting_the_state_file_under_a_running_daemon_stops_it_acting(
         job("j", status, ledger, targets=f"[a, b], check_log: {checks}"),  # the source logs each check
     )
     daemon = DaemonProcess(config, plugin_env, tmp_path)
-    daemon.wait_for("HTTP listening on")
-    base = "http://127.0.0.1:" + re.search(r"HTTP listening on http://127\.0\.0\.1:(\d+)", daemon.output).group(1)
+    base = daemon.http_url()
     wait_for_lines(checks, 2)
     assert httpx.get(base + "/readyz").status_code == 200
 

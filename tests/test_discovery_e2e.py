@@ -107,10 +107,8 @@ def test_a_discovered_group_fires_exactly_one_keboola_job_and_a_bad_count_fires_
     bad = submit(openai_fake, "bad-1", "three", 1)
     daemon = DaemonProcess(write_config(tmp_path, openai_fake, keboola), env, tmp_path)
     try:
-        daemon.wait_for("HTTP listening on")
-        port = re.search(r"HTTP listening on http://127\.0\.0\.1:(\d+)", daemon.output)
-        assert port is not None
-        api = f"http://127.0.0.1:{port.group(1)}/api/v1/jobs"
+        base = daemon.http_url()
+        api = base + "/api/v1/jobs"
 
         def job(name: str) -> dict[str, Any] | None:
             response = httpx.get(f"{api}/{name}", timeout=5)
@@ -132,7 +130,7 @@ def test_a_discovered_group_fires_exactly_one_keboola_job_and_a_bad_count_fires_
         third = submit(openai_fake, "run-7", "3", 1)
         done = wait_until(lambda: (j := job("run-7")) and j["state"] == "completed" and j, daemon, "run-7 done")
         assert [t["target"] for t in done["targets"]] == first + third
-        metrics = httpx.get(f"http://127.0.0.1:{port.group(1)}/metrics", timeout=5).text
+        metrics = httpx.get(base + "/metrics", timeout=5).text
         for outcome, count in (("discovered", 2), ("complete", 1), ("failed", 1)):
             line = f'teckochecker_discovery_groups_total{{outcome="{outcome}",template="classify"}} {count}.0'
             assert line in metrics, outcome

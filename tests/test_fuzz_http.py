@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import socket
 import urllib.parse
@@ -303,9 +302,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDaemon]:
     process = DaemonProcess(write_daemon_config(directory), env, directory)
     process.wait_for("job done: completed")
     process.wait_for("job refused: failed")
-    port = re.search(r"HTTP listening on http://127\.0\.0\.1:(\d+)", process.output)
-    assert port is not None
-    yield RunningDaemon(f"http://127.0.0.1:{port.group(1)}", process)
+    yield RunningDaemon(process.http_url(), process)
     code, _ = process.stop()
     assert code == 0, process.output[-3000:]
 

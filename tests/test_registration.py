@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import re
 import textwrap
 import time
 from pathlib import Path
@@ -76,8 +75,7 @@ class Setup:
 def start(setup: Setup, env: dict[str, str]) -> tuple[DaemonProcess, httpx.Client]:
     daemon = DaemonProcess(setup.config, env, setup.dir)
     daemon.wait_for("teckochecker started")
-    port = int(re.search(r"HTTP listening on http://127\.0\.0\.1:(\d+)", daemon.output).group(1))
-    return daemon, httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
+    return daemon, httpx.Client(base_url=daemon.http_url(), timeout=10)
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ again (a retry) changes nothing; a restart keeps the registered job and fires no
 
 from __future__ import annotations
 
-import re
 import textwrap
 import time
 from pathlib import Path
@@ -55,8 +54,7 @@ def write_config(tmp_path: Path, openai: FakeOpenAI, keboola: FakeKeboola) -> Pa
 def start(config: Path, env: dict[str, str], cwd: Path) -> tuple[DaemonProcess, httpx.Client]:
     daemon = DaemonProcess(config, env, cwd)
     daemon.wait_for("teckochecker started")
-    port = int(re.search(r"HTTP listening on http://127\.0\.0\.1:(\d+)", daemon.output).group(1))
-    return daemon, httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
+    return daemon, httpx.Client(base_url=daemon.http_url(), timeout=10)
 
 
 def test_a_job_registered_over_http_fires_one_keboola_job(tmp_path: Path, plugin_env: dict[str, str]) -> None:

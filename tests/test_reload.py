@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import textwrap
 import time
@@ -224,8 +223,7 @@ def test_sighup_reloads_and_restart_only_settings_are_reported(setup: Setup, plu
 
 
 def http_base(daemon: DaemonProcess) -> str:
-    daemon.wait_for("HTTP listening on")
-    return re.search(r"HTTP listening on (http://127\.0\.0\.1:\d+)", daemon.output).group(1)  # type: ignore[union-attr]
+    return daemon.http_url()
 
 
 def test_an_unexpected_error_while_reloading_is_reported_and_the_daemon_keeps_serving(

@@ -301,10 +301,7 @@ def test_replicas_show_in_status_warn_when_their_jobs_differ_and_a_clean_stop_ha
 
 
 def _base_url(daemon: DaemonProcess) -> str:
-    daemon.wait_for("HTTP listening on")
-    match = re.search(r"HTTP listening on (http://127\.0\.0\.1:\d+)", daemon.output)
-    assert match is not None
-    return match.group(1)
+    return daemon.http_url()
 
 
 def test_a_replica_started_while_the_leaders_creates_are_under_way_neither_reconciles_nor_restarts_them(

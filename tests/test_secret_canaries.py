@@ -8,7 +8,6 @@ ones (a tab inside, the one trailing newline of a file) are used, and are found 
 from __future__ import annotations
 
 import json
-import re
 import signal
 import sqlite3
 import textwrap
@@ -140,8 +139,7 @@ def test_canaries_through_every_kind_of_secret_appear_in_no_output(
     )
     keboola.post_fault("503_echo_token")  # in doubt: the daemon searches, then starts it once
     daemon = DaemonProcess(config, env, tmp_path, "--log-level", "DEBUG")
-    daemon.wait_for("HTTP listening on", timeout=30)
-    base = "http://127.0.0.1:" + re.search(r"HTTP listening on http://127\.0\.0\.1:(\d+)", daemon.output).group(1)
+    base = daemon.http_url(timeout=30)
     daemon.wait_for("job fire: completed", timeout=90)
     assert any(r.headers.get("x-storageapi-token") == KEBOOLA_TOKEN for r in keboola.requests)
     assert any(r.headers.get("authorization") == f"Bearer {OPENAI_KEY}" for r in openai.requests)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -39,6 +40,13 @@ class DaemonProcess:
                 raise AssertionError(f"daemon exited ({self.proc.returncode}) before {text!r}:\n{self.output}")
             time.sleep(0.05)
         raise AssertionError(f"timed out waiting for {text!r}:\n{self.output}")
+
+    def http_url(self, timeout: float = 20.0) -> str:
+        """The API listener's base URL, once the daemon has logged it (jobs may fire before it listens)."""
+        self.wait_for("HTTP listening on", timeout)
+        match = re.search(r"HTTP listening on (http://127\.0\.0\.1:\d+)", self.output)
+        assert match is not None, self.output
+        return match.group(1)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> tuple[int, float]:
         """Send ``sig``; return the exit code and how long the process took to exit."""

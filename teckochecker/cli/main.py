@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
+import uvloop
 from sqlalchemy.engine import make_url
 
 from teckochecker import __version__
@@ -265,7 +266,10 @@ def cmd_run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         notifier=Notifier(environ, logger=logger),
     )
     try:
-        asyncio.run(daemon.run())
+        # uvloop: the same asyncio API on libuv. In the webhook benchmark's burst the daemon is CPU-bound in
+        # its event loop (HTTP in and out); on uvloop it used 30 % less CPU for the same work (README).
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(daemon.run())
     except TeckoCheckerError as exc:
         logger.error("%s", exc)
         return EXIT_ERROR

@@ -62,9 +62,11 @@ class JobRunner:
         if touches:
             await self._db.run(self._store.touch_jobs, touches)
 
-    async def tick(self, job: JobRuntime, fresh: Collection[str] = ()) -> TickResult:
+    async def tick(self, job: JobRuntime, fresh: Collection[str] = (), notified_at: float | None = None) -> TickResult:
         """One step of the job. ``fresh``: targets a push notification named; then only those (of the ones
-        still pending) are checked, straight from the vendor, instead of every pending target."""
+        still pending) are checked, straight from the vendor, instead of every pending target.
+        ``notified_at``: the monotonic receipt of the last of those notifications; when this tick fires the
+        job, its first action start is timed from it (teckochecker_webhook_to_action_seconds)."""
         snap = self._cache.get(job.name)
         if snap is None:
             snap = await self._db.run(self._store.job, job.name)
@@ -83,7 +85,7 @@ class JobRunner:
                 fired = True
                 snap = await self._reload(job.name)
         if state is JobState.FIRING:
-            next_in = await self._actions.advance(job, snap)
+            next_in = await self._actions.advance(job, snap, notified_at if fired else None)
             if next_in is None:
                 self._conditions.forget(job.name)
                 return TickResult(done=True, fired=fired)

@@ -291,11 +291,10 @@ class RunningJobs:
         hints = self._hints.pop(job.name, {})
         checks = self._due_rechecks(job.name, everything)
         hints = {target: received for target, (received, _) in checks.items()} | hints
-        result = await self._runner.tick(job, fresh=hints.keys())
-        if hints and result.fired:
-            # The job fired on a notification: from the receipt of the last one (the event that let it fire;
-            # earlier ones may have waited their turn, see hint()) to the end of the first action start.
-            self._metrics.webhook_to_action.observe(max(0.0, self._clock.monotonic() - max(hints.values())))
+        # Timed from the last notification's receipt (the event that let the job fire, if it does; earlier
+        # ones may have waited their turn, see hint()).
+        notified_at = max(hints.values()) if hints else None
+        result = await self._runner.tick(job, fresh=hints.keys(), notified_at=notified_at)
         if hints and not result.done:
             self._recheck_later(job.name, hints, checks)
         return result

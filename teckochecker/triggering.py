@@ -68,9 +68,10 @@ class ActionDriver:
         self._failures: dict[int, _StepFailure] = {}
         self._conditions = ConditionLog(services.logger)
 
-    async def advance(self, job: JobRuntime, snap: JobSnapshot) -> float | None:
+    async def advance(self, job: JobRuntime, snap: JobSnapshot, notified_at: float | None = None) -> float | None:
         """Move every unfinished action of a fired job one step. Returns seconds until the next step is
-        due, or None once the job is finished."""
+        due, or None once the job is finished. ``notified_at``: the monotonic receipt of the notification
+        that let the job fire just now, if one did (each first start is timed from it)."""
         request_targets = tuple(t.as_observation() for t in snap.targets)
         waits = []
         for run in snap.runs:
@@ -86,7 +87,7 @@ class ActionDriver:
             if action is None:
                 waits.append(await self._orphaned(run, orphaned or _REMOVED))
                 continue
-            waits.append(await self._step(action, run, request))
+            waits.append(await self._step(action, run, request, notified_at))
         self._report(job.name, snap.runs)
         final = await self._db.run(self._store.finish_job_if_done, job.name, now=self._clock.now())
         if final is not None:
@@ -95,12 +96,14 @@ class ActionDriver:
             return None
         return max(0.0, min(waits)) if waits else IDLE_RECHECK
 
-    async def _step(self, action: Action, run: RunSnapshot, request: ActionRequest) -> float:
+    async def _step(
+        self, action: Action, run: RunSnapshot, request: ActionRequest, notified_at: float | None = None
+    ) -> float:
         now = self._clock.now()
         if run.next_try_at is not None and now < run.next_try_at and run.state is not RunState.SENDING:
             return (run.next_try_at - now).total_seconds()
         if run.state is RunState.PENDING:
-            return await self._start(action, run, request)
+            return await self._start(action, run, request, notified_at)
         if run.state is RunState.SENDING:
             # Only a previous process can have left a run here (a tick never sees its own start under way).
             return await self._mark_in_doubt(action, run, "the daemon stopped while the start was under way")
@@ -110,7 +113,9 @@ class ActionDriver:
             return await self._reconcile(action, run, request)
         return await self._follow(action, run)
 
-    async def _start(self, action: Action, run: RunSnapshot, request: ActionRequest) -> float:
+    async def _start(
+        self, action: Action, run: RunSnapshot, request: ActionRequest, notified_at: float | None = None
+    ) -> float:
         # The store calls of a start go ahead of the others waiting (StoreWorker.run_urgent): between the
         # intent and the recorded start, nothing else of this job may run, and a burst must not delay them.
         if not await self._db.run_urgent(self._store.begin_run, run.id, now=self._clock.now()):
@@ -166,6 +171,10 @@ class ActionDriver:
         now = self._clock.now()
         until, first = self._watch_window(action, now)
         await self._db.run_urgent(self._store.run_started, run.id, result, now=now, watch_until=until, watch_next=first)
+        if notified_at is not None and run.attempt == 1:
+            # Here, not at the end of the tick: what follows the start (the job's other actions, the
+            # finished-job check in the store's normal lane) is not part of a webhook's way to the POST.
+            self._metrics.webhook_to_action.observe(max(0.0, self._clock.monotonic() - notified_at))
         self._record_finish(action, result)
         return action.follow_interval if result.outcome is ActionOutcome.RUNNING else 0.0
 

@@ -236,6 +236,59 @@ def test_a_recheck_outlives_another_tick_and_counts_towards_firing_the_job(
     assert checked[0] == ["a", "b", "c"] and ["b"] not in checked
 
 
+def test_webhook_to_action_ends_when_the_first_action_started(
+    tmp_path: Path, registry: PluginRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Timed from the hint that let the job fire to its recorded start: what the tick does after the start
+    (here a slow finished-job check) is not counted, and a hint that does not fire the job observes nothing."""
+    status, config = _one_job(tmp_path, registry, ["a", "b"])
+    checked = _counted_checks(monkeypatch)
+    finish_called: list[float] = []
+    original_finish = StateStore.finish_job_if_done
+
+    def slow_finish(self: StateStore, *args: object, **kwargs: object) -> object:
+        finish_called.append(time.monotonic())
+        time.sleep(0.3)
+        return original_finish(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(StateStore, "finish_job_if_done", slow_finish)
+
+    async def scenario() -> tuple[float, float, float]:
+        store, worker, metrics, clock = (
+            StateStore.open(f"sqlite:///{tmp_path / 'state.db'}"),
+            StoreWorker(),
+            Metrics(),
+            SystemClock(),
+        )
+        jobs = _running_jobs(store, worker, metrics, clock)
+        histogram = metrics.webhook_to_action
+        try:
+            await jobs.start(config.jobs, 0.0)
+            await _until(lambda: jobs._runner.pending_targets("j") is not None)
+            status.write_text(json.dumps({"a": "succeeded", "b": "running"}))
+            assert jobs.hint("test", "a", clock.monotonic()) == 1
+            await _until(lambda: ["a"] in checked)
+            await jobs.flush()
+            assert _samples(histogram, "_count") == 0  # checked, not fired
+            status.write_text(json.dumps({"a": "succeeded", "b": "succeeded"}))
+            notified = clock.monotonic()
+            assert jobs.hint("test", "b", notified) == 1
+            await _until(lambda: bool(finish_called) and _samples(histogram, "_count") == 1)
+            return notified, finish_called[0], _samples(histogram, "_sum")
+        finally:
+            await jobs.stop(1.0)
+            await jobs.aclose()
+            worker.close()
+            store.close()
+
+    notified, finish_started, observed = asyncio.run(scenario())
+    assert 0 < observed <= finish_started - notified
+
+
+def _samples(histogram: object, suffix: str) -> float:
+    return next(s.value for m in histogram.collect() for s in m.samples if s.name.endswith(suffix))  # type: ignore[attr-defined]
+
+
 def _one_job(tmp_path: Path, registry: PluginRegistry, targets: list[str]) -> tuple[Path, Config]:
     """Job ``j`` watching ``targets`` (all running) in a status file, polled every 15 min."""
     status = tmp_path / "status.json"

@@ -41,7 +41,8 @@ from pipeline import (
 )
 
 HOOK_SECRET = "whsec_" + "QmVuY2htYXJrV2ViaG9va1NpZ25pbmdLZXkwMDAwMDA="
-GROUPS = {"hooked": "15m", "polled": "30s"}
+# group → (interval, list_max_age): the hooked group follows the README's advice for webhook jobs.
+GROUPS = {"hooked": ("15m", "5m"), "polled": ("30s", "10s")}
 
 
 def main(args: argparse.Namespace) -> int:
@@ -116,8 +117,9 @@ def _write_config(
     state = f"state: {{url: '{state_url}'}}\n" if state_url else ""
     templates = "".join(
         f"  {group}:\n    interval: {interval}\n"
-        f"    source: {{type: openai_batch, api_key: openai_{group}, base_url: '{openai.base_url}'}}\n"
-        for group, interval in GROUPS.items()
+        f"    source: {{type: openai_batch, api_key: openai_{group}, base_url: '{openai.base_url}', "
+        f"list_max_age: {max_age}}}\n"
+        for group, (interval, max_age) in GROUPS.items()
     )
     main = (
         textwrap.dedent(f"""\

@@ -12,7 +12,7 @@ import datetime as dt
 from collections.abc import Iterable
 
 from teckochecker.plugin_api import Observation
-from teckochecker.state.models import JobSnapshot, JobState, TargetSnapshot
+from teckochecker.state.models import JobSnapshot, JobState, TargetSnapshot, first_observation
 
 Touch = tuple[str, dt.datetime, dt.datetime | None]
 
@@ -82,14 +82,12 @@ class WatchCache:
         (final target states stick), so the next tick does not read it back: with webhooks every finished
         batch is such a write, hundreds a second in a burst, all on the store's one thread. ``epoch``: taken
         before the write; if a reload, pause or resume forgot jobs meanwhile, the snapshot may be stale.
-        ``deadline``: the job's, in seconds; the first observation starts it (as state/checks.py does)."""
+        ``deadline``: the job's, in seconds; the first observation starts it (models.first_observation)."""
         if epoch != self.epoch(snap.name):
             return
         observations = tuple(observations)
         if snap.first_observed_at is None and observations:
-            snap = dataclasses.replace(
-                snap, first_observed_at=checked_at, deadline_at=checked_at + dt.timedelta(seconds=deadline)
-            )
+            snap = dataclasses.replace(snap, **first_observation(checked_at, deadline))
         seen = {o.target: o for o in observations}
         targets = tuple(_observed(t, seen.get(t.target), checked_at) for t in snap.targets)
         self._snapshots[snap.name] = dataclasses.replace(

@@ -27,7 +27,7 @@ from teckochecker.plugin_api import CheckReport, Observation, TargetState
 from teckochecker.state import schema
 from teckochecker.state.events import EventKind, append_event, event_row
 from teckochecker.state.holds import group_hold
-from teckochecker.state.models import JobState, RunState, request_counts
+from teckochecker.state.models import JobState, RunState, first_observation, request_counts
 
 
 @dataclass(frozen=True)
@@ -148,7 +148,7 @@ class _GroupWriter:
             "deadline_at": row.deadline_at,
         }
         if row.first_observed_at is None and report.observations:
-            changes |= {"first_observed_at": now, "deadline_at": now + dt.timedelta(seconds=check.deadline)}
+            changes |= first_observation(now, check.deadline)
         changes |= self._check_errors(row, report, now)
         decision = rules.evaluate(check.rule, list(states.values()))
         if decision.verdict is rules.Verdict.FIRE and group_hold(self._conn, name, rows) is not None:

@@ -6,7 +6,7 @@ import datetime as dt
 import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 from teckochecker.plugin_api import ActionOutcome, ActionResult, Observation, TargetState
 
@@ -187,6 +187,17 @@ class RequestCounts:
     @property
     def label(self) -> str:
         return f"{self.completed}/{self.total}" + (f" ({self.failed} failed)" if self.failed else "")
+
+
+class FirstObservation(TypedDict):
+    first_observed_at: dt.datetime
+    deadline_at: dt.datetime
+
+
+def first_observation(now: dt.datetime, deadline: float) -> FirstObservation:
+    """What a job's first observation sets: its deadline (``deadline`` seconds) runs from then. The store
+    writes it (state/checks.py) and the watch cache keeps it (watchcache.py): one rule for both."""
+    return FirstObservation(first_observed_at=now, deadline_at=now + dt.timedelta(seconds=deadline))
 
 
 def request_counts(details: object) -> RequestCounts | None:

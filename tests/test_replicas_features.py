@@ -10,7 +10,6 @@ the fake's request log tells which replica sent what.
 from __future__ import annotations
 
 import json
-import re
 import textwrap
 import time
 from collections.abc import Callable, Iterator
@@ -117,13 +116,6 @@ def source(oai: FakeOpenAI, name: str) -> str:
     return f'type: openai_batch, api_key: openai, base_url: "{oai.base_url}", organization: org-{name}'
 
 
-def listener(daemon: DaemonProcess, what: str) -> str:
-    daemon.wait_for(f"{what} listening on")
-    match = re.search(rf"{what} listening on (http://127\.0\.0\.1:\d+)", daemon.output)
-    assert match is not None
-    return match.group(1)
-
-
 def sent_by(oai: FakeOpenAI, name: str) -> list[str]:
     return [f"{r.method} {r.path}" for r in oai.requests if r.headers.get("openai-organization") == f"org-{name}"]
 
@@ -172,7 +164,7 @@ def test_jobs_put_to_the_standby_are_run_by_the_leader_once_and_by_the_next_lead
         leader.wait_for("replica r1 leads")
         standby = replicas.start("r2")
         standby.wait_for("teckochecker started")
-        urls = {name: listener(d, "HTTP") for name, d in replicas.running.items()}
+        urls = {name: d.http_url() for name, d in replicas.running.items()}
 
         register(urls["r2"], "nightly", nightly)
         # The leader notices the standby's row within its registry poll (5 s) and runs the job at once.
@@ -252,7 +244,7 @@ def test_only_the_leader_discovers_and_the_next_leader_completes_a_group_after_a
         first.wait_for("replica r1 leads")
         second = replicas.start("r2")
         second.wait_for("teckochecker started")
-        urls = {name: listener(d, "HTTP") for name, d in replicas.running.items()}
+        urls = {name: d.http_url() for name, d in replicas.running.items()}
         lists_before = sent_by(oai, "r1").count("GET /v1/batches")
         early = submit(2)
         seen = replicas.wait(
@@ -321,8 +313,10 @@ def test_a_webhook_is_refused_by_the_standby_and_fires_the_job_through_the_leade
         leader.wait_for("replica r1 leads")
         standby = replicas.start("r2")
         standby.wait_for("teckochecker started")
-        hooks = {name: listener(d, "webhook receiver") + "/webhooks/openai" for name, d in replicas.running.items()}
-        metrics = {name: listener(d, "HTTP") + "/metrics" for name, d in replicas.running.items()}
+        hooks = {
+            name: d.http_url(listener="webhook receiver") + "/webhooks/openai" for name, d in replicas.running.items()
+        }
+        metrics = {name: d.http_url() + "/metrics" for name, d in replicas.running.items()}
         replicas.wait("the leader's first poll", lambda: "GET /v1/batches" in sent_by(oai, "r1"))
         oai.set_status(batch, "completed", completed=10, failed=0)
 

@@ -65,13 +65,6 @@ def write_config(tmp_path: Path, openai: FakeOpenAI, keboola: FakeKeboola, batch
     return path
 
 
-def listener(daemon: DaemonProcess, name: str) -> str:
-    daemon.wait_for(f"{name} listening on")
-    match = re.search(rf"{name} listening on (http://127\.0\.0\.1:\d+)", daemon.output)
-    assert match is not None
-    return match.group(1)
-
-
 def wait_until(predicate, timeout: float, what: str, daemon: DaemonProcess) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -107,8 +100,8 @@ def test_a_webhook_fires_a_job_that_polls_every_15_minutes(
     first, last = openai.add_batch(status="in_progress"), openai.add_batch(status="in_progress")
     daemon = DaemonProcess(write_config(tmp_path, openai, keboola, [first, last], "15m"), env, tmp_path)
     try:
-        hook_url = listener(daemon, "webhook receiver") + "/webhooks/openai"
-        metrics_url = listener(daemon, "HTTP") + "/metrics"
+        hook_url = daemon.http_url(listener="webhook receiver") + "/webhooks/openai"
+        metrics_url = daemon.http_url() + "/metrics"
         sender = openai.send_webhooks(hook_url, HOOK_SECRET, workers=1)
         wait_until(lambda: len(lists(openai)) == 1, 20, "the first poll", daemon)
 
@@ -167,7 +160,7 @@ def test_a_webhook_that_never_comes_is_caught_by_the_next_poll(
     batch = openai.add_batch(status="in_progress", webhooks=False)  # the webhook gets lost
     daemon = DaemonProcess(write_config(tmp_path, openai, keboola, [batch], "30s"), env, tmp_path)
     try:
-        sender = openai.send_webhooks(listener(daemon, "webhook receiver") + "/webhooks/openai", HOOK_SECRET)
+        sender = openai.send_webhooks(daemon.http_url(listener="webhook receiver") + "/webhooks/openai", HOOK_SECRET)
         wait_until(lambda: len(lists(openai)) == 1, 20, "the first poll", daemon)
         openai.set_status(batch, "completed", completed=10, failed=0)
         wait_until(lambda: posts(keboola), 90, "the Keboola job", daemon)
@@ -200,7 +193,7 @@ def test_a_reload_naming_a_secret_without_whsec_is_refused(
     bare = HOOK_SECRET.removeprefix("whsec_")
     daemon = DaemonProcess(config, {**env, "BARE": bare}, tmp_path)
     try:
-        api = listener(daemon, "HTTP") + "/api/v1/status"
+        api = daemon.http_url() + "/api/v1/status"
         text = config.read_text()
         config.write_text(
             text.replace("secrets: [hook]}", "secrets: [bare, hook]}").replace(

@@ -41,10 +41,11 @@ class DaemonProcess:
             time.sleep(0.05)
         raise AssertionError(f"timed out waiting for {text!r}:\n{self.output}")
 
-    def http_url(self, timeout: float = 20.0) -> str:
-        """The API listener's base URL, once the daemon has logged it (jobs may fire before it listens)."""
-        self.wait_for("HTTP listening on", timeout)
-        match = re.search(r"HTTP listening on (http://127\.0\.0\.1:\d+)", self.output)
+    def http_url(self, timeout: float = 20.0, listener: str = "HTTP") -> str:
+        """A listener's base URL (the API's, or "webhook receiver"), once the daemon has logged it: jobs may
+        fire before the listeners are up."""
+        self.wait_for(f"{listener} listening on", timeout)
+        match = re.search(rf"{listener} listening on (http://127\.0\.0\.1:\d+)", self.output)
         assert match is not None, self.output
         return match.group(1)
 

@@ -326,7 +326,7 @@ class Daemon:
         verifier = SignatureVerifier(self._signing_keys, self._clock)
         receiver = OpenAIWebhooks(
             verifier,
-            self.jobs.hint,
+            self._hint,
             self.metrics,
             self._clock,
             logging.getLogger("teckochecker.webhooks"),
@@ -343,6 +343,14 @@ class Daemon:
         await web.start()
         # Stopped with the other listener, before the ticks drain: no hint arrives for a tick that will not run.
         self._opened.push_async_callback(web.stop)
+
+    def _hint(self, channel: str, target: str, received: float) -> int:
+        """A verified notification: the jobs watching ``target`` check it now; if none does, discovery looks
+        for a group holding it (Discovery.notified). Returns how many jobs were asked."""
+        hinted = self.jobs.hint(channel, target, received)
+        if not hinted and self.discovery is not None:
+            self.discovery.notified(channel, target)
+        return hinted
 
     def _signing_keys(self) -> list[Webhook]:
         """The current webhook signing keys, read at each delivery so that a rotated secret is used at once."""

@@ -46,6 +46,11 @@ from teckochecker.state.worker import StoreWorker
 
 # How often work that waits for the daemon's rebuild (events, failing, checking at once) is retried.
 FOLLOW_UP = 1.0
+# A push notification for a batch no job watches (notified()): how long sweeps come sooner to find its
+# group, how far apart they are, and how many such batches are remembered per template.
+NOTIFIED_WAIT = 60.0
+NOTIFIED_SPACING = 2.0
+NOTIFIED_MAX = 1_000
 
 
 @dataclass
@@ -62,6 +67,20 @@ class _Listening:
     sweep_horizon: dt.datetime | None = None
     pages: int = 0
     task: asyncio.Task[None] | None = None
+    # Batches a push notification named that no job watched: id → monotonic time to stop looking for them.
+    notified: dict[str, float] = field(default_factory=dict)
+
+    def remember(self, target: str, until: float) -> None:
+        self.notified.pop(target, None)
+        self.notified[target] = until
+        while len(self.notified) > NOTIFIED_MAX:
+            del self.notified[next(iter(self.notified))]
+
+    def awaits_notified(self, now: float) -> bool:
+        """Whether a notified batch is still looked for (those past their time are forgotten here)."""
+        for target in [t for t, until in self.notified.items() if until <= now]:
+            del self.notified[target]
+        return bool(self.notified)
 
     def on_page(self, number: int, targets: Sequence[ListedTarget], now: dt.datetime, metrics: Metrics) -> bool:
         rule = self.definition.rule
@@ -154,6 +173,18 @@ class Discovery:
         for template in list(self._listening):
             await self._stop(template)
 
+    def notified(self, channel: str, target: str) -> bool:
+        """A verified push notification on ``channel`` named ``target``, which no running job watches. It may
+        be a batch of a group created since the last sweep: the templates whose source listens on that
+        channel sweep again within NOTIFIED_SPACING instead of at their interval (a listing younger than
+        the source's list_max_age answers without a request), for up to NOTIFIED_WAIT, and once a group
+        holds the batch its job is checked at once. Returns whether any template listens on ``channel``."""
+        listening = [item for item in self._listening.values() if item.source.push_channel == channel]
+        until = self._clock.monotonic() + NOTIFIED_WAIT
+        for item in listening:
+            item.remember(target, until)
+        return bool(listening)
+
     # ----- one template's loop -----
 
     def _begin(self, definition: DiscoveryDefinition) -> None:
@@ -178,7 +209,7 @@ class Discovery:
         """One sweep and pass of ``template``'s discovery, and the follow-up that can be done now."""
         listening = self._listening[template]
         if await self._sweep(listening):
-            await self._pass(listening)
+            self._claim_notified(listening, await self._pass(listening))
         await self._follow_up()
 
     async def _loop(self, listening: _Listening) -> None:
@@ -193,6 +224,9 @@ class Discovery:
                 self._log.exception("discovery for template %s failed; it runs again in %.0f s", template, interval)
             while self._clock.monotonic() - started < interval:
                 await self._clock.sleep(min(FOLLOW_UP, interval - (self._clock.monotonic() - started)))
+                now = self._clock.monotonic()
+                if now - started >= NOTIFIED_SPACING and listening.awaits_notified(now):
+                    break  # a notified batch may be in a group not listed yet: sweep now, not at the interval
                 if self._pending_follow_up():
                     try:
                         await self._follow_up()
@@ -214,8 +248,9 @@ class Discovery:
         self._metrics.discovery_sweeps.labels(template, "ok").inc()
         return True
 
-    async def _pass(self, listening: _Listening) -> None:
-        """Group what the listener kept since the last pass, settle this template's groups, write changes."""
+    async def _pass(self, listening: _Listening) -> dict[str, str]:
+        """Group what the listener kept since the last pass, settle this template's groups, write changes.
+        Returns the batches this pass put in a job: batch id → job name."""
         definition, rule = listening.definition, listening.definition.rule
         kept, listening.kept = listening.kept, {}
         now = self._clock.now()
@@ -231,13 +266,27 @@ class Discovery:
                 grown.setdefault(name, group)
         # Settled after the whole sweep is grouped: 4 batches announced as 3 fail, wherever the pages split.
         changes = 0
+        added: dict[str, str] = {}
         for name, group in grown.items():
             before, after = self._groups.get(name), settle(group, rule, now)
             if after != before:
                 await self._write(before, after, now)
                 changes += 1
+                added |= dict.fromkeys(set(after.targets) - set(before.targets if before else ()), name)
         if changes:
             self._rebuild()
+        return added
+
+    def _claim_notified(self, listening: _Listening, added: Mapping[str, str]) -> None:
+        """After a pass: a notified batch that the pass put in a job gets that job checked at once (once it
+        is in place); one not found by its time is forgotten (the job's poll still sees it). A batch already
+        in a job before is not claimed: its job watched it, so the notification found no job because that
+        job has finished."""
+        for target in [t for t in listening.notified if t in added]:
+            name = added[target]
+            self._log.info("discovered job %s: checked now for a notification about %s", name, target)
+            self._to_check.add(name)
+            del listening.notified[target]
 
     async def _group_for(self, definition: DiscoveryDefinition, value: str, now: dt.datetime) -> Group | None:
         """The group of ``value``, a new one, or None when it cannot make a job (reported once)."""

@@ -182,6 +182,34 @@ def test_a_group_is_a_job_at_once_grows_and_fires_only_when_complete(harness: Ha
     assert "group 'run-7' complete: 3 of 3 batch(es)" in messages
 
 
+def test_a_notified_batch_that_a_sweep_puts_in_a_job_gets_that_job_checked_at_once(
+    harness: Harness, fake: FakeOpenAI
+) -> None:
+    """A webhook for a batch no job watches (its group not listed yet): once a sweep puts it in a job, the
+    job is checked at once, though its group is incomplete; a batch of a job made earlier is not claimed
+    (its job watched it: a notification found none because that job had finished)."""
+    h = harness
+    old = fake.add_batch(metadata=meta("run-1", "1"), status="completed")
+    run(h)
+    h.apply_rows()
+    run(h)
+    assert h.checked == ["run-1"]  # complete at once: checked as before
+    new = fake.add_batch(metadata=meta("run-2"), status="completed")  # 1 of 3: waits for its group
+    quiet = fake.add_batch(metadata=meta("run-3"), status="completed")
+    assert h.discovery.notified("openai", new) and h.discovery.notified("openai", old)
+    assert not h.discovery.notified("anthropic", quiet)  # no template listens there
+    run(h)
+    h.apply_rows()
+    run(h)
+    assert h.checked == ["run-1", "run-2"]  # run-3 was not notified: it waits for its poll
+    assert {r.name for r in h.store.registered_jobs()} == {"run-1", "run-2", "run-3"}
+    listening = h.discovery._listening["classify"]
+    assert list(listening.notified) == [old]  # not claimed; forgotten after NOTIFIED_WAIT
+    assert listening.awaits_notified(h.clock.monotonic())
+    h.clock.advance(61)
+    assert not listening.awaits_notified(h.clock.monotonic()) and listening.notified == {}
+
+
 @pytest.mark.parametrize(
     ("counts", "reason"),
     [

@@ -38,14 +38,20 @@ def keboola() -> Iterator[FakeKeboola]:
         yield fake
 
 
-def write_config(tmp_path: Path, oai: FakeOpenAI, keboola: FakeKeboola) -> Path:
+def write_config(
+    tmp_path: Path, oai: FakeOpenAI, keboola: FakeKeboola, discover_every: str = "5s", webhooks: str = ""
+) -> Path:
+    """``webhooks``: a flow mapping for the ``webhooks:`` key (its signing secret is ``hook``, from $HOOK)."""
     path = tmp_path / "teckochecker.yaml"
+    hook = "  hook: {env: HOOK}" if webhooks else ""
     path.write_text(
         textwrap.dedent(f"""\
         http: {{port: 0}}
+        webhooks: {webhooks or "{}"}
         secrets:
           openai: {{env: OPENAI_API_KEY}}
           keboola: {{env: KEBOOLA_STORAGE_TOKEN}}
+        {hook}
         defaults: {{interval: 30s, startup_spread: 0s}}
         templates:
           classify:
@@ -64,7 +70,7 @@ def write_config(tmp_path: Path, oai: FakeOpenAI, keboola: FakeKeboola) -> Path:
               group_by: teckochecker_job
               count_key: teckochecker_batches
               deadline: 1h
-              interval: 5s
+              interval: {discover_every}
         """)
     )
     return path
@@ -146,3 +152,29 @@ def test_a_discovered_group_fires_exactly_one_keboola_job_and_a_bad_count_fires_
     assert OPENAI_KEY not in daemon.output and KEBOOLA_TOKEN not in daemon.output
     # Discovery read the listing only: not one request for a single batch.
     assert [r.path for r in openai_fake.requests if r.method == "GET" and r.path != "/v1/batches"] == []
+
+
+def test_a_webhook_for_a_batch_of_an_unlisted_group_brings_discovery_forward(
+    tmp_path: Path, openai_fake: FakeOpenAI, keboola: FakeKeboola, plugin_env: dict[str, str]
+) -> None:
+    """Discovery sweeps every 10 minutes; a verified batch event that no job watches makes it sweep now, so
+    a group created since its last sweep becomes a job and fires within seconds, not minutes."""
+    secret = "whsec_RdvaYFYUXuIFuEbvZHwMfYFhUf7aMYjYcmM24+Aj40c="
+    env = {**plugin_env, "OPENAI_API_KEY": OPENAI_KEY, "KEBOOLA_STORAGE_TOKEN": KEBOOLA_TOKEN, "HOOK": secret}
+    config = write_config(tmp_path, openai_fake, keboola, "10m", "{port: 0, secrets: [hook]}")
+    daemon = DaemonProcess(config, env, tmp_path)
+    try:
+        base = daemon.http_url()
+        openai_fake.send_webhooks(daemon.http_url(listener="webhook receiver") + "/webhooks/openai", secret)
+        sweeps = 'teckochecker_discovery_sweeps_total{outcome="ok",template="classify"} '
+        wait_until(lambda: sweeps + "1.0" in httpx.get(base + "/metrics", timeout=5).text, daemon, "the first sweep")
+        (batch,) = submit(openai_fake, "run-8", "1", 1)  # created and finished after that sweep: one webhook
+        wait_until(lambda: len(keboola.jobs) == 1, daemon, "the Keboola job of run-8", timeout=30)
+        metrics = httpx.get(base + "/metrics", timeout=5).text
+        assert 'teckochecker_webhook_deliveries_total{outcome="unwatched"} 1.0' in metrics
+        assert f"checked now for a notification about {batch}" in daemon.output
+    finally:
+        code, _ = daemon.stop()
+    assert code == 0 and "Traceback" not in daemon.output
+    variables = {v["name"]: v["value"] for v in keboola.jobs[0]["variableValuesData"]["values"]}
+    assert json.loads(variables["batch_ids_completed"]) == [batch]

@@ -12,6 +12,7 @@ import datetime as dt
 import logging
 import random
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 
 from teckochecker.clock import Clock
 from teckochecker.config.validate import JobDefinition
@@ -40,6 +41,15 @@ DEFERRED_HINT_TICKS = 10
 # about ended batches, so its read lags its event) is checked fresh again after these delays, then left to
 # the job's poll.
 RECHECK_DELAYS = (5.0, 15.0, 45.0)
+
+
+@dataclass(frozen=True)
+class _Recheck:
+    """A hinted target to be checked fresh again."""
+
+    due: float  # monotonic time of the next check
+    received: float  # monotonic receipt of the notification that named it (for webhook_to_action)
+    checks: int  # fresh checks so far
 
 
 class RunningJobs:
@@ -80,7 +90,7 @@ class RunningJobs:
         self._deferred: dict[str, None] = {}
         self._deferred_running: set[str] = set()
         # Per job, hinted targets to check fresh again: target → (due, received, checks so far).
-        self._rechecks: dict[str, dict[str, tuple[float, float, int]]] = {}
+        self._rechecks: dict[str, dict[str, _Recheck]] = {}
 
     # ----- start and stop -----
 
@@ -290,7 +300,7 @@ class RunningJobs:
         everything = self._can_fire(job.name)  # then the re-checks not due yet are taken too
         hints = self._hints.pop(job.name, {})
         checks = self._due_rechecks(job.name, everything)
-        hints = {target: received for target, (received, _) in checks.items()} | hints
+        hints = {target: recheck.received for target, recheck in checks.items()} | hints
         # Timed from the last notification's receipt (the event that let the job fire, if it does; earlier
         # ones may have waited their turn, see hint()).
         notified_at = max(hints.values()) if hints else None
@@ -299,38 +309,38 @@ class RunningJobs:
             self._recheck_later(job.name, hints, checks)
         return result
 
-    def _due_rechecks(self, name: str, everything: bool) -> dict[str, tuple[float, int]]:
-        """The targets due to be checked fresh again (all of them with ``everything``): target → (received,
-        checks so far)."""
+    def _due_rechecks(self, name: str, everything: bool) -> dict[str, _Recheck]:
+        """The targets due to be checked fresh again (all of them with ``everything``), taken out."""
         waiting = self._rechecks.get(name)
         if not waiting:
             return {}
         now = self._clock.monotonic()
-        due = {target: (received, n) for target, (at, received, n) in waiting.items() if everything or at <= now}
+        due = {target: recheck for target, recheck in waiting.items() if everything or recheck.due <= now}
         for target in due:
             del waiting[target]
         return due
 
-    def _recheck_later(self, name: str, hints: Mapping[str, float], checks: Mapping[str, tuple[float, int]]) -> None:
+    def _recheck_later(self, name: str, hints: Mapping[str, float], checks: Mapping[str, _Recheck]) -> None:
         pending = self._runner.pending_targets(name)
         if pending is None:  # not known without a read (the check failed, or the job fired): the poll decides
             return
         for target in set(hints) & set(pending):
-            done = checks[target][1] if target in checks else 1
+            done = checks[target].checks if target in checks else 1
             if done > len(RECHECK_DELAYS):
                 self._log.info(
                     "job %s: %s still unfinished after %d checks a notification asked for", name, target, done
                 )
                 continue
             delay = RECHECK_DELAYS[done - 1]
-            self._rechecks.setdefault(name, {})[target] = (self._clock.monotonic() + delay, hints[target], done + 1)
+            due = self._clock.monotonic() + delay
+            self._rechecks.setdefault(name, {})[target] = _Recheck(due, hints[target], done + 1)
 
     def _arm_rechecks(self, name: str) -> None:
         """Bring the job's next tick forward to its earliest re-check. Again after every tick: a tick that
         runs before it puts the next one an interval later."""
         waiting = self._rechecks.get(name)
         if waiting:
-            earliest = min(at for at, _, _ in waiting.values())
+            earliest = min(recheck.due for recheck in waiting.values())
             self._ticker.run_in(name, max(MIN_RESCHEDULE, earliest - self._clock.monotonic()))
 
     @staticmethod

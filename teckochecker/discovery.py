@@ -40,7 +40,7 @@ from teckochecker.grouping import Group, GroupState, by_group, grow, job_name, s
 from teckochecker.metrics import Metrics
 from teckochecker.plugin_api import ListedTarget, PluginContext, Source
 from teckochecker.state.events import EventKind
-from teckochecker.state.models import JobOrigin, JobState
+from teckochecker.state.models import JobOrigin, JobSnapshot, JobState
 from teckochecker.state.store import StateStore
 from teckochecker.state.worker import StoreWorker
 
@@ -281,12 +281,13 @@ class Discovery:
         """After a pass: a notified batch that the pass put in a job gets that job checked at once (once it
         is in place); one not found by its time is forgotten (the job's poll still sees it). A batch already
         in a job before is not claimed: its job watched it, so the notification found no job because that
-        job has finished."""
+        job has finished. Nor is one whose group failed: its job fails, and a job that fails is not checked."""
         for target in [t for t in listening.notified if t in added]:
             name = added[target]
-            self._log.info("discovered job %s: checked now for a notification about %s", name, target)
-            self._to_check.add(name)
             del listening.notified[target]
+            if self._groups[name].state is not GroupState.FAILED:
+                self._log.info("discovered job %s: checked now for a notification about %s", name, target)
+                self._to_check.add(name)
 
     async def _group_for(self, definition: DiscoveryDefinition, value: str, now: dt.datetime) -> Group | None:
         """The group of ``value``, a new one, or None when it cannot make a job (reported once)."""
@@ -381,7 +382,11 @@ class Discovery:
             if await self._fail(name, now):
                 self._to_fail.discard(name)
         for name in sorted(self._to_check):
-            if await self._targets_in_place(name) and self._run_now(name):
+            job = await self._db.run(self._store.job, name)
+            if job is None or not self._targets_in_place(job):
+                continue  # the rebuild has not put it in place yet
+            # Not scheduled because it ended meanwhile (completed or failed): nothing left to check.
+            if self._run_now(name) or job.state.is_final:
                 self._to_check.discard(name)
 
     async def _fail(self, name: str, now: dt.datetime) -> bool:
@@ -395,9 +400,6 @@ class Discovery:
             await self._db.run(self._store.fail_job, name, reason, now=now, kind=EventKind.GROUP_FAILED)
         return True
 
-    async def _targets_in_place(self, name: str) -> bool:
-        job = await self._db.run(self._store.job, name)
-        if job is None:
-            return False
+    def _targets_in_place(self, job: JobSnapshot) -> bool:
         have = {t.target for t in job.targets}
-        return all(target in have for target in self._groups[name].targets)
+        return all(target in have for target in self._groups[job.name].targets)

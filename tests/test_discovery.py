@@ -57,6 +57,8 @@ class Harness:
         self.worker = StoreWorker()
         self.rebuilds = 0
         self.checked: list[str] = []
+        # What the daemon's run_now answers: False while the rebuild has not scheduled the job, or once it ended.
+        self.scheduled = True
         context = PluginContext(
             http=clients,
             clock=clock,
@@ -84,8 +86,9 @@ class Harness:
         self.rebuilds += 1
 
     def _run_now(self, name: str) -> bool:
-        self.checked.append(name)
-        return True
+        if self.scheduled:
+            self.checked.append(name)
+        return self.scheduled
 
     def apply_rows(self) -> None:
         """What the daemon's rebuild does to the store: a job per registered row, with its targets."""
@@ -196,18 +199,35 @@ def test_a_notified_batch_that_a_sweep_puts_in_a_job_gets_that_job_checked_at_on
     assert h.checked == ["run-1"]  # complete at once: checked as before
     new = fake.add_batch(metadata=meta("run-2"), status="completed")  # 1 of 3: waits for its group
     quiet = fake.add_batch(metadata=meta("run-3"), status="completed")
+    bad = fake.add_batch(metadata=meta("run-4", "three"), status="completed")  # its job fails: not checked
     assert h.discovery.notified("openai", new) and h.discovery.notified("openai", old)
+    assert h.discovery.notified("openai", bad)
     assert not h.discovery.notified("anthropic", quiet)  # no template listens there
     run(h)
     h.apply_rows()
     run(h)
     assert h.checked == ["run-1", "run-2"]  # run-3 was not notified: it waits for its poll
-    assert {r.name for r in h.store.registered_jobs()} == {"run-1", "run-2", "run-3"}
+    assert {r.name for r in h.store.registered_jobs()} == {"run-1", "run-2", "run-3", "run-4"}
     listening = h.discovery._listening["classify"]
     assert list(listening.notified) == [old]  # not claimed; forgotten after NOTIFIED_WAIT
     assert listening.awaits_notified(h.clock.monotonic())
     h.clock.advance(61)
     assert not listening.awaits_notified(h.clock.monotonic()) and listening.notified == {}
+
+
+def test_a_job_to_check_that_ended_meanwhile_is_not_asked_for_again(harness: Harness, fake: FakeOpenAI) -> None:
+    """A complete group's job is checked at once when in place; not scheduled, it is asked again every
+    follow-up, until it is scheduled, or has ended (then there is nothing to check)."""
+    h = harness
+    fake.add_batch(metadata=meta("run-5", "1"), status="completed")
+    h.scheduled = False
+    run(h)
+    h.apply_rows()
+    run(h)
+    assert h.discovery._pending_follow_up()  # in place, not scheduled yet: asked again
+    h.store.fail_job("run-5", "ended by its own check", now=h.clock.now())
+    run(h)
+    assert not h.discovery._pending_follow_up() and h.checked == []
 
 
 @pytest.mark.parametrize(

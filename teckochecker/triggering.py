@@ -71,10 +71,12 @@ class ActionDriver:
     async def advance(self, job: JobRuntime, snap: JobSnapshot, notified_at: float | None = None) -> float | None:
         """Move every unfinished action of a fired job one step. Returns seconds until the next step is
         due, or None once the job is finished. ``notified_at``: the monotonic receipt of the notification
-        that let the job fire just now, if one did (each first start is timed from it)."""
+        that let the job fire just now, if one did (its first action's start is timed from it)."""
         request_targets = tuple(t.as_observation() for t in snap.targets)
         waits = []
         for run in snap.runs:
+            # Only the first action's start is timed from the notification: the others wait for it.
+            timed_from, notified_at = (notified_at, None) if run.state is RunState.PENDING else (None, notified_at)
             action = job.actions.get(run.action_index)
             orphaned = _orphaned_because(action, run)
             if orphaned is not None:
@@ -87,7 +89,7 @@ class ActionDriver:
             if action is None:
                 waits.append(await self._orphaned(run, orphaned or _REMOVED))
                 continue
-            waits.append(await self._step(action, run, request, notified_at))
+            waits.append(await self._step(action, run, request, timed_from))
         self._report(job.name, snap.runs)
         final = await self._db.run(self._store.finish_job_if_done, job.name, now=self._clock.now())
         if final is not None:

@@ -19,7 +19,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = [ROOT / "teckochecker", ROOT / "plugins" / "teckochecker_openai", ROOT / "plugins" / "teckochecker_keboola"]
-HEAVY = {"httpx", "uvicorn", "apscheduler"}
+HEAVY = {"httpx", "uvicorn", "apscheduler", "uvloop"}
 
 
 def _modules() -> dict[str, Path]:

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
-import uvloop
 from sqlalchemy.engine import make_url
 
 from teckochecker import __version__
@@ -268,6 +267,8 @@ def cmd_run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     try:
         # uvloop: the same asyncio API on libuv. In the webhook benchmark's burst the daemon is CPU-bound in
         # its event loop (HTTP in and out); on uvloop it used 30 % less CPU for the same work (README).
+        import uvloop  # here: the read-only commands never start a loop
+
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(daemon.run())
     except TeckoCheckerError as exc:

@@ -279,6 +279,7 @@ class Daemon:
             logger=logging.getLogger("teckochecker.discovery"),
             rebuild=self.registered_jobs_changed,
             run_now=self.jobs.run_now,
+            hint=self.jobs.hint,
             file_jobs=lambda: self.config.jobs,
         )
         await self.discovery.start(self.config.discoveries)
@@ -345,11 +346,11 @@ class Daemon:
         self._opened.push_async_callback(web.stop)
 
     def _hint(self, channel: str, target: str, received: float) -> int:
-        """A verified notification: the jobs watching ``target`` check it now; if none does, discovery looks
-        for a group holding it (Discovery.notified). Returns how many jobs were asked."""
+        """A verified notification: the jobs watching ``target`` check it now; if none does, discovery may
+        find it in a group (Discovery.notified). Returns how many jobs were asked."""
         hinted = self.jobs.hint(channel, target, received)
         if not hinted and self.discovery is not None:
-            self.discovery.notified(channel, target)
+            self.discovery.notified(channel, target, received)
         return hinted
 
     def _signing_keys(self) -> list[Webhook]:

@@ -46,11 +46,10 @@ from teckochecker.state.worker import StoreWorker
 
 # How often work that waits for the daemon's rebuild (events, failing, checking at once) is retried.
 FOLLOW_UP = 1.0
-# A push notification for a batch no job watches (notified()): how long sweeps come sooner to find its
-# group, how far apart they are, and how many such batches are remembered per template.
-NOTIFIED_WAIT = 60.0
-NOTIFIED_SPACING = 2.0
+# Push notifications for batches no job watches (notified()): at most this many are remembered per template
+# (the oldest go first; the listing still finds their batches), and at most this many read per pass.
 NOTIFIED_MAX = 1_000
+NOTIFIED_PER_PASS = 50
 
 
 @dataclass
@@ -67,20 +66,15 @@ class _Listening:
     sweep_horizon: dt.datetime | None = None
     pages: int = 0
     task: asyncio.Task[None] | None = None
-    # Batches a push notification named that no job watched: id → monotonic time to stop looking for them.
+    # Batches a push notification named that no job watches and no known group holds, to be read on their
+    # own: id → the notification's monotonic receipt. Then, once read and kept for the pass, in ``described``.
     notified: dict[str, float] = field(default_factory=dict)
+    described: dict[str, float] = field(default_factory=dict)
 
-    def remember(self, target: str, until: float) -> None:
-        self.notified.pop(target, None)
-        self.notified[target] = until
+    def remember(self, target: str, received: float) -> None:
+        self.notified.setdefault(target, received)
         while len(self.notified) > NOTIFIED_MAX:
             del self.notified[next(iter(self.notified))]
-
-    def awaits_notified(self, now: float) -> bool:
-        """Whether a notified batch is still looked for (those past their time are forgotten here)."""
-        for target in [t for t, until in self.notified.items() if until <= now]:
-            del self.notified[target]
-        return bool(self.notified)
 
     def on_page(self, number: int, targets: Sequence[ListedTarget], now: dt.datetime, metrics: Metrics) -> bool:
         rule = self.definition.rule
@@ -122,6 +116,7 @@ class Discovery:
         logger: logging.Logger,
         rebuild: Callable[[], None],
         run_now: Callable[[str], bool],
+        hint: Callable[[str, str, float], int],
         file_jobs: Callable[[], Mapping[str, JobDefinition]],
         autorun: bool = True,
     ) -> None:
@@ -134,6 +129,7 @@ class Discovery:
         self._log = logger
         self._rebuild = rebuild
         self._run_now = run_now
+        self._hint = hint
         self._file_jobs = file_jobs
         self._autorun = autorun
         self._listening: dict[str, _Listening] = {}
@@ -143,6 +139,10 @@ class Discovery:
         self._notes: list[_Note] = []
         self._to_fail: set[str] = set()
         self._to_check: set[str] = set()
+        # Notifications to pass on to a discovered job once it is in place: name → target → (channel, receipt).
+        self._to_hint: dict[str, dict[str, tuple[str, float]]] = {}
+        # Which discovered job each batch of a known group belongs to.
+        self._holders: dict[str, str] = {}
 
     async def start(self, discoveries: Mapping[str, DiscoveryDefinition]) -> None:
         """Restore the groups from the store, then listen and sweep for every template."""
@@ -156,6 +156,7 @@ class Discovery:
                 self._log.warning("discovered job %s: its group cannot be read (%r); left as it is", row.name, exc)
                 continue
             self._groups[row.name] = group
+            self._holders.update(dict.fromkeys(group.targets, row.name))
             if group.state is GroupState.FAILED:
                 self._to_fail.add(row.name)
         await self.apply(discoveries)
@@ -173,16 +174,22 @@ class Discovery:
         for template in list(self._listening):
             await self._stop(template)
 
-    def notified(self, channel: str, target: str) -> bool:
-        """A verified push notification on ``channel`` named ``target``, which no running job watches. It may
-        be a batch of a group created since the last sweep: the templates whose source listens on that
-        channel sweep again within NOTIFIED_SPACING instead of at their interval (a listing younger than
-        the source's list_max_age answers without a request), for up to NOTIFIED_WAIT, and once a group
-        holds the batch its job is checked at once. Returns whether any template listens on ``channel``."""
+    def notified(self, channel: str, target: str, received: float) -> bool:
+        """A verified push notification on ``channel`` (received at monotonic ``received``) named ``target``,
+        which no running job watches. Returns whether any template's source listens on that channel.
+
+        A batch of a known group: its job is not running yet (the rebuild has not put it in place), or has
+        ended. The notification is passed on to the job once it is in place, or dropped if it has ended.
+        Any other batch may start or grow a group created since the last sweep: each such template reads
+        it on its own (``Source.describe``, one request, whatever the listing's age) at once, and a job its
+        pass puts it in gets the notification as a hint (a fresh check, as if the job had watched it)."""
         listening = [item for item in self._listening.values() if item.source.push_channel == channel]
-        until = self._clock.monotonic() + NOTIFIED_WAIT
-        for item in listening:
-            item.remember(target, until)
+        holder = self._holders.get(target)
+        if listening and holder is not None:
+            self._to_hint.setdefault(holder, {})[target] = (channel, received)
+        elif listening:
+            for item in listening:
+                item.remember(target, received)
         return bool(listening)
 
     # ----- one template's loop -----
@@ -208,8 +215,9 @@ class Discovery:
     async def run_once(self, template: str) -> None:
         """One sweep and pass of ``template``'s discovery, and the follow-up that can be done now."""
         listening = self._listening[template]
+        await self._describe_notified(listening)
         if await self._sweep(listening):
-            self._claim_notified(listening, await self._pass(listening))
+            self._claim_described(listening, await self._pass(listening))
         await self._follow_up()
 
     async def _loop(self, listening: _Listening) -> None:
@@ -224,9 +232,8 @@ class Discovery:
                 self._log.exception("discovery for template %s failed; it runs again in %.0f s", template, interval)
             while self._clock.monotonic() - started < interval:
                 await self._clock.sleep(min(FOLLOW_UP, interval - (self._clock.monotonic() - started)))
-                now = self._clock.monotonic()
-                if now - started >= NOTIFIED_SPACING and listening.awaits_notified(now):
-                    break  # a notified batch may be in a group not listed yet: sweep now, not at the interval
+                if listening.notified:
+                    break  # a notified batch may start or grow a group: read it now, not at the interval
                 if self._pending_follow_up():
                     try:
                         await self._follow_up()
@@ -277,17 +284,33 @@ class Discovery:
             self._rebuild()
         return added
 
-    def _claim_notified(self, listening: _Listening, added: Mapping[str, str]) -> None:
-        """After a pass: a notified batch that the pass put in a job gets that job checked at once (once it
-        is in place); one not found by its time is forgotten (the job's poll still sees it). A batch already
-        in a job before is not claimed: its job watched it, so the notification found no job because that
-        job has finished. Nor is one whose group failed: its job fails, and a job that fails is not checked."""
-        for target in [t for t in listening.notified if t in added]:
-            name = added[target]
-            del listening.notified[target]
-            if self._groups[name].state is not GroupState.FAILED:
-                self._log.info("discovered job %s: checked now for a notification about %s", name, target)
-                self._to_check.add(name)
+    async def _describe_notified(self, listening: _Listening) -> None:
+        """Read the notified batches on their own; those of this template's groups go to the next pass."""
+        rule, channel = listening.definition.rule, listening.source.push_channel
+        for target in list(listening.notified)[:NOTIFIED_PER_PASS]:
+            received = listening.notified.pop(target)
+            if target in self._holders:  # listed meanwhile: its job takes the notification
+                self._to_hint.setdefault(self._holders[target], {})[target] = (channel or "", received)
+                continue
+            try:
+                listed = await listening.source.describe(target)
+            except (TransientError, PermanentError) as exc:
+                # Not retried: the listing still finds the batch, at the template's interval.
+                self._log.info("discovery could not read notified batch %s now: %s", target, exc)
+                continue
+            if listed is not None and sighting(rule, listed) is not None:
+                listening.kept[target] = listed
+                listening.described[target] = received
+
+    def _claim_described(self, listening: _Listening, added: Mapping[str, str]) -> None:
+        """After a pass: the notification about a batch the pass put in a job is passed on to that job."""
+        channel = listening.source.push_channel or ""
+        described, listening.described = listening.described, {}
+        for target, received in described.items():
+            name = added.get(target)
+            if name is not None:
+                self._log.info("discovered job %s: checked at once, a notification named %s", name, target)
+                self._to_hint.setdefault(name, {})[target] = (channel, received)
 
     async def _group_for(self, definition: DiscoveryDefinition, value: str, now: dt.datetime) -> Group | None:
         """The group of ``value``, a new one, or None when it cannot make a job (reported once)."""
@@ -336,6 +359,7 @@ class Discovery:
             self._store.put_registered_job, after.job_name, JobOrigin.DISCOVERED, body, after.details(), now=now
         )
         self._groups[after.job_name] = after
+        self._holders.update(dict.fromkeys(after.targets, after.job_name))
         self._tell(before, after)
 
     def _tell(self, before: Group | None, after: Group) -> None:
@@ -368,7 +392,7 @@ class Discovery:
     # ----- what waits for the rebuild -----
 
     def _pending_follow_up(self) -> bool:
-        return bool(self._notes or self._to_fail or self._to_check)
+        return bool(self._notes or self._to_fail or self._to_check or self._to_hint)
 
     async def _follow_up(self) -> None:
         now = self._clock.now()
@@ -383,11 +407,31 @@ class Discovery:
                 self._to_fail.discard(name)
         for name in sorted(self._to_check):
             job = await self._db.run(self._store.job, name)
+            if job is not None and job.state.is_final:
+                self._to_check.discard(name)  # it ended meanwhile (completed or failed): nothing to check
+                continue
             if job is None or not self._targets_in_place(job):
                 continue  # the rebuild has not put it in place yet
-            # Not scheduled because it ended meanwhile (completed or failed): nothing left to check.
-            if self._run_now(name) or job.state.is_final:
+            if self._run_now(name):
                 self._to_check.discard(name)
+        for name in sorted(self._to_hint):
+            await self._pass_on(name, self._to_hint[name])
+            if not self._to_hint[name]:
+                del self._to_hint[name]
+
+    async def _pass_on(self, name: str, notifications: dict[str, tuple[str, float]]) -> None:
+        """Give job ``name`` the notifications about its batches once it runs with them; drop them when it has
+        ended (or its group failed: it fails, unchecked)."""
+        job = await self._db.run(self._store.job, name)
+        if job is None:
+            return
+        if job.state.is_final or self._groups[name].state is GroupState.FAILED:
+            notifications.clear()
+            return
+        have = {t.target for t in job.targets}
+        for target, (channel, received) in list(notifications.items()):
+            if target in have and self._hint(channel, target, received):
+                del notifications[target]
 
     async def _fail(self, name: str, now: dt.datetime) -> bool:
         """End the job failed once it exists; True when nothing more is to be done."""

@@ -275,6 +275,13 @@ class Source(ABC):
         to the listeners. Raises ``TransientError`` when the listing cannot be read now."""
         raise NotImplementedError(f"the {self.type_name} source has no listing")
 
+    async def describe(self, target: str) -> ListedTarget | None:
+        """What the listing would show of ``target``, read straight from the vendor: a push notification named
+        a target no job watches, and discovery wants to know whether it starts or grows a group before the
+        next listing shows it. None when the vendor has no such target for this account. Raises
+        ``TransientError`` when it cannot be read now. Only for sources with ``supports_discovery``."""
+        raise NotImplementedError(f"the {self.type_name} source has no listing")
+
     @abstractmethod
     async def check(self, targets: Sequence[str]) -> CheckReport:
         """Observe ``targets``.

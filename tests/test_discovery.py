@@ -57,6 +57,7 @@ class Harness:
         self.worker = StoreWorker()
         self.rebuilds = 0
         self.checked: list[str] = []
+        self.hints: list[tuple[str, str, float]] = []
         # What the daemon's run_now answers: False while the rebuild has not scheduled the job, or once it ended.
         self.scheduled = True
         context = PluginContext(
@@ -75,6 +76,7 @@ class Harness:
             logger=logging.getLogger("test.discovery"),
             rebuild=self._rebuild,
             run_now=self._run_now,
+            hint=self._hint,
             file_jobs=lambda: config.jobs,
             autorun=False,
         )
@@ -84,6 +86,11 @@ class Harness:
 
     def _rebuild(self) -> None:
         self.rebuilds += 1
+
+    def _hint(self, channel: str, target: str, received: float) -> int:
+        if self.scheduled:
+            self.hints.append((channel, target, received))
+        return int(self.scheduled)
 
     def _run_now(self, name: str) -> bool:
         if self.scheduled:
@@ -185,34 +192,45 @@ def test_a_group_is_a_job_at_once_grows_and_fires_only_when_complete(harness: Ha
     assert "group 'run-7' complete: 3 of 3 batch(es)" in messages
 
 
-def test_a_notified_batch_that_a_sweep_puts_in_a_job_gets_that_job_checked_at_once(
+def test_a_notified_batch_is_read_on_its_own_and_its_job_gets_the_notification(
     harness: Harness, fake: FakeOpenAI
 ) -> None:
-    """A webhook for a batch no job watches (its group not listed yet): once a sweep puts it in a job, the
-    job is checked at once, though its group is incomplete; a batch of a job made earlier is not claimed
-    (its job watched it: a notification found none because that job had finished)."""
+    """A webhook for a batch no job watches: read at once with one GET, whatever the listing's age; a job its
+    pass puts it in gets the notification as a hint once in place. A batch of a known group goes to that
+    group's job, unless the job has ended; one of a group that fails, or of no group, goes nowhere."""
     h = harness
     old = fake.add_batch(metadata=meta("run-1", "1"), status="completed")
     run(h)
     h.apply_rows()
-    run(h)
-    assert h.checked == ["run-1"]  # complete at once: checked as before
-    new = fake.add_batch(metadata=meta("run-2"), status="completed")  # 1 of 3: waits for its group
-    quiet = fake.add_batch(metadata=meta("run-3"), status="completed")
-    bad = fake.add_batch(metadata=meta("run-4", "three"), status="completed")  # its job fails: not checked
-    assert h.discovery.notified("openai", new) and h.discovery.notified("openai", old)
-    assert h.discovery.notified("openai", bad)
-    assert not h.discovery.notified("anthropic", quiet)  # no template listens there
-    run(h)
+    h.loop.run_until_complete(h.discovery.run_once("classify"))  # the clock stays: this listing stays fresh
+    assert h.checked == ["run-1"]
+    new = fake.add_batch(metadata=meta("run-2"), status="completed")  # 1 of 3: its job waits for its group
+    bad = fake.add_batch(metadata=meta("run-4", "three"), status="completed")  # its job fails: no hint
+    stranger = fake.add_batch(status="completed")  # no group at all
+    quiet = fake.add_batch(metadata=meta("run-3"), status="completed")  # not notified: found at the interval
+    for target, received in ((new, 1.0), (bad, 2.0), (stranger, 3.0)):
+        assert h.discovery.notified("openai", target, received)
+    assert not h.discovery.notified("anthropic", quiet, 4.0)  # no template listens there
+    lists_before = fake.request_kinds()["list"]
+    h.scheduled = False  # the rebuild has not scheduled the new jobs yet
+    h.loop.run_until_complete(h.discovery.run_once("classify"))
+    assert fake.request_kinds()["list"] == lists_before  # the fresh listing was not read again...
+    assert {r.name for r in h.store.registered_jobs()} == {"run-1", "run-2", "run-4"}  # ...the GETs did it
+    assert h.hints == [] and h.discovery._pending_follow_up()
     h.apply_rows()
+    h.scheduled = True
     run(h)
-    assert h.checked == ["run-1", "run-2"]  # run-3 was not notified: it waits for its poll
-    assert {r.name for r in h.store.registered_jobs()} == {"run-1", "run-2", "run-3", "run-4"}
-    listening = h.discovery._listening["classify"]
-    assert list(listening.notified) == [old]  # not claimed; forgotten after NOTIFIED_WAIT
-    assert listening.awaits_notified(h.clock.monotonic())
-    h.clock.advance(61)
-    assert not listening.awaits_notified(h.clock.monotonic()) and listening.notified == {}
+    assert h.hints == [("openai", new, 1.0)]
+    # run-1's batch again: its job is in place and watching here, so it gets the hint; once ended, nothing.
+    assert h.discovery.notified("openai", old, 5.0)
+    run(h)
+    assert h.hints[-1] == ("openai", old, 5.0)
+    h.store.fail_job("run-1", "ended", now=h.clock.now())
+    assert h.discovery.notified("openai", old, 6.0)
+    run(h)
+    assert len(h.hints) == 2 and h.discovery._to_hint == {}  # dropped, not kept for ever
+    gets = [r.path for r in fake.requests if r.method == "GET" and r.path != "/v1/batches"]
+    assert sorted(gets) == sorted(f"/v1/batches/{b}" for b in (new, bad, stranger))
 
 
 def test_a_job_to_check_that_ended_meanwhile_is_not_asked_for_again(harness: Harness, fake: FakeOpenAI) -> None:

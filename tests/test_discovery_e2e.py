@@ -39,7 +39,12 @@ def keboola() -> Iterator[FakeKeboola]:
 
 
 def write_config(
-    tmp_path: Path, oai: FakeOpenAI, keboola: FakeKeboola, discover_every: str = "5s", webhooks: str = ""
+    tmp_path: Path,
+    oai: FakeOpenAI,
+    keboola: FakeKeboola,
+    discover_every: str = "5s",
+    webhooks: str = "",
+    list_max_age: str = "1s",
 ) -> Path:
     """``webhooks``: a flow mapping for the ``webhooks:`` key (its signing secret is ``hook``, from $HOOK)."""
     path = tmp_path / "teckochecker.yaml"
@@ -55,7 +60,7 @@ def write_config(
         defaults: {{interval: 30s, startup_spread: 0s}}
         templates:
           classify:
-            source: {{type: openai_batch, api_key: openai, base_url: "{oai.base_url}", list_max_age: 1s}}
+            source: {{type: openai_batch, api_key: openai, base_url: "{oai.base_url}", list_max_age: {list_max_age}}}
             actions:
               - type: keboola_job
                 token: keboola
@@ -157,11 +162,12 @@ def test_a_discovered_group_fires_exactly_one_keboola_job_and_a_bad_count_fires_
 def test_a_webhook_for_a_batch_of_an_unlisted_group_brings_discovery_forward(
     tmp_path: Path, openai_fake: FakeOpenAI, keboola: FakeKeboola, plugin_env: dict[str, str]
 ) -> None:
-    """Discovery sweeps every 10 minutes; a verified batch event that no job watches makes it sweep now, so
-    a group created since its last sweep becomes a job and fires within seconds, not minutes."""
+    """Discovery sweeps every 10 minutes from a listing up to 5 minutes old; a verified batch event that no
+    job watches makes it read that batch at once, so a group created since its last sweep becomes a job and
+    fires within seconds, not minutes."""
     secret = "whsec_RdvaYFYUXuIFuEbvZHwMfYFhUf7aMYjYcmM24+Aj40c="
     env = {**plugin_env, "OPENAI_API_KEY": OPENAI_KEY, "KEBOOLA_STORAGE_TOKEN": KEBOOLA_TOKEN, "HOOK": secret}
-    config = write_config(tmp_path, openai_fake, keboola, "10m", "{port: 0, secrets: [hook]}")
+    config = write_config(tmp_path, openai_fake, keboola, "10m", "{port: 0, secrets: [hook]}", list_max_age="5m")
     daemon = DaemonProcess(config, env, tmp_path)
     try:
         base = daemon.http_url()
@@ -172,7 +178,7 @@ def test_a_webhook_for_a_batch_of_an_unlisted_group_brings_discovery_forward(
         wait_until(lambda: len(keboola.jobs) == 1, daemon, "the Keboola job of run-8", timeout=30)
         metrics = httpx.get(base + "/metrics", timeout=5).text
         assert 'teckochecker_webhook_deliveries_total{outcome="unwatched"} 1.0' in metrics
-        assert f"checked now for a notification about {batch}" in daemon.output
+        assert f"checked at once, a notification named {batch}" in daemon.output
     finally:
         code, _ = daemon.stop()
     assert code == 0 and "Traceback" not in daemon.output

@@ -25,7 +25,7 @@ from teckochecker_openai import (
 )
 from teckochecker_openai.throttle import MAX_IN_FLIGHT, AccountThrottle
 
-from teckochecker.errors import PermanentError
+from teckochecker.errors import PermanentError, TransientError
 from teckochecker.plugin_api import CheckReport, PluginContext, SecretName, SharedRegistry, TargetState
 from teckochecker.retry import RETRY_AFTER_MAX
 
@@ -624,3 +624,29 @@ def test_an_error_without_openai_s_envelope_is_no_verdict(
     assert "<html>" not in message
     # One odd answer to one request: that batch is asked again later; the account does not wait for it.
     assert report.retry_after is None
+
+
+def test_describe_reads_one_batch_for_discovery_and_says_what_it_could_not(fake: FakeOpenAI, clients: Clients) -> None:
+    """What a webhook about a batch no job watches costs discovery: one GET of it, never the listing."""
+    batch_id = fake.add_batch(status="completed", metadata={"teckochecker_job": "run-1"})
+    unknown = "batch_of_another_project"
+    source = make_source(clients, fake.base_url)
+
+    async def scenario() -> None:
+        listed = await source.describe(batch_id)
+        assert listed is not None and listed.target == batch_id
+        assert (listed.state, listed.vendor_status, dict(listed.metadata)) == (
+            TargetState.SUCCEEDED,
+            "completed",
+            {"teckochecker_job": "run-1"},
+        )
+        assert await source.describe(unknown) is None  # OpenAI's 404: no such batch for this key
+        fake.inject(429, batch_id=batch_id, headers={"Retry-After": "3"})
+        with pytest.raises(TransientError, match="HTTP 429"):
+            await source.describe(batch_id)
+        with pytest.raises(TransientError, match="backing off"):  # the account waits: nothing is sent
+            await source.describe(batch_id)
+
+    sent_before = fake.request_count()
+    run(clients, scenario())
+    assert fake.request_kinds()["list"] == 0 and fake.request_count() - sent_before == 3

@@ -129,6 +129,32 @@ class OpenAIBatchSource(Source):
     # OpenAI's batch.* webhooks name the batch; the daemon's receiver is POST /webhooks/openai.
     push_channel = "openai"
 
+    async def describe(self, target: str) -> ListedTarget | None:
+        """One ``GET /batches/{id}``: a webhook named a batch no job watches; discovery reads its metadata."""
+        throttle = self._throttle()
+        if throttle.remaining() is not None:
+            raise TransientError(self._waiting_message(throttle), retry_after=throttle.remaining())
+        url = f"{self.options.base_url}/{self._batch_path(target)}"
+        async with throttle.in_flight:
+            response = await self._get_batch(self._client(), target, self._auth_headers(), throttle)
+        if isinstance(response, _Unobserved):
+            raise TransientError(response.message, retry_after=response.retry_after)
+        if response.status_code != 200:
+            judged = self._judge(url, response)
+            if isinstance(judged, _Failure):
+                wait = throttle.failed(judged.message, judged.retry_after) if judged.account_wide else None
+                raise TransientError(judged.message, retry_after=wait or judged.retry_after)
+            throttle.succeeded()
+            return None  # OpenAI's answer: no such batch for this key (another project's, say)
+        throttle.succeeded()
+        try:
+            batch = response.json()
+        except ValueError:
+            raise TransientError(f"unexpected response from {url}: the body is not JSON") from None
+        if not isinstance(batch, dict) or batch.get("id") != target:
+            raise TransientError(f"unexpected response from {url}: not batch {target!r}")
+        return _listed(batch)
+
     async def check(self, targets: Sequence[str]) -> CheckReport:
         if not targets:
             return CheckReport()
@@ -278,23 +304,35 @@ class OpenAIBatchSource(Source):
     async def _check_one(
         self, client: httpx.AsyncClient, target: str, headers: Mapping[str, str], throttle: AccountThrottle
     ) -> Observation | _Unobserved:
-        import httpx
-
-        # Quote the id: a configured "id" with "/" or "?" must not reach another endpoint.
-        path = f"batches/{urllib.parse.quote(target, safe='')}"
-        url = f"{self.options.base_url}/{path}"
+        url = f"{self.options.base_url}/{self._batch_path(target)}"
         async with throttle.in_flight:
-            # Asked once holding a slot: a 429 met by an earlier request of this check stops the rest.
-            waiting = throttle.remaining()
-            if waiting is not None:
-                return _Unobserved(target, self._waiting_message(throttle), waiting)
-            try:
-                response = await client.get(path, params=self._query(), headers=headers, timeout=self._timeout())
-            except httpx.RequestError as exc:
-                message = f"could not reach {url}: {describe(exc)}"
-                return _Unobserved(target, message, throttle.failed(message))
+            response = await self._get_batch(client, target, headers, throttle)
+            if isinstance(response, _Unobserved):
+                return response
             # Judged before the slot is given up, so the next request already sees a back-off this one caused.
             return self._answer(target, url, response, throttle)
+
+    @staticmethod
+    def _batch_path(target: str) -> str:
+        # Quote the id: a configured "id" with "/" or "?" must not reach another endpoint.
+        return f"batches/{urllib.parse.quote(target, safe='')}"
+
+    async def _get_batch(
+        self, client: httpx.AsyncClient, target: str, headers: Mapping[str, str], throttle: AccountThrottle
+    ) -> httpx.Response | _Unobserved:
+        """``GET /batches/{id}``, unless the account waits (checked again here: a 429 met by an earlier request
+        of the same check stops the rest)."""
+        import httpx
+
+        waiting = throttle.remaining()
+        if waiting is not None:
+            return _Unobserved(target, self._waiting_message(throttle), waiting)
+        path = self._batch_path(target)
+        try:
+            return await client.get(path, params=self._query(), headers=headers, timeout=self._timeout())
+        except httpx.RequestError as exc:
+            message = f"could not reach {self.options.base_url}/{path}: {describe(exc)}"
+            return _Unobserved(target, message, throttle.failed(message))
 
     def _answer(
         self, target: str, url: str, response: httpx.Response, throttle: AccountThrottle

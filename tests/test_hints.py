@@ -5,12 +5,13 @@ fire goes ahead of hints that cannot."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
 import textwrap
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -51,15 +52,7 @@ def test_a_hint_during_a_tick_is_taken_by_that_tick(
     monkeypatch.setattr(StatusFileSource, "push_channel", "test")
 
     async def scenario() -> None:
-        store, worker, metrics, clock = (
-            StateStore.open(f"sqlite:///{tmp_path / 'state.db'}"),
-            StoreWorker(),
-            Metrics(),
-            SystemClock(),
-        )
-        jobs = _running_jobs(store, worker, metrics, clock)
-        try:
-            await jobs.start(config.jobs, 0.0)
+        async with _running(tmp_path, config) as (store, metrics, clock, jobs):
             await _until(lambda: len(checked) == 1)
             status.write_text(json.dumps({"a": "succeeded", "b": "running"}))
             assert jobs.hint("test", "a", clock.monotonic()) == 1
@@ -74,11 +67,6 @@ def test_a_hint_during_a_tick_is_taken_by_that_tick(
             # The job's next poll stays where its interval puts it: about 15 minutes away.
             next_run = jobs.next_run("j")
             assert next_run is not None and (next_run - clock.now()).total_seconds() > 600
-        finally:
-            await jobs.stop(1.0)
-            await jobs.aclose()
-            worker.close()
-            store.close()
 
     asyncio.run(scenario())
     assert checked == [["a", "b"], ["a"]]
@@ -116,15 +104,7 @@ def test_a_hint_that_can_fire_its_job_goes_ahead_of_those_that_cannot(
     monkeypatch.setattr(teckochecker.running_jobs, "DEFERRED_HINT_TICKS", 1)
 
     async def scenario() -> None:
-        store, worker, metrics, clock = (
-            StateStore.open(f"sqlite:///{tmp_path / 'state.db'}"),
-            StoreWorker(),
-            Metrics(),
-            SystemClock(),
-        )
-        jobs = _running_jobs(store, worker, metrics, clock)
-        try:
-            await jobs.start(config.jobs, 0.0)
+        async with _running(tmp_path, config) as (store, _metrics, clock, jobs):
             await _until(lambda: len(checked) == 3)  # each job's first poll
             # ... written, and kept in the watch cache: what hint() knows of a job's pending targets.
             await _until(lambda: all(jobs._runner.pending_targets(n) is not None for n in ("j1", "j2", "j3")))
@@ -138,12 +118,6 @@ def test_a_hint_that_can_fire_its_job_goes_ahead_of_those_that_cannot(
             assert ["a2"] not in checked
             gate.set()  # j1's check ends; j2's deferred hint is checked next
             await _until(lambda: ["a2"] in checked)
-        finally:
-            gate.set()
-            await jobs.stop(1.0)
-            await jobs.aclose()
-            worker.close()
-            store.close()
 
     asyncio.run(scenario())
     assert checked[3:] == [["a1"], ["a3"], ["a2"]]
@@ -160,15 +134,7 @@ def test_a_hinted_target_still_unfinished_is_checked_again_a_few_times_then_left
     monkeypatch.setattr(teckochecker.running_jobs, "RECHECK_DELAYS", (0.2, 0.2))
 
     async def scenario() -> None:
-        store, worker, metrics, clock = (
-            StateStore.open(f"sqlite:///{tmp_path / 'state.db'}"),
-            StoreWorker(),
-            Metrics(),
-            SystemClock(),
-        )
-        jobs = _running_jobs(store, worker, metrics, clock)
-        try:
-            await jobs.start(config.jobs, 0.0)
+        async with _running(tmp_path, config) as (_store, _metrics, clock, jobs):
             await _until(lambda: jobs._runner.pending_targets("j") is not None)  # the first poll, kept
             assert jobs.hint("test", "a", clock.monotonic()) == 1
             await _until(lambda: checked.count(["a"]) == 3)  # the hinted check, and two more
@@ -182,11 +148,6 @@ def test_a_hinted_target_still_unfinished_is_checked_again_a_few_times_then_left
             assert checked.count(["a"]) == 4  # seen finished: not checked again
             next_run = jobs.next_run("j")
             assert next_run is not None and (next_run - clock.now()).total_seconds() > 600
-        finally:
-            await jobs.stop(1.0)
-            await jobs.aclose()
-            worker.close()
-            store.close()
 
     asyncio.run(scenario())
     assert checked[0] == ["a", "b"] and ["b"] not in checked
@@ -205,15 +166,7 @@ def test_a_recheck_outlives_another_tick_and_counts_towards_firing_the_job(
     monkeypatch.setattr(teckochecker.running_jobs, "RECHECK_DELAYS", (0.3, 30.0, 30.0))
 
     async def scenario() -> None:
-        store, worker, metrics, clock = (
-            StateStore.open(f"sqlite:///{tmp_path / 'state.db'}"),
-            StoreWorker(),
-            Metrics(),
-            SystemClock(),
-        )
-        jobs = _running_jobs(store, worker, metrics, clock)
-        try:
-            await jobs.start(config.jobs, 0.0)
+        async with _running(tmp_path, config) as (store, _metrics, clock, jobs):
             await _until(lambda: jobs._runner.pending_targets("j") is not None)
             assert jobs.hint("test", "a", clock.monotonic()) == 1  # still shown running: re-checked later
             await _until(lambda: ["a"] in checked)
@@ -226,11 +179,6 @@ def test_a_recheck_outlives_another_tick_and_counts_towards_firing_the_job(
             assert jobs.hint("test", "b", clock.monotonic()) == 1
             await _until(lambda: ["a", "b"] in checked)
             await _until(lambda: store.job("j").state.value != "watching")  # type: ignore[union-attr]
-        finally:
-            await jobs.stop(1.0)
-            await jobs.aclose()
-            worker.close()
-            store.close()
 
     asyncio.run(scenario())
     assert checked[0] == ["a", "b", "c"] and ["b"] not in checked
@@ -255,16 +203,8 @@ def test_webhook_to_action_ends_when_the_first_action_started(
     monkeypatch.setattr(StateStore, "finish_job_if_done", slow_finish)
 
     async def scenario() -> tuple[float, float, float]:
-        store, worker, metrics, clock = (
-            StateStore.open(f"sqlite:///{tmp_path / 'state.db'}"),
-            StoreWorker(),
-            Metrics(),
-            SystemClock(),
-        )
-        jobs = _running_jobs(store, worker, metrics, clock)
-        histogram = metrics.webhook_to_action
-        try:
-            await jobs.start(config.jobs, 0.0)
+        async with _running(tmp_path, config) as (_store, metrics, clock, jobs):
+            histogram = metrics.webhook_to_action
             await _until(lambda: jobs._runner.pending_targets("j") is not None)
             status.write_text(json.dumps({"a": "succeeded", "b": "running"}))
             assert jobs.hint("test", "a", clock.monotonic()) == 1
@@ -277,11 +217,6 @@ def test_webhook_to_action_ends_when_the_first_action_started(
             await _until(lambda: bool(finish_called) and _samples(histogram, "_count") > 0)
             assert _samples(histogram, "_count") == 1  # one job fired, though two actions started
             return notified, finish_called[0], _samples(histogram, "_sum")
-        finally:
-            await jobs.stop(1.0)
-            await jobs.aclose()
-            worker.close()
-            store.close()
 
     notified, finish_started, observed = asyncio.run(scenario())
     assert 0 < observed <= finish_started - notified
@@ -321,6 +256,28 @@ def _counted_checks(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     monkeypatch.setattr(StatusFileSource, "check", counted_check)
     monkeypatch.setattr(StatusFileSource, "push_channel", "test")
     return checked
+
+
+@contextlib.asynccontextmanager
+async def _running(
+    tmp_path: Path, config: Config
+) -> AsyncIterator[tuple[StateStore, Metrics, SystemClock, RunningJobs]]:
+    """The config's jobs running on a fresh SQLite store, stopped and closed afterwards."""
+    store, worker, metrics, clock = (
+        StateStore.open(f"sqlite:///{tmp_path / 'state.db'}"),
+        StoreWorker(),
+        Metrics(),
+        SystemClock(),
+    )
+    jobs = _running_jobs(store, worker, metrics, clock)
+    try:
+        await jobs.start(config.jobs, 0.0)
+        yield store, metrics, clock, jobs
+    finally:
+        await jobs.stop(1.0)
+        await jobs.aclose()
+        worker.close()
+        store.close()
 
 
 def _running_jobs(store: StateStore, worker: StoreWorker, metrics: Metrics, clock: SystemClock) -> RunningJobs:

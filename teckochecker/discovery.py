@@ -50,6 +50,9 @@ FOLLOW_UP = 1.0
 # (the oldest go first; the listing still finds their batches), and at most this many read per pass.
 NOTIFIED_MAX = 1_000
 NOTIFIED_PER_PASS = 50
+# A notification waiting for its discovered job to run with the batch is dropped after this long (a job that
+# never gets there: removed with its template, say); the job's own poll still sees the batch.
+HINT_WAIT = 600.0
 
 
 @dataclass
@@ -212,11 +215,14 @@ class Discovery:
             await asyncio.gather(listening.task, return_exceptions=True)
         await listening.source.aclose()
 
-    async def run_once(self, template: str) -> None:
-        """One sweep and pass of ``template``'s discovery, and the follow-up that can be done now."""
+    async def run_once(self, template: str, *, sweep: bool = True) -> None:
+        """One sweep (unless ``sweep`` is False: only notified batches are read) and pass of ``template``'s
+        discovery, and the follow-up that can be done now."""
         listening = self._listening[template]
         await self._describe_notified(listening)
-        if await self._sweep(listening):
+        swept = sweep and await self._sweep(listening)
+        # Batches read on their own are grouped even when the listing could not be read.
+        if swept or listening.described:
             self._claim_described(listening, await self._pass(listening))
         await self._follow_up()
 
@@ -224,21 +230,25 @@ class Discovery:
         template, interval = listening.definition.template, listening.definition.rule.interval
         while True:
             started = self._clock.monotonic()
-            try:
-                await self.run_once(template)
-            except Fenced as exc:  # this replica no longer leads; it is standing down, which stops discovery
-                self._log.warning("discovery for template %s stopped writing: %s", template, exc)
-            except Exception:  # a bug or a store outage must not end discovery: the next interval tries again
-                self._log.exception("discovery for template %s failed; it runs again in %.0f s", template, interval)
+            await self._run_guarded(template, sweep=True)
             while self._clock.monotonic() - started < interval:
                 await self._clock.sleep(min(FOLLOW_UP, interval - (self._clock.monotonic() - started)))
                 if listening.notified:
-                    break  # a notified batch may start or grow a group: read it now, not at the interval
-                if self._pending_follow_up():
+                    # A notified batch may start or grow a group: read it now; the listing waits its interval.
+                    await self._run_guarded(template, sweep=False)
+                elif self._pending_follow_up():
                     try:
                         await self._follow_up()
                     except Exception as exc:  # the store may be briefly down; retried within a second
                         self._log.debug("discovery follow-up failed: %s", exc)
+
+    async def _run_guarded(self, template: str, *, sweep: bool) -> None:
+        try:
+            await self.run_once(template, sweep=sweep)
+        except Fenced as exc:  # this replica no longer leads; it is standing down, which stops discovery
+            self._log.warning("discovery for template %s stopped writing: %s", template, exc)
+        except Exception:  # a bug or a store outage must not end discovery: the next interval tries again
+            self._log.exception("discovery for template %s failed; it runs again later", template)
 
     async def _sweep(self, listening: _Listening) -> bool:
         template = listening.definition.template
@@ -294,8 +304,7 @@ class Discovery:
                 continue
             try:
                 listed = await listening.source.describe(target)
-            except (TransientError, PermanentError) as exc:
-                # Not retried: the listing still finds the batch, at the template's interval.
+            except Exception as exc:  # a plugin's error must not hold the sweeps up; the listing finds the batch
                 self._log.info("discovery could not read notified batch %s now: %s", target, exc)
                 continue
             if listed is not None and sighting(rule, listed) is not None:
@@ -407,25 +416,30 @@ class Discovery:
                 self._to_fail.discard(name)
         for name in sorted(self._to_check):
             job = await self._db.run(self._store.job, name)
-            if job is not None and job.state.is_final:
-                self._to_check.discard(name)  # it ended meanwhile (completed or failed): nothing to check
+            if job is not None and (job.state.is_final or job.removed):
+                self._to_check.discard(name)  # it ended (or went with its template) meanwhile: nothing to check
                 continue
             if job is None or not self._targets_in_place(job):
                 continue  # the rebuild has not put it in place yet
             if self._run_now(name):
                 self._to_check.discard(name)
         for name in sorted(self._to_hint):
-            await self._pass_on(name, self._to_hint[name])
-            if not self._to_hint[name]:
-                del self._to_hint[name]
+            notifications = self._to_hint.get(name)  # another template's loop may have passed them on meanwhile
+            if notifications is not None:
+                await self._pass_on(name, notifications)
+            if not notifications and self._to_hint.get(name) is notifications:
+                self._to_hint.pop(name, None)
 
     async def _pass_on(self, name: str, notifications: dict[str, tuple[str, float]]) -> None:
         """Give job ``name`` the notifications about its batches once it runs with them; drop them when it has
-        ended (or its group failed: it fails, unchecked)."""
+        ended, was removed, or its group failed (it fails, unchecked), and any that waited HINT_WAIT."""
+        oldest = self._clock.monotonic() - HINT_WAIT
+        for target in [t for t, (_, received) in notifications.items() if received < oldest]:
+            del notifications[target]
         job = await self._db.run(self._store.job, name)
         if job is None:
             return
-        if job.state.is_final or self._groups[name].state is GroupState.FAILED:
+        if job.state.is_final or job.removed or self._groups[name].state is GroupState.FAILED:
             notifications.clear()
             return
         have = {t.target for t in job.targets}

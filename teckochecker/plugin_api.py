@@ -278,9 +278,9 @@ class Source(ABC):
     async def describe(self, target: str) -> ListedTarget | None:
         """What the listing would show of ``target``, read straight from the vendor: a push notification named
         a target no job watches, and discovery wants to know whether it starts or grows a group before the
-        next listing shows it. None when the vendor has no such target for this account. Raises
-        ``TransientError`` when it cannot be read now. Only for sources with ``supports_discovery``."""
-        raise NotImplementedError(f"the {self.type_name} source has no listing")
+        next listing shows it. None when the vendor has no such target for this account, and by default
+        (discovery then finds it at its next sweep). Raises ``TransientError`` when it cannot be read now."""
+        return None
 
     @abstractmethod
     async def check(self, targets: Sequence[str]) -> CheckReport:

@@ -18,7 +18,7 @@ from teckochecker_openai import OpenAIBatchOptions, OpenAIBatchSource
 
 from teckochecker.config.models import TriggerRule
 from teckochecker.config.validate import Config, load_config
-from teckochecker.discovery import Discovery
+from teckochecker.discovery import HINT_WAIT, Discovery
 from teckochecker.metrics import Metrics
 from teckochecker.plugin_api import CheckReport, ListedTarget, Observation, PluginContext, SharedRegistry, TargetState
 from teckochecker.plugins import PluginRegistry
@@ -208,9 +208,10 @@ def test_a_notified_batch_is_read_on_its_own_and_its_job_gets_the_notification(
     bad = fake.add_batch(metadata=meta("run-4", "three"), status="completed")  # its job fails: no hint
     stranger = fake.add_batch(status="completed")  # no group at all
     quiet = fake.add_batch(metadata=meta("run-3"), status="completed")  # not notified: found at the interval
-    for target, received in ((new, 1.0), (bad, 2.0), (stranger, 3.0)):
+    t0 = h.clock.monotonic()  # receipts, as the webhook receiver stamps them
+    for target, received in ((new, t0 + 1), (bad, t0 + 2), (stranger, t0 + 3)):
         assert h.discovery.notified("openai", target, received)
-    assert not h.discovery.notified("anthropic", quiet, 4.0)  # no template listens there
+    assert not h.discovery.notified("anthropic", quiet, t0 + 4)  # no template listens there
     lists_before = fake.request_kinds()["list"]
     h.scheduled = False  # the rebuild has not scheduled the new jobs yet
     h.loop.run_until_complete(h.discovery.run_once("classify"))
@@ -220,15 +221,29 @@ def test_a_notified_batch_is_read_on_its_own_and_its_job_gets_the_notification(
     h.apply_rows()
     h.scheduled = True
     run(h)
-    assert h.hints == [("openai", new, 1.0)]
+    assert h.hints == [("openai", new, t0 + 1)]
     # run-1's batch again: its job is in place and watching here, so it gets the hint; once ended, nothing.
-    assert h.discovery.notified("openai", old, 5.0)
+    assert h.discovery.notified("openai", old, t0 + 5)
     run(h)
-    assert h.hints[-1] == ("openai", old, 5.0)
+    assert h.hints[-1] == ("openai", old, t0 + 5)
     h.store.fail_job("run-1", "ended", now=h.clock.now())
-    assert h.discovery.notified("openai", old, 6.0)
+    assert h.discovery.notified("openai", old, t0 + 6)
     run(h)
     assert len(h.hints) == 2 and h.discovery._to_hint == {}  # dropped, not kept for ever
+    # run-3 (found by the listing meanwhile) never gets in place here: its notification waits, then goes.
+    assert h.discovery.notified("openai", quiet, h.clock.monotonic())
+    run(h)
+    assert "run-3" in h.discovery._to_hint
+    h.clock.advance(HINT_WAIT)
+    run(h)
+    assert h.discovery._to_hint == {} and len(h.hints) == 2
+    # run-2 removed (its template went in a reload): a notification for it is dropped, not kept for ever.
+    rows = [r for r in h.store.registered_jobs() if r.name != "run-2"]
+    h.store.sync_jobs([JobPlan(r.name, r.fingerprint, r.body["source"]["targets"]) for r in rows], h.clock.now())
+    h.scheduled = False
+    assert h.discovery.notified("openai", new, h.clock.monotonic())
+    run(h)
+    assert h.discovery._to_hint == {} and len(h.hints) == 2
     gets = [r.path for r in fake.requests if r.method == "GET" and r.path != "/v1/batches"]
     assert sorted(gets) == sorted(f"/v1/batches/{b}" for b in (new, bad, stranger))
 

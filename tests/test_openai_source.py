@@ -630,7 +630,7 @@ def test_describe_reads_one_batch_for_discovery_and_says_what_it_could_not(fake:
     """What a webhook about a batch no job watches costs discovery: one GET of it, never the listing."""
     batch_id = fake.add_batch(status="completed", metadata={"teckochecker_job": "run-1"})
     unknown = "batch_of_another_project"
-    source = make_source(clients, fake.base_url)
+    source = make_source(clients, fake.base_url, list_batches=True)  # the listing is there, and not used
 
     async def scenario() -> None:
         listed = await source.describe(batch_id)

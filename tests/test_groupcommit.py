@@ -27,9 +27,11 @@ class CountingStore(StateStore):
         return super().record_checks(checks)
 
 
-def check(name: str, target: str, state: TargetState) -> CheckToRecord:
+def check(
+    name: str, target: str, state: TargetState, now: dt.datetime = T0, next_check_at: dt.datetime = T0
+) -> CheckToRecord:
     report = CheckReport((Observation(target, state, state.value),))
-    return CheckToRecord(name, report, T0, T0, 3600.0, TriggerRule.ALL_TERMINAL, ACTION)
+    return CheckToRecord(name, report, now, next_check_at, 3600.0, TriggerRule.ALL_TERMINAL, ACTION)
 
 
 def test_concurrent_checks_share_transactions_and_each_job_fires_once(tmp_path: Path) -> None:
@@ -82,15 +84,7 @@ def test_the_watch_cache_keeps_what_was_written_unless_its_job_was_forgotten_mea
 
     store = StateStore.open(f"sqlite:///{tmp_path / 'state.db'}")
     store.sync_jobs([JobPlan("j", "fp", ["a", "b"])], T0)
-    store.record_check(
-        "j",
-        check("j", "a", TargetState.RUNNING).report,
-        now=T0,
-        next_check_at=T0,
-        deadline=3600.0,
-        rule=TriggerRule.ALL_TERMINAL,
-        actions=ACTION,
-    )
+    store.record_checks([check("j", "a", TargetState.RUNNING)])
     snap = store.job("j")
     store.close()
     assert snap is not None
@@ -156,15 +150,7 @@ def test_a_quiet_check_time_written_late_never_undoes_a_newer_recorded_check(tmp
     store = StateStore.open(f"sqlite:///{tmp_path / 'state.db'}")
     store.sync_jobs([JobPlan("j", "fp", ["a", "b"])], T0)
     later, much_later = T0 + dt.timedelta(minutes=1), T0 + dt.timedelta(minutes=16)
-    store.record_check(
-        "j",
-        check("j", "a", TargetState.RUNNING).report,
-        now=later,
-        next_check_at=much_later,
-        deadline=3600.0,
-        rule=TriggerRule.ALL_TERMINAL,
-        actions=ACTION,
-    )
+    store.record_checks([check("j", "a", TargetState.RUNNING, later, much_later)])
     store.touch_jobs([("j", T0, T0 + dt.timedelta(minutes=15))])  # the quiet check before it, written after
     snap = store.job("j")
     assert snap is not None and (snap.last_checked_at, snap.next_check_at) == (later, much_later)

@@ -89,7 +89,7 @@ class RunningJobs:
         # Hinted jobs that cannot fire yet, in the order hinted, and those of them let run now.
         self._deferred: dict[str, None] = {}
         self._deferred_running: set[str] = set()
-        # Per job, hinted targets to check fresh again: target → (due, received, checks so far).
+        # Per job, hinted targets to check fresh again.
         self._rechecks: dict[str, dict[str, _Recheck]] = {}
 
     # ----- start and stop -----

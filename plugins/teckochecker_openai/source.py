@@ -140,11 +140,9 @@ class OpenAIBatchSource(Source):
         if isinstance(response, _Unobserved):
             raise TransientError(response.message, retry_after=response.retry_after)
         if response.status_code != 200:
-            judged = self._judge(url, response)
-            if isinstance(judged, _Failure):
-                wait = throttle.failed(judged.message, judged.retry_after) if judged.account_wide else None
-                raise TransientError(judged.message, retry_after=wait or judged.retry_after)
-            throttle.succeeded()
+            answer = self._answer(target, url, response, throttle)  # judged as a check would (back-off included)
+            if isinstance(answer, _Unobserved):
+                raise TransientError(answer.message, retry_after=answer.retry_after)
             return None  # OpenAI's answer: no such batch for this key (another project's, say)
         throttle.succeeded()
         try:

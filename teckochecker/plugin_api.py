@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import logging
+import typing
 import urllib.parse
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -33,6 +34,7 @@ __all__ = [
     "ActionResult",
     "Cancellation",
     "CheckReport",
+    "Destination",
     "Duration",
     "HttpClients",
     "ListedTarget",
@@ -45,6 +47,7 @@ __all__ = [
     "SharedRegistry",
     "Source",
     "TargetState",
+    "destinations",
     "http_url",
 ]
 
@@ -88,6 +91,34 @@ class SecretName(str):
         from pydantic_core import core_schema
 
         return core_schema.no_info_after_validator_function(cls, core_schema.str_schema(min_length=1))
+
+
+class Destination(str):
+    """An option that says where the plugin's requests go: an http(s) base URL.
+
+    Typing an option field as ``Destination`` (or ``Destination | None``) is how the core knows it: only
+    the files may set it (a job registered over the API or made by discovery cannot), and the secrets named
+    in the same options are bound to its origin. Validate the value with ``http_url`` in a field validator.
+    """
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
+        from pydantic_core import core_schema
+
+        return core_schema.no_info_after_validator_function(cls, core_schema.str_schema(min_length=1))
+
+
+def destinations(options: BaseModel) -> dict[str, str]:
+    """The ``Destination`` options that are set, by field name. Found by the field's declared type, so a
+    field validator that returns a plain ``str`` does not hide one."""
+    found = {}
+    for name, info in type(options).model_fields.items():
+        annotation = info.annotation
+        if annotation is Destination or Destination in typing.get_args(annotation):
+            value = getattr(options, name)
+            if value is not None:
+                found[name] = str(value)
+    return found
 
 
 def http_url(value: str, example: str) -> str:

@@ -28,6 +28,7 @@ from teckochecker.errors import PermanentError
 from teckochecker.newest_first import NewestFirstListing, Page
 from teckochecker.plugin_api import (
     CheckReport,
+    Destination,
     Duration,
     Observation,
     OptionsModel,
@@ -60,7 +61,7 @@ SPEND_LIMIT_CODES = frozenset(
 
 class AnthropicBatchOptions(OptionsModel):
     api_key: SecretName
-    base_url: str = "https://api.anthropic.com"
+    base_url: Destination = Destination("https://api.anthropic.com")
     # Sent as anthropic-version; 2023-06-01 is the version every SDK accepts.
     anthropic_version: str = Field(default="2023-06-01", pattern=r"^\d{4}-\d{2}-\d{2}$")
     timeout: Duration = Field(default=30.0, gt=0)

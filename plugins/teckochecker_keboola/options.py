@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from teckochecker.plugin_api import Duration, OptionsModel, SecretName, http_url
+from teckochecker.plugin_api import Destination, Duration, OptionsModel, SecretName, http_url
 from teckochecker_keboola.variables import RESERVED_VARIABLES
 
 __all__ = ["KeboolaJobOptions"]
@@ -15,7 +15,7 @@ __all__ = ["KeboolaJobOptions"]
 class KeboolaJobOptions(OptionsModel):
     token: SecretName
     # The stack's connection URL, e.g. https://connection.eu-central-1.keboola.com.
-    stack_url: str
+    stack_url: Destination
     component: str = Field(min_length=1)
     config: str = Field(min_length=1)
     config_row_ids: list[str] = Field(default_factory=list)

@@ -21,14 +21,14 @@ from typing import Self
 
 from pydantic import Field, field_validator, model_validator
 
-from teckochecker.plugin_api import Duration, OptionsModel, PluginContext, SecretName, http_url
+from teckochecker.plugin_api import Destination, Duration, OptionsModel, PluginContext, SecretName, http_url
 from teckochecker_openai.source import OpenAIBatchOptions, OpenAIBatchSource
 
 __all__ = ["AzureOpenAIBatchOptions", "AzureOpenAIBatchSource"]
 
 
 class AzureOpenAIBatchOptions(OptionsModel):
-    endpoint: str
+    endpoint: Destination
     # e.g. 2024-10-21 or 2025-04-01-preview: the classic API. Omitted: the v1 API.
     api_version: str | None = Field(default=None, pattern=r"^\d{4}-\d{2}-\d{2}(-preview)?$")
     api_key: SecretName | None = None

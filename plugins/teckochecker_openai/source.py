@@ -25,6 +25,7 @@ from pydantic import Field, field_validator
 from teckochecker.errors import PermanentError, TransientError
 from teckochecker.plugin_api import (
     CheckReport,
+    Destination,
     Duration,
     ListedTarget,
     ListingListener,
@@ -55,7 +56,7 @@ class OpenAIBatchOptions(OptionsModel):
     api_key: SecretName
     organization: str | None = Field(default=None, min_length=1)
     project: str | None = Field(default=None, min_length=1)
-    base_url: str = "https://api.openai.com/v1"
+    base_url: Destination = Destination("https://api.openai.com/v1")
     timeout: Duration = Field(default=30.0, gt=0)
     # Read batches from the account's list (100 per request, shared by all jobs of the account) and fetch
     # one by one only what the list did not show. false: always one request per batch.

@@ -26,6 +26,7 @@ from teckochecker.plugin_api import (
     ActionOutcome,
     ActionRequest,
     ActionResult,
+    Destination,
     Duration,
     OptionsModel,
     PluginContext,
@@ -50,7 +51,7 @@ SECRET_PREFIX = "whsec_"
 
 
 class WebhookOptions(OptionsModel):
-    url: str
+    url: Destination
     # A secret name whose value is the Standard Webhooks secret: "whsec_" + base64 of 24-64 random bytes.
     secret: SecretName
     # Read timeout of the POST; connecting is always bounded by 5 s.

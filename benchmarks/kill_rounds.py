@@ -336,7 +336,8 @@ def write_config(
     for cfg, group in batches.items():
         lines.append(
             f"  - name: job-{cfg}\n    template: chaos\n    source: {{targets: {json.dumps(group)}}}\n"
-            f"    actions: [{{type: keboola_job, token: keboola, stack_url: '{keboola.stack_url}', "
+            f"    actions: [{{type: keboola_job, token: keboola, stack_url: '{keboola.stack_url}',"
+            f" queue_url: '{keboola.queue_url}', "
             f"component: {COMPONENT}, config: {cfg}, search_lag: {settings.search_lag:g}s, "
             f"timeout: {settings.create_timeout:g}s, follow_interval: 1s{extra}}}]\n"
         )

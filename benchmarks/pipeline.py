@@ -312,7 +312,8 @@ def write_config(
     for j, group in enumerate(batches):
         lines.append(
             f"  - name: job{j}\n    template: bench\n    source: {{targets: [{', '.join(group)}]}}\n"
-            f"    actions: [{{type: keboola_job, token: keboola, stack_url: '{keboola.stack_url}', "
+            f"    actions: [{{type: keboola_job, token: keboola, stack_url: '{keboola.stack_url}',"
+            f" queue_url: '{keboola.queue_url}', "
             f"component: {COMPONENT}, config: cfg{j}, search_lag: 2s, follow_interval: 5s}}]\n"
         )
     path = workdir / f"teckochecker-{port}.yaml"

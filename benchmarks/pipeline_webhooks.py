@@ -143,7 +143,8 @@ def _write_config(
         for j, targets in enumerate(batches):
             lines.append(
                 f"  - name: {group}{j}\n    template: {group}\n    source: {{targets: [{', '.join(targets)}]}}\n"
-                f"    actions: [{{type: keboola_job, token: keboola, stack_url: '{keboola.stack_url}', "
+                f"    actions: [{{type: keboola_job, token: keboola, stack_url: '{keboola.stack_url}',"
+                f" queue_url: '{keboola.queue_url}', "
                 f"component: {COMPONENT}, config: {group}{j}, search_lag: 2s, follow_interval: 5s}}]\n"
             )
         (workdir / "jobs.d" / f"{group}.yaml").write_text("".join(lines))

@@ -30,6 +30,7 @@ from teckochecker.crashpoints import CrashPoints
 from teckochecker.discovery import Discovery
 from teckochecker.http import HttpClientPool
 from teckochecker.metrics import Metrics
+from teckochecker.outbound_guard import OutboundGuard
 from teckochecker.plugin_api import PluginContext, SharedRegistry
 from teckochecker.plugins import PluginRegistry
 from teckochecker.registered_jobs import Assembly, RegisteredJobs
@@ -92,6 +93,8 @@ class Daemon:
         self._notifier = notifier or Notifier({})
         self._plugins = registry
         self.metrics = metrics or Metrics()
+        # Secrets only to where the files bind them: told every resolved value, and the bindings at each reload.
+        self.outbound = OutboundGuard(self.metrics, logging.getLogger("teckochecker.outbound"))
         self.reloader = ConfigReloader(
             config_path,
             config,
@@ -102,6 +105,7 @@ class Daemon:
             metrics=self.metrics,
             notifier=self._notifier,
             logger=logger,
+            guard=self.outbound,
         )
         self._stop = asyncio.Event()
         self._reload_wanted = asyncio.Event()
@@ -181,7 +185,7 @@ class Daemon:
         self._watcher = Reloader(self.request_reload, self._log)
         self._watcher.start(watched_dirs(self.reloader.config_path, self.config.include))
         self._opened.push_async_callback(self._watcher.stop)
-        http = HttpClientPool(self.config.defaults.concurrency, self.metrics)
+        http = HttpClientPool(self.config.defaults.concurrency, self.metrics, guard=self.outbound)
         self._opened.push_async_callback(http.aclose)
         await self._start_jobs(http)
         await self._start_web()
@@ -214,6 +218,7 @@ class Daemon:
             secret=self.reloader.secret,
             logger=logging.getLogger("teckochecker.plugins"),
             shared=SharedRegistry(),
+            secret_origins=self.outbound.origins,
         )
         crashpoints = CrashPoints(self._environ)
         may_act = self.replication.may_act if self.replication is not None else _always

@@ -11,7 +11,10 @@ TeckoCheckerError
 ├── UnreadableFile         a file is missing, not a regular file, or over its size cap (never shows content)
 ├── TransientError         observing or acting failed; a later try may work (optional retry_after)
 └── PermanentError         observing or acting cannot work until a person changes something
-    └── Rejected           the downstream system refused the request (e.g. HTTP 400/401/403/404)
+    ├── Rejected           the downstream system refused the request (e.g. HTTP 400/401/403/404)
+    └── OutboundRefused    a request stopped before it left: it would go where the files did not say
+        ├── SecretNotBound     it carries a secret to an origin the files do not bind that secret to
+        └── AddressRefused     a host no file names resolves to a loopback, private or reserved address
 NotStarted (TransientError) an action start that certainly did not reach the downstream system
 InDoubt (TeckoCheckerError) an action start whose outcome is unknown: reconcile, never retry blindly
 """
@@ -81,6 +84,26 @@ class PermanentError(TeckoCheckerError):
 
 
 class Rejected(PermanentError):
+    pass
+
+
+class OutboundRefused(PermanentError):
+    """Raised by the daemon's HTTP layer before anything is sent, so a plugin's step fails for good and says
+    why; retrying could not help until a person changes the files."""
+
+
+class SecretNotBound(OutboundRefused):
+    def __init__(self, secrets: Sequence[str], origin: str) -> None:
+        self.secrets = tuple(secrets)
+        self.origin = origin
+        names = ", ".join(repr(name) for name in self.secrets)
+        super().__init__(
+            f"refused to send secret {names} to {origin}: the config files do not bind it there (a Destination "
+            f"option of a plugin part that names it, or its send_to under 'secrets:')"
+        )
+
+
+class AddressRefused(OutboundRefused):
     pass
 
 

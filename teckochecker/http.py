@@ -9,6 +9,8 @@ import httpx
 
 from teckochecker import __version__
 from teckochecker.metrics import Metrics, status_class
+from teckochecker.outbound_guard import OutboundGuard
+from teckochecker.outbound_transport import CheckedConnectTransport, GuardedTransport, NoRedirectClient
 
 USER_AGENT = f"teckochecker/{__version__}"
 
@@ -39,16 +41,21 @@ class BoundedTransport(httpx.AsyncBaseTransport):
 
 
 class HttpClientPool:
-    """Implements plugin_api.HttpClients. Build it inside the running event loop."""
+    """Implements plugin_api.HttpClients. Build it inside the running event loop.
+
+    The daemon passes its ``guard`` (outbound_guard.py): every request is checked before it is sent and where
+    it connects. Without one (a test of the pool itself) nothing is checked."""
 
     def __init__(
         self,
         concurrency: int,
         metrics: Metrics,
         *,
+        guard: OutboundGuard | None = None,
         transport_factory: type[httpx.AsyncHTTPTransport] = httpx.AsyncHTTPTransport,
     ) -> None:
         self._metrics = metrics
+        self._guard = guard
         self._semaphore = asyncio.Semaphore(concurrency)
         self._clients: dict[str, httpx.AsyncClient] = {}
         self._transport_factory = transport_factory
@@ -66,13 +73,22 @@ class HttpClientPool:
         if existing is not None:
             return existing
         limits = httpx.Limits(max_connections=self._concurrency, max_keepalive_connections=self._concurrency)
-        transport = BoundedTransport(self._transport_factory(limits=limits, retries=0), self._semaphore, self._metrics)
-        client = httpx.AsyncClient(
+        guard = self._guard
+        inner = (
+            self._transport_factory(limits=limits, retries=0)
+            if guard is None
+            else CheckedConnectTransport(guard, limits=limits, retries=0)
+        )
+        transport: httpx.AsyncBaseTransport = BoundedTransport(inner, self._semaphore, self._metrics)
+        client = NoRedirectClient(
             base_url=base_url,
             headers={"User-Agent": USER_AGENT, **(headers or {})},
             timeout=timeout,
-            transport=transport,
+            transport=transport if guard is None else GuardedTransport(transport, guard),
             follow_redirects=False,
+            # An HTTP(S)_PROXY from the environment would be a transport of its own, past the guard and the
+            # bound, to a place no config file names.
+            trust_env=False,
         )
         self._clients[key] = client
         return client

@@ -90,6 +90,13 @@ class Metrics:
             ["host", "status_class"],
             registry=r,
         )
+        self.secret_refusals = Counter(
+            f"{PREFIX}_secret_refusals",
+            "Outbound requests refused before sending because they carried the named secret to an origin the "
+            "config files do not bind it to.",
+            ["secret"],
+            registry=r,
+        )
         self.actions = Counter(
             f"{PREFIX}_actions",
             "Action steps by type and outcome (started, adopted, not_started, in_doubt, rejected, "

@@ -17,7 +17,7 @@ import urllib.parse
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     import httpx  # at run time only where a request is made: validate-config and status load this module
 
 __all__ = [
+    "SIGNED_WITH",
     "Action",
     "ActionOutcome",
     "ActionRequest",
@@ -41,8 +42,10 @@ __all__ = [
     "ListingListener",
     "Observation",
     "OptionsModel",
+    "Origin",
     "PluginContext",
     "SecretName",
+    "SecretOrigins",
     "SharedObjects",
     "SharedRegistry",
     "Source",
@@ -130,10 +133,52 @@ def http_url(value: str, example: str) -> str:
     return value.strip().rstrip("/")
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+# A request extension naming the secrets a request carries in a form that cannot be recognised by value (an
+# HMAC signature made with one), so the daemon's outbound guard holds it to their bindings too:
+# ``client.post(url, ..., extensions={SIGNED_WITH: (self.options.secret,)})``.
+SIGNED_WITH = "teckochecker_signed_with"
+
+
+class Origin(NamedTuple):
+    """Where a request goes, as far as a secret is concerned: scheme, host and port (the default port filled
+    in, the host in lower case), so ``https://API.example.com/v1`` and ``https://api.example.com:443`` are one."""
+
+    scheme: str
+    host: str
+    port: int
+
+    @classmethod
+    def of(cls, url: str) -> Origin:
+        """The origin of an http(s) URL; raises ValueError for anything else."""
+        parts = urllib.parse.urlsplit(url.strip())
+        port = parts.port  # raises ValueError on a malformed port
+        if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {url!r}")
+        return cls(parts.scheme, parts.hostname.lower(), port or _DEFAULT_PORTS[parts.scheme])
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 literal keeps its brackets
+        return f"{self.scheme}://{host}:{self.port}"
+
+
 class OptionsModel(BaseModel):
     """Base for plugin options: frozen, and unknown keys are errors."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def bound_origins(self) -> frozenset[Origin]:
+        """The origins the secrets named in these options may be sent to, when the options come from the
+        files: by default those of the ``Destination`` options. Override to add an origin the plugin derives
+        from them (Keboola: the Queue API host next to the stack's)."""
+        found = set()
+        for url in destinations(self).values():
+            try:
+                found.add(Origin.of(url))
+            except ValueError:
+                continue  # refused by the option's own validator; nothing to bind
+        return frozenset(found)
 
 
 @dataclass(frozen=True)
@@ -230,6 +275,12 @@ class SecretLookup(Protocol):
     def __call__(self, name: str) -> str: ...
 
 
+class SecretOrigins(Protocol):
+    def __call__(self, name: str) -> frozenset[Origin]:
+        """The origins the files bind the named secret to (see ``OptionsModel.bound_origins``)."""
+        ...
+
+
 class HttpClients(Protocol):
     """Pooled HTTP clients owned by the daemon: one per ``key`` (e.g. endpoint + credential).
 
@@ -278,6 +329,10 @@ class PluginContext:
     secret: SecretLookup
     logger: logging.Logger
     shared: SharedObjects = field(default_factory=SharedRegistry)
+    # Where the files let each secret go; a URL read from a vendor's reply is used with a secret only if its
+    # origin is in there. The daemon always sets it (and refuses any other request in its HTTP layer); None
+    # in a context built by hand (a test, a tool), where the plugin takes such a URL as found.
+    secret_origins: SecretOrigins | None = None
 
 
 class Source(ABC):

@@ -16,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from teckochecker.clock import Clock
 from teckochecker.config.validate import Config, JobDefinition, load_config
@@ -26,11 +27,15 @@ from teckochecker.metrics import Metrics
 from teckochecker.offloop import run_off_loop
 from teckochecker.plugins import PluginRegistry
 from teckochecker.sdnotify import Notifier
+from teckochecker.secret_bindings import SecretBindings, secret_bindings
 from teckochecker.secrets.resolving import Redactor, SecretResolver
 from teckochecker.state.guard import StoreGuard
 from teckochecker.state.store import StateStore
 from teckochecker.state.worker import StoreWorker
 from teckochecker.webhooks.signature import signing_keys
+
+if TYPE_CHECKING:
+    from teckochecker.outbound_guard import OutboundGuard
 
 # Reading and validating 10,000 jobs takes one to three minutes on a busy 2-core machine; past this, a read hangs.
 RELOAD_TIMEOUT = 600.0
@@ -93,7 +98,8 @@ WatchPaths = Callable[[Config], None]
 
 
 class ConfigReloader:
-    """Owns the running config and its secrets, and moves both to a new config when a reload succeeds."""
+    """Owns the running config and its secrets, and moves both to a new config when a reload succeeds; with
+    them the secrets' bindings, which the outbound ``guard`` enforces."""
 
     def __init__(
         self,
@@ -107,6 +113,7 @@ class ConfigReloader:
         metrics: Metrics,
         notifier: Notifier,
         logger: logging.Logger,
+        guard: OutboundGuard | None = None,
     ) -> None:
         self.config_path = config_path
         self.config = config
@@ -117,10 +124,17 @@ class ConfigReloader:
         self._metrics = metrics
         self._notifier = notifier
         self._log = logger
-        self.secrets = SecretResolver(config.secrets, environ, redactor)
+        self._guard = guard
+        if guard is not None:
+            guard.bind(secret_bindings(config, registry))
+        self.secrets = self._resolver(config)
         self._attempted_checksum = config_checksum(config_path, config.include)
         self.status = ReloadStatus(successful=True, at=clock.now())
         self._unsaved: ReloadStatus | None = None
+
+    def _resolver(self, config: Config) -> SecretResolver:
+        learn = self._guard.learn if self._guard is not None else None
+        return SecretResolver(config.secrets, self._environ, self._redactor, on_resolved=learn)
 
     def secret(self, name: str) -> str:
         # Plugins hold this bound method; a reload swaps the resolver behind it.
@@ -165,9 +179,9 @@ class ConfigReloader:
         # so /healthz and the ticks keep running. Only the apply step below touches live state.
         try:
             loading = run_off_loop("config-load", self._load_new_config)
-            new, checksum = await asyncio.wait_for(loading, RELOAD_TIMEOUT)
+            new, checksum, bindings = await asyncio.wait_for(loading, RELOAD_TIMEOUT)
             # On the loop: checking registers secret values with the Redactor, which log calls read.
-            resolver = SecretResolver(new.secrets, self._environ, self._redactor)
+            resolver = self._resolver(new)
             check_secrets(resolver, self._log)
             if new.webhooks.enabled:  # a webhook secret that is no whsec_ value would refuse every delivery
                 signing_keys(new.webhooks.secrets, resolver)
@@ -185,6 +199,8 @@ class ConfigReloader:
         change = diff(self.config.jobs, new.jobs)
         self.secrets = resolver
         self.config = new
+        if self._guard is not None:
+            self._guard.bind(bindings)
         await apply(new.jobs, change)
         self._log_applied(change)
         watch(new)
@@ -193,10 +209,10 @@ class ConfigReloader:
         self._mark(status)
         return status
 
-    def _load_new_config(self) -> tuple[Config, str]:
-        """Runs on a thread: the new config, and the checksum of the files it was read from."""
+    def _load_new_config(self) -> tuple[Config, str, SecretBindings]:
+        """Runs on a thread: the new config, the checksum of the files it was read from, and its bindings."""
         new = load_config(self.config_path, self._registry)
-        return new, config_checksum(self.config_path, new.include)
+        return new, config_checksum(self.config_path, new.include), secret_bindings(new, self._registry)
 
     def _failed(self, errors: list[str]) -> ReloadStatus:
         for line in errors:

@@ -65,6 +65,7 @@ def write_config(
               - type: keboola_job
                 token: keboola
                 stack_url: {keboola.stack_url}
+                queue_url: {keboola.queue_url}
                 component: {COMPONENT}
                 config: "101"
                 search_lag: 1s

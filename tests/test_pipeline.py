@@ -46,6 +46,7 @@ def job_yaml(name: str, config: str, batches: list[str], search_lag: str = "1s",
               - type: keboola_job
                 token: keboola
                 stack_url: {{stack}}
+                queue_url: {{queue}}
                 component: {COMPONENT}
                 config: "{config}"
                 search_lag: {search_lag}
@@ -71,7 +72,7 @@ def write_config(tmp_path: Path, openai: FakeOpenAI, keboola: FakeKeboola, jobs:
             source: {{type: openai_batch, api_key: openai, base_url: "{openai.base_url}"}}
         jobs:
         """)
-        + jobs.replace("{stack}", keboola.stack_url)
+        + jobs.replace("{stack}", keboola.stack_url).replace("{queue}", keboola.queue_url)
     )
     return path
 

@@ -82,7 +82,8 @@ def write_config(
     for i, batch in enumerate(batches):
         lines.append(
             f"  - name: job-{i:02d}\n    template: replicated\n    source: {{targets: [{batch}]}}\n"
-            f"    actions: [{{type: keboola_job, token: keboola, stack_url: '{keboola.stack_url}', "
+            f"    actions: [{{type: keboola_job, token: keboola, stack_url: '{keboola.stack_url}',"
+            f" queue_url: '{keboola.queue_url}', "
             f"component: {COMPONENT}, config: cfg{i}, search_lag: 1s, timeout: 2s, follow_interval: 1s}}]\n"
         )
     path.write_text("".join(lines))

@@ -107,7 +107,8 @@ def base_config(name: str, postgres_url: str) -> str:
 
 def action(keboola: FakeKeboola) -> str:
     return (
-        f'{{type: keboola_job, token: keboola, stack_url: "{keboola.stack_url}", component: {COMPONENT}, '
+        f'{{type: keboola_job, token: keboola, stack_url: "{keboola.stack_url}",'
+        f' queue_url: "{keboola.queue_url}", component: {COMPONENT}, '
         'config: "101", search_lag: 1s, follow_interval: 1s, duplicate_watch: 0s}'
     )
 

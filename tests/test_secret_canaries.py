@@ -66,6 +66,7 @@ def write_config(tmp_path: Path, openai: FakeOpenAI, keboola: FakeKeboola, batch
               - type: keboola_job
                 token: keboola
                 stack_url: {keboola.stack_url}
+                queue_url: {keboola.queue_url}
                 component: {COMPONENT}
                 config: "{config_id}"
                 search_lag: 1s

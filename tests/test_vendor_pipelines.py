@@ -139,6 +139,7 @@ def test_azure_batches_fire_one_keboola_job(tmp_path: Path, env: dict[str, str])
                 - type: keboola_job
                   token: keboola
                   stack_url: "{keboola.stack_url}"
+                  queue_url: "{keboola.queue_url}"
                   component: {COMPONENT}
                   config: "{CONFIG}"
                   search_lag: 1s

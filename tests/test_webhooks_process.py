@@ -58,7 +58,8 @@ def write_config(tmp_path: Path, openai: FakeOpenAI, keboola: FakeKeboola, batch
           - name: hooked
             source: {{type: openai_batch, api_key: openai, base_url: "{openai.base_url}", targets: {batches}}}
             actions:
-              - {{type: keboola_job, token: keboola, stack_url: "{keboola.stack_url}", component: {COMPONENT},
+              - {{type: keboola_job, token: keboola, stack_url: "{keboola.stack_url}",
+                 queue_url: "{keboola.queue_url}", component: {COMPONENT},
                   config: "101", search_lag: 1s, follow_interval: 1s, duplicate_watch: 3s}}
         """)
     )

@@ -32,6 +32,7 @@ from teckochecker.plugin_api import (
     Duration,
     Observation,
     OptionsModel,
+    Origin,
     SecretName,
     Source,
     TargetState,
@@ -54,6 +55,8 @@ BATCHES_PATH = "v1/messages/batches"
 # What a source reads of a batch; kept for thousands of batches between sweeps.
 KEPT_FIELDS = frozenset({"id", "type", "processing_status", "request_counts", "results_url", *TIMESTAMP_FIELDS})
 # Codes inside a 429's error.details that waiting does not lift (the SDK's ErrorDetails union).
+# A results_url is passed downstream (a Keboola variable); a real one is about 100 characters.
+MAX_RESULTS_URL = 2048
 SPEND_LIMIT_CODES = frozenset(
     {"enforced_spend_limit_reached", "contract_spend_limit_reached", "linked_organization_spend_limit_reached"}
 )
@@ -250,10 +253,32 @@ class AnthropicBatchSource(Source):
         details: dict[str, Any] = {
             "processing_status": status,
             "request_counts": counts,
-            "results_url": batch.get("results_url") or None,
+            "results_url": self._results_url(target, batch.get("results_url")),
         }
         details.update({name: batch.get(name) for name in TIMESTAMP_FIELDS})
         return Observation(target=target, state=state, vendor_status=status, details=details, message=message)
+
+    def _results_url(self, target: str, url: Any) -> str | None:
+        """The batch's results_url, passed downstream only if it is where the source itself reads from: the
+        configured base_url's host, over https (or base_url's own scheme and port), of a sane length."""
+        if url is None or url == "":
+            return None
+        if isinstance(url, str) and len(url) <= MAX_RESULTS_URL:
+            base = Origin.of(self.options.base_url)
+            try:
+                origin = Origin.of(url)
+            except ValueError:
+                origin = None
+            if origin in (base, Origin("https", base.host, 443)):
+                return url
+        self.context.logger.warning(
+            "Anthropic batch %s: its results_url is left out: it is not an https URL on %s of at most %d "
+            "characters (a reply may not send the pipeline elsewhere)",
+            target,
+            Origin.of(self.options.base_url).host,
+            MAX_RESULTS_URL,
+        )
+        return None
 
     # ----- answers -----------------------------------------------------------------------------------
 

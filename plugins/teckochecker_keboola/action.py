@@ -17,7 +17,7 @@ import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from teckochecker.errors import InDoubt, NotStarted, Rejected, TransientError
+from teckochecker.errors import InDoubt, NotStarted, PermanentError, Rejected, TransientError
 from teckochecker.plugin_api import (
     Action,
     ActionOutcome,
@@ -25,6 +25,7 @@ from teckochecker.plugin_api import (
     ActionResult,
     Cancellation,
     OptionsModel,
+    Origin,
     PluginContext,
 )
 from teckochecker.retry import is_transient_status, parse_retry_after
@@ -328,15 +329,20 @@ class KeboolaJobAction(Action):
         )
 
     async def _queue_url(self) -> str:
-        """The Queue API base URL; raises NotStarted (a TransientError) when it cannot be found."""
+        """The Queue API base URL; raises NotStarted (a TransientError) when it cannot be found, and
+        PermanentError when the stack index names one the token may not be sent to."""
         import httpx
 
+        if self.options.queue_url is not None:
+            return self.options.queue_url
         if self._discovered_queue_url is not None:
             return self._discovered_queue_url
         stack_url = self.options.stack_url
         # One discovery per stack for the whole daemon, not one per job.
         known: dict[str, str] = self.context.shared.get("keboola-queue-urls", dict)
+        index_url = f"{stack_url}/v2/storage?exclude=components"
         if stack_url in known:
+            self._check_bound(known[stack_url], index_url)  # found for another job, maybe with another token
             self._discovered_queue_url = known[stack_url]
             return known[stack_url]
         index = self.context.http.client(
@@ -345,17 +351,19 @@ class KeboolaJobAction(Action):
             timeout=httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT),
         )
         try:
-            self._discovered_queue_url = known[stack_url] = await discover_queue_url(index)
-            return self._discovered_queue_url
+            discovered = await discover_queue_url(index)
         except DiscoveryFailed as exc:
             reason = str(exc)
-        index_url = f"{stack_url}/v2/storage?exclude=components"
+        else:
+            self._check_bound(discovered, index_url)
+            self._discovered_queue_url = known[stack_url] = discovered
+            return discovered
         guess = guess_queue_url(stack_url)
         if guess is None:
             raise NotStarted(
                 f"cannot find the Keboola Queue API: the stack index at {index_url} failed ({reason}) and "
                 f"the host of {stack_url} does not start with 'connection.'; set stack_url to the "
-                "connection URL of the stack, e.g. https://connection.keboola.com"
+                "connection URL of the stack, e.g. https://connection.keboola.com, or queue_url to its Queue API"
             )
         self.context.logger.warning(
             "Keboola stack index at %s failed (%s); guessing the Queue API at %s from the host name",
@@ -364,6 +372,21 @@ class KeboolaJobAction(Action):
             guess,
         )
         return guess
+
+    def _check_bound(self, queue_url: str, index_url: str) -> None:
+        """The index is a reply from the network: the token goes to the Queue API it names only if the files
+        bind the token there (the stack's host, queue.<the stack's>, queue_url or the token's send_to)."""
+        bound = self.context.secret_origins
+        if bound is None:
+            return  # a context built by hand; the daemon always knows the bindings
+        origin = Origin.of(queue_url)
+        if origin in bound(self.options.token):
+            return
+        raise PermanentError(
+            f"the Keboola stack index at {index_url} names the Queue API at {origin}, where the config files do "
+            f"not let secret {self.options.token!r} go; if that is the stack's Queue API, set queue_url: "
+            f"{queue_url} on the action (or add {origin} to send_to of secret {self.options.token!r})"
+        )
 
     def _queue_client(self, queue_url: str) -> httpx.AsyncClient:
         import httpx

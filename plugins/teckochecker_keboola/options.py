@@ -6,7 +6,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from teckochecker.plugin_api import Destination, Duration, OptionsModel, SecretName, http_url
+from teckochecker.plugin_api import Destination, Duration, OptionsModel, Origin, SecretName, http_url
+from teckochecker_keboola.queue import guess_queue_url
 from teckochecker_keboola.variables import RESERVED_VARIABLES
 
 __all__ = ["KeboolaJobOptions"]
@@ -16,6 +17,10 @@ class KeboolaJobOptions(OptionsModel):
     token: SecretName
     # The stack's connection URL, e.g. https://connection.eu-central-1.keboola.com.
     stack_url: Destination
+    # The Queue API's base URL, e.g. https://queue.keboola.com. Set, it is used as it is and the stack index is
+    # not read; unset, the index names it, and a Queue API on another host than queue.<the stack's> must be
+    # set here (or in the token's send_to) before the token is sent there.
+    queue_url: Destination | None = None
     component: str = Field(min_length=1)
     config: str = Field(min_length=1)
     config_row_ids: list[str] = Field(default_factory=list)
@@ -39,6 +44,17 @@ class KeboolaJobOptions(OptionsModel):
     @classmethod
     def _http_url(cls, value: str) -> str:
         return http_url(value, "https://connection.keboola.com")
+
+    @field_validator("queue_url")
+    @classmethod
+    def _queue_http_url(cls, value: str | None) -> str | None:
+        return None if value is None else http_url(value, "https://queue.keboola.com")
+
+    def bound_origins(self) -> frozenset[Origin]:
+        """The stack's origin, the Queue API's (``queue_url``), and the one guessed from the stack's host
+        (``connection.X`` → ``queue.X``, where every Keboola stack has it)."""
+        guess = guess_queue_url(self.stack_url)
+        return super().bound_origins() | ({Origin.of(guess)} if guess is not None else set())
 
     @field_validator("config_row_ids")
     @classmethod

@@ -22,6 +22,7 @@ from pydantic import Field, field_validator
 
 from teckochecker.errors import InDoubt, NotStarted, PermanentError, Rejected
 from teckochecker.plugin_api import (
+    SIGNED_WITH,
     Action,
     ActionOutcome,
     ActionRequest,
@@ -90,7 +91,12 @@ class WebhookAction(Action):
         headers = {"Content-Type": "application/json", **self._signature(request.trigger_id, body)}
         try:
             response = await self._client().post(
-                url, content=body, headers=headers, timeout=httpx.Timeout(self.options.timeout, connect=CONNECT_TIMEOUT)
+                url,
+                content=body,
+                headers=headers,
+                timeout=httpx.Timeout(self.options.timeout, connect=CONNECT_TIMEOUT),
+                # The signature is made with the secret: it may go only where the files bind that secret.
+                extensions={SIGNED_WITH: (self.options.secret,)},
             )
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise NotStarted(f"could not connect to the webhook at {_safe(url)}: {describe(exc)}") from exc

@@ -222,6 +222,7 @@ def _config(world: DemoWorld, port: int) -> str:
               source: {{targets: [{targets}]}}
               actions:
                 - {{type: keboola_job, token: keboola, stack_url: "{world.keboola.stack_url}",
+                    queue_url: "{world.keboola.queue_url}",
                     component: {COMPONENT}, config: "{config_id}", search_lag: 2s, follow_interval: 2s,
                     variables: {{pipeline: {name}}}}}
             """),

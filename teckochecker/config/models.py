@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import enum
 import re
+import urllib.parse
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -63,6 +64,12 @@ class SecretRef(Model):
     credential: str | None = Field(default=None, min_length=1)
     # A Fernet token made by `teckochecker secrets encrypt NAME`.
     encrypted: str | None = Field(default=None, min_length=1)
+    # Origins (https://host:port) the value may be sent to besides those of the options naming it, e.g. a
+    # Keboola Queue API the stack index names on a host that is not the guessed one.
+    send_to: list[str] = Field(
+        default_factory=list,
+        description="Origins (scheme://host[:port]) this secret may also be sent to; see docs/security.md",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -105,6 +112,15 @@ class SecretRef(Model):
             raise ValueError("is not a Fernet token: paste what `teckochecker secrets encrypt` printed")
         return token
 
+    @field_validator("send_to")
+    @classmethod
+    def _origins(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            problem = origin_problem(origin)
+            if problem is not None:
+                raise ValueError(f"send_to {origin!r}: {problem}")
+        return origins
+
     @model_validator(mode="after")
     def _exactly_one(self) -> SecretRef:
         given = [kind for kind in SECRET_KINDS if getattr(self, kind) is not None]
@@ -121,6 +137,20 @@ class SecretRef(Model):
         if self.encrypted is not None:
             return "encrypted value"
         return f"{self.kind} {getattr(self, self.kind)}"
+
+
+def origin_problem(origin: str) -> str | None:
+    """Why ``origin`` is not an origin such as https://host:port (nothing after the port), or None."""
+    try:
+        parts = urllib.parse.urlsplit(origin)
+        _ = parts.port  # raises ValueError on a malformed port
+    except ValueError:
+        return "has a malformed host or port"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "must be an origin such as https://host or https://host:8443"
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username or parts.password:
+        return "must be an origin only (scheme, host and port): no path, query or user info"
+    return None
 
 
 def is_fernet_token(token: str) -> bool:

@@ -20,7 +20,7 @@ import logging
 import re
 import stat
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from cryptography.fernet import InvalidToken
@@ -113,12 +113,23 @@ def header_value_problem(value: str) -> str | None:
 
 
 class SecretResolver:
-    """Resolves the config's named secrets. Raises SecretError naming the secret, never its value."""
+    """Resolves the config's named secrets. Raises SecretError naming the secret, never its value.
 
-    def __init__(self, refs: Mapping[str, SecretRef], environ: Mapping[str, str], redactor: Redactor) -> None:
+    ``on_resolved(name, value)`` is told every value resolved: the daemon's outbound guard, which refuses to
+    send a value where the files do not bind its name (it keeps them in memory only, as the Redactor does)."""
+
+    def __init__(
+        self,
+        refs: Mapping[str, SecretRef],
+        environ: Mapping[str, str],
+        redactor: Redactor,
+        *,
+        on_resolved: Callable[[str, str], None] | None = None,
+    ) -> None:
         self._refs = dict(refs)
         self._environ = environ
         self._redactor = redactor
+        self._on_resolved = on_resolved
 
     def __call__(self, name: str) -> str:
         ref = self._refs.get(name)
@@ -131,6 +142,8 @@ class SecretResolver:
             raise SecretError(f"secret {name!r}: {exc}") from None
         # Registered even when refused below: the value must never leak, whatever happens to it next.
         self._redactor.register(value)
+        if self._on_resolved is not None:
+            self._on_resolved(name, value)
         problem = header_value_problem(value)
         if problem is not None:
             trim = (

@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from teckochecker.config.validate import Config, _secret_names
-from teckochecker.plugin_api import Action, Destination, OptionsModel, Origin, Source
+from teckochecker.plugin_api import Action, Destination, OptionsModel, Origin, SecretName, Source
 from teckochecker.plugins import PluginRegistry
 
 # The keys of a plugin part that are the core's, not the plugin's options.
@@ -54,7 +54,9 @@ def secret_bindings(config: Config, registry: PluginRegistry) -> SecretBindings:
     for options in _file_parts(config, registry):
         try:
             origins = options.bound_origins()
-            secrets = [str(name) for _, name in _secret_names(options, ())]
+            # Field by field: a template's part built without validation may lack a field its jobs fill in.
+            present = {name: getattr(options, name) for name in type(options).model_fields if hasattr(options, name)}
+            secrets = [str(name) for _, name in _secret_names(present, ())]
         except (AttributeError, ValueError):
             continue  # a template's part too incomplete to say anything; no job can be made of it as it is
         named |= origins
@@ -96,15 +98,20 @@ def _template_part(
         return
     except ValidationError as exc:
         failed = {error["loc"][0] for error in exc.errors() if error["loc"]}
-    if failed & _destination_fields(model):
+    if failed & _fields_of(model, Destination):
         return  # a default in place of a wrong destination would bind the secret to a place nobody wrote
     kept = {k: v for k, v in options.items() if k in model.model_fields and k not in failed}
+    # Built without validation, so a secret's name is typed here as validation would have typed it.
+    for name in _fields_of(model, SecretName) & set(kept):
+        if isinstance(kept[name], str):
+            kept[name] = SecretName(kept[name])
     yield model.model_construct(**kept)
 
 
-def _destination_fields(model: type[OptionsModel]) -> set[str]:
+def _fields_of(model: type[OptionsModel], kind: type) -> set[str]:
+    """The fields typed ``kind`` or ``kind | None``."""
     return {
         name
         for name, info in model.model_fields.items()
-        if info.annotation is Destination or Destination in typing.get_args(info.annotation)
+        if info.annotation is kind or kind in typing.get_args(info.annotation)
     }

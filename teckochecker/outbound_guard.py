@@ -60,16 +60,25 @@ class OutboundGuard:
         carried = self._carried(request)
         if not carried:
             return
-        origin = Origin.of(str(request.url))
+        try:
+            origin: Origin | None = Origin.of(str(request.url))
+        except ValueError:  # not http(s): no secret is bound there
+            origin = None
         # A value defined under two names may go where either name may go: the files allowed that value there.
         refused = sorted(
-            {name for names in carried for name in names if not any(self._bindings.allows(n, origin) for n in names)}
+            {
+                name
+                for names in carried
+                for name in names
+                if origin is None or not any(self._bindings.allows(n, origin) for n in names)
+            }
         )
         if not refused:
             return
         for name in refused:
             self._metrics.secret_refusals.labels(name).inc()
-        error = SecretNotBound(refused, str(origin))
+        where = str(origin) if origin is not None else f"{request.url.scheme}://{request.url.host}"
+        error = SecretNotBound(refused, where)
         self._log.warning("%s", error)
         raise error
 

@@ -17,6 +17,7 @@ from pydantic import Field, field_validator
 from teckochecker.errors import PermanentError
 from teckochecker.plugin_api import (
     CheckReport,
+    Destination,
     Duration,
     Observation,
     OptionsModel,
@@ -36,8 +37,9 @@ __all__ = ["JsonStatusOptions", "JsonStatusSource"]
 
 
 class JsonStatusOptions(OptionsModel):
-    # Each target is read from GET {base_url}/{target}.
-    base_url: str
+    # Each target is read from GET {base_url}/{target}. Typed Destination: the token below may be sent only
+    # there, and only the config files may set it.
+    base_url: Destination
     # Sent as "Authorization: Bearer <value>" when given.
     token: SecretName | None = None
     # The field of the JSON answer that holds the status.

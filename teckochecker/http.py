@@ -44,7 +44,8 @@ class HttpClientPool:
     """Implements plugin_api.HttpClients. Build it inside the running event loop.
 
     The daemon passes its ``guard`` (outbound_guard.py): every request is checked before it is sent and where
-    it connects. Without one (a test of the pool itself) nothing is checked."""
+    it connects (outbound_transport.py builds that transport; ``transport_factory`` serves a pool without a
+    guard). Without one (a test of the pool itself) nothing is checked."""
 
     def __init__(
         self,

@@ -22,6 +22,7 @@ from teckochecker.errors import AddressRefused, SecretNotBound
 from teckochecker.metrics import Metrics
 from teckochecker.plugin_api import SIGNED_WITH, Origin
 from teckochecker.secret_bindings import SecretBindings
+from teckochecker.secrets.resolving import MIN_REDACTED_LENGTH
 
 if TYPE_CHECKING:
     import httpx  # only the HTTP layer calls check(); the reloader, which the CLI loads, only calls learn()
@@ -43,7 +44,10 @@ class OutboundGuard:
         self._bindings = bindings
 
     def learn(self, name: str, value: str) -> None:
-        """The secrets layer resolved ``name`` to ``value``."""
+        """The secrets layer resolved ``name`` to ``value``. A value too short to be masked in the logs is too
+        short to look for: it would be found inside ordinary words and paths, and is no credential."""
+        if len(value) < MIN_REDACTED_LENGTH:
+            return
         names = self._values.get(value, frozenset())
         if name not in names:
             self._values = {**self._values, value: names | {name}}

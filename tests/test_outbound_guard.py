@@ -279,6 +279,12 @@ def test_a_value_defined_under_two_names_goes_where_either_may_go() -> None:
         assert len(fake.requests) == 1
 
 
+def test_a_value_too_short_to_be_a_credential_is_not_looked_for() -> None:
+    guard = guard_for(SecretBindings())
+    guard.learn("pin", "batch")  # would be found in every /batches path
+    guard.check(httpx.Request("GET", "https://api.example.com/v1/batches", headers={"x-api-key": "batch"}))
+
+
 def test_a_request_without_secrets_to_a_named_origin_passes() -> None:
     with Listener() as listener:
         guard = guard_for(SecretBindings(named=frozenset({Origin.of(listener.url)})))
@@ -436,3 +442,55 @@ def test_anthropic_passes_on_only_a_results_url_on_its_own_host(
     warned = [r.getMessage() for r in caplog.records if "results_url is left out" in r.getMessage()]
     assert bool(warned) is not kept
     assert all("msgbatch_1" in w for w in warned)
+
+
+def test_a_reload_moves_the_bindings_with_the_config(tmp_path: Path, registry: PluginRegistry) -> None:
+    from teckochecker.clock import SystemClock
+    from teckochecker.reload import ConfigReloader
+    from teckochecker.sdnotify import Notifier
+    from teckochecker.state.guard import StoreGuard
+
+    def config_text(base_url: str) -> str:
+        return f"""\
+            secrets: {{openai: {{env: OPENAI_KEY}}}}
+            jobs:
+              - name: j
+                source: {{type: openai_batch, api_key: openai, base_url: "{base_url}", targets: [b]}}
+                actions: [{{type: record, ledger: /tmp/ledger}}]
+            """
+
+    path = write(tmp_path, config_text("https://one.example.com/v1"))
+    log = logging.getLogger("teckochecker.test")
+    guard = guard_for(SecretBindings())
+    reloader = ConfigReloader(
+        path,
+        load_config(path, registry),
+        registry=registry,
+        environ={"OPENAI_KEY": KEY},
+        redactor=Redactor(),
+        clock=SystemClock(),
+        metrics=Metrics(),
+        notifier=Notifier({}),
+        logger=log,
+        guard=guard,
+    )
+    assert guard.origins("openai") == {Origin("https", "one.example.com", 443)}
+
+    async def nothing(*args: Any) -> None:
+        return None
+
+    async def reload() -> None:
+        store = StoreGuard(None, log, lambda: None)
+        await reloader.reload(forced=True, reason="test", guard=store, apply=nothing, watch=lambda new: None)
+
+    write(tmp_path, config_text("https://two.example.com/v1"))
+    asyncio.run(reload())
+    assert guard.origins("openai") == {Origin("https", "two.example.com", 443)}
+    # The values are told as they are resolved (the reload checks every secret), and held to the new bindings.
+    with pytest.raises(SecretNotBound, match=r"'openai' to https://one\.example\.com:443"):
+        guard.check(httpx.Request("GET", "https://one.example.com/v1/batches", headers={"Authorization": KEY}))
+    guard.check(httpx.Request("GET", "https://two.example.com/v1/batches", headers={"Authorization": KEY}))
+
+    write(tmp_path, config_text("ftp://broken"))  # a failed reload keeps the running bindings
+    asyncio.run(reload())
+    assert guard.origins("openai") == {Origin("https", "two.example.com", 443)}

@@ -151,7 +151,9 @@ def hostile_jobs(fakes: dict[str, Any], listener: str, fired: Callable[[], str])
         return {"source": {**source, "targets": ["batch_x"]}, "actions": [action]}
 
     def fire(action: dict[str, Any]) -> dict[str, Any]:
-        source = {"type": "openai_batch", "api_key": "openai", "base_url": openai.base_url, "targets": [fired()]}
+        # Read on its own, not from the account's shared listing, which was read before the batch existed.
+        source = {"type": "openai_batch", "api_key": "openai", "base_url": openai.base_url, "list_batches": False}
+        source["targets"] = [fired()]
         return {"source": source, "actions": [action]}
 
     # The daemon's log line about the job, NAME standing for its name: the source's check stops the job, the

@@ -54,9 +54,9 @@ PAGE_SIZE = 1000
 BATCHES_PATH = "v1/messages/batches"
 # What a source reads of a batch; kept for thousands of batches between sweeps.
 KEPT_FIELDS = frozenset({"id", "type", "processing_status", "request_counts", "results_url", *TIMESTAMP_FIELDS})
-# Codes inside a 429's error.details that waiting does not lift (the SDK's ErrorDetails union).
 # A results_url is passed downstream (a Keboola variable); a real one is about 100 characters.
 MAX_RESULTS_URL = 2048
+# Codes inside a 429's error.details that waiting does not lift (the SDK's ErrorDetails union).
 SPEND_LIMIT_CODES = frozenset(
     {"enforced_spend_limit_reached", "contract_spend_limit_reached", "linked_organization_spend_limit_reached"}
 )

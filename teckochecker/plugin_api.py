@@ -156,11 +156,19 @@ class Origin(NamedTuple):
         port = parts.port  # raises ValueError on a malformed port
         if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {url!r}")
-        return cls(parts.scheme, parts.hostname.lower(), port or _DEFAULT_PORTS[parts.scheme])
+        return cls(parts.scheme, _ascii_host(parts.hostname), port or _DEFAULT_PORTS[parts.scheme])
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 literal keeps its brackets
         return f"{self.scheme}://{host}:{self.port}"
+
+
+def _ascii_host(host: str) -> str:
+    """The host as it goes on the wire: an internationalized name in its IDNA (xn--) form, as httpx sends it."""
+    try:
+        return host.lower().encode("idna").decode("ascii")
+    except UnicodeError:
+        return host.lower()  # not a name IDNA can encode: compared as written (and so never matched by one)
 
 
 class OptionsModel(BaseModel):

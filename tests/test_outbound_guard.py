@@ -95,6 +95,9 @@ def test_origin_is_scheme_host_and_port_with_defaults_filled_in() -> None:
     assert Origin.of("https://API.example.com/v1/") == Origin("https", "api.example.com", 443)
     assert Origin.of("http://[::1]:8080/x") == Origin("http", "::1", 8080)
     assert str(Origin.of("https://[::1]")) == "https://[::1]:443"
+    # As httpx puts an internationalized name on the wire, so a destination written in Unicode still matches.
+    assert Origin.of("https://München.example/v1") == Origin.of(str(httpx.URL("https://münchen.example/v1")))
+    assert Origin.of("https://münchen.example").host == "xn--mnchen-3ya.example"
     for bad in ("ftp://example.com", "example.com", "https://"):
         with pytest.raises(ValueError):
             Origin.of(bad)

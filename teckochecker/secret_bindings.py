@@ -10,6 +10,7 @@ reach, the files already said.
 
 from __future__ import annotations
 
+import functools
 import typing
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -42,8 +43,11 @@ class SecretBindings:
 
     def names_host(self, host: str, port: int) -> bool:
         """Whether the files name this host and port (under either scheme)."""
-        host = host.lower()
-        return any(o.host == host and o.port == port for o in self.named)
+        return (host.lower(), port) in self._named_hosts
+
+    @functools.cached_property
+    def _named_hosts(self) -> frozenset[tuple[str, int]]:
+        return frozenset((origin.host, origin.port) for origin in self.named)
 
 
 def secret_bindings(config: Config, registry: PluginRegistry) -> SecretBindings:

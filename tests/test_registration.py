@@ -49,6 +49,7 @@ class Setup:
               std:
                 source: {{type: status_file, path: {self.status}}}
                 actions: [{{type: record, ledger: {self.ledger}, follow: false}}]
+                overridable: [interval, "actions[0].outcome", "actions[0].follow"]
             jobs:
               - name: filed
                 template: std
@@ -160,8 +161,7 @@ def test_a_watching_job_gains_targets_and_delete_removes_it(running, setup: Setu
 def test_a_firing_job_is_removed_only_once_its_actions_have_finished(running, setup: Setup) -> None:
     daemon, client = running
     # done1 has finished: the job fires at its first check; the record action's job then keeps running.
-    action = {"type": "record", "ledger": str(setup.ledger), "outcome": "running"}
-    body = {"template": "std", "source": {"targets": ["done1"]}, "actions": [action]}
+    body = {"template": "std", "source": {"targets": ["done1"]}, "actions": [{"outcome": "running", "follow": True}]}
     assert client.put("/api/v1/jobs/busy", headers=REGISTER, json=body).status_code == 201
     deadline = time.monotonic() + 20
     while client.get("/api/v1/jobs/busy").json()["state"] != "firing":
@@ -186,8 +186,12 @@ def test_every_problem_is_a_422_with_its_path(running) -> None:
     assert answer.status_code == 422
     problems = {p["path"]: p["message"] for p in answer.json()["problems"]}
     assert set(problems) == {"source.targets[2]", "source.token", "interval", "surprise"}, problems
-    assert "nope" not in problems["source.token"] and "name a secret" in problems["source.token"]
-    assert problems["surprise"] == "unknown key"
+    # What only the files may set is refused by name, with what the template lets a registered job set.
+    allowed = "it may set: name, template, source.targets, variables, interval, actions[0].outcome, actions[0].follow"
+    assert "may not set source.token" in problems["source.token"] and allowed in problems["source.token"]
+    assert "nope" not in problems["source.token"]
+    assert "may not set surprise" in problems["surprise"]
+    assert problems["interval"] == "must be between 30s and 1h (got 5s)"
 
     unknown = client.put("/api/v1/jobs/bad", headers=REGISTER, json={"template": "gone", "source": {"targets": ["a"]}})
     assert unknown.status_code == 422
@@ -276,7 +280,7 @@ def test_token_scopes(running) -> None:
 
 def test_file_jobs_are_read_only(running, setup: Setup) -> None:
     _, client = running
-    place = f"{setup.config}:15"  # the line of "- name: filed"
+    place = f"{setup.config}:16"  # the line of "- name: filed"
     put = client.put("/api/v1/jobs/filed", headers=REGISTER, json=job_body("x"))
     assert put.status_code == 409 and place in put.json()["error"], put.text
     delete = client.delete("/api/v1/jobs/filed", headers=REGISTER)
@@ -374,7 +378,7 @@ def test_jobs_add_and_remove_with_url(running, setup: Setup, plugin_env: dict[st
     missing = run_cli(*cli, "remove", "remote", "--url", base, env=no_env, cwd=setup.dir)
     assert missing.returncode == 2 and "--token-file PATH or the TECKOCHECKER_TOKEN" in missing.stderr
     filed = run_cli(*cli, "remove", "filed", "--url", base, "--token-file", str(token_file), env=no_env, cwd=setup.dir)
-    assert filed.returncode == 2 and f"{setup.config}:15" in filed.stderr
+    assert filed.returncode == 2 and f"{setup.config}:16" in filed.stderr
     removed = run_cli(
         *cli, "remove", "remote", "--url", base, "--token-file", str(token_file), env=no_env, cwd=setup.dir
     )
@@ -386,7 +390,7 @@ def test_export_is_a_drop_in_that_validates_to_the_same_jobs(
     running, setup: Setup, plugin_env: dict[str, str], registry
 ) -> None:
     _, client = running
-    body = {**job_body("wait1"), "interval": "45s", "actions": [{"type": "record", "ledger": str(setup.ledger)}]}
+    body = {**job_body("wait1"), "interval": "45s", "actions": [{"follow": True}]}
     assert client.put("/api/v1/jobs/one", headers=REGISTER, json=body).status_code == 201
     assert client.put("/api/v1/jobs/two", headers=REGISTER, json=job_body("wait2", "wait3")).status_code == 201
     env = setup.env(plugin_env)

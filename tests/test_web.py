@@ -184,6 +184,9 @@ class StoreControl:
     def bearer_tokens(self) -> list[BearerToken]:
         return [BearerToken(self.token, frozenset({"register", "control"}))] if self.token else []
 
+    def registry_note(self, name: str) -> str | None:
+        return None
+
     def registry_notes(self) -> tuple[str, ...]:
         return ()
 

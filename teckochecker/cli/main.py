@@ -476,9 +476,11 @@ def _remote(call: Callable[[], Registered]) -> Registered | None:
 def cmd_jobs_export(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from teckochecker.cli.registration import export_yaml
 
+    # The templates turn a body into the file job it stands for.
+    config, registry = _load(args, environ)
     store = StateStore.open(_state_url(args, environ), readonly=True)
     try:
-        print(export_yaml(store.registered_jobs(), store.url, SystemClock().now()), end="")
+        print(export_yaml(store.registered_jobs(), store.url, SystemClock().now(), config, registry), end="")
     finally:
         store.close()
     return EXIT_OK

@@ -19,7 +19,10 @@ import yaml
 
 from teckochecker.cli.api_client import TIMEOUT, api_root
 from teckochecker.config.models import JOB_NAME_RULE, is_job_name
+from teckochecker.config.registered import file_form
+from teckochecker.config.validate import Config, registered_shape_problems
 from teckochecker.errors import TeckoCheckerError
+from teckochecker.plugins import PluginRegistry
 from teckochecker.state.models import JobOrigin, RegisteredJob
 
 TOKEN_ENV = "TECKOCHECKER_TOKEN"
@@ -100,11 +103,23 @@ def _call(
     raise Refused(message, problems)
 
 
-def export_yaml(jobs: Sequence[RegisteredJob], source: str, now: dt.datetime) -> str:
-    """The API jobs as one drop-in file (``jobs:`` only) that validate-config accepts in an include directory."""
-    exported = [dict(job.body) for job in jobs if job.origin is JobOrigin.API]
+def export_yaml(
+    jobs: Sequence[RegisteredJob], source: str, now: dt.datetime, config: Config, registry: PluginRegistry
+) -> str:
+    """The API jobs as one drop-in file (``jobs:`` only) that validate-config accepts in an include directory:
+    each body as the file job it stands for (its variables and action options merged into the template's
+    actions, which a file job lists whole)."""
+    exported = [_as_file_job(job, config, registry) for job in jobs if job.origin is JobOrigin.API]
     header = (
         f"# {len(exported)} job(s) registered over the API, exported from {source} at {now:%Y-%m-%d %H:%M:%SZ}.\n"
         "# Put this file in an include: directory; then DELETE the API jobs (a name in both: the file wins).\n"
     )
     return header + yaml.safe_dump({"jobs": exported}, sort_keys=False, allow_unicode=True, default_flow_style=False)
+
+
+def _as_file_job(job: RegisteredJob, config: Config, registry: PluginRegistry) -> dict[str, Any]:
+    body = {"name": job.name, **job.body}
+    template = config.template_bodies.get(body.get("template"))  # type: ignore[arg-type]
+    if template is None or registered_shape_problems(body, config, registry, where=job.name):
+        return body  # held, or its template is gone: as stored, for a person to mend
+    return file_form(body, template, registry)

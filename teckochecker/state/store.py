@@ -76,6 +76,8 @@ class JobPlan:
     name: str
     fingerprint: str
     targets: Sequence[str]
+    # Seconds from the first observation to the deadline; a changed one moves a watching job's deadline.
+    deadline: float | None = None
 
 
 class StateStore(RunTransitions):
@@ -225,11 +227,31 @@ class StateStore(RunTransitions):
             changes["fingerprint"] = plan.fingerprint
             append_event(conn, row.id, now, EventKind.DEFINITION_CHANGED, "job definition changed")
         known = {
-            t for (t,) in conn.execute(sa.select(schema.targets.c.target).where(schema.targets.c.job_id == row.id))
+            t: position
+            for t, position in conn.execute(
+                sa.select(schema.targets.c.target, schema.targets.c.position).where(schema.targets.c.job_id == row.id)
+            )
         }
+        watching = row.state == JobState.WATCHING.value
+        if watching:
+            # A watching job watches what its definition lists now: a target taken out goes with its facts,
+            # so the trigger never waits for it and no action hears of it. A job that fired keeps them all.
+            wanted = set(plan.targets)
+            gone = [t for t in known if t not in wanted]
+            if gone:
+                _delete_targets(conn, row.id, gone)
+                append_event(
+                    conn,
+                    row.id,
+                    now,
+                    EventKind.TARGETS_REMOVED,
+                    f"{len(gone)} target(s) removed",
+                    {"targets": gone[:20]},
+                )
+            changes |= _moved_deadline(row, plan)
         added = [t for t in plan.targets if t not in known]
-        if added and row.state == JobState.WATCHING.value:
-            _insert_targets(conn, row.id, added, len(known))
+        if added and watching:
+            _insert_targets(conn, row.id, added, max(known.values(), default=-1) + 1)
             append_event(
                 conn, row.id, now, EventKind.TARGETS_ADDED, f"{len(added)} target(s) added", {"targets": added}
             )
@@ -515,6 +537,20 @@ class StateStore(RunTransitions):
                 )
             )
             append_event(conn, row.id, now, kind, f"job failed: {reason}", {"state": JobState.FAILED.value})
+
+
+def _delete_targets(conn: Connection, job_id: int, names: Sequence[str]) -> None:
+    t = schema.targets
+    for start in range(0, len(names), 500):  # bounded statements: a job may lose thousands at once
+        conn.execute(sa.delete(t).where(t.c.job_id == job_id, t.c.target.in_(names[start : start + 500])))
+
+
+def _moved_deadline(row: Row[Any], plan: JobPlan) -> dict[str, Any]:
+    """A watching job's deadline runs from its first observation: a changed ``deadline`` moves it."""
+    if plan.deadline is None or row.first_observed_at is None or row.deadline_at is None:
+        return {}
+    deadline_at = row.first_observed_at + dt.timedelta(seconds=plan.deadline)
+    return {"deadline_at": deadline_at} if abs((deadline_at - row.deadline_at).total_seconds()) > 0.001 else {}
 
 
 def _insert_targets(conn: Connection, job_id: int, names: Sequence[str], start: int) -> None:

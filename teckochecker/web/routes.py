@@ -139,10 +139,15 @@ class _Api:
             return limit
         name = request.path_params["name"]
         job = await self._control.job(name) if _could_be_a_job(name) else None
+        # A stored registered job that is not run (held, or no longer valid) says why, run before or not.
+        held = self._control.registry_note(name) if _could_be_a_job(name) else None
         if job is None:
-            return error_response(404, f"no job named {name!r}", _path(request))
+            return error_response(404, f"no job named {name!r}" + (f" runs: {held}" if held else ""), _path(request))
         events = await self._control.events(name, limit)
-        return _json(job_to_json(job, self._control.next_run(name), events))
+        body = job_to_json(job, self._control.next_run(name), events)
+        if held is not None:
+            body["held"] = held
+        return _json(body)
 
     async def status_page(self, request: Request) -> Response:
         jobs = []

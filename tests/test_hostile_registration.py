@@ -207,14 +207,16 @@ def test_an_overridable_field_is_set_within_its_one_of(
 ) -> None:
     daemon, client = running
     batch = world.openai.add_batch(status="in_progress")
+    assert client.put("/api/v1/jobs/other", headers=PIPELINE, json=body(batch)).status_code == 201
+    wait_until(checked(client, "other"), "the first check", daemon)
     outside = client.put("/api/v1/jobs/other", headers=PIPELINE, json=body(batch, actions=[{"config": "999"}]))
     assert outside.status_code == 422
     assert outside.json()["problems"] == [
         {"path": "actions[0].config", "message": "the template allows only: '101', '102'"}
     ]
+    # The watching job takes the new value: the answer says updated, and the action uses it when it fires.
     within = client.put("/api/v1/jobs/other", headers=PIPELINE, json=body(batch, actions=[{"config": "102"}]))
-    assert within.status_code == 201, within.text
-    wait_until(checked(client, "other"), "the first check", daemon)
+    assert within.status_code == 200 and within.json()["outcome"] == "updated", within.text
     world.openai.set_status(batch, "completed", completed=10, failed=0)
     fire(world, client, "other", daemon)
     assert len(world.keboola.jobs_for(COMPONENT, "102")) == 1

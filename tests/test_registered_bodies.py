@@ -252,6 +252,20 @@ def test_a_stored_row_that_sets_more_is_held_with_what_to_do(config: Config, reg
     assert assembly.note("gone").startswith("registered job 'gone' no longer validates and is not run: template:")
 
 
+def test_a_held_row_runs_once_its_template_declares_the_field(
+    tmp_path: Path, config: Config, registry: PluginRegistry
+) -> None:
+    rows = [row("slow", {"template": "plain", "source": {"targets": ["b"]}, "interval": "10m"})]
+    definitions = RegisteredDefinitions(registry)
+    assert definitions.build(rows, config)[2] == {"slow"}
+    declared = CONFIG.replace(
+        "actions: [{type: record, ledger: /tmp/l.jsonl}]",
+        "actions: [{type: record, ledger: /tmp/l.jsonl}]\n    overridable: [interval]",
+    )
+    built, invalid, held = definitions.build(rows, load(tmp_path, registry, declared))
+    assert held == frozenset() and invalid == {} and built["slow"].interval == 600.0
+
+
 def test_export_writes_the_file_job_a_body_stands_for(config: Config, registry: PluginRegistry) -> None:
     rows = [
         row("one", body(interval="45s", variables={"run": "r7"}, actions=[{"config": "102"}])),

@@ -173,7 +173,9 @@ def _explained(body: Any, path: tuple[str | int, ...], message: str) -> str:
             return message
         value = value[part]
     if isinstance(value, dict) and _SECRET_KEYS & set(value):
-        return "a job names a secret defined under 'secrets:' (as in the YAML); it never gives its value or source"
+        return (
+            "a body never gives a secret, neither its value nor its source: a job uses the secrets its template names"
+        )
     return message
 
 

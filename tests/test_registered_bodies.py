@@ -4,23 +4,30 @@ that loses targets or changes its deadline in the state store."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import logging
 import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from clock import FakeClock
 
 from teckochecker.cli.registration import export_yaml
 from teckochecker.config.validate import Config, load_config, validate_job_body
+from teckochecker.control import Refusal
 from teckochecker.errors import ConfigError
+from teckochecker.metrics import Metrics
 from teckochecker.plugin_api import CheckReport, Observation, TargetState
 from teckochecker.plugins import PluginRegistry
-from teckochecker.registered_jobs import RegisteredDefinitions, assemble
+from teckochecker.registered_jobs import RegisteredDefinitions, RegisteredJobs, assemble
+from teckochecker.secrets.resolving import Redactor
 from teckochecker.state.events import EventKind
-from teckochecker.state.models import JobOrigin, JobState, RegisteredJob
+from teckochecker.state.models import JobOrigin, JobState, PutOutcome, RegisteredJob
 from teckochecker.state.store import JobPlan, StateStore, body_fingerprint
+from teckochecker.state.worker import StoreWorker
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 KEBOOLA = "{type: keboola_job, token: kbc, stack_url: 'https://connection.keboola.com', component: c, config: '101'}"
@@ -309,4 +316,37 @@ def test_a_watching_job_loses_the_targets_its_definition_no_longer_lists(tmp_pat
         job = store.job("j")
         assert job is not None and job.state is JobState.FAILED and [t.target for t in job.targets] == ["p0", "p2"]
     finally:
+        store.close()
+
+
+def test_an_update_that_lost_the_race_with_the_fire_is_put_back_and_refused(
+    tmp_path: Path, registry: PluginRegistry
+) -> None:
+    path = tmp_path / "tc.yaml"
+    path.write_text(
+        "templates:\n  std:\n    source: {type: status_file, path: /tmp/s.json}\n"
+        "    actions: [{type: record, ledger: /tmp/l.jsonl}]\n"
+    )
+    config = load_config(path, registry)
+    store, worker = StateStore.open(f"sqlite:///{tmp_path / 'state.db'}"), StoreWorker()
+    jobs = RegisteredJobs(store, worker, registry, Redactor(), Metrics(), logging.getLogger("t"), FakeClock(T0))
+    first = {"template": "std", "source": {"targets": ["a"]}}
+    second = {"template": "std", "source": {"targets": ["b"]}}
+
+    async def race() -> tuple[object, object]:
+        assert await jobs.put("j", first, config) is PutOutcome.CREATED
+        store.sync_jobs([JobPlan("j", "f1", ["a"])], T0)  # the rebuild: the job watches
+        assert await jobs.put("j", second, config) is PutOutcome.UPDATED
+        store.fail_job("j", "the job ended before the rebuild", now=T0)  # as a fire between check and rebuild
+        return await jobs.fired_meanwhile("j"), await jobs.fired_meanwhile("j")
+
+    try:
+        refused, again = asyncio.run(race())
+        assert isinstance(refused, Refusal) and refused.status == 409
+        assert refused.message.startswith("job 'j' fired (state failed) before this change was applied")
+        assert again is None  # asked once per update
+        [stored] = store.registered_jobs()
+        assert stored.body == {"name": "j", **first}
+    finally:
+        worker.close()
         store.close()

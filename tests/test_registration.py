@@ -219,8 +219,8 @@ def test_a_body_never_carries_a_secret_value(running, setup: Setup) -> None:
         assert answer.json()["problems"] == [
             {
                 "path": "source.token",
-                "message": "a job names a secret defined under 'secrets:' (as in the YAML); "
-                "it never gives its value or source",
+                "message": "a body never gives a secret, neither its value nor its source: "
+                "a job uses the secrets its template names",
             }
         ]
     declared = client.put("/api/v1/jobs/leaky", headers=REGISTER, json={**job_body("a"), "secrets": {"x": "y"}})

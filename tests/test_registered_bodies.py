@@ -298,8 +298,8 @@ def test_export_writes_the_file_job_a_body_stands_for(config: Config, registry: 
 # ----- what a changed definition does to a watching job's stored state -----
 
 
-def test_a_watching_job_loses_the_targets_its_definition_no_longer_lists(tmp_path: Path) -> None:
-    store = StateStore.open(f"sqlite:///{tmp_path / 'state.db'}")
+def test_a_watching_job_loses_the_targets_its_definition_no_longer_lists(state_url: str) -> None:
+    store = StateStore.open(state_url)
     try:
         store.sync_jobs([JobPlan("j", "f1", ["p1", "p0"], 3600.0)], T0)
         report = CheckReport((Observation("p1", TargetState.FAILED), Observation("p0", TargetState.RUNNING)))

@@ -221,6 +221,8 @@ def test_variables_merge_over_every_action_that_takes_them(config: Config, regis
     assert diagnostics == [] and definition is not None
     assert definition.actions[0].options.variables == {"team": "a", "run": "r7"}  # type: ignore[attr-defined]
     assert definition.actions[1].options.variables == {"run": "r7"}  # type: ignore[attr-defined]
+    reserved = problems(body(variables={"batch_ids_failed": "[]"}), config, registry)
+    assert reserved == {"variables": "variable 'batch_ids_failed' is set by TeckoChecker itself; choose another name"}
     plain = {"template": "plain", "source": {"targets": ["b"]}, "variables": {"run": "r7"}}
     assert problems(plain, config, registry) == {"variables": "no action of template 'plain' accepts variables"}
 

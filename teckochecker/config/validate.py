@@ -35,6 +35,7 @@ from teckochecker.config.models import (
 )
 from teckochecker.config.registered import (
     OVERRIDABLE,
+    VARIABLES,
     Overridable,
     file_form,
     names_secret,
@@ -361,8 +362,22 @@ def validate_job_body(
     job = file_form(body, template, registry) if template is not None else body
     raw = _with_template(_RawJob(job, (), doc), config.template_bodies, {}, diagnostics)
     job, problems = _validate_job(raw.data, (), doc, registry, config.secrets, config.defaults, echo_secrets=False)
+    if VARIABLES in body:
+        problems = _as_body_variables(problems)
     diagnostics += problems
     return (None if diagnostics else job), diagnostics
+
+
+def _as_body_variables(problems: list[Diagnostic]) -> list[Diagnostic]:
+    """A problem with the variables an action got is one of the body's ``variables`` (merged into each action
+    that takes them): named there, and once, not once per action."""
+    found: dict[tuple[Path, str], Diagnostic] = {}
+    for problem in problems:
+        path = problem.path
+        if len(path) >= 3 and path[0] == "actions" and path[2] == VARIABLES:
+            problem = Diagnostic(problem.mark, (VARIABLES, *path[3:]), problem.message)
+        found.setdefault((problem.path, problem.message), problem)
+    return list(found.values())
 
 
 def _without(body: dict[str, Any], paths: list[Path]) -> dict[str, Any]:

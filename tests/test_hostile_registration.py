@@ -166,20 +166,24 @@ def test_a_body_that_sets_where_requests_go_or_which_secret_is_refused_and_nothi
     daemon, client = running
     batch = world.openai.add_batch(status="in_progress")
     hostile = world.listener.url
+    where, credentials = "the files say where requests go", "the files say which credentials a job uses"
     refused = {
-        "source.base_url": body(batch, source={"targets": [batch], "base_url": hostile}),
-        "actions[0].stack_url": body(batch, actions=[{"stack_url": hostile}]),
+        "source.base_url": (body(batch, source={"targets": [batch], "base_url": hostile}), where),
+        "actions[0].stack_url": (body(batch, actions=[{"stack_url": hostile}]), where),
         # The operator token's secret as the job's OpenAI key: sent to wherever the source connects.
-        "source.api_key": body(batch, source={"targets": [batch], "api_key": "operator"}),
-        "actions[0].token": body(batch, actions=[{"token": "pipeline"}]),
+        "source.api_key": (body(batch, source={"targets": [batch], "api_key": "operator"}), credentials),
+        "actions[0].token": (body(batch, actions=[{"token": "pipeline"}]), credentials),
     }
-    for path, hostile_body in refused.items():
+    for path, (hostile_body, why) in refused.items():
         answer = client.put("/api/v1/jobs/hostile", headers=PIPELINE, json=hostile_body)
         assert answer.status_code == 422, answer.text
-        [problem] = answer.json()["problems"]
-        assert problem["path"] == path
-        assert problem["message"].startswith(f"a registered job may not set {path}: the files say where requests go")
-        assert "it may set: name, template, source.targets, variables, actions[0].config" in problem["message"]
+        assert answer.json()["problems"] == [
+            {
+                "path": path,
+                "message": f"a registered job may not set {path}: {why}. With this template it may set: "
+                "name, template, source.targets, variables, actions[0].config",
+            }
+        ]
     # A job as the YAML would write it, all its own: no template, so no job.
     whole = {
         "source": {"type": "openai_batch", "api_key": "operator", "base_url": hostile, "targets": [batch]},

@@ -162,27 +162,31 @@ jobs:
 # ----- a registered body -----
 
 
+WHERE, CREDENTIALS = "the files say where requests go", "the files say which credentials a job uses"
+NOT_LISTED = "template 'classify' does not list it under overridable:"
+
+
 @pytest.mark.parametrize(
-    ("sets", "path"),
+    ("sets", "path", "why"),
     [
-        ({"source": {"targets": ["b"], "base_url": "http://127.0.0.1:1/v1"}}, "source.base_url"),
-        ({"source": {"targets": ["b"], "api_key": "operator"}}, "source.api_key"),
-        ({"actions": [{"stack_url": "http://127.0.0.1:1"}]}, "actions[0].stack_url"),
-        ({"actions": [{"token": "operator"}]}, "actions[0].token"),
-        ({"actions": [{}, {"url": "http://127.0.0.1:1/hook"}]}, "actions[1].url"),
-        ({"trigger": "all_succeeded"}, "trigger"),
-        ({"secrets": {"x": {"env": "X"}}}, "secrets"),
+        ({"source": {"targets": ["b"], "base_url": "http://127.0.0.1:1/v1"}}, "source.base_url", WHERE),
+        ({"source": {"targets": ["b"], "api_key": "operator"}}, "source.api_key", CREDENTIALS),
+        ({"actions": [{"stack_url": "http://127.0.0.1:1"}]}, "actions[0].stack_url", WHERE),
+        ({"actions": [{"token": "operator"}]}, "actions[0].token", CREDENTIALS),
+        ({"actions": [{}, {"url": "http://127.0.0.1:1/hook"}]}, "actions[1].url", WHERE),
+        ({"actions": [{"follow": False}]}, "actions[0].follow", NOT_LISTED),
+        ({"trigger": "all_succeeded"}, "trigger", NOT_LISTED),
+        ({"secrets": {"x": {"env": "X"}}}, "secrets", NOT_LISTED),
     ],
 )
 def test_what_only_the_files_set_is_a_problem_naming_the_field(
-    sets: dict[str, Any], path: str, config: Config, registry: PluginRegistry
+    sets: dict[str, Any], path: str, why: str, config: Config, registry: PluginRegistry
 ) -> None:
     found = problems({**body(), **sets}, config, registry)
     assert list(found) == [path]
     assert found[path] == (
-        f"a registered job may not set {path}: the files say where requests go and with which credentials. "
-        "With template 'classify' it may set: name, template, source.targets, variables, interval, "
-        "actions[0].config, deadline (a template lists more under overridable:)"
+        f"a registered job may not set {path}: {why}. With this template it may set: name, template, "
+        "source.targets, variables, interval, actions[0].config, deadline"
     )
 
 

@@ -172,15 +172,10 @@ def shape_problems(
     problems: list[Problem] = []
 
     def refuse(path: Path) -> None:
-        shown = format_path(path)
-        problems.append(
-            (
-                path,
-                f"a registered job may not set {shown}: the files say where requests go and with which "
-                f"credentials. With template {template_name!r} it may set: {allowed_paths(overridable)} "
-                f"(a template lists more under {OVERRIDABLE}:)",
-            )
-        )
+        why = _reason(_option_type(path, template, registry), template_name)
+        allowed = allowed_paths(overridable)
+        message = f"a registered job may not set {format_path(path)}: {why}. With this template it may set: {allowed}"
+        problems.append((path, message))
 
     for key, value in body.items():
         if key in ("name", "template"):
@@ -204,6 +199,28 @@ def shape_problems(
         else:
             refuse((str(key),))
     return problems
+
+
+def _option_type(path: Path, template: Mapping[str, Any], registry: PluginRegistry) -> Any:
+    """The declared type of the plugin option at ``path`` of a body (None: no plugin option there)."""
+    cls: Any = None
+    if len(path) == 2 and path[0] == "source":
+        source = template.get("source")
+        cls = registry.sources.get(str(source.get("type"))) if isinstance(source, dict) else None
+    elif len(path) == 3 and path[0] == "actions" and isinstance(path[1], int):
+        actions = _actions_of(template)
+        action = actions[path[1]] if path[1] < len(actions) else None
+        cls = registry.actions.get(str(action.get("type"))) if isinstance(action, dict) else None
+    info = cls.Options.model_fields.get(str(path[-1])) if cls is not None else None
+    return info.annotation if info is not None else None
+
+
+def _reason(annotation: Any, template_name: str) -> str:
+    if _mentions(annotation, Destination):
+        return "the files say where requests go"
+    if _mentions(annotation, SecretName):
+        return "the files say which credentials a job uses"
+    return f"template {template_name!r} does not list it under {OVERRIDABLE}:"
 
 
 def _variables_problems(

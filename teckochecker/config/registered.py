@@ -7,7 +7,7 @@ The template key ``overridable:`` lists paths, each alone or with the values it 
 
     overridable:
       - interval
-      - {path: actions[0].config, one_of: ["101", "102"]}
+      - {path: "actions[0].config", one_of: ["101", "102"]}
 
 A path is ``interval``, ``deadline``, ``trigger`` or ``actions[N].OPTION``, OPTION being one of the action's
 options that neither names a secret (``SecretName``) nor says where requests go (``Destination``).
@@ -117,10 +117,10 @@ def _path_problem(path: str, template: Mapping[str, Any], registry: PluginRegist
     cls = registry.actions.get(str(action.get("type")))
     if cls is None:
         return None  # the unknown type is reported where the action is
-    return option_problem(cls.Options, option, str(action.get("type")))
+    return _option_problem(cls.Options, option, str(action.get("type")))
 
 
-def option_problem(options: type[OptionsModel], option: str, type_name: str) -> str | None:
+def _option_problem(options: type[OptionsModel], option: str, type_name: str) -> str | None:
     """Why ``option`` of an action cannot be made overridable, or None when it can."""
     fields = options.model_fields
     if option == VARIABLES and option in fields:
@@ -148,7 +148,7 @@ def names_secret(options: type[OptionsModel], option: str) -> bool:
     return info is not None and _mentions(info.annotation, SecretName)
 
 
-def accepts_variables(options: type[OptionsModel]) -> bool:
+def _accepts_variables(options: type[OptionsModel]) -> bool:
     return VARIABLES in options.model_fields
 
 
@@ -269,7 +269,7 @@ def _variable_actions(template: Mapping[str, Any], registry: PluginRegistry) -> 
     found = []
     for index, action in enumerate(actions):
         cls = registry.actions.get(str(action.get("type"))) if isinstance(action, dict) else None
-        if cls is not None and accepts_variables(cls.Options):
+        if cls is not None and _accepts_variables(cls.Options):
             found.append(index)
     return found
 

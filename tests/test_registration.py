@@ -465,3 +465,20 @@ def test_a_discovered_job_is_not_replaced_or_removed_over_the_api(running, setup
     assert client.delete("/api/v1/jobs/group-1", headers=REGISTER).status_code == 409
     wait_until(lambda: client.get("/api/v1/jobs/group-1").status_code == 200, "the discovered job", daemon)
     assert client.get("/api/v1/jobs/group-1").json()["origin"] == "discovered"
+
+
+def test_a_file_edit_takes_targets_out_as_a_put_does(running, setup: Setup) -> None:
+    # The same code applies a changed file job and a changed registered one: the answer of neither may lie.
+    daemon, client = running
+    drop_in = setup.dir / "jobs.d" / "edited.yaml"
+    drop_in.write_text("jobs:\n  - {name: edited, template: std, source: {targets: [wait1, wait2]}}\n")
+    wait_until(lambda: client.get("/api/v1/jobs/edited").status_code == 200, "the file job", daemon)
+    drop_in.write_text("jobs:\n  - {name: edited, template: std, source: {targets: [wait2, wait3]}}\n")
+
+    def targets() -> list[str]:
+        return [t["target"] for t in client.get("/api/v1/jobs/edited").json()["targets"]]
+
+    wait_until(lambda: targets() == ["wait2", "wait3"], "the edit applied", daemon)
+    assert client.put("/api/v1/jobs/put", headers=REGISTER, json=job_body("wait1", "wait2")).status_code == 201
+    assert client.put("/api/v1/jobs/put", headers=REGISTER, json=job_body("wait2", "wait3")).status_code == 200
+    assert [t["target"] for t in client.get("/api/v1/jobs/put").json()["targets"]] == ["wait2", "wait3"]

@@ -214,6 +214,13 @@ def _bad_deliveries() -> list[tuple[str, bytes, dict[str, str], int, str]]:
         ("not UTF-8", b"\xff\xfe", signed(b"{}"), 400, "malformed"),
         ("signed but not JSON", b"{nope", signed(b"{nope"), 400, "malformed"),
         (
+            "signed, data.id no vendor's ID",
+            event("batch_" + "x" * 300),
+            signed(event("batch_" + "x" * 300)),
+            400,
+            "malformed",
+        ),
+        (
             "signed but no data.id",
             b'{"id":"e","type":"batch.completed"}',
             signed(b'{"id":"e","type":"batch.completed"}'),

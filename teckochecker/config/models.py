@@ -8,7 +8,7 @@ import enum
 import re
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from teckochecker.config.durations import Duration
 
@@ -17,6 +17,10 @@ MAX_INTERVAL = 3600.0
 # Every check of a job handles all its targets at once (one vendor listing, one store transaction, one
 # API answer); past this, a single job stalls the daemon for seconds and holds hundreds of MB.
 MAX_TARGETS_PER_JOB = 10_000
+# The longest target ID (the state store's column; vendors' IDs are under 64: OpenAI's and Azure's
+# ``batch_…`` about 40 characters, Anthropic's ``msgbatch_…`` about 35). One longer is no vendor's ID, and
+# would be polled, logged and sent in every tick.
+MAX_TARGET_LENGTH = 255
 DEFAULT_INTERVAL = 120.0
 # A little after OpenAI's 24 h batch window.
 DEFAULT_DEADLINE = 25 * 3600.0
@@ -219,8 +223,22 @@ class PluginSpec(BaseModel):
         return dict(self.model_extra or {})
 
 
+def _unicode_text(value: Any) -> Any:
+    """Before the type check, whose own refusal would not say why."""
+    try:
+        if isinstance(value, str):
+            value.encode("utf-8")
+    except UnicodeEncodeError:
+        # JSON's "\ud800" is a lone half of a UTF-16 pair: no text, and nothing can store, log or send it.
+        raise ValueError(f"{value[:40]!r} is not valid Unicode text (a lone surrogate)") from None
+    return value
+
+
+TargetId = Annotated[str, Field(max_length=MAX_TARGET_LENGTH), BeforeValidator(_unicode_text)]
+
+
 class SourceSpec(PluginSpec):
-    targets: Annotated[list[str], Field(min_length=1)]
+    targets: Annotated[list[TargetId], Field(min_length=1)]
 
     @field_validator("targets")
     @classmethod

@@ -139,6 +139,23 @@ def is_fernet_token(token: str) -> bool:
     return len(raw) >= 73 and raw[0] == 0x80 and (len(raw) - 57) % 16 == 0
 
 
+# The state stores TeckoChecker ships drivers for, as SQLAlchemy URL schemes (dialect+driver).
+STATE_URL_SCHEMES = ("sqlite", "sqlite+pysqlite", "postgresql+psycopg")
+
+
+def state_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a state store (its scheme has no driver here), or None. Names only the scheme:
+    the rest of a URL may hold a password."""
+    scheme, separator, _ = url.partition("://")
+    if separator and scheme.lower() in STATE_URL_SCHEMES:
+        return None
+    shown = f"{scheme}://" if separator else "a URL without a scheme"
+    return (
+        f"unsupported state store URL ({shown[:40]}): use sqlite:///PATH or postgresql+psycopg://USER@HOST/DB "
+        f"(schemes: {', '.join(STATE_URL_SCHEMES)})"
+    )
+
+
 class StateSettings(Model):
     url: str | None = Field(default=None, description="SQLAlchemy URL; default: a SQLite file in the state dir")
     # Off: the daemon refuses a store whose schema is not at the head and names `teckochecker db upgrade`,
@@ -148,6 +165,13 @@ class StateSettings(Model):
     lease: Duration = Field(default=30.0, ge=3, le=600)
     # How this replica is shown and recorded; default host:pid. Must differ between replicas.
     replica_name: str | None = Field(default=None, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:@-]+$")
+
+    @field_validator("url")
+    @classmethod
+    def _supported_url(cls, url: str | None) -> str | None:
+        if url is not None and (problem := state_url_problem(url)) is not None:
+            raise ValueError(problem)
+        return url
 
 
 class TokenScope(str, enum.Enum):

@@ -12,6 +12,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import ArgumentError
+
+from teckochecker.config.models import state_url_problem
+from teckochecker.errors import StateStoreError
 
 OPEN_RUN_STATES = ("sending", "in_doubt")
 
@@ -191,13 +195,23 @@ events = sa.Table(
 
 
 def create_engine(url: str, *, readonly: bool = False) -> Engine:
-    if url.startswith("sqlite"):
-        engine = sa.create_engine(url, connect_args={"timeout": 10.0})
-        _configure_sqlite(engine, "BEGIN" if readonly else "BEGIN IMMEDIATE")
-        return engine
-    # A server that vanished without closing the connection (a host lost, a partition) must surface as an
-    # error within seconds, not after the kernel's default two hours, or a leader's step would hang on it.
-    return sa.create_engine(url, pool_pre_ping=True, connect_args=dict(POSTGRES_CONNECT_ARGS))
+    """Raises StateStoreError (one line) for a URL with no driver here: every command that opens the store
+    comes through here, whether its URL came from a config file or --state-url."""
+    if (problem := state_url_problem(url)) is not None:
+        raise StateStoreError(problem)
+    try:
+        if url.startswith("sqlite"):
+            engine = sa.create_engine(url, connect_args={"timeout": 10.0})
+            _configure_sqlite(engine, "BEGIN" if readonly else "BEGIN IMMEDIATE")
+            return engine
+        # A server that vanished without closing the connection (a host lost, a partition) must surface as an
+        # error within seconds, not after the kernel's default two hours, or a leader's step would hang on it.
+        return sa.create_engine(url, pool_pre_ping=True, connect_args=dict(POSTGRES_CONNECT_ARGS))
+    except ImportError as exc:  # the driver is not installed
+        raise StateStoreError(f"cannot load the state store's driver ({url.partition(':')[0]}): {exc}") from None
+    except ArgumentError:
+        # Not the exception: its text quotes the whole URL, password and all.
+        raise StateStoreError(f"the state store URL ({url.partition(':')[0]}) is not a valid SQLAlchemy URL") from None
 
 
 # libpq settings for every PostgreSQL connection: give up connecting after 10 s, and notice a dead peer on

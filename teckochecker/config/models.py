@@ -139,6 +139,9 @@ def is_fernet_token(token: str) -> bool:
     return len(raw) >= 73 and raw[0] == 0x80 and (len(raw) - 57) % 16 == 0
 
 
+# PostgreSQL's lock_timeout and statement_timeout: longer than any statement the daemon makes on a healthy
+# store (its biggest, reading 10,000 jobs, takes well under a second), short enough for a client's retry.
+DEFAULT_STORE_TIMEOUT = 5.0
 # The state stores TeckoChecker ships drivers for, as SQLAlchemy URL schemes (dialect+driver).
 STATE_URL_SCHEMES = ("sqlite", "sqlite+pysqlite", "postgresql+psycopg")
 
@@ -165,6 +168,11 @@ class StateSettings(Model):
     lease: Duration = Field(default=30.0, ge=3, le=600)
     # How this replica is shown and recorded; default host:pid. Must differ between replicas.
     replica_name: str | None = Field(default=None, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:@-]+$")
+    # PostgreSQL: the server cancels a statement that waits this long for a lock (a table locked by hand, a
+    # stuck transaction elsewhere), or runs this long. Then the API answers 503 at once instead of hanging, and
+    # /readyz fails until the store answers again. Every session of the daemon; commands use the defaults.
+    lock_timeout: Duration = Field(default=DEFAULT_STORE_TIMEOUT, ge=0.1, le=600)
+    statement_timeout: Duration = Field(default=DEFAULT_STORE_TIMEOUT, ge=0.1, le=3600)
 
     @field_validator("url")
     @classmethod

@@ -150,7 +150,7 @@ def state_url_problem(url: str) -> str | None:
     """Why ``url`` cannot be a state store (its scheme has no driver here), or None. Names only the scheme:
     the rest of a URL may hold a password."""
     scheme, separator, _ = url.partition("://")
-    if separator and scheme.lower() in STATE_URL_SCHEMES:
+    if separator and scheme in STATE_URL_SCHEMES:
         return None
     shown = f"{scheme}://" if separator else "a URL without a scheme"
     return (

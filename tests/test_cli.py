@@ -118,6 +118,34 @@ def test_show_without_a_state_store_explains(plugin_env: dict[str, str], tmp_pat
     )
 
 
+@pytest.mark.parametrize("url", ["mysql://tc:pw-CANARY@db.example/tc", "postgresql://tc:pw-CANARY@db.example/tc"])
+def test_a_state_url_with_no_driver_here_is_refused_in_one_line(
+    plugin_env: dict[str, str], tmp_path: Path, url: str
+) -> None:
+    """mysql:// passed validate-config, then every command that opens the store ended in ModuleNotFoundError;
+    plain postgresql:// means psycopg2, which is not installed either."""
+    config = tmp_path / "teckochecker.yaml"
+    config.write_text(f'state: {{url: "{url}"}}\n' + DROP_IN_MAIN.replace("include: [jobs.d/*.yaml]\n", ""))
+    checked = run_cli("validate-config", str(config), env=plugin_env, cwd=tmp_path)
+    assert checked.returncode == 1 and "Traceback" not in checked.stderr
+    [problem, _] = checked.stderr.splitlines()
+    assert "state.url: unsupported state store URL" in problem
+    assert "sqlite, sqlite+pysqlite, postgresql+psycopg" in problem and "pw-CANARY" not in problem
+    scheme = url.partition("://")[0]
+    commands = [["status"], ["db", "current"], ["db", "upgrade"], ["jobs", "export"], ["show", "x"]]
+    given = [[*command, "--state-url", url] for command in commands[:2]]
+    for args in [*commands, *given]:
+        out = run_cli(*args, env=plugin_env, cwd=tmp_path)
+        assert out.returncode == 2, (args, out.stdout, out.stderr)
+        assert out.stderr.splitlines() == [
+            f"teckochecker: error: unsupported state store URL ({scheme}://): use sqlite:///PATH or "
+            "postgresql+psycopg://USER@HOST/DB (schemes: sqlite, sqlite+pysqlite, postgresql+psycopg)"
+        ], args
+    started = run_cli("run", env=plugin_env, cwd=tmp_path)
+    assert started.returncode == 1 and "Traceback" not in started.stderr
+    assert "state.url: unsupported state store URL" in started.stderr
+
+
 # --- jobs add / remove: names stay in their directory, one writer at a time -----------------------------
 
 DROP_IN_MAIN = """\

@@ -13,6 +13,7 @@ import httpx
 import pytest
 from daemon import DaemonProcess, read_ledger, run_cli
 
+from teckochecker.config.models import MAX_TARGET_LENGTH
 from teckochecker.config.validate import load_config, validate_job_body
 from teckochecker.state.models import JobOrigin
 from teckochecker.state.store import StateStore
@@ -255,6 +256,26 @@ def test_malformed_and_oversized_bodies(running) -> None:
     huge = client.put("/api/v1/jobs/huge", headers=REGISTER, content=b" " * (256 * 1024 + 1))
     assert huge.status_code == 413
     assert client.get("/api/v1/jobs/huge").status_code == 404
+
+
+def test_a_target_that_is_no_text_or_too_long_is_a_422_naming_it(running) -> None:
+    daemon, client = running
+    # JSON's escape for half of a UTF-16 pair: a str Python holds, and nothing can encode (it was a 500).
+    lone = b'{"template": "std", "source": {"targets": ["ok", "\\ud800"]}}'
+    answer = client.put("/api/v1/jobs/lone", headers={**REGISTER, "content-type": "application/json"}, content=lone)
+    assert answer.status_code == 422, answer.text
+    [problem] = answer.json()["problems"]
+    assert problem["path"] == "source.targets[1]" and "lone surrogate" in problem["message"]
+    # 100,000 characters was accepted, then logged and sent in every tick; 255 is the most a target ID has.
+    longest = client.put("/api/v1/jobs/long", headers=REGISTER, json=job_body("b" * MAX_TARGET_LENGTH))
+    assert longest.status_code == 201, longest.text
+    answer = client.put("/api/v1/jobs/long", headers=REGISTER, json=job_body("a", "b" * 100_000))
+    assert answer.status_code == 422, answer.text
+    [problem] = answer.json()["problems"]
+    assert problem["path"] == "source.targets[1]" and f"at most {MAX_TARGET_LENGTH} characters" in problem["message"]
+    assert "b" * 1000 not in answer.text
+    assert client.get("/api/v1/jobs/lone").status_code == 404
+    assert "Traceback" not in daemon.output
 
 
 def test_token_scopes(running) -> None:

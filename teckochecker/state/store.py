@@ -90,7 +90,13 @@ class StateStore(RunTransitions):
 
     @classmethod
     def open(
-        cls, url: str, *, readonly: bool = False, redact: Redact | None = None, upgrade: bool = True
+        cls,
+        url: str,
+        *,
+        readonly: bool = False,
+        redact: Redact | None = None,
+        upgrade: bool = True,
+        timeouts: schema.StoreTimeouts | None = None,
     ) -> StateStore:
         """``redact`` masks secret values in every text the store writes (the daemon's Redactor.redact).
 
@@ -100,7 +106,7 @@ class StateStore(RunTransitions):
         if readonly and path is not None and not path.exists():
             raise NoStateStore(f"no state store at {path} (has the daemon run with this config?)")
         try:
-            engine = schema.create_engine(url, readonly=readonly)
+            engine = schema.create_engine(url, readonly=readonly, timeouts=timeouts)
             if redact is not None:
                 redact_writes(engine, redact)
             store = cls(engine)
@@ -154,8 +160,11 @@ class StateStore(RunTransitions):
             return conn.execute(sa.select(m.c.value).where(m.c.key == key)).scalar()
 
     def ping(self) -> None:
+        """Reads the tables every job and every PUT needs: a table locked by hand fails this (after the lock
+        timeout on PostgreSQL), where SELECT 1 answered and /readyz said ready."""
         with self._engine.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
+            conn.execute(sa.select(schema.jobs.c.id).limit(1)).all()
+            conn.execute(sa.select(schema.registered_jobs.c.name).limit(1)).all()
 
     def _prepare_schema(self, upgrade: bool) -> None:
         try:

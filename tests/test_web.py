@@ -808,7 +808,7 @@ def test_when_every_connection_is_busy_a_new_one_gets_a_clean_503(store: StateSt
 
 
 def test_a_connection_that_never_sends_a_request_is_closed(control: StoreControl) -> None:
-    with serve_in_thread(control, first_request_timeout=0.2) as base, connect(base) as sock:
+    with serve_in_thread(control, request_deadline=0.2) as base, connect(base) as sock:
         assert closed_by_server(sock)
 
 

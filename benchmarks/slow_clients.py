@@ -5,7 +5,8 @@
 Starts the real daemon (`teckochecker run`, its own process) with the receiver on, one job watching
 --deliveries batches in the fake OpenAI, and the receiver's default limits. Then opens --slow connections that
 each send a delivery's headers and one byte of a 4 KiB body, one more byte a second, renewed every 8 s (the
-attack: tests/support/slowclients.py), and, once they are all open, sends --deliveries real deliveries (one
+attack: tests/support/slowclients.py; one that is cut is renewed on its schedule, or at once with --storm),
+and, once they are all open, sends --deliveries real deliveries (one
 per batch, signed like OpenAI's by simulators/openai_webhooks.py) from --workers threads, each on a fresh
 connection with a 10 s timeout and no retry. Prints how many were accepted (2xx) and their latency, and how
 the slow connections ended. Not a test: it prints figures. Everything stays on 127.0.0.1.
@@ -46,6 +47,7 @@ def main() -> int:
     parser.add_argument("--deliveries", type=int, default=40, help="real signed deliveries sent")
     parser.add_argument("--workers", type=int, default=4, help="deliveries sent at once")
     parser.add_argument("--attack-first", type=float, default=10.0, help="seconds of attack before the deliveries")
+    parser.add_argument("--storm", action="store_true", help="a slow connection that is cut reconnects at once")
     args = parser.parse_args()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TECKOCHECKER_")}
     env |= {"OPENAI_API_KEY": OPENAI_KEY, "KEBOOLA_STORAGE_TOKEN": KEBOOLA_TOKEN, "HOOK": HOOK_SECRET}
@@ -61,8 +63,9 @@ def main() -> int:
         try:
             hook_url = daemon.http_url(listener="webhook receiver") + "/webhooks/openai"
             port = int(hook_url.split(":")[2].split("/")[0])
-            print(f"nproc {os.cpu_count()}, {args.slow} slow connections, {args.deliveries} deliveries")
-            with SlowClients("127.0.0.1", port, "/webhooks/openai", args.slow) as slow:
+            storm = " (storm: a cut one reconnects at once)" if args.storm else ""
+            print(f"nproc {os.cpu_count()}, {args.slow} slow connections{storm}, {args.deliveries} deliveries")
+            with SlowClients("127.0.0.1", port, "/webhooks/openai", args.slow, storm=args.storm) as slow:
                 time.sleep(args.attack_first)
                 print(f"slow connections open before the deliveries: {slow.open}")
                 for batch in batches:

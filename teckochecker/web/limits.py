@@ -1,8 +1,8 @@
 """A listener's own limits, held without a reverse proxy: the connection cap and the request deadline.
 
 Every connection passes through a ``ConnectionGuard`` in front of uvicorn's HTTP/1.1 protocol. The guard
-reads the same bytes (with its own h11 parser, to know where a request ends) and is told by ``tracking`` (an
-ASGI wrapper) when the answer begins and ends. A connection is at any moment
+reads the same bytes (web/framing.py tells where a request ends) and is told by ``tracking`` (an ASGI
+wrapper) when the answer begins and ends. A connection is at any moment
 
 - receiving: a request has not fully arrived (a new connection counts as receiving from its accept);
 - handling: the request has arrived, its answer is not finished;
@@ -25,10 +25,11 @@ import enum
 import logging
 from typing import Any, cast
 
-import h11
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from teckochecker.web.framing import RequestFraming
 
 Peer = tuple[str, int]
 
@@ -104,15 +105,13 @@ class ConnectionGuard(asyncio.Protocol):
         self.peer: Peer = ("", 0)
         self.phase = Phase.RECEIVING
         self.since = self._loop.time()  # when the current phase began
-        self._parser = self._new_parser()
+        self._framing = RequestFraming(self.listener.max_header_bytes)
+        self._pending = b""  # bytes of the next request, come while this one is answered
         self._heard = False  # a byte of the current request has arrived
         self._answer_begun = False
         self._answer_done = False
         self._deadline: asyncio.TimerHandle | None = None
         self._cut = False
-
-    def _new_parser(self) -> h11.Connection:
-        return h11.Connection(h11.SERVER, max_incomplete_event_size=self.listener.max_header_bytes)
 
     # ----- asyncio.Protocol -----
 
@@ -134,12 +133,11 @@ class ConnectionGuard(asyncio.Protocol):
         if self._cut:
             return
         if self.phase is Phase.IDLE:
-            self._parser = self._new_parser()
             self._start_receiving()
-        self._heard = True
-        self._parser.receive_data(data)
         if self.phase is Phase.RECEIVING:
-            self._follow_request()
+            self._receive(data)
+        else:  # pipelined: uvicorn holds it too, and stops reading until the answer is done
+            self._pending += data
         self._inner.data_received(data)
 
     def eof_received(self) -> None:
@@ -166,25 +164,19 @@ class ConnectionGuard(asyncio.Protocol):
 
     def _start_receiving(self) -> None:
         self.phase, self.since = Phase.RECEIVING, self._loop.time()
+        self._framing = RequestFraming(self.listener.max_header_bytes)
         self._heard = self._answer_begun = self._answer_done = False
         self._cancel_deadline()
         self._deadline = self._loop.call_at(self.since + self.listener.request_deadline, self._on_deadline)
 
-    def _follow_request(self) -> None:
-        while True:
-            try:
-                event = self._parser.next_event()
-            except h11.RemoteProtocolError:
-                self._arrived()  # uvicorn answers the same bytes with a 400 and closes
-                return
-            if event is h11.NEED_DATA:
-                return
-            if isinstance(event, h11.EndOfMessage) or event is h11.PAUSED or isinstance(event, h11.ConnectionClosed):
-                self._arrived()
-                return
+    def _receive(self, data: bytes) -> None:
+        self._heard = True
+        if self._framing.feed(data):
+            self._arrived(self._framing.trailing)
 
-    def _arrived(self) -> None:
+    def _arrived(self, after: bytes) -> None:
         self._cancel_deadline()
+        self._pending = after
         if self._answer_done:
             self._become_idle()
         else:
@@ -192,13 +184,10 @@ class ConnectionGuard(asyncio.Protocol):
 
     def _become_idle(self) -> None:
         self.phase, self.since = Phase.IDLE, self._loop.time()
-        pipelined, _ = self._parser.trailing_data
-        if pipelined:  # the next request's first bytes came with this one
-            self._parser = self._new_parser()
+        if self._pending:  # the next request's first bytes came before this one was answered
+            pending, self._pending = self._pending, b""
             self._start_receiving()
-            self._heard = True
-            self._parser.receive_data(pipelined)
-            self._follow_request()
+            self._receive(pending)
 
     def answer_begun(self) -> None:
         self._answer_begun = True

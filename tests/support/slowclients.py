@@ -1,6 +1,7 @@
 """Slow clients against a listener, as an attacker would run them: each connection sends a request's headers
 and one byte of a body it announced as much longer, then one more byte every ``trickle`` seconds, and is
-renewed (closed and opened again) every ``renew`` seconds. They run on their own event loop in a thread."""
+renewed (closed and opened again) every ``renew`` seconds; one the listener cuts earlier is renewed on the
+same schedule. They run on their own event loop in a thread."""
 
 from __future__ import annotations
 
@@ -15,13 +16,23 @@ HEADERS = b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/jso
 
 class SlowClients:
     def __init__(
-        self, host: str, port: int, path: str, count: int, *, renew: float = 8.0, trickle: float = 1.0
+        self,
+        host: str,
+        port: int,
+        path: str,
+        count: int,
+        *,
+        renew: float = 8.0,
+        trickle: float = 1.0,
+        storm: bool = False,
     ) -> None:
+        """``storm``: a connection the listener cuts is opened again at once, not on its schedule."""
         self._address = (host, port)
         self._request = HEADERS % path.encode()
         self._count = count
         self._renew = renew
         self._trickle = trickle
+        self._storm = storm
         # How each connection ended: "renewed" (by us), "408", "503", "closed" (by the server, no answer).
         self.outcomes: collections.Counter[str] = collections.Counter()
         self.open = 0
@@ -53,8 +64,12 @@ class SlowClients:
         # Spread the renewals over the period, as a steady attack would be.
         await asyncio.sleep(self._renew * index / self._count / 4)
         while True:
+            opened = self._loop.time()
             with contextlib.suppress(OSError):
                 self.outcomes[await self._one()] += 1
+            # A connection cut early is renewed on its schedule, not at once: the attack as seen, not a storm.
+            if not self._storm:
+                await asyncio.sleep(max(0.0, opened + self._renew - self._loop.time()))
 
     async def _one(self) -> str:
         reader, writer = await asyncio.open_connection(*self._address)

@@ -74,8 +74,9 @@ class Listener:
             return True
         waiting = [c for c in self._connections.values() if c is not guard and c.phase is not Phase.HANDLING]
         if not waiting:
+            del self._connections[guard.peer]
             self.log.warning(
-                "%s: %d connections, all busy: refusing a new one with 503", self.name, len(self._connections) - 1
+                "%s: %d connections, all busy: refusing a new one with 503", self.name, len(self._connections)
             )
             return False
         min(waiting, key=lambda c: c.since).evict()

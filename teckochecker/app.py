@@ -308,7 +308,15 @@ class Daemon:
             replicas=self.replication,
         )
         app = create_app(control, self.metrics, logging.getLogger("teckochecker.http"), self._redactor)
-        web = WebServer(app, self.config.http.listen, self.config.http.port, self._log)
+        http = self.config.http
+        web = WebServer(
+            app,
+            http.listen,
+            http.port,
+            self._log,
+            max_connections=http.max_connections,
+            request_deadline=http.request_deadline,
+        )
         await web.start()
         # Stopped before the ticks drain, so no request waits on a daemon that is going away.
         self._opened.push_async_callback(web.stop)
@@ -343,6 +351,8 @@ class Daemon:
             settings.listen,
             settings.port,
             self._log,
+            max_connections=settings.max_connections,
+            request_deadline=settings.request_deadline,
             name="webhook receiver",
             exposure="it serves only POST /webhooks/openai, verified by signature",
         )

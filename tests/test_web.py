@@ -810,8 +810,43 @@ def test_when_every_connection_is_busy_a_new_one_gets_a_clean_503(store: StateSt
                 sock.close()
 
 
+def test_at_the_cap_the_slowest_partial_request_makes_room_not_one_being_answered(store: StateStore) -> None:
+    control = GatedControl(store)
+    partial = b"PUT /api/v1/jobs/x HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{"
+    with serve_in_thread(control, max_connections=3) as base:
+        busy, oldest, newer = connect(base), connect(base), connect(base)
+        try:
+            busy.sendall(b"GET /api/v1/jobs HTTP/1.1\r\nHost: x\r\n\r\n")  # in flight, waiting on the gate
+            oldest.sendall(partial)
+            time.sleep(0.2)  # accepted and partly sent, in this order
+            newer.sendall(partial)
+            assert httpx.get(base + "/healthz", timeout=WAIT).status_code == 200  # the 4th: served
+            assert oldest.recv(4096).startswith(b"HTTP/1.1 408 ")  # the slowest made room, told why
+            newer.sendall(b"}")  # the newer partial one was left alone and is answered
+            assert newer.recv(4096).startswith(b"HTTP/1.1 4")
+            control.gate.set()
+            assert busy.recv(4096).startswith(b"HTTP/1.1 200")  # the one being answered was never cut off
+        finally:
+            for sock in (busy, oldest, newer):
+                sock.close()
+
+
+def test_a_partial_request_is_cut_at_the_deadline_however_it_trickles(control: StoreControl) -> None:
+    with serve_in_thread(control, request_deadline=0.5) as base, connect(base) as sock:
+        started = time.monotonic()
+        sock.sendall(b"PUT /api/v1/jobs/x HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+        sock.settimeout(0.05)
+        answer = b""
+        while not answer and time.monotonic() - started < 5:
+            try:
+                answer = sock.recv(4096)
+            except TimeoutError:
+                sock.sendall(b" ")
+        assert answer.startswith(b"HTTP/1.1 408 ") and 0.45 <= time.monotonic() - started < 2
+
+
 def test_a_connection_that_never_sends_a_request_is_closed(control: StoreControl) -> None:
-    with serve_in_thread(control, first_request_timeout=0.2) as base, connect(base) as sock:
+    with serve_in_thread(control, request_deadline=0.2) as base, connect(base) as sock:
         assert closed_by_server(sock)
 
 

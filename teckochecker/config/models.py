@@ -205,6 +205,10 @@ class HttpSettings(Model):
     api_token: str | None = Field(default=None, min_length=1)
     # Least privilege: each token names its secret and its scopes (a pipeline's token: [register]).
     tokens: list[TokenSpec] = []
+    # The listener's own limits (docs/security.md): open connections (fewer under a low file descriptor
+    # limit), and how long a request's headers and body may take to arrive, from its first byte.
+    max_connections: int = Field(default=200, ge=1, le=10_000)
+    request_deadline: Duration = Field(default=10.0, gt=0, le=300)
 
     def bearer_tokens(self) -> list[TokenSpec]:
         """Every configured token, api_token as one with both scopes."""
@@ -221,6 +225,10 @@ class WebhookSettings(Model):
     # Names of secrets (declared under secrets:) holding the endpoint's signing secret, ``whsec_...``. Several
     # while a secret is rotated: a delivery signed with any of them is accepted.
     secrets: list[Annotated[str, Field(min_length=1)]] = []
+    # The listener's own limits (docs/security.md): open connections (fewer under a low file descriptor
+    # limit), and how long a request's headers and body may take to arrive, from its first byte.
+    max_connections: int = Field(default=200, ge=1, le=10_000)
+    request_deadline: Duration = Field(default=10.0, gt=0, le=300)
 
     @property
     def enabled(self) -> bool:

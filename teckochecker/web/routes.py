@@ -19,7 +19,7 @@ from prometheus_client import make_asgi_app
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -487,6 +487,8 @@ class _CatchAll:
 
         try:
             await self._app(scope, receive, tracking_send)
+        except ClientDisconnect:
+            pass  # the client left while its body was read: no bug, and the listener has logged the line
         except Exception:
             self._logger.exception("HTTP %s %s failed (a bug)", scope.get("method"), scope.get("path"))
             if not started:

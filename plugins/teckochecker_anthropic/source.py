@@ -32,6 +32,7 @@ from teckochecker.plugin_api import (
     Duration,
     Observation,
     OptionsModel,
+    ReplyKind,
     SecretName,
     Source,
     TargetState,
@@ -150,7 +151,13 @@ class AnthropicBatchSource(Source):
         url = self._url(BATCHES_PATH)
         params = {"limit": str(PAGE_SIZE), **({"after_id": cursor} if cursor else {})}
         try:
-            response = await client.get(BATCHES_PATH, params=params, headers=headers, timeout=self._timeout())
+            response = await client.get(
+                BATCHES_PATH,
+                params=params,
+                headers=headers,
+                timeout=self._timeout(),
+                extensions=ReplyKind.LISTING.extensions,
+            )
         except httpx.RequestError as exc:
             raise _account_waits(throttle, _Failure(f"could not reach {url}: {describe(exc)}")) from None
         if response.status_code != 200:
@@ -200,7 +207,9 @@ class AnthropicBatchSource(Source):
             if waiting is not None:
                 return _Unobserved(target, self._waiting_message(throttle), waiting)
             try:
-                response = await client.get(path, headers=headers, timeout=self._timeout())
+                response = await client.get(
+                    path, headers=headers, timeout=self._timeout(), extensions=ReplyKind.OBJECT.extensions
+                )
             except httpx.RequestError as exc:
                 message = f"could not reach {url}: {describe(exc)}"
                 return _Unobserved(target, message, throttle.failed(message))

@@ -26,6 +26,7 @@ from teckochecker.plugin_api import (
     Cancellation,
     OptionsModel,
     PluginContext,
+    ReplyKind,
 )
 from teckochecker.retry import is_transient_status, parse_retry_after
 from teckochecker.vendor_replies import describe, json_object
@@ -104,6 +105,7 @@ class KeboolaJobAction(Action):
                 json=job_body(self.options, request),
                 headers={**self._auth(), "Content-Type": "application/json"},
                 timeout=httpx.Timeout(self.options.timeout, connect=CONNECT_TIMEOUT),
+                extensions=ReplyKind.OBJECT.extensions,
             )
         # Errors raised before a single byte of the request can have left: retrying cannot duplicate a job.
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol) as exc:
@@ -191,7 +193,7 @@ class KeboolaJobAction(Action):
         if offset:
             params["offset"] = str(offset)
         url = f"{queue_url}/search/jobs"
-        jobs = await self._get_json(client, "search/jobs", url, params)
+        jobs = await self._get_json(client, "search/jobs", url, params, kind=ReplyKind.LISTING)
         if not isinstance(jobs, list):
             raise TransientError(f"unexpected response from {url}: expected a JSON array of jobs")
         return [job for job in jobs if isinstance(job, dict) and job.get("id") not in (None, "")]
@@ -265,7 +267,7 @@ class KeboolaJobAction(Action):
         path = f"jobs/{urllib.parse.quote(job_id, safe='')}/kill"
         url = f"{queue_url}/{path}"
         try:
-            response = await client.post(path, headers=self._auth())
+            response = await client.post(path, headers=self._auth(), extensions=ReplyKind.OBJECT.extensions)
         except httpx.RequestError as exc:
             # It may or may not have arrived; the next search reads the job again and sees which.
             raise TransientError(f"cancelling Keboola job at {url} failed: {describe(exc)}") from exc
@@ -280,12 +282,18 @@ class KeboolaJobAction(Action):
         )
 
     async def _get_json(
-        self, client: httpx.AsyncClient, path: str, url: str, params: Mapping[str, str] | None = None
+        self,
+        client: httpx.AsyncClient,
+        path: str,
+        url: str,
+        params: Mapping[str, str] | None = None,
+        *,
+        kind: ReplyKind = ReplyKind.OBJECT,
     ) -> Any:
         import httpx
 
         try:
-            response = await client.get(path, params=params, headers=self._auth())
+            response = await client.get(path, params=params, headers=self._auth(), extensions=kind.extensions)
         except httpx.RequestError as exc:
             raise TransientError(f"could not reach Keboola at {url}: {describe(exc)}") from exc
         code = response.status_code

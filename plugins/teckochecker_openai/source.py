@@ -31,6 +31,7 @@ from teckochecker.plugin_api import (
     ListingListener,
     Observation,
     OptionsModel,
+    ReplyKind,
     SecretName,
     Source,
     TargetState,
@@ -236,7 +237,13 @@ class OpenAIBatchSource(Source):
         url = f"{self.options.base_url}/batches"
         params = {**self._query(), "limit": str(PAGE_SIZE), **({"after": after} if after else {})}
         try:
-            response = await client.get("batches", params=params, headers=headers, timeout=self._timeout())
+            response = await client.get(
+                "batches",
+                params=params,
+                headers=headers,
+                timeout=self._timeout(),
+                extensions=ReplyKind.LISTING.extensions,
+            )
         except httpx.RequestError as exc:
             raise _account_waits(throttle, _Failure(f"could not reach {url}: {describe(exc)}")) from None
         if response.status_code != 200:
@@ -328,7 +335,13 @@ class OpenAIBatchSource(Source):
             return _Unobserved(target, self._waiting_message(throttle), waiting)
         path = self._batch_path(target)
         try:
-            return await client.get(path, params=self._query(), headers=headers, timeout=self._timeout())
+            return await client.get(
+                path,
+                params=self._query(),
+                headers=headers,
+                timeout=self._timeout(),
+                extensions=ReplyKind.OBJECT.extensions,
+            )
         except httpx.RequestError as exc:
             message = f"could not reach {self.options.base_url}/{path}: {describe(exc)}"
             return _Unobserved(target, message, throttle.failed(message))

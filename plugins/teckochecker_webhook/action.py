@@ -30,6 +30,7 @@ from teckochecker.plugin_api import (
     Duration,
     OptionsModel,
     PluginContext,
+    ReplyKind,
     SecretName,
     http_url,
 )
@@ -90,7 +91,11 @@ class WebhookAction(Action):
         headers = {"Content-Type": "application/json", **self._signature(request.trigger_id, body)}
         try:
             response = await self._client().post(
-                url, content=body, headers=headers, timeout=httpx.Timeout(self.options.timeout, connect=CONNECT_TIMEOUT)
+                url,
+                content=body,
+                headers=headers,
+                timeout=httpx.Timeout(self.options.timeout, connect=CONNECT_TIMEOUT),
+                extensions=ReplyKind.RECEIVER.extensions,
             )
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise NotStarted(f"could not connect to the webhook at {_safe(url)}: {describe(exc)}") from exc

@@ -121,16 +121,19 @@ class KeboolaJobAction(Action):
             if job is None or job.get("id") in (None, ""):
                 raise InDoubt(f"Keboola answered HTTP {code} at {url} without a readable job; it may exist")
             return self._result(job)
-        message = error_body(response, self._token()).message or "no error message"
+        # Keboola's words go apart from the message (see errors.TeckoCheckerError): the log and readers with a
+        # token see them, the status page only the status.
+        excerpt = error_body(response, self._token()).message
         if code == 429:
             raise NotStarted(
-                f"Keboola is rate limiting job creation (HTTP 429) at {url}: {message}",
+                f"Keboola is rate limiting job creation (HTTP 429) at {url}",
                 retry_after=parse_retry_after(response.headers, now=self.context.clock.now()),
+                excerpt=excerpt,
             )
         if 400 <= code < 500 and not is_transient_status(code):
-            raise Rejected(f"Keboola rejected the job (HTTP {code}) at {url}: {message}")
+            raise Rejected(f"Keboola rejected the job (HTTP {code}) at {url}", excerpt=excerpt)
         # 5xx, 408, 409 and anything odd: the request arrived and its effect is unknown.
-        raise InDoubt(f"the job may or may not have been created: HTTP {code} at {url}: {message}")
+        raise InDoubt(f"the job may or may not have been created: HTTP {code} at {url}", excerpt=excerpt)
 
     async def find_started(self, request: ActionRequest, since: dt.datetime) -> Sequence[ActionResult]:
         queue_url = await self._queue_url()
@@ -276,7 +279,7 @@ class KeboolaJobAction(Action):
             return Cancellation(True, f"{what} (POST {url})")
         message = error_body(response, self._token()).message or "no error message"
         if is_transient_status(response.status_code):
-            raise TransientError(f"cancelling Keboola job at {url}: HTTP {response.status_code}: {message}")
+            raise TransientError(f"cancelling Keboola job at {url}: HTTP {response.status_code}", excerpt=message)
         return Cancellation(
             False, f"Keboola refused to cancel it (HTTP {response.status_code}) at {url}: {message}; a person must look"
         )
@@ -302,12 +305,12 @@ class KeboolaJobAction(Action):
                 return response.json()
             except ValueError as exc:
                 raise TransientError(f"unexpected response from {url}: the body is not JSON") from exc
-        message = error_body(response, self._token()).message or "no error message"
+        excerpt = error_body(response, self._token()).message
         if is_transient_status(code):
             retry_after = parse_retry_after(response.headers, now=self.context.clock.now())
-            raise TransientError(f"HTTP {code} from Keboola at {url}: {message}", retry_after=retry_after)
+            raise TransientError(f"HTTP {code} from Keboola at {url}", retry_after=retry_after, excerpt=excerpt)
         if 400 <= code < 500:
-            raise Rejected(f"Keboola refused the request (HTTP {code}) at {url}: {message}")
+            raise Rejected(f"Keboola refused the request (HTTP {code}) at {url}", excerpt=excerpt)
         raise TransientError(f"unexpected response from {url}: HTTP {code}")
 
     def _result(self, job: Mapping[str, Any]) -> ActionResult:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import time
 
 import httpx
 import pytest
@@ -111,3 +112,17 @@ def test_the_pool_goes_on_after_a_reply_over_its_cap() -> None:
                 await pool.aclose()
 
         assert asyncio.run(main()).json()["id"] == batch
+
+
+def test_an_over_cap_reply_is_not_drained() -> None:
+    """Past the cap the connection is closed: the server is stopped from sending, not read to its end."""
+    with FakeOpenAI(api_key=KEY) as fake:
+        fake.answer_huge("/v1/batches/batch_big", 1024 * MiB)
+        with pytest.raises(ReplyTooLarge):
+            _get(fake, "batches/batch_big", ReplyKind.OBJECT)
+        deadline = time.monotonic() + 10
+        while fake.huge_bytes_written() == 0:  # counted once the fake's write fails
+            assert time.monotonic() < deadline, "the fake is still writing: the client drained the answer"
+            time.sleep(0.01)
+        # The cap, plus what the two sockets' buffers held when the connection was closed.
+        assert fake.huge_bytes_written() < REPLY_CAPS[ReplyKind.OBJECT] + 32 * MiB

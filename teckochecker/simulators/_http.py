@@ -258,10 +258,14 @@ class _Handler(BaseHTTPRequestHandler):
         head.append("connection: close")
         self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
         left = reply.size
-        while left > 0 and not self.server.stopping.is_set():
-            chunk = _FILLER[: min(left, len(_FILLER))]
-            self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if reply.chunked else chunk)
-            left -= len(chunk)
+        try:
+            while left > 0 and not self.server.stopping.is_set():
+                chunk = _FILLER[: min(left, len(_FILLER))]
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if reply.chunked else chunk)
+                left -= len(chunk)
+        finally:
+            # What the client took before it closed (plus what the sockets' buffers hold): says whether it drained.
+            self.server.count_huge_bytes(reply.size - left)
         if reply.chunked:
             self.wfile.write(b"0\r\n\r\n")
 
@@ -285,6 +289,7 @@ class _Server(ThreadingHTTPServer):
         self.fake_handler = handler
         self.stopping = stopping
         self._connections: set[socket.socket] = set()
+        self.huge_bytes_written = 0
         self._conn_lock = threading.Lock()
         super().__init__(("127.0.0.1", port), _Handler)
 
@@ -293,6 +298,10 @@ class _Server(ThreadingHTTPServer):
         if isinstance(sys.exc_info()[1], ConnectionError):
             return
         super().handle_error(request, client_address)
+
+    def count_huge_bytes(self, count: int) -> None:
+        with self._conn_lock:
+            self.huge_bytes_written += count
 
     def track(self, conn: socket.socket) -> None:
         with self._conn_lock:
@@ -345,6 +354,9 @@ class _Listener:
             self._thread.join(timeout=5)
         self._server = None
         self._thread = None
+
+    def huge_bytes_written(self) -> int:
+        return self._server.huge_bytes_written if self._server is not None else 0
 
     @property
     def url(self) -> str:
@@ -434,6 +446,10 @@ class LoopbackFake:
         route = _HugeRoute(method.upper() if method else None, path, HugeReply(status, size, chunked, content_type))
         with self._lock:
             self._huge.append(route)
+
+    def huge_bytes_written(self) -> int:
+        """Body bytes of huge answers written so far (on every listener; reset when the fake restarts)."""
+        return sum(listener.huge_bytes_written() for listener in self._listeners.values())
 
     def stop_huge(self) -> None:
         with self._lock:

@@ -157,11 +157,15 @@ class CheckReport:
     ``transient_errors`` names targets that could not be observed this time (they keep their last state
     and are checked again after a back-off); ``retry_after`` is how long to wait (seconds): the vendor's
     ``Retry-After``, or what remains of a back-off the source shares between jobs (e.g. one per account).
+    ``excerpts``: for some of those targets, what the vendor's answer said, kept out of the messages (the
+    views without a token show messages; the excerpt goes to the log and to readers with a token). The same
+    holds for an observation: put the vendor's words under ``details["excerpt"]``, not in ``message``.
     """
 
     observations: tuple[Observation, ...] = ()
     transient_errors: Mapping[str, str] = field(default_factory=dict)
     retry_after: float | None = None
+    excerpts: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

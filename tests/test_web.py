@@ -339,7 +339,10 @@ def test_a_refusing_servers_words_are_shown_only_with_a_token(store: StateStore,
     """The excerpt of a refusal lives in the run's details and the event's data: the views without a token
     leave it out; with any configured token it is there. The message says status and host either way."""
     store.sync_jobs([JobPlan("refused", "f9", ["batch_r"])], T0)
-    run = _check(store, "refused", Observation("batch_r", TargetState.SUCCEEDED, "completed", {})).runs[0]
+    refused = Observation(
+        "batch_r", TargetState.ERROR, None, {"excerpt": "SECRET-EXCERPT of the vendor"}, "refused (HTTP 403 x)"
+    )
+    run = _check(store, "refused", refused).runs[0]
     store.begin_run(run.id, now=T0)
     excerpt = '{"AccessKeyId": "SECRET-EXCERPT"}'
     message = "the webhook at http://169.254.169.254/x refused the delivery (HTTP 403 Forbidden)"
@@ -353,6 +356,7 @@ def test_a_refusing_servers_words_are_shown_only_with_a_token(store: StateStore,
     shown = client.get("/api/v1/jobs/refused?events=100", headers=auth()).json()
     assert shown["runs"][0]["message"] == message and shown["runs"][0]["details"]["excerpt"] == excerpt
     assert [e["data"]["excerpt"] for e in shown["events"] if "excerpt" in e["data"]] == [excerpt]
+    assert shown["targets"][0]["details"]["excerpt"] == "SECRET-EXCERPT of the vendor"
     listed = {job["name"]: job for job in client.get("/api/v1/jobs", headers=auth()).json()["jobs"]}
     assert listed["refused"]["runs"][0]["details"]["excerpt"] == excerpt
 

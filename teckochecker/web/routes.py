@@ -348,7 +348,7 @@ def job_to_json(
         "targets_done": job.done_count,
         "targets_total": len(job.targets),
         "requests": totals,
-        "targets": [target_to_json(t) for t in job.targets],
+        "targets": [target_to_json(t, excerpts=excerpts) for t in job.targets],
         "runs": [run_to_json(r, excerpts=excerpts) for r in job.runs],
     }
     if events is not None:
@@ -356,7 +356,7 @@ def job_to_json(
     return body
 
 
-def target_to_json(target: TargetSnapshot) -> dict[str, Any]:
+def target_to_json(target: TargetSnapshot, *, excerpts: bool = False) -> dict[str, Any]:
     counts = request_counts(target.details)
     return {
         "target": target.target,
@@ -373,7 +373,7 @@ def target_to_json(target: TargetSnapshot) -> dict[str, Any]:
             "failed": counts.failed,
             "label": counts.label,
         },
-        "details": target.details,
+        "details": target.details if excerpts else _without_excerpt(target.details),
     }
 
 

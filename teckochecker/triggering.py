@@ -336,6 +336,7 @@ class ActionDriver:
                 self._log.warning(
                     "job action %s: duplicate %s: %s; will look again", run.id, duplicate.external_id, exc
                 )
+                self._log_excerpt(run, exc)
                 continue
             except PermanentError as exc:
                 cancellation = Cancellation(False, f"could not cancel it ({exc}); a person must look")

@@ -9,6 +9,7 @@ import httpx
 
 from teckochecker import __version__
 from teckochecker.metrics import Metrics, status_class
+from teckochecker.reply_caps import ACCEPT_ENCODING, read_capped
 
 USER_AGENT = f"teckochecker/{__version__}"
 
@@ -26,8 +27,9 @@ class BoundedTransport(httpx.AsyncBaseTransport):
         async with self._semaphore:
             try:
                 response = await self._inner.handle_async_request(request)
-                # Read the body inside the bound, so that the slot is not given up before the work is done.
-                await response.aread()
+                # Read the body inside the bound, so that the slot is not given up before the work is done;
+                # never more of it than its cap (reply_caps.py).
+                await read_capped(request, response)
             except Exception:
                 self._metrics.http_requests.labels(host, "error").inc()
                 raise
@@ -69,7 +71,7 @@ class HttpClientPool:
         transport = BoundedTransport(self._transport_factory(limits=limits, retries=0), self._semaphore, self._metrics)
         client = httpx.AsyncClient(
             base_url=base_url,
-            headers={"User-Agent": USER_AGENT, **(headers or {})},
+            headers={"User-Agent": USER_AGENT, "Accept-Encoding": ACCEPT_ENCODING, **(headers or {})},
             timeout=timeout,
             transport=transport,
             follow_redirects=False,

@@ -32,7 +32,7 @@ from teckochecker.errors import StateStoreError, TeckoCheckerError
 from teckochecker.metrics import Metrics
 from teckochecker.plugin_api import ActionOutcome, ActionResult, CheckReport, Observation, TargetState
 from teckochecker.secrets.resolving import MASK, Redactor
-from teckochecker.state.models import Event, JobOrigin, JobSnapshot, PutOutcome
+from teckochecker.state.models import Event, JobOrigin, JobSnapshot, PutOutcome, RunState
 from teckochecker.state.store import JobPlan, PlannedAction, StateStore
 from teckochecker.state.worker import StoreWorker
 from teckochecker.web.routes import MAX_BODY_BYTES, create_app
@@ -336,6 +336,43 @@ def test_metrics_exposition_on_the_app_registry(control: StoreControl, store: St
 
 
 # ----- reading -----
+
+
+def test_a_refusing_servers_words_are_shown_only_with_a_token(store: StateStore, client: httpx.Client) -> None:
+    """The excerpt of a refusal lives in the run's details and the event's data: the views without a token
+    leave it out; with any configured token it is there. The message says status and host either way."""
+    store.sync_jobs([JobPlan("refused", "f9", ["batch_r"])], T0)
+    refused = Observation(
+        "batch_r", TargetState.ERROR, None, {"excerpt": "SECRET-EXCERPT of the vendor"}, "refused (HTTP 403 x)"
+    )
+    run = _check(store, "refused", refused).runs[0]
+    store.begin_run(run.id, now=T0)
+    excerpt = '{"AccessKeyId": "SECRET-EXCERPT"}'
+    message = "the webhook at http://169.254.169.254/x refused the delivery (HTTP 403 Forbidden)"
+    store.run_finished(run.id, RunState.REJECTED, message, now=T0, excerpt=excerpt)
+
+    for path in ("/api/v1/jobs/refused?events=100", "/api/v1/jobs", "/", "/api/v1/jobs/refused"):
+        for headers in ({}, auth("wrong")):
+            answer = client.get(path, headers=headers)
+            assert answer.status_code == 200 and "SECRET-EXCERPT" not in answer.text, path
+            assert "HTTP 403 Forbidden" in answer.text, path
+    shown = client.get("/api/v1/jobs/refused?events=100", headers=auth()).json()
+    assert shown["runs"][0]["message"] == message and shown["runs"][0]["details"]["excerpt"] == excerpt
+    assert [e["data"]["excerpt"] for e in shown["events"] if "excerpt" in e["data"]] == [excerpt]
+    assert shown["targets"][0]["details"]["excerpt"] == "SECRET-EXCERPT of the vendor"
+    listed = {job["name"]: job for job in client.get("/api/v1/jobs", headers=auth()).json()["jobs"]}
+    assert listed["refused"]["runs"][0]["details"]["excerpt"] == excerpt
+
+
+def test_a_new_message_without_an_excerpt_drops_the_old_excerpt(store: StateStore) -> None:
+    store.sync_jobs([JobPlan("again", "f8", ["batch_x"])], T0)
+    run = _check(store, "again", Observation("batch_x", TargetState.SUCCEEDED, "completed", {})).runs[0]
+    store.begin_run(run.id, now=T0)
+    store.run_not_started(run.id, "HTTP 503 from x", now=T0, next_try_at=T0, excerpt="busy, try later")
+    assert store.job("again").runs[0].details == {"excerpt": "busy, try later"}  # type: ignore[union-attr]
+    store.begin_run(run.id, now=T0)
+    store.run_not_started(run.id, "could not connect", now=T0, next_try_at=T0)
+    assert store.job("again").runs[0].details == {}  # type: ignore[union-attr]
 
 
 def test_jobs_list_has_state_targets_progress_next_check_and_keboola_runs(client: httpx.Client) -> None:

@@ -32,6 +32,7 @@ from teckochecker.state.events import EventKind, append_event
 from teckochecker.state.leadership import UNFENCED
 from teckochecker.state.location import sqlite_path
 from teckochecker.state.models import (
+    EXCERPT,
     Duplicate,
     DuplicateWatch,
     Event,
@@ -532,8 +533,17 @@ class StateStore(RunTransitions):
             append_event(conn, int(job_id), now, kind, message, data)
             return True
 
-    def fail_job(self, name: str, reason: str, *, now: dt.datetime, kind: EventKind = EventKind.JOB_FAILED) -> None:
-        """End a job that has not fired as failed (deadline passed, credentials rejected, ...)."""
+    def fail_job(
+        self,
+        name: str,
+        reason: str,
+        *,
+        now: dt.datetime,
+        kind: EventKind = EventKind.JOB_FAILED,
+        excerpt: str | None = None,
+    ) -> None:
+        """End a job that has not fired as failed (deadline passed, credentials rejected, ...). ``excerpt``: what
+        the refusing vendor said, kept in the event's data apart from the reason (web/routes.py)."""
         with self._engine.begin() as conn:
             row = conn.execute(sa.select(schema.jobs).where(schema.jobs.c.name == name)).one()
             if row.state != JobState.WATCHING.value:
@@ -545,7 +555,8 @@ class StateStore(RunTransitions):
                     state=JobState.FAILED.value, finished_at=now, updated_at=now, last_error=reason, next_check_at=None
                 )
             )
-            append_event(conn, row.id, now, kind, f"job failed: {reason}", {"state": JobState.FAILED.value})
+            data = {"state": JobState.FAILED.value, **({EXCERPT: excerpt} if excerpt else {})}
+            append_event(conn, row.id, now, kind, f"job failed: {reason}", data)
 
 
 def _delete_targets(conn: Connection, job_id: int, names: Sequence[str]) -> None:

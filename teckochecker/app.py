@@ -50,7 +50,7 @@ from teckochecker.state.location import (
     resolve_state_url,
     sqlite_path,
 )
-from teckochecker.state.schema import create_engine
+from teckochecker.state.schema import StoreTimeouts, create_engine
 from teckochecker.state.store import StateStore
 from teckochecker.state.worker import StoreWorker
 from teckochecker.web.routes import create_app
@@ -165,7 +165,12 @@ class Daemon:
             self._signing_keys()  # refuse to start on a webhook secret that is not a whole whsec_ value
         url = resolve_state_url(self.config.state.url, self._environ, self._cwd)
         self._lock(url)
-        self.store = StateStore.open(url, redact=self._redactor.redact, upgrade=self.config.state.upgrade_on_start)
+        self.store = StateStore.open(
+            url,
+            redact=self._redactor.redact,
+            upgrade=self.config.state.upgrade_on_start,
+            timeouts=StoreTimeouts.of(self.config.state),
+        )
         self._opened.callback(self.store.close)
         self._log_schema_upgrade()
         self.worker = StoreWorker(hidden=[make_url(url).password or ""])
@@ -308,7 +313,15 @@ class Daemon:
             replicas=self.replication,
         )
         app = create_app(control, self.metrics, logging.getLogger("teckochecker.http"), self._redactor)
-        web = WebServer(app, self.config.http.listen, self.config.http.port, self._log)
+        http = self.config.http
+        web = WebServer(
+            app,
+            http.listen,
+            http.port,
+            self._log,
+            max_connections=http.max_connections,
+            request_deadline=http.request_deadline,
+        )
         await web.start()
         # Stopped before the ticks drain, so no request waits on a daemon that is going away.
         self._opened.push_async_callback(web.stop)
@@ -343,6 +356,8 @@ class Daemon:
             settings.listen,
             settings.port,
             self._log,
+            max_connections=settings.max_connections,
+            request_deadline=settings.request_deadline,
             name="webhook receiver",
             exposure="it serves only POST /webhooks/openai, verified by signature",
         )
@@ -387,7 +402,8 @@ class Daemon:
         name = settings.replica_name or f"{host}:{pid}"
         fence = Fence(name)
         fence.install(self.store.engine)
-        lease_engine = create_engine(url)
+        # The same timeouts: a renewal that times out is an error like a dropped connection (replicas.py).
+        lease_engine = create_engine(url, timeouts=StoreTimeouts.of(settings))
         self._opened.callback(lease_engine.dispose)
         replication = Replication(
             LeaderLease(lease_engine, name, settings.lease),

@@ -140,6 +140,10 @@ class DaemonControl(Protocol):
         """Registered jobs a file job shadows, or that no longer validate: shown in /api/v1/status."""
         ...
 
+    def registry_note(self, name: str) -> str | None:
+        """Why the stored registered job ``name`` is not run (held, or no longer valid), if it is not."""
+        ...
+
 
 class Control:
     """The daemon's answer to DaemonControl, given the collaborators it needs (and nothing else)."""
@@ -244,6 +248,9 @@ class Control:
             outcome is PutOutcome.UNCHANGED and name not in self._registered.assembly.definitions
         ):
             await self._rebuild()
+        if outcome is PutOutcome.UPDATED and (late := await self._registered.fired_meanwhile(name)) is not None:
+            await self._rebuild()
+            return late
         return outcome
 
     async def unregister_job(self, name: str) -> bool | Refusal:
@@ -255,3 +262,6 @@ class Control:
 
     def registry_notes(self) -> tuple[str, ...]:
         return self._registered.assembly.notes()
+
+    def registry_note(self, name: str) -> str | None:
+        return self._registered.held_note(name)

@@ -74,10 +74,20 @@ class _Listening:
     notified: dict[str, float] = field(default_factory=dict)
     described: dict[str, float] = field(default_factory=dict)
 
+    # Whether reading the notified batches failed last time (logged once while it lasts).
+    notified_failing: bool = False
+
     def remember(self, target: str, received: float) -> None:
         self.notified.setdefault(target, received)
         while len(self.notified) > NOTIFIED_MAX:
             del self.notified[next(iter(self.notified))]
+
+    def take_oldest(self) -> tuple[str, float] | None:
+        """The oldest notification, removed in the same step. Never keep a target across an await to remove it
+        later: notifications keep arriving while a batch is read, and ``remember`` evicts the oldest, the very
+        ones a pass is about to read (a list taken before the reads and popped after each was a KeyError)."""
+        target = next(iter(self.notified), None)
+        return None if target is None else (target, self.notified.pop(target))
 
     def on_page(self, number: int, targets: Sequence[ListedTarget], now: dt.datetime, metrics: Metrics) -> bool:
         rule = self.definition.rule
@@ -215,11 +225,12 @@ class Discovery:
             await asyncio.gather(listening.task, return_exceptions=True)
         await listening.source.aclose()
 
-    async def run_once(self, template: str, *, sweep: bool = True) -> None:
+    async def run_once(self, template: str, *, sweep: bool = True, read_until: float | None = None) -> None:
         """One sweep (unless ``sweep`` is False: only notified batches are read) and pass of ``template``'s
-        discovery, and the follow-up that can be done now."""
+        discovery, and the follow-up that can be done now. ``read_until``: the monotonic time after which no
+        more notified batches are read (the loop's next sweep: reading them one by one never delays it)."""
         listening = self._listening[template]
-        await self._describe_notified(listening)
+        await self._read_notified(listening, read_until)
         swept = sweep and await self._sweep(listening)
         # Batches read on their own are grouped even when the listing could not be read.
         if swept or listening.described:
@@ -230,21 +241,22 @@ class Discovery:
         template, interval = listening.definition.template, listening.definition.rule.interval
         while True:
             started = self._clock.monotonic()
-            await self._run_guarded(template, sweep=True)
+            # The sweep is due: it waits for no notified batch (they are read in between, until the next one).
+            await self._run_guarded(template, sweep=True, read_until=started)
             while self._clock.monotonic() - started < interval:
                 await self._clock.sleep(min(FOLLOW_UP, interval - (self._clock.monotonic() - started)))
                 if listening.notified:
                     # A notified batch may start or grow a group: read it now; the listing waits its interval.
-                    await self._run_guarded(template, sweep=False)
+                    await self._run_guarded(template, sweep=False, read_until=started + interval)
                 elif self._pending_follow_up():
                     try:
                         await self._follow_up()
                     except Exception as exc:  # the store may be briefly down; retried within a second
                         self._log.debug("discovery follow-up failed: %s", exc)
 
-    async def _run_guarded(self, template: str, *, sweep: bool) -> None:
+    async def _run_guarded(self, template: str, *, sweep: bool, read_until: float) -> None:
         try:
-            await self.run_once(template, sweep=sweep)
+            await self.run_once(template, sweep=sweep, read_until=read_until)
         except Fenced as exc:  # this replica no longer leads; it is standing down, which stops discovery
             self._log.warning("discovery for template %s stopped writing: %s", template, exc)
         except Exception:  # a bug or a store outage must not end discovery: the next interval tries again
@@ -294,11 +306,29 @@ class Discovery:
             self._rebuild()
         return added
 
-    async def _describe_notified(self, listening: _Listening) -> None:
-        """Read the notified batches on their own; those of this template's groups go to the next pass."""
+    async def _read_notified(self, listening: _Listening, until: float | None) -> None:
+        """``_describe_notified``, which never stops the sweep: a failure is logged once while it lasts."""
+        try:
+            await self._describe_notified(listening, until)
+        except Exception:
+            if not listening.notified_failing:
+                template = listening.definition.template
+                self._log.exception("discovery for template %s could not read notified batches; swept anyway", template)
+            listening.notified_failing = True
+        else:
+            listening.notified_failing = False
+
+    async def _describe_notified(self, listening: _Listening, until: float | None) -> None:
+        """Read the notified batches on their own, oldest first, until ``until``; those of this template's
+        groups go to the next pass."""
         rule, channel = listening.definition.rule, listening.source.push_channel
-        for target in list(listening.notified)[:NOTIFIED_PER_PASS]:
-            received = listening.notified.pop(target)
+        for _ in range(NOTIFIED_PER_PASS):
+            if until is not None and self._clock.monotonic() >= until:
+                break
+            taken = listening.take_oldest()
+            if taken is None:
+                break
+            target, received = taken
             if target in self._holders:  # listed meanwhile: its job takes the notification
                 self._to_hint.setdefault(self._holders[target], {})[target] = (channel or "", received)
                 continue

@@ -31,7 +31,13 @@ if TYPE_CHECKING:
 
 
 class TeckoCheckerError(Exception):
-    """Base of every error TeckoChecker raises on purpose."""
+    """Base of every error TeckoChecker raises on purpose.
+
+    ``excerpt`` (TransientError, PermanentError, InDoubt): the start of a refusing server's answer, kept out
+    of the message. The message is shown to anyone who can read the status page; the excerpt goes to the
+    log and to readers with a token, because the server may be anything a URL points at."""
+
+    excerpt: str | None = None
 
 
 class ConfigError(TeckoCheckerError):
@@ -74,13 +80,16 @@ class UnreadableFile(TeckoCheckerError):
 
 
 class TransientError(TeckoCheckerError):
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+    def __init__(self, message: str, *, retry_after: float | None = None, excerpt: str | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.excerpt = excerpt
 
 
 class PermanentError(TeckoCheckerError):
-    pass
+    def __init__(self, message: str, *, excerpt: str | None = None) -> None:
+        super().__init__(message)
+        self.excerpt = excerpt
 
 
 class Rejected(PermanentError):
@@ -112,4 +121,6 @@ class NotStarted(TransientError):
 
 
 class InDoubt(TeckoCheckerError):
-    pass
+    def __init__(self, message: str, *, excerpt: str | None = None) -> None:
+        super().__init__(message)
+        self.excerpt = excerpt

@@ -11,6 +11,7 @@ from teckochecker import __version__
 from teckochecker.metrics import Metrics, status_class
 from teckochecker.outbound_guard import OutboundGuard
 from teckochecker.outbound_transport import CheckedConnectTransport, GuardedTransport, NoRedirectClient
+from teckochecker.reply_caps import ACCEPT_ENCODING, read_capped
 
 USER_AGENT = f"teckochecker/{__version__}"
 
@@ -28,8 +29,9 @@ class BoundedTransport(httpx.AsyncBaseTransport):
         async with self._semaphore:
             try:
                 response = await self._inner.handle_async_request(request)
-                # Read the body inside the bound, so that the slot is not given up before the work is done.
-                await response.aread()
+                # Read the body inside the bound, so that the slot is not given up before the work is done;
+                # never more of it than its cap (reply_caps.py).
+                await read_capped(request, response)
             except Exception:
                 self._metrics.http_requests.labels(host, "error").inc()
                 raise
@@ -83,7 +85,7 @@ class HttpClientPool:
         transport: httpx.AsyncBaseTransport = BoundedTransport(inner, self._semaphore, self._metrics)
         client = NoRedirectClient(
             base_url=base_url,
-            headers={"User-Agent": USER_AGENT, **(headers or {})},
+            headers={"User-Agent": USER_AGENT, "Accept-Encoding": ACCEPT_ENCODING, **(headers or {})},
             timeout=timeout,
             transport=transport if guard is None else GuardedTransport(transport, guard),
             follow_redirects=False,

@@ -47,6 +47,11 @@ class Metrics:
             ["origin"],
             registry=r,
         )
+        self.registered_jobs_held = Gauge(
+            f"{PREFIX}_registered_jobs_held",
+            "Stored registered jobs held, not run: their body sets a field a registered job may not set.",
+            registry=r,
+        )
         self.targets = Gauge(
             f"{PREFIX}_targets",
             "Watched targets (batches) by job and normalized state.",

@@ -44,6 +44,7 @@ __all__ = [
     "OptionsModel",
     "Origin",
     "PluginContext",
+    "ReplyKind",
     "SecretName",
     "SecretOrigins",
     "SharedObjects",
@@ -209,11 +210,15 @@ class CheckReport:
     ``transient_errors`` names targets that could not be observed this time (they keep their last state
     and are checked again after a back-off); ``retry_after`` is how long to wait (seconds): the vendor's
     ``Retry-After``, or what remains of a back-off the source shares between jobs (e.g. one per account).
+    ``excerpts``: for some of those targets, what the vendor's answer said, kept out of the messages (the
+    views without a token show messages; the excerpt goes to the log and to readers with a token). The same
+    holds for an observation: put the vendor's words under ``details["excerpt"]``, not in ``message``.
     """
 
     observations: tuple[Observation, ...] = ()
     transient_errors: Mapping[str, str] = field(default_factory=dict)
     retry_after: float | None = None
+    excerpts: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -277,6 +282,37 @@ class ActionRequest:
     trigger_id: str
     fired_at: dt.datetime
     targets: tuple[Observation, ...]
+
+
+class ReplyKind(str, enum.Enum):
+    """What a request's answer is, which sets how much of it the daemon reads before it gives up: the
+    outbound HTTP layer streams every body and stops past the cap of its kind. Chosen per request with
+    ``extensions=ReplyKind.LISTING.extensions`` (httpx's request extensions); a request that names none is
+    read with the cap of ``OTHER``. An error answer (status 300 or more) is read with the cap of ``ERROR``
+    whatever its kind says. Over the cap the request fails as a transport error does (an
+    ``httpx.ReadError`` whose message names the host and the cap), and the connection is closed unread."""
+
+    # One page of a listing (e.g. GET /batches?limit=100).
+    LISTING = "listing"
+    # One object (a batch, a job, a token).
+    OBJECT = "object"
+    # An index of services (e.g. Keboola's stack index).
+    INDEX = "index"
+    # A webhook receiver's answer: only its status matters.
+    RECEIVER = "receiver"
+    # Anything else.
+    OTHER = "other"
+    # Any answer with a status of 300 or more; set by the daemon, not chosen.
+    ERROR = "error"
+
+    @property
+    def extensions(self) -> dict[str, str]:
+        """The request extensions that choose this kind: ``client.get(path, extensions=kind.extensions)``."""
+        return {REPLY_KIND_EXTENSION: self.value}
+
+
+# The httpx request extension the daemon's outbound HTTP layer reads the reply kind from.
+REPLY_KIND_EXTENSION = "teckochecker.reply_kind"
 
 
 class SecretLookup(Protocol):

@@ -6,8 +6,10 @@ The files stay the declarative source (Grafana's provisioning model): a file job
 API, and when a name is both in a file and registered, the file wins and the conflict is reported (a
 warning in the log, ``/api/v1/status``, and ``status`` through the state store), never silently dropped.
 
-A registered body is the job exactly as it would be written in the YAML, secrets by name only, and is
-validated by the daemon's own validator against the running config's templates, secrets and defaults.
+A registered body names a template from the files and sets its targets, variables and what the template
+declares overridable (config/registered.py): the files say where requests go and with which credentials.
+It is validated by the daemon's own validator against the running config's templates, secrets and
+defaults. A stored row whose body sets more (stored before that rule) is held: reported, never run.
 This module turns the stored rows into JobDefinitions, merges them with the file jobs, and decides what a
 PUT or DELETE may do; ``app.Daemon`` applies the result through the same reload path as a file change, so
 nothing restarts that did not change.
@@ -25,13 +27,13 @@ from typing import Any
 from teckochecker.clock import Clock
 from teckochecker.config.diagnostics import format_path
 from teckochecker.config.models import JOB_NAME, JOB_NAME_RULE, SECRET_KINDS
-from teckochecker.config.validate import Config, JobDefinition, validate_job_body
+from teckochecker.config.validate import Config, JobDefinition, registered_shape_problems, validate_job_body
 from teckochecker.control import Problem, Refusal
 from teckochecker.metrics import Metrics
 from teckochecker.offloop import run_off_loop
 from teckochecker.plugins import PluginRegistry
 from teckochecker.secrets.resolving import Redactor
-from teckochecker.state.models import JobOrigin, JobState, PutOutcome, RegisteredJob, RegistryVersion
+from teckochecker.state.models import JobOrigin, JobSnapshot, JobState, PutOutcome, RegisteredJob, RegistryVersion
 from teckochecker.state.store import CONFLICTS_META, StateStore
 from teckochecker.state.worker import StoreWorker
 
@@ -74,6 +76,8 @@ class Assembly:
     conflicts: tuple[Conflict, ...] = ()
     # Stored rows that no longer validate against the running config (a template or secret was removed).
     invalid: Mapping[str, tuple[Problem, ...]] = field(default_factory=dict)
+    # Those of them that are held: their body sets what a registered job may not (stored before that rule).
+    held: frozenset[str] = frozenset()
 
     def counts(self) -> dict[JobOrigin, int]:
         counts = dict.fromkeys(JobOrigin, 0)
@@ -83,12 +87,20 @@ class Assembly:
 
     def notes(self) -> tuple[str, ...]:
         """What `status` and /api/v1/status show under the last reload: conflicts and stored jobs left out."""
-        invalid = [
-            f"registered job {name!r} no longer validates and is not run: {problems[0].path or 'body'}: "
-            f"{problems[0].message}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
-            for name, problems in self.invalid.items()
-        ]
-        return (*(c.message for c in self.conflicts), *invalid)
+        return (*(c.message for c in self.conflicts), *(self.note(name) for name in self.invalid))
+
+    def note(self, name: str) -> str:
+        """Why stored job ``name`` is not run, and for a held one what to do about it."""
+        problems = self.invalid[name]
+        first = f"{problems[0].path or 'body'}: {problems[0].message}"
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        if name in self.held:
+            return (
+                f"registered job {name!r} is held and not run: {first}{more}. To run it, PUT it again with a "
+                f"body its template allows (or declare the field under the template's overridable:); "
+                f"DELETE /api/v1/jobs/{name} removes it"
+            )
+        return f"registered job {name!r} no longer validates and is not run: {first}{more}"
 
 
 class RegisteredDefinitions:
@@ -98,26 +110,47 @@ class RegisteredDefinitions:
     def __init__(self, plugins: PluginRegistry) -> None:
         self._plugins = plugins
         self._config: Config | None = None
-        self._built: dict[str, tuple[str, JobDefinition | None, tuple[Problem, ...]]] = {}
+        self._built: dict[str, _Built] = {}
 
     def build(
         self, rows: list[RegisteredJob], config: Config
-    ) -> tuple[dict[str, JobDefinition], dict[str, tuple[Problem, ...]]]:
+    ) -> tuple[dict[str, JobDefinition], dict[str, tuple[Problem, ...]], frozenset[str]]:
+        """The rows' definitions; the problems of those that do not validate; which of them are held."""
         if config is not self._config:
             self._config, self._built = config, {}
-        built: dict[str, tuple[str, JobDefinition | None, tuple[Problem, ...]]] = {}
+        built: dict[str, _Built] = {}
         for row in rows:
             cached = self._built.get(row.name)
-            if cached is None or cached[0] != row.fingerprint:
+            if cached is None or cached.fingerprint != row.fingerprint:
                 # The row's name is the job's, whether or not its body repeats it.
                 body = {**row.body, "name": row.name}
-                definition, problems = validate_body(row.name, body, row.origin, config, self._plugins)
-                cached = (row.fingerprint, definition, problems)
+                held = held_problems(row.name, body, row.origin, config, self._plugins)
+                if held:
+                    cached = _Built(row.fingerprint, None, held, held=True)
+                else:
+                    definition, problems = validate_body(row.name, body, row.origin, config, self._plugins)
+                    cached = _Built(row.fingerprint, definition, problems)
             built[row.name] = cached
         self._built = built
-        definitions = {name: d for name, (_, d, _) in built.items() if d is not None}
-        invalid = {name: p for name, (_, d, p) in built.items() if d is None}
-        return definitions, invalid
+        definitions = {name: b.definition for name, b in built.items() if b.definition is not None}
+        invalid = {name: b.problems for name, b in built.items() if b.definition is None}
+        return definitions, invalid, frozenset(name for name, b in built.items() if b.held)
+
+
+@dataclass(frozen=True)
+class _Built:
+    fingerprint: str
+    definition: JobDefinition | None
+    problems: tuple[Problem, ...]
+    held: bool = False
+
+
+def held_problems(
+    name: str, body: Any, origin: JobOrigin, config: Config, plugins: PluginRegistry
+) -> tuple[Problem, ...]:
+    """What a stored body sets that a registered job may not: such a row is held, never run."""
+    diagnostics = registered_shape_problems(body, config, plugins, where=registered_place(origin, name))
+    return tuple(Problem(format_path(d.path), d.message) for d in diagnostics)
 
 
 def validate_body(
@@ -140,7 +173,9 @@ def _explained(body: Any, path: tuple[str | int, ...], message: str) -> str:
             return message
         value = value[part]
     if isinstance(value, dict) and _SECRET_KEYS & set(value):
-        return "a job names a secret defined under 'secrets:' (as in the YAML); it never gives its value or source"
+        return (
+            "a body never gives a secret, neither its value nor its source: a job uses the secrets its template names"
+        )
     return message
 
 
@@ -149,6 +184,7 @@ def assemble(
     rows: Mapping[str, RegisteredJob],
     registered: Mapping[str, JobDefinition],
     invalid: Mapping[str, tuple[Problem, ...]],
+    held: frozenset[str] = frozenset(),
 ) -> Assembly:
     """File jobs first; a registered job joins unless a file job has its name (a conflict, reported)."""
     definitions = dict(file_jobs)
@@ -160,7 +196,7 @@ def assemble(
             continue
         definitions[name] = definition
         origins[name] = rows[name].origin
-    return Assembly(definitions, origins, tuple(conflicts), dict(invalid))
+    return Assembly(definitions, origins, tuple(conflicts), dict(invalid), held)
 
 
 # ----- what the API may do -----
@@ -171,7 +207,7 @@ def body_problems(name: str, body: Any, redactor: Redactor) -> tuple[Problem, ..
     if not JOB_NAME.fullmatch(name):
         return (Problem("name", f"invalid job name in the URL: {JOB_NAME_RULE}"),)
     if not isinstance(body, dict):
-        return (Problem("", "the body must be a JSON object: one job, as it would be written in the YAML"),)
+        return (Problem("", "the body must be a JSON object: a template from the files and its targets"),)
     if _depth(body) > MAX_BODY_DEPTH:
         return (Problem("", f"nested deeper than {MAX_BODY_DEPTH} levels: no job is"),)
     problems = []
@@ -244,6 +280,8 @@ class RegisteredJobs:
         self._assembled: RegistryVersion | None = None
         self._assembling: RegistryVersion | None = None
         self._reported: frozenset[str] = frozenset()
+        # Updates of a watching job stored but not yet seen applied, with the row they replaced.
+        self._replaced: dict[str, RegisteredJob] = {}
         self.assembly = Assembly({}, {})
 
     async def read_if_changed(self) -> bool:
@@ -272,8 +310,8 @@ class RegisteredJobs:
         Validating is pure CPU work and, after a config change, covers every row: off the event loop, so
         /healthz and the ticks keep running. Only the reload loop calls this, one call at a time."""
         rows, self._assembling = list(self._rows.values()), self._version
-        registered, invalid = await run_off_loop("registered-jobs", self._definitions.build, rows, config)
-        assembly = assemble(config.jobs, self._rows, registered, invalid)
+        registered, invalid, held = await run_off_loop("registered-jobs", self._definitions.build, rows, config)
+        assembly = assemble(config.jobs, self._rows, registered, invalid, held)
         self._report(assembly)
         return assembly
 
@@ -282,9 +320,14 @@ class RegisteredJobs:
         self.assembly, self._assembled = assembly, self._assembling
         for origin, count in assembly.counts().items():
             self._metrics.jobs_by_origin.labels(origin.value).set(count)
+        self._metrics.registered_jobs_held.set(len(assembly.held))
         shadowed = json.dumps({"shadowed": sorted(c.name for c in assembly.conflicts), "notes": assembly.notes()})
         if await self._db.run(self._store.get_meta, CONFLICTS_META) != shadowed:
             await self._db.run(self._store.set_meta, CONFLICTS_META, shadowed)
+
+    def held_note(self, name: str) -> str | None:
+        """Why stored job ``name`` is held or no longer validates, if it is (GET /api/v1/jobs/NAME shows it)."""
+        return self.assembly.note(name) if name in self.assembly.invalid else None
 
     def _report(self, assembly: Assembly) -> None:
         # Once per conflict or invalid row, not at every periodic re-read.
@@ -310,10 +353,31 @@ class RegisteredJobs:
         definition, problems = validate_body(name, body, JobOrigin.API, config, self._plugins)
         if definition is None:
             return Refusal(422, f"job {name!r} is not valid", problems)
-        fired = await self._fired_with_another_definition(name, definition)
+        job = await self._db.run(self._store.job, name)
+        fired = _fired_with_another_definition(name, job, definition)
         if fired is not None:
             return Refusal(409, fired)
-        return await self._db.run(self._store.put_registered_job, name, JobOrigin.API, body, now=self._clock.now())
+        outcome = await self._db.run(self._store.put_registered_job, name, JobOrigin.API, body, now=self._clock.now())
+        if outcome is PutOutcome.UPDATED and row is not None and job is not None and job.state is JobState.WATCHING:
+            self._replaced[name] = row
+        return outcome
+
+    async def fired_meanwhile(self, name: str) -> Refusal | None:
+        """After an update was applied: if the job fired between the PUT's check and the rebuild, the fired
+        definition finishes as it is, so the update did not apply. The previous body is stored back (the
+        caller rebuilds again) and the answer says so, instead of claiming an update that never ran."""
+        previous = self._replaced.pop(name, None)
+        if previous is None:
+            return None
+        job = await self._db.run(self._store.job, name)
+        if job is None or job.state is JobState.WATCHING:
+            return None
+        await self._db.run(self._store.put_registered_job, name, previous.origin, previous.body, now=self._clock.now())
+        return Refusal(
+            409,
+            f"job {name!r} fired (state {job.state.value}) before this change was applied; the fired definition "
+            "finishes as it is and the stored job was put back. Register the new one under another name",
+        )
 
     async def remove(self, name: str, config: Config) -> bool | Refusal:
         """False if no job of that name is registered over the API."""
@@ -334,15 +398,15 @@ class RegisteredJobs:
             )
         return await self._db.run(self._store.remove_registered_job, name)
 
-    async def _fired_with_another_definition(self, name: str, definition: JobDefinition) -> str | None:
-        job = await self._db.run(self._store.job, name)
-        # A removed job keeps its state: registering it again under a changed definition would never fire.
-        if job is None or job.state is JobState.WATCHING or job.fingerprint == definition.fingerprint:
-            return None
-        return (
-            f"job {name!r} already fired (state {job.state.value}); its definition cannot change. "
-            "Register the new one under another name"
-        )
+
+def _fired_with_another_definition(name: str, job: JobSnapshot | None, definition: JobDefinition) -> str | None:
+    # A removed job keeps its state: registering it again under a changed definition would never fire.
+    if job is None or job.state is JobState.WATCHING or job.fingerprint == definition.fingerprint:
+        return None
+    return (
+        f"job {name!r} already fired (state {job.state.value}); its definition cannot change. "
+        "Register the new one under another name"
+    )
 
 
 def _stamp(row: RegisteredJob) -> tuple[str, dt.datetime]:

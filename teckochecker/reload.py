@@ -50,7 +50,12 @@ RESTART_ONLY: dict[str, Callable[[Config], object]] = {
     "defaults.concurrency": lambda c: c.defaults.concurrency,
     "webhooks.listen": lambda c: c.webhooks.listen,
     "webhooks.port": lambda c: c.webhooks.port,
+    "http.max_connections": lambda c: c.http.max_connections,
+    "http.request_deadline": lambda c: c.http.request_deadline,
+    "webhooks.max_connections": lambda c: c.webhooks.max_connections,
+    "webhooks.request_deadline": lambda c: c.webhooks.request_deadline,
 }
+_LISTENER = ("listen", "port", "max_connections", "request_deadline")
 
 
 @dataclass(frozen=True)
@@ -77,9 +82,9 @@ def keep_restart_only_settings(old: Config, new: Config) -> tuple[Config, list[s
     kept = dataclasses.replace(
         new,
         state=old.state,
-        http=new.http.model_copy(update={"listen": old.http.listen, "port": old.http.port}),
+        http=new.http.model_copy(update={k: getattr(old.http, k) for k in _LISTENER}),
         defaults=new.defaults.model_copy(update={"concurrency": old.defaults.concurrency}),
-        webhooks=new.webhooks.model_copy(update={"listen": old.webhooks.listen, "port": old.webhooks.port}),
+        webhooks=new.webhooks.model_copy(update={k: getattr(old.webhooks, k) for k in _LISTENER}),
     )
     return kept, changed
 

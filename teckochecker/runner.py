@@ -6,7 +6,7 @@ A tick is a plain coroutine over (job, store, clock): it could run under a lease
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from teckochecker.conditions import ConditionKind, ConditionLog
@@ -17,7 +17,7 @@ from teckochecker.retry import backoff_delay
 from teckochecker.runtime import JobRuntime
 from teckochecker.services import TickServices
 from teckochecker.state.events import EventKind
-from teckochecker.state.models import JobSnapshot, JobState
+from teckochecker.state.models import EXCERPT, JobSnapshot, JobState
 from teckochecker.state.store import CheckToRecord
 from teckochecker.triggering import ActionDriver
 from teckochecker.watchcache import WatchCache
@@ -164,10 +164,16 @@ class JobRunner:
         try:
             report = await (job.source.check_fresh(pending) if fresh else job.source.check(pending))
         except TransientError as exc:
-            return CheckReport(transient_errors=dict.fromkeys(pending, str(exc)), retry_after=exc.retry_after)
+            self._log_excerpts(job.name, {"": exc.excerpt} if exc.excerpt else {})
+            return CheckReport(
+                transient_errors=dict.fromkeys(pending, str(exc)),
+                retry_after=exc.retry_after,
+                excerpts=dict.fromkeys(pending, exc.excerpt) if exc.excerpt else {},
+            )
         except PermanentError as exc:
-            await self._db.run(self._store.fail_job, job.name, str(exc), now=now)
+            await self._db.run(self._store.fail_job, job.name, str(exc), now=now, excerpt=exc.excerpt)
             self._log.error("job %s stopped: %s", job.name, exc)
+            self._log_excerpts(job.name, {"": exc.excerpt} if exc.excerpt else {})
             return None
         except Exception as exc:  # a plugin bug must not take the daemon down; it is retried like an outage
             self._log.exception("job %s: source plugin %s failed", job.name, job.definition.source.type)
@@ -179,7 +185,19 @@ class JobRunner:
                 self._log.warning(
                     "job %s: target %s has an undocumented status %r", job.name, obs.target, obs.vendor_status
                 )
-        return CheckReport(observations, report.transient_errors, report.retry_after)
+        excerpts = {t: e for t, e in report.excerpts.items() if t in report.transient_errors}
+        self._log_excerpts(job.name, excerpts)
+        for obs in observations:
+            if isinstance(excerpt := obs.details.get(EXCERPT), str):
+                self._log_excerpts(job.name, {obs.target: excerpt})
+        return CheckReport(observations, report.transient_errors, report.retry_after, excerpts)
+
+    def _log_excerpts(self, job_name: str, excerpts: Mapping[str, str]) -> None:
+        """What vendors said about targets: kept out of the stored messages, so logged here (the log's sinks
+        redact secrets) and stored apart for readers with a token."""
+        for target, excerpt in list(excerpts.items())[:5]:
+            about = f" about {target}" if target else ""
+            self._log.info("job %s: the vendor's answer%s began: %r", job_name, about, excerpt)
 
     async def _reload(self, name: str) -> JobSnapshot:
         # Urgent: the job just fired, and its first action starts from this snapshot.

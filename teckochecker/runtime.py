@@ -26,7 +26,7 @@ class JobRuntime:
         return cls(definition, source, actions)
 
     def plan(self) -> JobPlan:
-        return JobPlan(self.name, self.definition.fingerprint, self.definition.source.targets)
+        return JobPlan(self.name, self.definition.fingerprint, self.definition.source.targets, self.definition.deadline)
 
     def planned_actions(self) -> list[PlannedAction]:
         return [

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from teckochecker.conditions import ConditionKind, ConditionLog
-from teckochecker.errors import InDoubt, NotStarted, PermanentError, TransientError
+from teckochecker.errors import InDoubt, NotStarted, PermanentError, TeckoCheckerError, TransientError
 from teckochecker.plugin_api import Action, ActionOutcome, ActionRequest, ActionResult, Cancellation
 from teckochecker.retry import backoff_delay
 from teckochecker.runtime import JobRuntime
@@ -140,27 +140,36 @@ class ActionDriver:
             self._count(action, "not_started")
             self._failures[run.id] = _StepFailure(ConditionKind.ACTION, f"start failed, nothing was sent: {exc}")
             delay = backoff_delay(run.attempt, exc.retry_after, rng=self._rng)
+            self._log_excerpt(run, exc)
             await self._db.run_urgent(
                 self._store.run_not_started,
                 run.id,
                 str(exc),
                 now=self._clock.now(),
                 next_try_at=self._clock.now() + dt.timedelta(seconds=delay),
+                excerpt=exc.excerpt,
             )
             return delay
         except PermanentError as exc:
             self._count(action, "rejected")
             await self._db.run_urgent(
-                self._store.run_finished, run.id, RunState.REJECTED, str(exc), now=self._clock.now()
+                self._store.run_finished,
+                run.id,
+                RunState.REJECTED,
+                str(exc),
+                now=self._clock.now(),
+                excerpt=exc.excerpt,
             )
             self._log.error("action %s of job %s rejected: %s", run.action_index, request.job_name, exc)
+            self._log_excerpt(run, exc)
             return 0.0
         except (InDoubt, TransientError) as exc:
             self._count(action, "in_doubt")
+            self._log_excerpt(run, exc)
             if action.repeatable_start:
                 retry_after = exc.retry_after if isinstance(exc, TransientError) else None
-                return await self._start_again(run, str(exc), retry_after)
-            return await self._mark_in_doubt(action, run, str(exc))
+                return await self._start_again(run, str(exc), retry_after, exc.excerpt)
+            return await self._mark_in_doubt(action, run, str(exc), exc.excerpt)
         except Exception as exc:  # an unexpected plugin error after the call may have gone out: in doubt
             self._log.exception("action %s of job %s failed while starting", run.action_index, request.job_name)
             self._count(action, "in_doubt")
@@ -180,7 +189,9 @@ class ActionDriver:
         self._record_finish(action, result)
         return action.follow_interval if result.outcome is ActionOutcome.RUNNING else 0.0
 
-    async def _start_again(self, run: RunSnapshot, message: str, retry_after: float | None) -> float:
+    async def _start_again(
+        self, run: RunSnapshot, message: str, retry_after: float | None, excerpt: str | None = None
+    ) -> float:
         """An in-doubt start of an action whose downstream deduplicates on the trigger id: no search, just
         another attempt after a back-off (a second arrival is dropped by the receiver)."""
         self._failures[run.id] = _StepFailure(ConditionKind.ACTION, f"start in doubt, sending again: {message}")
@@ -192,14 +203,15 @@ class ActionDriver:
             f"{message}; sending it again is safe (the receiver deduplicates on the trigger id)",
             now=now,
             next_try_at=now + dt.timedelta(seconds=delay),
+            excerpt=excerpt,
         )
         return delay
 
-    async def _mark_in_doubt(self, action: Action, run: RunSnapshot, message: str) -> float:
+    async def _mark_in_doubt(self, action: Action, run: RunSnapshot, message: str, excerpt: str | None = None) -> float:
         now = self._clock.now()
         wait = max(action.search_lag, MIN_SEARCH_SPACING)
         due = (run.intent_at or now) + dt.timedelta(seconds=wait)
-        await self._db.run(self._store.run_in_doubt, run.id, message, now=now, next_try_at=due)
+        await self._db.run(self._store.run_in_doubt, run.id, message, now=now, next_try_at=due, excerpt=excerpt)
         self._log.warning("job action %s in doubt (%s); will search in %.0fs", run.id, message, wait)
         return max(0.0, (due - now).total_seconds())
 
@@ -207,9 +219,11 @@ class ActionDriver:
         try:
             found = await action.find_started(request, _search_since(run))
         except TransientError as exc:
-            return await self._defer(run, f"search failed: {exc}", exc.retry_after)
+            self._log_excerpt(run, exc)
+            return await self._defer(run, f"search failed: {exc}", exc.retry_after, exc.excerpt)
         except PermanentError as exc:
-            await self._fail(run, f"cannot tell whether it started: search refused: {exc}")
+            self._log_excerpt(run, exc)
+            await self._fail(run, f"cannot tell whether it started: search refused: {exc}", exc.excerpt)
             return 0.0
         self._failures.pop(run.id, None)
         now = self._clock.now()
@@ -285,6 +299,7 @@ class ActionDriver:
             found = await action.find_started(request, _search_since(run))
         except (TransientError, PermanentError) as exc:
             self._log.warning("job action %s: duplicate search failed: %s", run.id, exc)
+            self._log_excerpt(run, exc)
             if now >= watch.until:
                 await self._db.run(
                     self._store.close_watch, run.id, f"duplicate watch ended; its last search failed: {exc}", now=now
@@ -321,6 +336,7 @@ class ActionDriver:
                 self._log.warning(
                     "job action %s: duplicate %s: %s; will look again", run.id, duplicate.external_id, exc
                 )
+                self._log_excerpt(run, exc)
                 continue
             except PermanentError as exc:
                 cancellation = Cancellation(False, f"could not cancel it ({exc}); a person must look")
@@ -339,18 +355,27 @@ class ActionDriver:
         try:
             result = await action.follow(run.as_result())
         except TransientError as exc:
-            return await self._defer(run, f"following {run.external_id} failed: {exc}", exc.retry_after)
+            self._log_excerpt(run, exc)
+            return await self._defer(run, f"following {run.external_id} failed: {exc}", exc.retry_after, exc.excerpt)
         except PermanentError as exc:
-            await self._fail(run, f"cannot follow {run.external_id}: {exc}")
+            self._log_excerpt(run, exc)
+            await self._fail(run, f"cannot follow {run.external_id}: {exc}", exc.excerpt)
             return 0.0
         self._failures.pop(run.id, None)
         await self._db.run(self._store.run_progress, run.id, result, now=self._clock.now())
         self._record_finish(action, result)
         return 0.0 if result.outcome.is_finished else action.follow_interval
 
-    async def _fail(self, run: RunSnapshot, message: str) -> None:
+    async def _fail(self, run: RunSnapshot, message: str, excerpt: str | None = None) -> None:
         """End a run as failed without a downstream result, for a person to look at."""
-        await self._db.run(self._store.run_finished, run.id, RunState.FAILED, message, now=self._clock.now())
+        await self._db.run(
+            self._store.run_finished, run.id, RunState.FAILED, message, now=self._clock.now(), excerpt=excerpt
+        )
+
+    def _log_excerpt(self, run: RunSnapshot, exc: TeckoCheckerError) -> None:
+        """The refusing server's words, which the stored message leaves out (the log's sinks redact secrets)."""
+        if exc.excerpt:
+            self._log.warning("job action %s: %s; the answer began: %r", run.id, exc, exc.excerpt)
 
     def _count(self, action: Action, outcome: str) -> None:
         self._metrics.actions.labels(action.type_name, outcome).inc()
@@ -360,7 +385,9 @@ class ActionDriver:
             self._count(action, result.outcome.value)
             self._metrics.downstream_jobs.labels(action.type_name, result.vendor_status or result.outcome.value).inc()
 
-    async def _defer(self, run: RunSnapshot, message: str, retry_after: float | None) -> float:
+    async def _defer(
+        self, run: RunSnapshot, message: str, retry_after: float | None, excerpt: str | None = None
+    ) -> float:
         previous = self._failures.get(run.id)
         attempt = (previous.reads if previous else 0) + 1
         kind = ConditionKind.RECONCILE if run.state is RunState.IN_DOUBT else ConditionKind.ACTION
@@ -368,7 +395,12 @@ class ActionDriver:
         delay = backoff_delay(attempt, retry_after, rng=self._rng)
         now = self._clock.now()
         await self._db.run(
-            self._store.defer_run, run.id, message, now=now, next_try_at=now + dt.timedelta(seconds=delay)
+            self._store.defer_run,
+            run.id,
+            message,
+            now=now,
+            next_try_at=now + dt.timedelta(seconds=delay),
+            excerpt=excerpt,
         )
         return delay
 

@@ -238,7 +238,8 @@ def test_the_listing_pages_with_after_id_and_fetches_what_it_missed(
     assert [r.query.get("after_id") for r in lists][:2] == [None, [ids[1]]]
     assert fake.request_count(unlisted) == 1 and all(fake.request_count(i) == 0 for i in ids)
     missing = next(o for o in report.observations if o.target == unlisted)
-    assert missing.state is TargetState.ERROR and missing.message == "Not found"
+    assert missing.state is TargetState.ERROR and missing.details["excerpt"] == "Not found"
+    assert missing.message == "Anthropic refused to show the batch (HTTP 404 not_found_error)"
 
 
 def test_a_sweep_stops_once_its_pages_are_older_than_every_wanted_batch(

@@ -141,7 +141,8 @@ def test_a_429_in_microsofts_envelope_is_a_wait(fake: FakeAzureOpenAI, clients: 
     body = json.dumps({"error": {"code": "tooManyRequests", "message": "Rate limit is exceeded."}}).encode()
     fake.inject(429, body=body, headers={"retry-after": "9"})
     report = check(clients, make_source(clients, fake, api_version=VERSION), [batch_id])
-    assert report.retry_after == 9 and "Rate limit is exceeded" in report.transient_errors[batch_id]
+    assert report.retry_after == 9 and report.transient_errors[batch_id].startswith("HTTP 429 from")
+    assert report.excerpts[batch_id] == "Rate limit is exceeded."  # Microsoft's words, kept apart
 
 
 def test_an_unknown_batch_is_an_error_observation(fake: FakeAzureOpenAI, clients: Clients) -> None:

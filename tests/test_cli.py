@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -116,6 +118,37 @@ def test_show_without_a_state_store_explains(plugin_env: dict[str, str], tmp_pat
     assert (
         out.returncode == 2 and "has the daemon run with this config?" in out.stderr and "Traceback" not in out.stderr
     )
+
+
+@pytest.mark.parametrize("url", ["mysql://tc:pw-CANARY@db.example/tc", "postgresql://tc:pw-CANARY@db.example/tc"])
+def test_a_state_url_with_no_driver_here_is_refused_in_one_line(
+    plugin_env: dict[str, str], tmp_path: Path, url: str
+) -> None:
+    """mysql:// passed validate-config, then every command that opens the store ended in ModuleNotFoundError;
+    plain postgresql:// means psycopg2, which is not installed either."""
+    config = tmp_path / "teckochecker.yaml"
+    config.write_text(f'state: {{url: "{url}"}}\n' + DROP_IN_MAIN.replace("include: [jobs.d/*.yaml]\n", ""))
+    checked = run_cli("validate-config", str(config), env=plugin_env, cwd=tmp_path)
+    assert checked.returncode == 1 and "Traceback" not in checked.stderr
+    [problem, _] = checked.stderr.splitlines()
+    assert "state.url: unsupported state store URL" in problem
+    assert "sqlite, sqlite+pysqlite, postgresql+psycopg" in problem and "pw-CANARY" not in problem
+    scheme = url.partition("://")[0]
+    commands = [["status"], ["db", "current"], ["db", "upgrade"], ["show", "x"]]
+    given = [[*command, "--state-url", url] for command in commands[:2]]
+    for args in [*commands, *given]:
+        out = run_cli(*args, env=plugin_env, cwd=tmp_path)
+        assert out.returncode == 2, (args, out.stdout, out.stderr)
+        assert out.stderr.splitlines() == [
+            f"teckochecker: error: unsupported state store URL ({scheme}://): use sqlite:///PATH or "
+            "postgresql+psycopg://USER@HOST/DB (schemes: sqlite, sqlite+pysqlite, postgresql+psycopg)"
+        ], args
+    # run and jobs export read the whole config first (export writes each body as its file job), so they
+    # refuse it as validate-config does.
+    for command in (["run"], ["jobs", "export"]):
+        started = run_cli(*command, env=plugin_env, cwd=tmp_path)
+        assert started.returncode == 1 and "Traceback" not in started.stderr, command
+        assert "state.url: unsupported state store URL" in started.stderr and "pw-CANARY" not in started.stderr
 
 
 # --- jobs add / remove: names stay in their directory, one writer at a time -----------------------------
@@ -236,3 +269,95 @@ def test_jobs_remove_never_deletes_a_dot_file_the_daemon_does_not_load(
     out = run_cli("--config", str(config), "jobs", "remove", "nightly", env=plugin_env, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert sorted(p.name for p in (tmp_path / "jobs.d").iterdir()) == [".nightly.yaml"]
+
+
+# ----- refusals of the remote commands (--url, --token-file): one line, never the token or a password -----
+
+TOKEN_LINE = "tok-CANARY-0123456789"
+NOT_A_TOKEN = "holds characters a bearer token cannot have (printable ASCII, no spaces)"
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def refused(out: subprocess.CompletedProcess[str]) -> str:
+    """The one error line of a refused command; asserts the exit code and that nothing else was printed."""
+    assert out.returncode == 2, (out.returncode, out.stdout, out.stderr)
+    assert out.stdout == "" and "Traceback" not in out.stderr
+    lines = out.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("teckochecker: error: "), out.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", [["jobs", "add", "j", "--template", "t", "-b", "b1"], ["jobs", "remove", "j"]])
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (f"{TOKEN_LINE}\nsecond-line-{TOKEN_LINE}\n".encode(), "holds more than one line; it must hold only the token"),
+        (f"{TOKEN_LINE}\u00e9\n".encode(), "holds characters a bearer token cannot have (printable ASCII, no spaces)"),
+        (
+            f"{TOKEN_LINE} {TOKEN_LINE}".encode(),
+            "holds characters a bearer token cannot have (printable ASCII, no spaces)",
+        ),
+        (b"\n\n", "is empty"),
+    ],
+)
+def test_a_bad_token_file_is_one_line_without_its_content(
+    plugin_env: dict[str, str], tmp_path: Path, command: list[str], content: bytes, reason: str
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_bytes(content)
+    url = f"http://127.0.0.1:{closed_port()}"
+    line = refused(run_cli(*command, "--url", url, "--token-file", str(token_file), env=plugin_env, cwd=tmp_path))
+    assert line == f"teckochecker: error: the token file {token_file} {reason}"
+    assert TOKEN_LINE not in line
+
+
+def test_a_token_file_that_is_a_fifo_is_refused_at_once(plugin_env: dict[str, str], tmp_path: Path) -> None:
+    fifo = tmp_path / "token"
+    os.mkfifo(fifo)
+    url = f"http://127.0.0.1:{closed_port()}"
+    # run_cli's timeout turns a hang into a failure
+    line = refused(
+        run_cli("jobs", "remove", "j", "--url", url, "--token-file", str(fifo), env=plugin_env, cwd=tmp_path)
+    )
+    assert line == f"teckochecker: error: the token file {fifo} is a FIFO (named pipe), not a regular file"
+
+
+def test_a_bad_token_in_the_environment_is_one_line_without_it(plugin_env: dict[str, str], tmp_path: Path) -> None:
+    env = {**plugin_env, "TECKOCHECKER_TOKEN": f"{TOKEN_LINE}\n{TOKEN_LINE}"}
+    url = f"http://127.0.0.1:{closed_port()}"
+    line = refused(run_cli("jobs", "remove", "j", "--url", url, env=env, cwd=tmp_path))
+    assert line == "teckochecker: error: $TECKOCHECKER_TOKEN holds more than one line; it must hold only the token"
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("http://[::1", "not a valid URL: 'http://[::1' (Invalid IPv6 URL)"),
+        ("http://127.0.0.1:99999", "not a valid URL: 'http://127.0.0.1:99999' (Port out of range 0-65535)"),
+        ("http://ops:pa55-CANARY@[::1", "not a valid URL: 'http://ops:***@[::1' (Invalid IPv6 URL)"),
+        ("ftp://ops:pa55-CANARY@127.0.0.1", "not an http(s) URL: 'ftp://ops:***@127.0.0.1'"),
+    ],
+)
+@pytest.mark.parametrize("command", [["status"], ["jobs", "remove", "j"]])
+def test_a_bad_url_is_one_line_that_never_shows_its_password(
+    plugin_env: dict[str, str], tmp_path: Path, url: str, expected: str, command: list[str]
+) -> None:
+    env = {**plugin_env, "TECKOCHECKER_TOKEN": TOKEN_LINE}
+    line = refused(run_cli(*command, "--url", url, env=env, cwd=tmp_path))
+    assert line.startswith(f"teckochecker: error: {expected}") and "pa55" not in line
+
+
+@pytest.mark.parametrize(
+    "command", [["status"], ["jobs", "remove", "j"], ["jobs", "add", "j", "--template", "t", "-b", "b"]]
+)
+def test_a_password_in_the_url_is_never_echoed(plugin_env: dict[str, str], tmp_path: Path, command: list[str]) -> None:
+    env = {**plugin_env, "TECKOCHECKER_TOKEN": TOKEN_LINE}
+    port = closed_port()
+    line = refused(run_cli(*command, "--url", f"http://ops:pa55-CANARY@127.0.0.1:{port}", env=env, cwd=tmp_path))
+    assert line.startswith(f"teckochecker: error: cannot reach the daemon at http://ops:***@127.0.0.1:{port}: ")
+    assert "pa55" not in line

@@ -7,6 +7,7 @@ import os
 import resource
 import socket
 import textwrap
+import time
 from pathlib import Path
 
 import httpx
@@ -182,3 +183,63 @@ def test_a_flood_of_idle_connections_neither_exhausts_the_daemon_nor_its_log(run
             sock.close()
     assert httpx.get(base + "/api/v1/jobs", timeout=10).status_code == 200
     assert "Traceback" not in daemon.output and "out of system resource" not in daemon.output
+
+
+@pytest.mark.postgres
+def test_a_table_locked_by_hand_is_a_quick_503_not_ready_while_it_lasts_and_nothing_is_lost(
+    tmp_path: Path, plugin_env: dict[str, str], postgres_url: str
+) -> None:
+    """LOCK TABLE ... IN ACCESS EXCLUSIVE MODE held from another session: with state.lock_timeout 1 s, reads,
+    PUTs and /readyz answer 503 within about 2 s (no answer in 30 s before), /readyz is ready again once the
+    lock is released, and the PUT refused meanwhile succeeds when retried."""
+    import psycopg
+
+    status, ledger = tmp_path / "status.json", tmp_path / "ledger.jsonl"
+    status.write_text(json.dumps({"w1": {"state": "running", "status": "in_progress"}}))
+    config = tmp_path / "teckochecker.yaml"
+    config.write_text(
+        textwrap.dedent(f"""\
+        http: {{port: 0, api_token: control}}
+        secrets: {{control: {{env: TC_CONTROL_TOKEN}}}}
+        state: {{url: '{postgres_url}', lock_timeout: 1s, statement_timeout: 1s}}
+        defaults: {{startup_spread: 0s}}
+        templates:
+          t:
+            source: {{type: status_file, path: {status}}}
+            actions: [{{type: record, ledger: {ledger}}}]
+        jobs:
+          - {{name: waiting, template: t, source: {{targets: [w1]}}}}
+        """)
+    )
+    daemon = DaemonProcess(config, {**plugin_env, "TC_CONTROL_TOKEN": TOKEN}, tmp_path)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    body = {"template": "t", "source": {"targets": ["w1"]}}
+    try:
+        daemon.wait_for("teckochecker started")
+        client = httpx.Client(base_url=daemon.http_url(), timeout=30)
+        assert client.get("/readyz").status_code == 200
+        libpq_url = postgres_url.replace("postgresql+psycopg://", "postgresql://")
+        with psycopg.connect(libpq_url) as locker:
+            locker.execute("LOCK TABLE tc_jobs, tc_registered_jobs IN ACCESS EXCLUSIVE MODE")
+            for method, path in (("GET", "/api/v1/jobs"), ("PUT", "/api/v1/jobs/late"), ("GET", "/readyz")):
+                started = time.monotonic()
+                answer = client.request(method, path, headers=auth, json=body if method == "PUT" else None)
+                took = time.monotonic() - started
+                assert answer.status_code == 503, (method, path, answer.text)
+                assert took <= 2.0, f"{method} {path}: 503 after {took:.1f} s"
+                if path != "/readyz":
+                    assert answer.json()["error"].startswith("state store unavailable: "), answer.text
+                else:
+                    assert answer.json()["checks"]["state_store"] is False
+            locker.rollback()  # the lock is released
+        deadline = time.monotonic() + 10
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "not ready again after the lock was released"
+            time.sleep(0.1)
+        retried = client.put("/api/v1/jobs/late", headers=auth, json=body)
+        assert retried.status_code == 201, retried.text
+        assert "late" in {job["name"] for job in client.get("/api/v1/jobs").json()["jobs"]}
+        client.close()
+    finally:
+        code, _ = daemon.stop()
+    assert code == 0 and "Traceback" not in daemon.output, daemon.output

@@ -18,7 +18,7 @@ from teckochecker_openai import OpenAIBatchOptions, OpenAIBatchSource
 
 from teckochecker.config.models import TriggerRule
 from teckochecker.config.validate import Config, load_config
-from teckochecker.discovery import HINT_WAIT, Discovery
+from teckochecker.discovery import HINT_WAIT, NOTIFIED_MAX, NOTIFIED_PER_PASS, Discovery
 from teckochecker.metrics import Metrics
 from teckochecker.plugin_api import CheckReport, ListedTarget, Observation, PluginContext, SharedRegistry, TargetState
 from teckochecker.plugins import PluginRegistry
@@ -403,3 +403,32 @@ def test_a_group_row_that_cannot_be_read_is_left_alone_and_never_fires(harness: 
         again.loop.run_until_complete(clients.aclose())
         again.loop.close()
         again.worker.close()
+
+
+def test_a_flood_of_notifications_beyond_the_cap_never_stops_the_sweep(harness: Harness, fake: FakeOpenAI) -> None:
+    """More notifications about unknown batches than are remembered arrive while the notified batches are
+    read: the oldest are evicted under the pass's feet. The pass reads what it took and the sweep still runs."""
+    h = harness
+    t0 = h.clock.monotonic()
+    for n in range(NOTIFIED_MAX):
+        assert h.discovery.notified("openai", f"batch_unknown_{n:05d}", t0)
+    group = fake.add_batch(metadata=meta("run-flood", "1"), status="completed")
+
+    async def flood() -> None:
+        # Runs while the pass waits on its first GET: a full memory of newer notifications evicts every older one.
+        await asyncio.sleep(0)
+        for n in range(NOTIFIED_MAX, 2 * NOTIFIED_MAX + 10):
+            h.discovery.notified("openai", f"batch_unknown_{n:05d}", t0 + 1)
+
+    async def both() -> None:
+        await asyncio.gather(h.discovery.run_once("classify"), flood())
+
+    h.loop.run_until_complete(both())
+    assert [r.name for r in h.store.registered_jobs()] == ["run-flood"], "the sweep ran despite the flood"
+    assert group in h.store.registered_jobs()[0].body["source"]["targets"]
+    listening = h.discovery._listening["classify"]
+    assert len(listening.notified) == NOTIFIED_MAX - NOTIFIED_PER_PASS + 1 and not listening.notified_failing
+    gets = [r.path for r in fake.requests if r.method == "GET" and r.path != "/v1/batches"]
+    # The oldest first; then the oldest of what is still remembered (the first flood's were forgotten).
+    assert gets[:2] == ["/v1/batches/batch_unknown_00000", f"/v1/batches/batch_unknown_{NOTIFIED_MAX + 10:05d}"]
+    assert len(gets) == NOTIFIED_PER_PASS

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +18,10 @@ import httpx
 import openai
 import pytest
 from daemon import DaemonProcess
-from fakes import FakeKeboola, FakeOpenAI
+from fakes import FakeKeboola, FakeOpenAI, Latency
+
+from teckochecker.discovery import NOTIFIED_MAX
+from teckochecker.simulators.openai_webhooks import WebhookSender, flood_unknown_batches
 
 OPENAI_KEY = "sk-CANARYdiscoveryKEY0123456789abcd"
 KEBOOLA_TOKEN = "kbc-CANARY-discovery-4242-zyxwvu"
@@ -27,6 +31,13 @@ COMPONENT = "kds-team.app-custom-python"
 @pytest.fixture
 def openai_fake() -> Iterator[FakeOpenAI]:
     with FakeOpenAI(api_key=OPENAI_KEY) as fake:
+        yield fake
+
+
+@pytest.fixture
+def far_openai() -> Iterator[FakeOpenAI]:
+    """Answers as a vendor across a WAN does: reading one batch takes about 100 ms."""
+    with FakeOpenAI(api_key=OPENAI_KEY, latency=Latency(0.1, 0.02)) as fake:
         yield fake
 
 
@@ -185,3 +196,43 @@ def test_a_webhook_for_a_batch_of_an_unlisted_group_brings_discovery_forward(
     assert code == 0 and "Traceback" not in daemon.output
     variables = {v["name"]: v["value"] for v in keboola.jobs[0]["variableValuesData"]["values"]}
     assert json.loads(variables["batch_ids_completed"]) == [batch]
+
+
+def test_a_flood_of_webhooks_for_unknown_batches_never_stops_the_sweep(
+    tmp_path: Path, far_openai: FakeOpenAI, keboola: FakeKeboola, plugin_env: dict[str, str]
+) -> None:
+    """Signed events for batches nobody created, at 9,000 a minute, more than discovery remembers: each pass
+    reads some of them while more arrive and the oldest are forgotten. A group created during the flood (its
+    batches send no webhook) is still found by the next sweep, within one discovery interval."""
+    secret = "whsec_RdvaYFYUXuIFuEbvZHwMfYFhUf7aMYjYcmM24+Aj40c="
+    interval = 5.0  # the shortest discovery interval allowed
+    env = {**plugin_env, "OPENAI_API_KEY": OPENAI_KEY, "KEBOOLA_STORAGE_TOKEN": KEBOOLA_TOKEN, "HOOK": secret}
+    config = write_config(tmp_path, far_openai, keboola, f"{interval:.0f}s", "{port: 0, secrets: [hook]}")
+    daemon = DaemonProcess(config, env, tmp_path)
+    sender: WebhookSender | None = None
+    try:
+        base = daemon.http_url()
+        sender = WebhookSender(
+            daemon.http_url(listener="webhook receiver") + "/webhooks/openai", secret, workers=8, max_attempts=1
+        )
+        flooding = threading.Thread(
+            target=flood_unknown_batches, args=(sender,), kwargs={"per_minute": 9_000, "seconds": 20.0}, daemon=True
+        )
+        flooding.start()
+        wait_until(lambda: len(sender.delivered()) > NOTIFIED_MAX, daemon, "more deliveries than are remembered")
+        created = time.monotonic()
+        submit(far_openai, "run-9", "1", 1)
+        wait_until(lambda: httpx.get(f"{base}/api/v1/jobs/run-9", timeout=5).status_code == 200, daemon, "run-9")
+        found = time.monotonic() - created
+        assert flooding.is_alive(), "the group was to be created and found during the flood"
+        # The next sweep finds it; its own time (reading the listing, writing the job) is the 1 s beyond.
+        assert found <= interval + 1.0, f"found {found:.1f} s after it was created"
+        flooding.join()
+        metrics = httpx.get(base + "/metrics", timeout=5).text
+        unwatched = re.search(r'teckochecker_webhook_deliveries_total\{outcome="unwatched"\} (\S+)', metrics)
+        assert unwatched is not None and float(unwatched.group(1)) > NOTIFIED_MAX
+    finally:
+        if sender is not None:
+            sender.stop()
+        code, _ = daemon.stop()
+    assert code == 0 and "Traceback" not in daemon.output and "KeyError" not in daemon.output

@@ -17,13 +17,13 @@ import sqlalchemy as sa
 from support.clock import FakeClock
 
 from teckochecker.config.models import Condition, TriggerRule
-from teckochecker.errors import Fenced
+from teckochecker.errors import Fenced, StateStoreUnavailable
 from teckochecker.metrics import Metrics
 from teckochecker.plugin_api import CheckReport, Observation, TargetState
 from teckochecker.replicas import Replication
 from teckochecker.state.leadership import Fence, LeaderLease, Role
 from teckochecker.state.models import JobOrigin, JobState, RunState
-from teckochecker.state.schema import create_engine
+from teckochecker.state.schema import StoreTimeouts, create_engine
 from teckochecker.state.store import JobPlan, PlannedAction, StateStore
 
 T0 = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
@@ -322,3 +322,30 @@ def test_a_leader_whose_jobs_cannot_start_stands_by_and_hands_the_lease_on(postg
         b.close()
 
     asyncio.run(scenario())
+
+
+def test_a_lease_row_that_cannot_be_read_in_time_refuses_the_write_but_keeps_the_epoch(postgres_url: str) -> None:
+    """The fence reads tc_leader FOR SHARE at each commit. When that read times out (the row locked by another
+    session), the write is refused and rolled back, but a timeout says nothing about the lease: the epoch
+    stays, and the replica loop decides from its renewals whether leadership was lost."""
+    import psycopg
+
+    replica = Replica(postgres_url, "a")
+    try:
+        replica.store.close()
+        replica.store = StateStore.open(postgres_url, timeouts=StoreTimeouts(lock=0.5, statement=5.0))
+        replica.fence.install(replica.store.engine)
+        epoch = replica.lead()
+        with psycopg.connect(postgres_url.replace("postgresql+psycopg://", "postgresql://")) as locker:
+            locker.execute("LOCK TABLE tc_leader IN ACCESS EXCLUSIVE MODE")
+            with pytest.raises(
+                StateStoreUnavailable, match=r"leader lease could not be read: .*lock timeout"
+            ) as caught:
+                replica.store.sync_jobs([JobPlan("j", "fp", ["a"])], T0)
+            assert not isinstance(caught.value, Fenced)
+        assert replica.fence.epoch == epoch
+        assert replica.store.jobs() == []  # rolled back
+        replica.store.sync_jobs([JobPlan("j", "fp", ["a"])], T0)  # the retry, once the row can be read
+        assert [job.name for job in replica.store.jobs()] == ["j"]
+    finally:
+        replica.close()

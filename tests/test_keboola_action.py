@@ -206,8 +206,8 @@ def test_start_without_follow_succeeds_at_once(fake: FakeKeboola, clients: Clien
 @pytest.mark.parametrize(
     ("mode", "error", "text"),
     [
-        ("reject_400", Rejected, "Keboola rejected the job (HTTP 400) at {queue}/jobs: The component"),
-        ("reject_401", Rejected, "Keboola rejected the job (HTTP 401) at {queue}/jobs: Invalid access token"),
+        ("reject_400", Rejected, "Keboola rejected the job (HTTP 400) at {queue}/jobs"),
+        ("reject_401", Rejected, "Keboola rejected the job (HTTP 401) at {queue}/jobs"),
         ("reject_403", Rejected, "HTTP 403"),
         ("reject_404", Rejected, "HTTP 404"),
         ("reject_422", Rejected, "HTTP 422"),
@@ -229,6 +229,18 @@ def test_post_faults_are_classified(
         run(clients, action.start(make_request()))
     assert text.format(queue=fake.queue_url) in str(raised.value)
     assert type(raised.value) is error  # NotStarted is a TransientError; InDoubt is not a Rejected
+
+
+@pytest.mark.parametrize(("mode", "words"), [("reject_400", "The component"), ("reject_401", "Invalid access token")])
+def test_keboolas_words_are_kept_apart_from_the_message(
+    fake: FakeKeboola, clients: Clients, mode: str, words: str
+) -> None:
+    fake.post_fault(mode)
+    action = make_action(clients, fake.stack_url, timeout=0.3)
+    with pytest.raises(Rejected) as raised:
+        run(clients, action.start(make_request()))
+    assert words not in str(raised.value)
+    assert raised.value.excerpt is not None and words in raised.value.excerpt
 
 
 def test_slow_create_within_the_timeout_is_created(fake: FakeKeboola, clients: Clients) -> None:
@@ -428,8 +440,9 @@ def test_token_id_is_verified_once_and_its_answer_never_kept(
 def test_a_rejected_token_makes_the_search_fail_with_a_clear_message(fake: FakeKeboola, clients: Clients) -> None:
     context_token = "kbc-revoked-0000000000"
     action = make_action(clients, fake.stack_url, token_value=context_token)
-    with pytest.raises(Rejected, match=r"HTTP 401\) at .*/v2/storage/tokens/verify: Invalid access token") as raised:
+    with pytest.raises(Rejected, match=r"HTTP 401\) at .*/v2/storage/tokens/verify$") as raised:
         run(clients, action.find_started(make_request(), dt.datetime.now(dt.UTC)))
+    assert raised.value.excerpt == "Invalid access token"
     assert context_token not in str(raised.value)
 
 
@@ -506,8 +519,9 @@ def test_follow_a_terminated_job_fails(fake: FakeKeboola, clients: Clients) -> N
 
 def test_follow_an_unknown_job_is_rejected(fake: FakeKeboola, clients: Clients) -> None:
     action = make_action(clients, fake.stack_url)
-    with pytest.raises(Rejected, match=rf"HTTP 404\) at {fake.queue_url}/jobs/999: Job \"999\" not found"):
+    with pytest.raises(Rejected, match=rf"HTTP 404\) at {fake.queue_url}/jobs/999$") as raised:
         run(clients, action.follow(ActionResult(external_id="999")))
+    assert raised.value.excerpt == 'Job "999" not found'
 
 
 def test_cancel_a_waiting_duplicate(fake: FakeKeboola, clients: Clients) -> None:

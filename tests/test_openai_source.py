@@ -217,7 +217,9 @@ def test_unknown_batch_is_error_with_the_api_message(fake: FakeOpenAI, clients: 
     observation = by_target(report)[gone]
     assert observation.state is TargetState.ERROR
     assert observation.vendor_status is None
-    assert gone in (observation.message or "")  # the fake's message names the unknown id
+    # OpenAI's words (they name the unknown id) are kept apart from the message (docs/security.md).
+    assert gone in observation.details["excerpt"] and gone not in (observation.message or "")
+    assert observation.message == "OpenAI refused to show the batch (HTTP 404 batch_not_found)"
     assert by_target(report)[known].state is TargetState.RUNNING
     assert report.transient_errors == {}
 
@@ -231,7 +233,7 @@ def test_forbidden_batch_is_error_not_transient(fake: FakeOpenAI, clients: Clien
     )
     observation = by_target(check(clients, make_source(clients, fake.base_url), batch_id))[batch_id]
     assert observation.state is TargetState.ERROR
-    assert observation.message == "Not your batch."
+    assert observation.details["excerpt"] == "Not your batch." and "Not your" not in (observation.message or "")
     assert observation.details["http_status"] == 403
 
 
@@ -243,8 +245,9 @@ def test_rejected_api_key_stops_the_job(fake: FakeOpenAI, clients: Clients, capl
         check(clients, source, batch_id)
     message = str(raised.value)
     assert "HTTP 401" in message and f"{fake.base_url}/batches/{batch_id}" in message
-    assert "Incorrect API key provided" in message
-    assert wrong not in message and wrong not in caplog.text
+    assert "Incorrect API key provided" not in message  # kept apart: logged and shown with a token
+    assert raised.value.excerpt is not None and "Incorrect API key provided" in raised.value.excerpt
+    assert wrong not in message and wrong not in raised.value.excerpt and wrong not in caplog.text
 
 
 def test_insufficient_quota_is_permanent(fake: FakeOpenAI, clients: Clients) -> None:
@@ -254,8 +257,9 @@ def test_insufficient_quota_is_permanent(fake: FakeOpenAI, clients: Clients) -> 
         b'"type":"insufficient_quota","param":null,"code":"insufficient_quota"}}'
     )
     fake.inject(429, body=body)
-    with pytest.raises(PermanentError, match=r"insufficient_quota.*current quota"):
+    with pytest.raises(PermanentError, match=r"insufficient_quota.*check the plan") as raised:
         check(clients, make_source(clients, fake.base_url), batch_id)
+    assert raised.value.excerpt is not None and "current quota" in raised.value.excerpt
 
 
 def test_rate_limit_is_transient_and_honours_the_largest_wait(fake: FakeOpenAI, clients: Clients) -> None:
@@ -461,7 +465,7 @@ def test_batches_missing_from_the_listing_are_fetched_one_by_one(fake: FakeOpenA
     report = run(clients, make_source(clients, fake.base_url, list_batches=True).check([known, "batch_missing"]))
     by = {o.target: o for o in report.observations}
     assert by[known].state is TargetState.RUNNING
-    assert by["batch_missing"].state is TargetState.ERROR and "No batch found" in (by["batch_missing"].message or "")
+    assert by["batch_missing"].state is TargetState.ERROR and "No batch found" in by["batch_missing"].details["excerpt"]
     assert fake.request_count("batch_missing") == 1 and fake.request_count(known) == 0
 
 

@@ -116,7 +116,7 @@ def test_the_file_wins_a_name_in_both(config: Config, registry: PluginRegistry) 
         row("filed", {"template": "std", "source": {"targets": ["b"]}}),
         row("api1", {"template": "std", "source": {"targets": ["c"]}}),
     ]
-    built, invalid = RegisteredDefinitions(registry).build(rows, config)
+    built, invalid, _ = RegisteredDefinitions(registry).build(rows, config)
     assembly = assemble(config.jobs, {r.name: r for r in rows}, built, invalid)
     assert assembly.definitions["filed"] is config.jobs["filed"]
     assert set(assembly.definitions) == {"filed", "api1"}
@@ -131,7 +131,7 @@ def test_the_file_wins_a_name_in_both(config: Config, registry: PluginRegistry) 
 def test_a_row_body_without_a_name_takes_the_rows(config: Config, registry: PluginRegistry) -> None:
     body = {"template": "std", "source": {"targets": ["c"]}}
     nameless = RegisteredJob("group-7", JobOrigin.DISCOVERED, body, body_fingerprint(body), T0, T0)
-    built, invalid = RegisteredDefinitions(registry).build([nameless], config)
+    built, invalid, _ = RegisteredDefinitions(registry).build([nameless], config)
     assert invalid == {} and built["group-7"].name == "group-7"
 
 
@@ -139,7 +139,7 @@ def test_a_stored_row_that_no_longer_validates_is_left_out_and_reported(
     config: Config, registry: PluginRegistry
 ) -> None:
     rows = [row("old", {"template": "removed-since", "source": {"targets": ["c"]}})]
-    built, invalid = RegisteredDefinitions(registry).build(rows, config)
+    built, invalid, _ = RegisteredDefinitions(registry).build(rows, config)
     assembly = assemble(config.jobs, {r.name: r for r in rows}, built, invalid)
     assert "old" not in assembly.definitions
     assert assembly.notes()[0].startswith("registered job 'old' no longer validates and is not run: template: unknown")

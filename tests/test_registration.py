@@ -13,6 +13,7 @@ import httpx
 import pytest
 from daemon import DaemonProcess, read_ledger, run_cli
 
+from teckochecker.config.models import MAX_TARGET_LENGTH
 from teckochecker.config.validate import load_config, validate_job_body
 from teckochecker.state.models import JobOrigin
 from teckochecker.state.store import StateStore
@@ -49,6 +50,7 @@ class Setup:
               std:
                 source: {{type: status_file, path: {self.status}}}
                 actions: [{{type: record, ledger: {self.ledger}, follow: false}}]
+                overridable: [interval, "actions[0].outcome", "actions[0].follow"]
             jobs:
               - name: filed
                 template: std
@@ -160,8 +162,7 @@ def test_a_watching_job_gains_targets_and_delete_removes_it(running, setup: Setu
 def test_a_firing_job_is_removed_only_once_its_actions_have_finished(running, setup: Setup) -> None:
     daemon, client = running
     # done1 has finished: the job fires at its first check; the record action's job then keeps running.
-    action = {"type": "record", "ledger": str(setup.ledger), "outcome": "running"}
-    body = {"template": "std", "source": {"targets": ["done1"]}, "actions": [action]}
+    body = {"template": "std", "source": {"targets": ["done1"]}, "actions": [{"outcome": "running", "follow": True}]}
     assert client.put("/api/v1/jobs/busy", headers=REGISTER, json=body).status_code == 201
     deadline = time.monotonic() + 20
     while client.get("/api/v1/jobs/busy").json()["state"] != "firing":
@@ -186,8 +187,12 @@ def test_every_problem_is_a_422_with_its_path(running) -> None:
     assert answer.status_code == 422
     problems = {p["path"]: p["message"] for p in answer.json()["problems"]}
     assert set(problems) == {"source.targets[2]", "source.token", "interval", "surprise"}, problems
-    assert "nope" not in problems["source.token"] and "name a secret" in problems["source.token"]
-    assert problems["surprise"] == "unknown key"
+    # What only the files may set is refused by name, with what the template lets a registered job set.
+    allowed = "it may set: name, template, source.targets, variables, interval, actions[0].outcome, actions[0].follow"
+    assert "may not set source.token" in problems["source.token"] and allowed in problems["source.token"]
+    assert "nope" not in problems["source.token"]
+    assert "may not set surprise" in problems["surprise"]
+    assert problems["interval"] == "must be between 30s and 1h (got 5s)"
 
     unknown = client.put("/api/v1/jobs/bad", headers=REGISTER, json={"template": "gone", "source": {"targets": ["a"]}})
     assert unknown.status_code == 422
@@ -215,8 +220,8 @@ def test_a_body_never_carries_a_secret_value(running, setup: Setup) -> None:
         assert answer.json()["problems"] == [
             {
                 "path": "source.token",
-                "message": "a job names a secret defined under 'secrets:' (as in the YAML); "
-                "it never gives its value or source",
+                "message": "a body never gives a secret, neither its value nor its source: "
+                "a job uses the secrets its template names",
             }
         ]
     declared = client.put("/api/v1/jobs/leaky", headers=REGISTER, json={**job_body("a"), "secrets": {"x": "y"}})
@@ -253,6 +258,26 @@ def test_malformed_and_oversized_bodies(running) -> None:
     assert client.get("/api/v1/jobs/huge").status_code == 404
 
 
+def test_a_target_that_is_no_text_or_too_long_is_a_422_naming_it(running) -> None:
+    daemon, client = running
+    # JSON's escape for half of a UTF-16 pair: a str Python holds, and nothing can encode (it was a 500).
+    lone = b'{"template": "std", "source": {"targets": ["ok", "\\ud800"]}}'
+    answer = client.put("/api/v1/jobs/lone", headers={**REGISTER, "content-type": "application/json"}, content=lone)
+    assert answer.status_code == 422, answer.text
+    [problem] = answer.json()["problems"]
+    assert problem["path"] == "source.targets[1]" and "lone surrogate" in problem["message"]
+    # 100,000 characters was accepted, then logged and sent in every tick; 255 is the most a target ID has.
+    longest = client.put("/api/v1/jobs/long", headers=REGISTER, json=job_body("b" * MAX_TARGET_LENGTH))
+    assert longest.status_code == 201, longest.text
+    answer = client.put("/api/v1/jobs/long", headers=REGISTER, json=job_body("a", "b" * 100_000))
+    assert answer.status_code == 422, answer.text
+    [problem] = answer.json()["problems"]
+    assert problem["path"] == "source.targets[1]" and f"at most {MAX_TARGET_LENGTH} characters" in problem["message"]
+    assert "b" * 1000 not in answer.text
+    assert client.get("/api/v1/jobs/lone").status_code == 404
+    assert "Traceback" not in daemon.output
+
+
 def test_token_scopes(running) -> None:
     daemon, client = running
     assert client.put("/api/v1/jobs/scoped", headers=REGISTER, json=job_body("w")).status_code == 201
@@ -276,7 +301,7 @@ def test_token_scopes(running) -> None:
 
 def test_file_jobs_are_read_only(running, setup: Setup) -> None:
     _, client = running
-    place = f"{setup.config}:15"  # the line of "- name: filed"
+    place = f"{setup.config}:16"  # the line of "- name: filed"
     put = client.put("/api/v1/jobs/filed", headers=REGISTER, json=job_body("x"))
     assert put.status_code == 409 and place in put.json()["error"], put.text
     delete = client.delete("/api/v1/jobs/filed", headers=REGISTER)
@@ -374,7 +399,7 @@ def test_jobs_add_and_remove_with_url(running, setup: Setup, plugin_env: dict[st
     missing = run_cli(*cli, "remove", "remote", "--url", base, env=no_env, cwd=setup.dir)
     assert missing.returncode == 2 and "--token-file PATH or the TECKOCHECKER_TOKEN" in missing.stderr
     filed = run_cli(*cli, "remove", "filed", "--url", base, "--token-file", str(token_file), env=no_env, cwd=setup.dir)
-    assert filed.returncode == 2 and f"{setup.config}:15" in filed.stderr
+    assert filed.returncode == 2 and f"{setup.config}:16" in filed.stderr
     removed = run_cli(
         *cli, "remove", "remote", "--url", base, "--token-file", str(token_file), env=no_env, cwd=setup.dir
     )
@@ -386,7 +411,7 @@ def test_export_is_a_drop_in_that_validates_to_the_same_jobs(
     running, setup: Setup, plugin_env: dict[str, str], registry
 ) -> None:
     _, client = running
-    body = {**job_body("wait1"), "interval": "45s", "actions": [{"type": "record", "ledger": str(setup.ledger)}]}
+    body = {**job_body("wait1"), "interval": "45s", "actions": [{"follow": True}]}
     assert client.put("/api/v1/jobs/one", headers=REGISTER, json=body).status_code == 201
     assert client.put("/api/v1/jobs/two", headers=REGISTER, json=job_body("wait2", "wait3")).status_code == 201
     env = setup.env(plugin_env)
@@ -461,3 +486,20 @@ def test_a_discovered_job_is_not_replaced_or_removed_over_the_api(running, setup
     assert client.delete("/api/v1/jobs/group-1", headers=REGISTER).status_code == 409
     wait_until(lambda: client.get("/api/v1/jobs/group-1").status_code == 200, "the discovered job", daemon)
     assert client.get("/api/v1/jobs/group-1").json()["origin"] == "discovered"
+
+
+def test_a_file_edit_takes_targets_out_as_a_put_does(running, setup: Setup) -> None:
+    # The same code applies a changed file job and a changed registered one: the answer of neither may lie.
+    daemon, client = running
+    drop_in = setup.dir / "jobs.d" / "edited.yaml"
+    drop_in.write_text("jobs:\n  - {name: edited, template: std, source: {targets: [wait1, wait2]}}\n")
+    wait_until(lambda: client.get("/api/v1/jobs/edited").status_code == 200, "the file job", daemon)
+    drop_in.write_text("jobs:\n  - {name: edited, template: std, source: {targets: [wait2, wait3]}}\n")
+
+    def targets() -> list[str]:
+        return [t["target"] for t in client.get("/api/v1/jobs/edited").json()["targets"]]
+
+    wait_until(lambda: targets() == ["wait2", "wait3"], "the edit applied", daemon)
+    assert client.put("/api/v1/jobs/put", headers=REGISTER, json=job_body("wait1", "wait2")).status_code == 201
+    assert client.put("/api/v1/jobs/put", headers=REGISTER, json=job_body("wait2", "wait3")).status_code == 200
+    assert [t["target"] for t in client.get("/api/v1/jobs/put").json()["targets"]] == ["wait2", "wait3"]

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
+from sqlalchemy.exc import OperationalError
 
 from teckochecker.config.models import Condition, TriggerRule
 from teckochecker.errors import StateStoreError
@@ -14,6 +17,7 @@ from teckochecker.plugin_api import ActionOutcome, ActionResult, CheckReport, Ob
 from teckochecker.secrets.resolving import Redactor
 from teckochecker.state.location import SingleInstanceLock, StoreFileIdentity, resolve_state_url
 from teckochecker.state.models import JobState, RunState
+from teckochecker.state.schema import StoreTimeouts
 from teckochecker.state.store import JobPlan, PlannedAction, StateStore
 
 T0 = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
@@ -318,3 +322,38 @@ def test_set_meta_from_many_writers_at_once_never_collides(state_url: str) -> No
     finally:
         for s in stores:
             s.close()
+
+
+@pytest.mark.postgres
+def test_every_postgresql_session_has_the_timeouts_and_keeps_the_urls_own_options(postgres_url: str) -> None:
+    url = f"{postgres_url}?options=-c%20application_name%3Dtc-test%20-c%20statement_timeout%3D3000"
+    store = StateStore.open(url, timeouts=StoreTimeouts(lock=1.5, statement=2.0))
+    try:
+        with store.engine.connect() as conn:
+            shown = {name: conn.execute(sa.text(f"SHOW {name}")).scalar_one() for name in SESSION_SETTINGS}
+    finally:
+        store.close()
+    # The URL's own options come last, so they win over the configured ones.
+    assert shown == {"lock_timeout": "1500ms", "statement_timeout": "3s", "application_name": "tc-test"}
+
+
+SESSION_SETTINGS = ("lock_timeout", "statement_timeout", "application_name")
+
+
+@pytest.mark.postgres
+def test_a_statement_waiting_on_a_lock_is_cancelled_by_the_server_and_nothing_is_written(postgres_url: str) -> None:
+    import psycopg
+
+    store = StateStore.open(postgres_url, timeouts=StoreTimeouts(lock=0.5, statement=5.0))
+    try:
+        with psycopg.connect(postgres_url.replace("postgresql+psycopg://", "postgresql://")) as locker:
+            locker.execute("LOCK TABLE tc_jobs IN ACCESS EXCLUSIVE MODE")
+            started = time.monotonic()
+            with pytest.raises(OperationalError, match="lock timeout"):
+                store.sync_jobs([JobPlan("j", "f", ["a"])], T0)
+            assert time.monotonic() - started < 2.0
+        assert store.job("j") is None  # the server aborted the transaction: nothing of it was committed
+        store.sync_jobs([JobPlan("j", "f", ["a"])], T0)  # and a retry goes through
+        assert store.job("j") is not None
+    finally:
+        store.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 
 import pytest
 
@@ -88,3 +89,40 @@ def test_closing_cancels_what_waits_and_refuses_new_calls() -> None:
         assert ran == []
 
     asyncio.run(scenario())
+
+
+@pytest.mark.postgres
+def test_behind_a_held_lock_the_calls_queued_fail_at_once_and_the_first_after_it_goes_through(
+    postgres_url: str,
+) -> None:
+    """Five reads queued behind a table locked by hand: the first waits its lock_timeout, the others fail at
+    once instead of one timeout each; once the lock is gone, a call after PROBE_EVERY goes through."""
+    import psycopg
+
+    from teckochecker.state.schema import StoreTimeouts
+    from teckochecker.state.store import StateStore
+
+    store = StateStore.open(postgres_url, timeouts=StoreTimeouts(lock=0.5, statement=5.0))
+
+    async def scenario() -> tuple[list[BaseException | object], float]:
+        worker = StoreWorker(probe_every=0.5)
+        try:
+            with psycopg.connect(postgres_url.replace("postgresql+psycopg://", "postgresql://")) as locker:
+                locker.execute("LOCK TABLE tc_jobs IN ACCESS EXCLUSIVE MODE")
+                started = time.monotonic()
+                answers = await asyncio.gather(*(worker.run(store.jobs) for _ in range(5)), return_exceptions=True)
+                took = time.monotonic() - started
+            await asyncio.sleep(0.6)  # past PROBE_EVERY: the next call is tried
+            answers.append(await worker.run(store.jobs))
+            return answers, took
+        finally:
+            worker.close()
+
+    try:
+        answers, took = asyncio.run(scenario())
+    finally:
+        store.close()
+    assert all(isinstance(a, StateStoreUnavailable) for a in answers[:5]), answers
+    assert "lock timeout" in str(answers[0]) and "not tried" in str(answers[1])
+    assert took < 1.5, f"five calls behind the lock took {took:.1f} s (one lock_timeout is 0.5 s)"
+    assert answers[5] == []

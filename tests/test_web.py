@@ -32,7 +32,7 @@ from teckochecker.errors import StateStoreError, TeckoCheckerError
 from teckochecker.metrics import Metrics
 from teckochecker.plugin_api import ActionOutcome, ActionResult, CheckReport, Observation, TargetState
 from teckochecker.secrets.resolving import MASK, Redactor
-from teckochecker.state.models import Event, JobOrigin, JobSnapshot, PutOutcome
+from teckochecker.state.models import Event, JobOrigin, JobSnapshot, PutOutcome, RunState
 from teckochecker.state.store import JobPlan, PlannedAction, StateStore
 from teckochecker.state.worker import StoreWorker
 from teckochecker.web.routes import MAX_BODY_BYTES, create_app
@@ -184,6 +184,9 @@ class StoreControl:
     def bearer_tokens(self) -> list[BearerToken]:
         return [BearerToken(self.token, frozenset({"register", "control"}))] if self.token else []
 
+    def registry_note(self, name: str) -> str | None:
+        return None
+
     def registry_notes(self) -> tuple[str, ...]:
         return ()
 
@@ -333,6 +336,43 @@ def test_metrics_exposition_on_the_app_registry(control: StoreControl, store: St
 
 
 # ----- reading -----
+
+
+def test_a_refusing_servers_words_are_shown_only_with_a_token(store: StateStore, client: httpx.Client) -> None:
+    """The excerpt of a refusal lives in the run's details and the event's data: the views without a token
+    leave it out; with any configured token it is there. The message says status and host either way."""
+    store.sync_jobs([JobPlan("refused", "f9", ["batch_r"])], T0)
+    refused = Observation(
+        "batch_r", TargetState.ERROR, None, {"excerpt": "SECRET-EXCERPT of the vendor"}, "refused (HTTP 403 x)"
+    )
+    run = _check(store, "refused", refused).runs[0]
+    store.begin_run(run.id, now=T0)
+    excerpt = '{"AccessKeyId": "SECRET-EXCERPT"}'
+    message = "the webhook at http://169.254.169.254/x refused the delivery (HTTP 403 Forbidden)"
+    store.run_finished(run.id, RunState.REJECTED, message, now=T0, excerpt=excerpt)
+
+    for path in ("/api/v1/jobs/refused?events=100", "/api/v1/jobs", "/", "/api/v1/jobs/refused"):
+        for headers in ({}, auth("wrong")):
+            answer = client.get(path, headers=headers)
+            assert answer.status_code == 200 and "SECRET-EXCERPT" not in answer.text, path
+            assert "HTTP 403 Forbidden" in answer.text, path
+    shown = client.get("/api/v1/jobs/refused?events=100", headers=auth()).json()
+    assert shown["runs"][0]["message"] == message and shown["runs"][0]["details"]["excerpt"] == excerpt
+    assert [e["data"]["excerpt"] for e in shown["events"] if "excerpt" in e["data"]] == [excerpt]
+    assert shown["targets"][0]["details"]["excerpt"] == "SECRET-EXCERPT of the vendor"
+    listed = {job["name"]: job for job in client.get("/api/v1/jobs", headers=auth()).json()["jobs"]}
+    assert listed["refused"]["runs"][0]["details"]["excerpt"] == excerpt
+
+
+def test_a_new_message_without_an_excerpt_drops_the_old_excerpt(store: StateStore) -> None:
+    store.sync_jobs([JobPlan("again", "f8", ["batch_x"])], T0)
+    run = _check(store, "again", Observation("batch_x", TargetState.SUCCEEDED, "completed", {})).runs[0]
+    store.begin_run(run.id, now=T0)
+    store.run_not_started(run.id, "HTTP 503 from x", now=T0, next_try_at=T0, excerpt="busy, try later")
+    assert store.job("again").runs[0].details == {"excerpt": "busy, try later"}  # type: ignore[union-attr]
+    store.begin_run(run.id, now=T0)
+    store.run_not_started(run.id, "could not connect", now=T0, next_try_at=T0)
+    assert store.job("again").runs[0].details == {}  # type: ignore[union-attr]
 
 
 def test_jobs_list_has_state_targets_progress_next_check_and_keboola_runs(client: httpx.Client) -> None:
@@ -807,8 +847,43 @@ def test_when_every_connection_is_busy_a_new_one_gets_a_clean_503(store: StateSt
                 sock.close()
 
 
+def test_at_the_cap_the_slowest_partial_request_makes_room_not_one_being_answered(store: StateStore) -> None:
+    control = GatedControl(store)
+    partial = b"PUT /api/v1/jobs/x HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{"
+    with serve_in_thread(control, max_connections=3) as base:
+        busy, oldest, newer = connect(base), connect(base), connect(base)
+        try:
+            busy.sendall(b"GET /api/v1/jobs HTTP/1.1\r\nHost: x\r\n\r\n")  # in flight, waiting on the gate
+            oldest.sendall(partial)
+            time.sleep(0.2)  # accepted and partly sent, in this order
+            newer.sendall(partial)
+            assert httpx.get(base + "/healthz", timeout=WAIT).status_code == 200  # the 4th: served
+            assert oldest.recv(4096).startswith(b"HTTP/1.1 408 ")  # the slowest made room, told why
+            newer.sendall(b"}")  # the newer partial one was left alone and is answered
+            assert newer.recv(4096).startswith(b"HTTP/1.1 4")
+            control.gate.set()
+            assert busy.recv(4096).startswith(b"HTTP/1.1 200")  # the one being answered was never cut off
+        finally:
+            for sock in (busy, oldest, newer):
+                sock.close()
+
+
+def test_a_partial_request_is_cut_at_the_deadline_however_it_trickles(control: StoreControl) -> None:
+    with serve_in_thread(control, request_deadline=0.5) as base, connect(base) as sock:
+        started = time.monotonic()
+        sock.sendall(b"PUT /api/v1/jobs/x HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+        sock.settimeout(0.05)
+        answer = b""
+        while not answer and time.monotonic() - started < 5:
+            try:
+                answer = sock.recv(4096)
+            except TimeoutError:
+                sock.sendall(b" ")
+        assert answer.startswith(b"HTTP/1.1 408 ") and 0.45 <= time.monotonic() - started < 2
+
+
 def test_a_connection_that_never_sends_a_request_is_closed(control: StoreControl) -> None:
-    with serve_in_thread(control, first_request_timeout=0.2) as base, connect(base) as sock:
+    with serve_in_thread(control, request_deadline=0.2) as base, connect(base) as sock:
         assert closed_by_server(sock)
 
 

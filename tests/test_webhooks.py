@@ -206,9 +206,20 @@ def _bad_deliveries() -> list[tuple[str, bytes, dict[str, str], int, str]]:
         ("from the future", body, signed(body, timestamp=int(time.time()) + 3600), 401, "stale"),
         ("no id", body, {k: v for k, v in good.items() if k != "webhook-id"}, 400, "malformed"),
         ("timestamp not a number", body, {**good, "webhook-timestamp": "1e9"}, 400, "malformed"),
+        ("timestamp negative", body, {**good, "webhook-timestamp": "-1700000000"}, 400, "malformed"),
+        ("timestamp words", body, {**good, "webhook-timestamp": "yesterday"}, 400, "malformed"),
+        # Past the year 9999: not a date at all (was a 500, "year 33658 is out of range"), signed or not.
+        ("timestamp past any date", body, {**good, "webhook-timestamp": "999999999999"}, 400, "malformed"),
         ("oversized", b"x" * (MAX_BODY_BYTES + 1), good, 413, "malformed"),
         ("not UTF-8", b"\xff\xfe", signed(b"{}"), 400, "malformed"),
         ("signed but not JSON", b"{nope", signed(b"{nope"), 400, "malformed"),
+        (
+            "signed, data.id no vendor's ID",
+            event("batch_" + "x" * 300),
+            signed(event("batch_" + "x" * 300)),
+            400,
+            "malformed",
+        ),
         (
             "signed but no data.id",
             b'{"id":"e","type":"batch.completed"}',

@@ -33,6 +33,7 @@ from teckochecker.plugin_api import (
     Observation,
     OptionsModel,
     Origin,
+    ReplyKind,
     SecretName,
     Source,
     TargetState,
@@ -84,6 +85,7 @@ class _Unobserved:
     target: str
     message: str
     retry_after: float | None = None
+    excerpt: str | None = None  # what the vendor said, kept out of the message (plugin_api.CheckReport)
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,7 @@ class _Failure:
     message: str
     retry_after: float | None = None
     account_wide: bool = True
+    excerpt: str | None = None
 
 
 class _AccountWaits(Exception):
@@ -153,12 +156,19 @@ class AnthropicBatchSource(Source):
         url = self._url(BATCHES_PATH)
         params = {"limit": str(PAGE_SIZE), **({"after_id": cursor} if cursor else {})}
         try:
-            response = await client.get(BATCHES_PATH, params=params, headers=headers, timeout=self._timeout())
+            response = await client.get(
+                BATCHES_PATH,
+                params=params,
+                headers=headers,
+                timeout=self._timeout(),
+                extensions=ReplyKind.LISTING.extensions,
+            )
         except httpx.RequestError as exc:
             raise _account_waits(throttle, _Failure(f"could not reach {url}: {describe(exc)}")) from None
         if response.status_code != 200:
             judged = self._judge(url, response)
             if isinstance(judged, _Failure):
+                self._log_excerpt(judged)
                 raise _account_waits(throttle, judged) from None
             throttle.succeeded()
             self.context.logger.warning(
@@ -203,7 +213,9 @@ class AnthropicBatchSource(Source):
             if waiting is not None:
                 return _Unobserved(target, self._waiting_message(throttle), waiting)
             try:
-                response = await client.get(path, headers=headers, timeout=self._timeout())
+                response = await client.get(
+                    path, headers=headers, timeout=self._timeout(), extensions=ReplyKind.OBJECT.extensions
+                )
             except httpx.RequestError as exc:
                 message = f"could not reach {url}: {describe(exc)}"
                 return _Unobserved(target, message, throttle.failed(message))
@@ -223,14 +235,20 @@ class AnthropicBatchSource(Source):
         judged = self._judge(url, response)
         if isinstance(judged, _Failure):
             wait = throttle.failed(judged.message, judged.retry_after) if judged.account_wide else judged.retry_after
-            return _Unobserved(target, judged.message, wait)
+            return _Unobserved(target, judged.message, wait, judged.excerpt)
         throttle.succeeded()
         # Anthropic's own answer that the batch cannot be observed (unknown id, another workspace's, ...).
+        # Its words go under "excerpt", apart from the message (see plugin_api.CheckReport).
         return Observation(
             target=target,
             state=TargetState.ERROR,
-            details={"http_status": response.status_code, "url": url, "error_type": judged.type},
-            message=judged.message,
+            details={
+                "http_status": response.status_code,
+                "url": url,
+                "error_type": judged.type,
+                "excerpt": judged.message,
+            },
+            message=f"Anthropic refused to show the batch (HTTP {response.status_code} {judged.type})",
         )
 
     def _observe_batch(self, target: str, url: str, batch: Mapping[str, Any] | None) -> Observation | _Unobserved:
@@ -293,20 +311,27 @@ class AnthropicBatchSource(Source):
         if error is None:
             message = f"HTTP {code} from {url} without Anthropic's error body (a proxy or gateway answered?)"
             return _Failure(message, retry_after, account_wide=is_transient_status(code))
+        # Anthropic's words (error.message) go apart from the messages, as the excerpt (errors.TeckoCheckerError).
         if code == 401:
-            raise PermanentError(f"Anthropic rejected the API key (HTTP 401) at {url}: {error.message}")
+            raise PermanentError(f"Anthropic rejected the API key (HTTP 401) at {url}", excerpt=error.message)
         if code == 402 or error.type == "billing_error":
-            raise PermanentError(f"Anthropic refused for billing (HTTP {code}) at {url}: {error.message}")
+            raise PermanentError(f"Anthropic refused for billing (HTTP {code}) at {url}", excerpt=error.message)
         if code == 429 and error.detail_code in SPEND_LIMIT_CODES:
             raise PermanentError(
-                f"Anthropic spend limit reached (HTTP 429 {error.detail_code}) at {url}: {error.message}; "
-                "raise the workspace's spend limit"
+                f"Anthropic spend limit reached (HTTP 429 {error.detail_code}) at {url}; "
+                "raise the workspace's spend limit",
+                excerpt=error.message,
             )
         if is_transient_status(code):
-            return _Failure(f"HTTP {code} from {url}: {error.type}: {error.message}", retry_after)
+            return _Failure(f"HTTP {code} from {url}: {error.type}", retry_after, excerpt=error.message)
         if 400 <= code < 500:
             return error
         return _Failure(f"unexpected response from {url}: HTTP {code}", account_wide=False)
+
+    def _log_excerpt(self, failure: _Failure) -> None:
+        # A failed listing stops every check of the key; its message names no target to carry the excerpt.
+        if failure.excerpt:
+            self.context.logger.info("%s; the answer began: %r", failure.message, failure.excerpt)
 
     def _note_limits(self, response: httpx.Response, throttle: AccountThrottle) -> None:
         """A 200 that used the last request of the window: wait for the reset instead of meeting a 429."""
@@ -405,4 +430,5 @@ def _report(outcomes: Sequence[Observation | _Unobserved]) -> CheckReport:
         observations=observations,
         transient_errors={o.target: o.message for o in unobserved},
         retry_after=max(waits) if waits else None,
+        excerpts={o.target: o.excerpt for o in unobserved if o.excerpt},
     )

@@ -27,6 +27,7 @@ from teckochecker.plugin_api import (
     OptionsModel,
     Origin,
     PluginContext,
+    ReplyKind,
 )
 from teckochecker.retry import is_transient_status, parse_retry_after
 from teckochecker.vendor_replies import describe, json_object
@@ -105,6 +106,7 @@ class KeboolaJobAction(Action):
                 json=job_body(self.options, request),
                 headers={**self._auth(), "Content-Type": "application/json"},
                 timeout=httpx.Timeout(self.options.timeout, connect=CONNECT_TIMEOUT),
+                extensions=ReplyKind.OBJECT.extensions,
             )
         # Errors raised before a single byte of the request can have left: retrying cannot duplicate a job.
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol) as exc:
@@ -120,16 +122,19 @@ class KeboolaJobAction(Action):
             if job is None or job.get("id") in (None, ""):
                 raise InDoubt(f"Keboola answered HTTP {code} at {url} without a readable job; it may exist")
             return self._result(job)
-        message = error_body(response, self._token()).message or "no error message"
+        # Keboola's words go apart from the message (see errors.TeckoCheckerError): the log and readers with a
+        # token see them, the status page only the status.
+        excerpt = error_body(response, self._token()).message
         if code == 429:
             raise NotStarted(
-                f"Keboola is rate limiting job creation (HTTP 429) at {url}: {message}",
+                f"Keboola is rate limiting job creation (HTTP 429) at {url}",
                 retry_after=parse_retry_after(response.headers, now=self.context.clock.now()),
+                excerpt=excerpt,
             )
         if 400 <= code < 500 and not is_transient_status(code):
-            raise Rejected(f"Keboola rejected the job (HTTP {code}) at {url}: {message}")
+            raise Rejected(f"Keboola rejected the job (HTTP {code}) at {url}", excerpt=excerpt)
         # 5xx, 408, 409 and anything odd: the request arrived and its effect is unknown.
-        raise InDoubt(f"the job may or may not have been created: HTTP {code} at {url}: {message}")
+        raise InDoubt(f"the job may or may not have been created: HTTP {code} at {url}", excerpt=excerpt)
 
     async def find_started(self, request: ActionRequest, since: dt.datetime) -> Sequence[ActionResult]:
         queue_url = await self._queue_url()
@@ -192,7 +197,7 @@ class KeboolaJobAction(Action):
         if offset:
             params["offset"] = str(offset)
         url = f"{queue_url}/search/jobs"
-        jobs = await self._get_json(client, "search/jobs", url, params)
+        jobs = await self._get_json(client, "search/jobs", url, params, kind=ReplyKind.LISTING)
         if not isinstance(jobs, list):
             raise TransientError(f"unexpected response from {url}: expected a JSON array of jobs")
         return [job for job in jobs if isinstance(job, dict) and job.get("id") not in (None, "")]
@@ -266,7 +271,7 @@ class KeboolaJobAction(Action):
         path = f"jobs/{urllib.parse.quote(job_id, safe='')}/kill"
         url = f"{queue_url}/{path}"
         try:
-            response = await client.post(path, headers=self._auth())
+            response = await client.post(path, headers=self._auth(), extensions=ReplyKind.OBJECT.extensions)
         except httpx.RequestError as exc:
             # It may or may not have arrived; the next search reads the job again and sees which.
             raise TransientError(f"cancelling Keboola job at {url} failed: {describe(exc)}") from exc
@@ -275,18 +280,24 @@ class KeboolaJobAction(Action):
             return Cancellation(True, f"{what} (POST {url})")
         message = error_body(response, self._token()).message or "no error message"
         if is_transient_status(response.status_code):
-            raise TransientError(f"cancelling Keboola job at {url}: HTTP {response.status_code}: {message}")
+            raise TransientError(f"cancelling Keboola job at {url}: HTTP {response.status_code}", excerpt=message)
         return Cancellation(
             False, f"Keboola refused to cancel it (HTTP {response.status_code}) at {url}: {message}; a person must look"
         )
 
     async def _get_json(
-        self, client: httpx.AsyncClient, path: str, url: str, params: Mapping[str, str] | None = None
+        self,
+        client: httpx.AsyncClient,
+        path: str,
+        url: str,
+        params: Mapping[str, str] | None = None,
+        *,
+        kind: ReplyKind = ReplyKind.OBJECT,
     ) -> Any:
         import httpx
 
         try:
-            response = await client.get(path, params=params, headers=self._auth())
+            response = await client.get(path, params=params, headers=self._auth(), extensions=kind.extensions)
         except httpx.RequestError as exc:
             raise TransientError(f"could not reach Keboola at {url}: {describe(exc)}") from exc
         code = response.status_code
@@ -295,12 +306,12 @@ class KeboolaJobAction(Action):
                 return response.json()
             except ValueError as exc:
                 raise TransientError(f"unexpected response from {url}: the body is not JSON") from exc
-        message = error_body(response, self._token()).message or "no error message"
+        excerpt = error_body(response, self._token()).message
         if is_transient_status(code):
             retry_after = parse_retry_after(response.headers, now=self.context.clock.now())
-            raise TransientError(f"HTTP {code} from Keboola at {url}: {message}", retry_after=retry_after)
+            raise TransientError(f"HTTP {code} from Keboola at {url}", retry_after=retry_after, excerpt=excerpt)
         if 400 <= code < 500:
-            raise Rejected(f"Keboola refused the request (HTTP {code}) at {url}: {message}")
+            raise Rejected(f"Keboola refused the request (HTTP {code}) at {url}", excerpt=excerpt)
         raise TransientError(f"unexpected response from {url}: HTTP {code}")
 
     def _result(self, job: Mapping[str, Any]) -> ActionResult:

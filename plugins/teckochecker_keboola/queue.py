@@ -11,6 +11,7 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from teckochecker.plugin_api import ReplyKind
 from teckochecker.vendor_replies import describe, json_object, masked
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ async def discover_queue_url(client: httpx.AsyncClient) -> str:
     import httpx
 
     try:
-        response = await client.get(INDEX_PATH, params=INDEX_PARAMS)
+        response = await client.get(INDEX_PATH, params=INDEX_PARAMS, extensions=ReplyKind.INDEX.extensions)
     except httpx.RequestError as exc:
         raise DiscoveryFailed(describe(exc)) from exc
     if response.status_code != 200:

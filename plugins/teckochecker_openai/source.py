@@ -31,6 +31,7 @@ from teckochecker.plugin_api import (
     ListingListener,
     Observation,
     OptionsModel,
+    ReplyKind,
     SecretName,
     Source,
     TargetState,
@@ -77,6 +78,7 @@ class _Unobserved:
     target: str
     message: str
     retry_after: float | None = None
+    excerpt: str | None = None  # what the vendor said, kept out of the message (plugin_api.CheckReport)
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,7 @@ class _Failure:
     retry_after: float | None = None
     # A rate limit or an outage concerns the whole account, not the one request that met it.
     account_wide: bool = True
+    excerpt: str | None = None
 
 
 class _AccountWaits(Exception):
@@ -236,12 +239,20 @@ class OpenAIBatchSource(Source):
         url = f"{self.options.base_url}/batches"
         params = {**self._query(), "limit": str(PAGE_SIZE), **({"after": after} if after else {})}
         try:
-            response = await client.get("batches", params=params, headers=headers, timeout=self._timeout())
+            response = await client.get(
+                "batches",
+                params=params,
+                headers=headers,
+                timeout=self._timeout(),
+                extensions=ReplyKind.LISTING.extensions,
+            )
         except httpx.RequestError as exc:
             raise _account_waits(throttle, _Failure(f"could not reach {url}: {describe(exc)}")) from None
         if response.status_code != 200:
             judged = self._judge(url, response)
             if isinstance(judged, _Failure):
+                if judged.excerpt:  # a failed listing names no target to carry the excerpt: logged here
+                    self.context.logger.info("%s; the answer began: %r", judged.message, judged.excerpt)
                 raise _account_waits(throttle, judged) from None
             # OpenAI refused the listing itself (an endpoint without it, a key without that permission):
             # fetch one by one, as with list_batches: false, until the next sweep tries again.
@@ -328,7 +339,13 @@ class OpenAIBatchSource(Source):
             return _Unobserved(target, self._waiting_message(throttle), waiting)
         path = self._batch_path(target)
         try:
-            return await client.get(path, params=self._query(), headers=headers, timeout=self._timeout())
+            return await client.get(
+                path,
+                params=self._query(),
+                headers=headers,
+                timeout=self._timeout(),
+                extensions=ReplyKind.OBJECT.extensions,
+            )
         except httpx.RequestError as exc:
             message = f"could not reach {self.options.base_url}/{path}: {describe(exc)}"
             return _Unobserved(target, message, throttle.failed(message))
@@ -342,9 +359,10 @@ class OpenAIBatchSource(Source):
         judged = self._judge(url, response)
         if isinstance(judged, _Failure):
             wait = throttle.failed(judged.message, judged.retry_after) if judged.account_wide else judged.retry_after
-            return _Unobserved(target, judged.message, wait)
+            return _Unobserved(target, judged.message, wait, judged.excerpt)
         throttle.succeeded()
         # OpenAI's own answer that the batch cannot be observed (unknown id, forbidden, ...): stop polling it.
+        # Its words go under "excerpt", apart from the message (see plugin_api.CheckReport).
         return Observation(
             target=target,
             state=TargetState.ERROR,
@@ -354,8 +372,9 @@ class OpenAIBatchSource(Source):
                 "url": url,
                 "error_code": judged.code,
                 "error_type": judged.type,
+                "excerpt": judged.message,
             },
-            message=judged.message,
+            message=f"OpenAI refused to show the batch (HTTP {response.status_code} {judged.code or judged.type})",
         )
 
     def _observe(self, target: str, url: str, response: httpx.Response) -> Observation | _Unobserved:
@@ -404,16 +423,18 @@ class OpenAIBatchSource(Source):
             # vendor's own envelope is a verdict. A rate-limit or 5xx status still makes the account wait.
             message = f"HTTP {code} from {url} without OpenAI's error body (a proxy or gateway answered?)"
             return _Failure(message, retry_after, account_wide=is_transient_status(code))
+        # OpenAI's words (error.message) go apart from the messages, as the excerpt (see errors.TeckoCheckerError).
         if code == 401:
-            raise PermanentError(f"OpenAI rejected the API key (HTTP 401) at {url}: {error.message}")
+            raise PermanentError(f"OpenAI rejected the API key (HTTP 401) at {url}", excerpt=error.message)
         if code == 429 and "insufficient_quota" in (error.code, error.type):
             # Waiting does not refill a quota: someone has to change the plan or the billing.
             raise PermanentError(
-                f"OpenAI quota exhausted (HTTP 429 insufficient_quota) at {url}: {error.message}; "
-                "check the plan and billing of the API key's project"
+                f"OpenAI quota exhausted (HTTP 429 insufficient_quota) at {url}; "
+                "check the plan and billing of the API key's project",
+                excerpt=error.message,
             )
         if is_transient_status(code):
-            return _Failure(f"HTTP {code} from {url}: {error.message}", retry_after)
+            return _Failure(f"HTTP {code} from {url}", retry_after, excerpt=error.message)
         if 400 <= code < 500:
             return error
         return _Failure(f"unexpected response from {url}: HTTP {code}", account_wide=False)
@@ -503,4 +524,5 @@ def _report(outcomes: Sequence[Observation | _Unobserved]) -> CheckReport:
         observations=observations,
         transient_errors={o.target: o.message for o in unobserved},
         retry_after=max(waits) if waits else None,
+        excerpts={o.target: o.excerpt for o in unobserved if o.excerpt},
     )

@@ -31,6 +31,7 @@ from teckochecker.plugin_api import (
     Duration,
     OptionsModel,
     PluginContext,
+    ReplyKind,
     SecretName,
     http_url,
 )
@@ -44,7 +45,8 @@ if TYPE_CHECKING:
 __all__ = ["WebhookAction", "WebhookOptions"]
 
 CONNECT_TIMEOUT = 5.0
-# How much of a refusal's body goes into the run's message: enough to say why, not a whole error page.
+# How much of a refusal's body is kept (apart from the run's message, which says only status and host: the
+# excerpt is logged and shown to readers with a token): enough to say why, not a whole error page.
 BODY_EXCERPT = 200
 # The receiver's "not now" answers; every other 4xx is a refusal that sending again will not change.
 RETRIED_4XX = frozenset({408, 429})
@@ -96,7 +98,7 @@ class WebhookAction(Action):
                 headers=headers,
                 timeout=httpx.Timeout(self.options.timeout, connect=CONNECT_TIMEOUT),
                 # The signature is made with the secret: it may go only where the files bind that secret.
-                extensions={SIGNED_WITH: (self.options.secret,)},
+                extensions={**ReplyKind.RECEIVER.extensions, SIGNED_WITH: (self.options.secret,)},
             )
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise NotStarted(f"could not connect to the webhook at {_safe(url)}: {describe(exc)}") from exc
@@ -105,6 +107,8 @@ class WebhookAction(Action):
         return self._delivered(request, response)
 
     def _delivered(self, request: ActionRequest, response: httpx.Response) -> ActionResult:
+        import httpx
+
         code, url = response.status_code, _safe(self.options.url)
         if 200 <= code < 300:
             return ActionResult(
@@ -114,17 +118,19 @@ class WebhookAction(Action):
                 created_at=self.context.clock.now(),
                 details={"http_status": code, "url": url},
             )
-        why = self._excerpt(response)
+        excerpt = self._excerpt(response)
+        # The standard reason phrase, not the one the receiver sent: that is its text too.
+        status = f"HTTP {code} {httpx.codes.get_reason_phrase(code)}".rstrip()
         if 300 <= code < 400:
             raise Rejected(
-                f"the webhook at {url} redirected (HTTP {code}); redirects are not followed: configure the final URL"
+                f"the webhook at {url} redirected ({status}); redirects are not followed: configure the final URL"
             )
         if 400 <= code < 500 and code not in RETRIED_4XX:
-            raise Rejected(f"the webhook at {url} refused the delivery (HTTP {code}){why}")
+            raise Rejected(f"the webhook at {url} refused the delivery ({status})", excerpt=excerpt)
         retry_after = parse_retry_after(response.headers, now=self.context.clock.now())
         # Not accepted; whether it was processed does not matter, as the receiver deduplicates on webhook-id.
-        message = f"the webhook at {url} did not accept the delivery (HTTP {code}){why}"
-        raise NotStarted(message, retry_after=retry_after)
+        message = f"the webhook at {url} did not accept the delivery ({status})"
+        raise NotStarted(message, retry_after=retry_after, excerpt=excerpt)
 
     def _signature(self, message_id: str, body: bytes) -> dict[str, str]:
         from standardwebhooks import Webhook
@@ -153,9 +159,9 @@ class WebhookAction(Action):
             )
         return key
 
-    def _excerpt(self, response: httpx.Response) -> str:
+    def _excerpt(self, response: httpx.Response) -> str | None:
         text = response.text.strip()[:BODY_EXCERPT] if response.content else ""
-        return f": {masked(text, self.context.secret(self.options.secret))}" if text else ""
+        return masked(text, self.context.secret(self.options.secret)) if text else None
 
     def _client(self) -> httpx.AsyncClient:
         parts = urllib.parse.urlsplit(_safe(self.options.url))

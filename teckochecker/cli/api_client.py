@@ -4,6 +4,7 @@ sources (the state store, or `status --url`)."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -16,13 +17,15 @@ from teckochecker.state.leadership import ReplicaInfo
 from teckochecker.state.models import Event, JobOrigin, JobSnapshot, JobState, RunSnapshot, RunState, TargetSnapshot
 
 TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+# "//user:" then everything up to the last "@": the password, however oddly the rest of the URL is formed.
+_PASSWORD = re.compile(r"(//[^/?#@:]*:).*@")
 
 
 def fetch_jobs(base_url: str, *, transport: httpx.BaseTransport | None = None) -> list[JobSnapshot]:
     body = _get(base_url, "/api/v1/jobs", transport)
     jobs = body.get("jobs") if isinstance(body, Mapping) else None
     if not isinstance(jobs, list):
-        raise TeckoCheckerError(f"{base_url} did not answer like a TeckoChecker daemon (no job list)")
+        raise TeckoCheckerError(f"{shown_url(base_url)} did not answer like a TeckoChecker daemon (no job list)")
     return [_convert(base_url, job_from_json, job) for job in jobs]
 
 
@@ -63,31 +66,40 @@ def _get(base_url: str, path: str, transport: httpx.BaseTransport | None) -> Any
         # trust_env=False: an HTTP(S)_PROXY meant for the internet must not swallow a loopback daemon.
         with httpx.Client(timeout=TIMEOUT, transport=transport, trust_env=False) as client:
             response = client.get(root + path, headers={"Accept": "application/json"})
-    except httpx.HTTPError as exc:
-        raise TeckoCheckerError(f"cannot reach the daemon at {base_url}: {_describe(exc)}") from exc
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        raise TeckoCheckerError(f"cannot reach the daemon at {shown_url(base_url)}: {_describe(exc)}") from exc
     try:
         body = response.json()
     except ValueError:
         body = None
     if response.status_code != 200:
         detail = body.get("error") if isinstance(body, Mapping) else None
-        raise TeckoCheckerError(
-            f"the daemon at {base_url} answered HTTP {response.status_code}" + (f": {detail}" if detail else "")
-        )
+        answered = f"the daemon at {shown_url(base_url)} answered HTTP {response.status_code}"
+        raise TeckoCheckerError(answered + (f": {detail}" if detail else ""))
     if body is None:
-        raise TeckoCheckerError(f"{base_url} did not answer with JSON (is it a TeckoChecker daemon?)")
+        raise TeckoCheckerError(f"{shown_url(base_url)} did not answer with JSON (is it a TeckoChecker daemon?)")
     return body
 
 
 def api_root(base_url: str) -> str:
-    parts = urlsplit(base_url)
+    example = "(e.g. http://127.0.0.1:9718)"
+    try:
+        parts = urlsplit(base_url)
+        parts.port  # noqa: B018 - parsed on access: a port that is not a number or out of range raises here
+    except ValueError as exc:
+        raise TeckoCheckerError(f"not a valid URL: {shown_url(base_url)!r} ({exc}) {example}") from None
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise TeckoCheckerError(f"not an http(s) URL: {base_url!r} (e.g. http://127.0.0.1:9718)")
+        raise TeckoCheckerError(f"not an http(s) URL: {shown_url(base_url)!r} {example}")
     return base_url.rstrip("/")
 
 
-def _describe(exc: httpx.HTTPError) -> str:
-    return str(exc) or type(exc).__name__
+def shown_url(url: str) -> str:
+    """``url`` fit to print: a password in it masked (``user:***@``), whether or not the rest of it parses."""
+    return _PASSWORD.sub(r"\1***@", url)
+
+
+def _describe(exc: httpx.HTTPError | httpx.InvalidURL) -> str:
+    return shown_url(str(exc)) or type(exc).__name__
 
 
 def _convert(base_url: str, convert: Any, data: Any) -> Any:
@@ -95,7 +107,7 @@ def _convert(base_url: str, convert: Any, data: Any) -> Any:
         return convert(data)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         problem = f"{type(exc).__name__}: {exc}"
-        raise TeckoCheckerError(f"{base_url} answered JSON this version cannot read ({problem})") from exc
+        raise TeckoCheckerError(f"{shown_url(base_url)} answered JSON this version cannot read ({problem})") from exc
 
 
 def job_from_json(data: Mapping[str, Any]) -> JobSnapshot:

@@ -375,13 +375,14 @@ def cmd_show(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 def cmd_jobs_add(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     if args.url:
-        from teckochecker.cli.registration import job_body, put_job, read_token  # httpx only when asked to
+        from teckochecker.cli.api_client import shown_url  # httpx only when asked to
+        from teckochecker.cli.registration import job_body, put_job, read_token
 
         body = job_body(args.template, args.targets)
         done = _remote(lambda: put_job(args.url, args.name, body, read_token(args.token_file, environ)))
         if done is None:
             return EXIT_INVALID
-        print(f"job {args.name!r} {done.outcome} at {args.url}: watching {len(args.targets)} target(s)")
+        print(f"job {args.name!r} {done.outcome} at {shown_url(args.url)}: watching {len(args.targets)} target(s)")
         return EXIT_OK
     from teckochecker.cli.dropins import add_job
 
@@ -394,12 +395,13 @@ def cmd_jobs_add(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 def cmd_jobs_remove(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     if args.url:
+        from teckochecker.cli.api_client import shown_url
         from teckochecker.cli.registration import delete_job, read_token
 
         done = _remote(lambda: delete_job(args.url, args.name, read_token(args.token_file, environ)))
         if done is None:
             return EXIT_INVALID
-        print(f"job {args.name!r} removed at {args.url}")
+        print(f"job {args.name!r} removed at {shown_url(args.url)}")
         return EXIT_OK
     from teckochecker.cli.dropins import remove_job
 
@@ -476,9 +478,11 @@ def _remote(call: Callable[[], Registered]) -> Registered | None:
 def cmd_jobs_export(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from teckochecker.cli.registration import export_yaml
 
+    # The templates turn a body into the file job it stands for.
+    config, registry = _load(args, environ)
     store = StateStore.open(_state_url(args, environ), readonly=True)
     try:
-        print(export_yaml(store.registered_jobs(), store.url, SystemClock().now()), end="")
+        print(export_yaml(store.registered_jobs(), store.url, SystemClock().now(), config, registry), end="")
     finally:
         store.close()
     return EXIT_OK

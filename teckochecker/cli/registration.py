@@ -17,12 +17,18 @@ from urllib.parse import quote
 import httpx
 import yaml
 
-from teckochecker.cli.api_client import TIMEOUT, api_root
+from teckochecker.boundedread import read_bounded
+from teckochecker.cli.api_client import TIMEOUT, api_root, shown_url
 from teckochecker.config.models import JOB_NAME_RULE, is_job_name
-from teckochecker.errors import TeckoCheckerError
+from teckochecker.config.registered import file_form
+from teckochecker.config.validate import Config, registered_shape_problems
+from teckochecker.errors import TeckoCheckerError, UnreadableFile
+from teckochecker.plugins import PluginRegistry
 from teckochecker.state.models import JobOrigin, RegisteredJob
 
 TOKEN_ENV = "TECKOCHECKER_TOKEN"
+# A bearer token is a line of printable ASCII; a file far bigger than one is the wrong file.
+MAX_TOKEN_FILE_BYTES = 4096
 
 
 class Refused(TeckoCheckerError):
@@ -40,18 +46,29 @@ class Registered:
 
 
 def read_token(token_file: Path | None, environ: Mapping[str, str]) -> str:
+    """The bearer token from ``token_file`` (a regular file, read bounded) or $TECKOCHECKER_TOKEN. A refusal
+    names where the token was looked for and why, never any of what was read."""
     if token_file is not None:
         try:
-            token = token_file.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise TeckoCheckerError(f"cannot read the token file {token_file}: {exc.__class__.__name__}") from exc
-        if not token:
-            raise TeckoCheckerError(f"the token file {token_file} is empty")
-        return token
-    token = environ.get(TOKEN_ENV, "").strip()
-    if not token:
+            raw = read_bounded(token_file, MAX_TOKEN_FILE_BYTES)
+        except UnreadableFile as exc:
+            raise TeckoCheckerError(f"the token file {token_file} {exc.reason}") from None
+        return _checked_token(raw, f"the token file {token_file}")
+    token = environ.get(TOKEN_ENV, "")
+    if not token.strip():
         raise TeckoCheckerError(f"give the bearer token with --token-file PATH or the {TOKEN_ENV} environment variable")
-    return token
+    return _checked_token(token.encode("utf-8", "surrogateescape"), f"${TOKEN_ENV}")
+
+
+def _checked_token(raw: bytes, where: str) -> str:
+    token = raw.strip()
+    if not token:
+        raise TeckoCheckerError(f"{where} is empty")
+    if b"\n" in token or b"\r" in token:
+        raise TeckoCheckerError(f"{where} holds more than one line; it must hold only the token")
+    if not all(0x21 <= byte <= 0x7E for byte in token):
+        raise TeckoCheckerError(f"{where} holds characters a bearer token cannot have (printable ASCII, no spaces)")
+    return token.decode("ascii")
 
 
 def job_body(template: str, targets: Sequence[str]) -> dict[str, Any]:
@@ -85,26 +102,40 @@ def _call(
     try:
         with httpx.Client(timeout=TIMEOUT, transport=transport, trust_env=False) as client:
             response = client.request(method, url, headers=headers, json=body)
-    except httpx.HTTPError as exc:
-        raise TeckoCheckerError(f"cannot reach the daemon at {base_url}: {str(exc) or type(exc).__name__}") from exc
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        shown = shown_url(str(exc)) or type(exc).__name__
+        raise TeckoCheckerError(f"cannot reach the daemon at {shown_url(base_url)}: {shown}") from exc
     try:
         answer = response.json()
     except ValueError:
         answer = None
     if not isinstance(answer, Mapping):
-        raise TeckoCheckerError(f"{base_url} answered HTTP {response.status_code} without JSON (is it TeckoChecker?)")
+        shown = shown_url(base_url)
+        raise TeckoCheckerError(f"{shown} answered HTTP {response.status_code} without JSON (is it TeckoChecker?)")
     if response.status_code in (200, 201):
         return answer
-    message = f"the daemon at {base_url} answered HTTP {response.status_code}: {answer.get('error', '-')}"
+    message = f"the daemon at {shown_url(base_url)} answered HTTP {response.status_code}: {answer.get('error', '-')}"
     problems = [f"{p.get('path') or 'body'}: {p.get('message')}" for p in answer.get("problems") or ()]
     raise Refused(message, problems)
 
 
-def export_yaml(jobs: Sequence[RegisteredJob], source: str, now: dt.datetime) -> str:
-    """The API jobs as one drop-in file (``jobs:`` only) that validate-config accepts in an include directory."""
-    exported = [dict(job.body) for job in jobs if job.origin is JobOrigin.API]
+def export_yaml(
+    jobs: Sequence[RegisteredJob], source: str, now: dt.datetime, config: Config, registry: PluginRegistry
+) -> str:
+    """The API jobs as one drop-in file (``jobs:`` only) that validate-config accepts in an include directory:
+    each body as the file job it stands for (its variables and action options merged into the template's
+    actions, which a file job lists whole)."""
+    exported = [_as_file_job(job, config, registry) for job in jobs if job.origin is JobOrigin.API]
     header = (
         f"# {len(exported)} job(s) registered over the API, exported from {source} at {now:%Y-%m-%d %H:%M:%SZ}.\n"
         "# Put this file in an include: directory; then DELETE the API jobs (a name in both: the file wins).\n"
     )
     return header + yaml.safe_dump({"jobs": exported}, sort_keys=False, allow_unicode=True, default_flow_style=False)
+
+
+def _as_file_job(job: RegisteredJob, config: Config, registry: PluginRegistry) -> dict[str, Any]:
+    body = {"name": job.name, **job.body}
+    template = config.template_bodies.get(body.get("template"))  # type: ignore[arg-type]
+    if template is None or registered_shape_problems(body, config, registry, where=job.name):
+        return body  # held, or its template is gone: as stored, for a person to mend
+    return file_form(body, template, registry)

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from teckochecker.config.durations import format_duration
 from teckochecker.control import ReloadStatus
 from teckochecker.plugins import PluginRegistry
 from teckochecker.state.heartbeat import Heartbeat
 from teckochecker.state.leadership import ReplicaInfo, Role
-from teckochecker.state.models import Event, JobOrigin, JobSnapshot, RequestCounts, RunSnapshot, request_counts
+from teckochecker.state.models import (
+    EXCERPT,
+    Event,
+    JobOrigin,
+    JobSnapshot,
+    RequestCounts,
+    RunSnapshot,
+    request_counts,
+)
 
 BAR_WIDTH = 20
 
@@ -161,6 +170,8 @@ def render_job(job: JobSnapshot, events: Sequence[Event], now: dt.datetime, *, d
             ]
         ),
     ]
+    # What vendors answered, kept out of the messages (the API shows it only with a token; this reads the store).
+    lines += [_one_line(f"  {t.target}: the answer said: {said}") for t in job.targets if (said := _said(t.details))]
     if job.runs:
         lines += [
             "",
@@ -179,7 +190,7 @@ def render_job(job: JobSnapshot, events: Sequence[Event], now: dt.datetime, *, d
                 ]
             ),
         ]
-        lines += [_one_line(f"  action {r.action_index}: {r.message}") for r in job.runs if r.message]
+        lines += [_run_line(r) for r in job.runs if r.message]
     lines += ["", "EVENTS"] + [_one_line(f"{_time(e.at)}  {e.kind:<20} {e.message}") for e in events]
     return "\n".join(lines)
 
@@ -225,6 +236,16 @@ def _progress(details: object) -> str:
 
 def _time(value: dt.datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%SZ") if value else "-"
+
+
+def _run_line(run: RunSnapshot) -> str:
+    said = _said(run.details)
+    return _one_line(f"  action {run.action_index}: {run.message}" + (f"; the answer said: {said}" if said else ""))
+
+
+def _said(details: Mapping[str, Any]) -> str:
+    excerpt = details.get(EXCERPT)
+    return _clip(excerpt, 200) if isinstance(excerpt, str) else ""
 
 
 def _clip(text: str, width: int) -> str:

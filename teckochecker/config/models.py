@@ -9,7 +9,7 @@ import re
 import urllib.parse
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from teckochecker.config.durations import Duration
 
@@ -18,6 +18,10 @@ MAX_INTERVAL = 3600.0
 # Every check of a job handles all its targets at once (one vendor listing, one store transaction, one
 # API answer); past this, a single job stalls the daemon for seconds and holds hundreds of MB.
 MAX_TARGETS_PER_JOB = 10_000
+# The longest target ID (the state store's column; vendors' IDs are under 64: OpenAI's and Azure's
+# ``batch_…`` about 40 characters, Anthropic's ``msgbatch_…`` about 35). One longer is no vendor's ID, and
+# would be polled, logged and sent in every tick.
+MAX_TARGET_LENGTH = 255
 DEFAULT_INTERVAL = 120.0
 # A little after OpenAI's 24 h batch window.
 DEFAULT_DEADLINE = 25 * 3600.0
@@ -165,6 +169,26 @@ def is_fernet_token(token: str) -> bool:
     return len(raw) >= 73 and raw[0] == 0x80 and (len(raw) - 57) % 16 == 0
 
 
+# PostgreSQL's lock_timeout and statement_timeout: longer than any statement the daemon makes on a healthy
+# store (its biggest, reading 10,000 jobs, takes well under a second), short enough for a client's retry.
+DEFAULT_STORE_TIMEOUT = 5.0
+# The state stores TeckoChecker ships drivers for, as SQLAlchemy URL schemes (dialect+driver).
+STATE_URL_SCHEMES = ("sqlite", "sqlite+pysqlite", "postgresql+psycopg")
+
+
+def state_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a state store (its scheme has no driver here), or None. Names only the scheme:
+    the rest of a URL may hold a password."""
+    scheme, separator, _ = url.partition("://")
+    if separator and scheme in STATE_URL_SCHEMES:
+        return None
+    shown = f"{scheme}://" if separator else "a URL without a scheme"
+    return (
+        f"unsupported state store URL ({shown[:40]}): use sqlite:///PATH or postgresql+psycopg://USER@HOST/DB "
+        f"(schemes: {', '.join(STATE_URL_SCHEMES)})"
+    )
+
+
 class StateSettings(Model):
     url: str | None = Field(default=None, description="SQLAlchemy URL; default: a SQLite file in the state dir")
     # Off: the daemon refuses a store whose schema is not at the head and names `teckochecker db upgrade`,
@@ -174,6 +198,18 @@ class StateSettings(Model):
     lease: Duration = Field(default=30.0, ge=3, le=600)
     # How this replica is shown and recorded; default host:pid. Must differ between replicas.
     replica_name: str | None = Field(default=None, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:@-]+$")
+    # PostgreSQL: the server cancels a statement that waits this long for a lock (a table locked by hand, a
+    # stuck transaction elsewhere), or runs this long. Then the API answers 503 at once instead of hanging, and
+    # /readyz fails until the store answers again. Every session of the daemon; commands use the defaults.
+    lock_timeout: Duration = Field(default=DEFAULT_STORE_TIMEOUT, ge=0.1, le=600)
+    statement_timeout: Duration = Field(default=DEFAULT_STORE_TIMEOUT, ge=0.1, le=3600)
+
+    @field_validator("url")
+    @classmethod
+    def _supported_url(cls, url: str | None) -> str | None:
+        if url is not None and (problem := state_url_problem(url)) is not None:
+            raise ValueError(problem)
+        return url
 
 
 class TokenScope(str, enum.Enum):
@@ -199,6 +235,10 @@ class HttpSettings(Model):
     api_token: str | None = Field(default=None, min_length=1)
     # Least privilege: each token names its secret and its scopes (a pipeline's token: [register]).
     tokens: list[TokenSpec] = []
+    # The listener's own limits (docs/security.md): open connections (fewer under a low file descriptor
+    # limit), and how long a request's headers and body may take to arrive, from its first byte.
+    max_connections: int = Field(default=200, ge=1, le=10_000)
+    request_deadline: Duration = Field(default=10.0, gt=0, le=300)
 
     def bearer_tokens(self) -> list[TokenSpec]:
         """Every configured token, api_token as one with both scopes."""
@@ -215,6 +255,10 @@ class WebhookSettings(Model):
     # Names of secrets (declared under secrets:) holding the endpoint's signing secret, ``whsec_...``. Several
     # while a secret is rotated: a delivery signed with any of them is accepted.
     secrets: list[Annotated[str, Field(min_length=1)]] = []
+    # The listener's own limits (docs/security.md): open connections (fewer under a low file descriptor
+    # limit), and how long a request's headers and body may take to arrive, from its first byte.
+    max_connections: int = Field(default=200, ge=1, le=10_000)
+    request_deadline: Duration = Field(default=10.0, gt=0, le=300)
 
     @property
     def enabled(self) -> bool:
@@ -249,8 +293,22 @@ class PluginSpec(BaseModel):
         return dict(self.model_extra or {})
 
 
+def _unicode_text(value: Any) -> Any:
+    """Before the type check, whose own refusal would not say why."""
+    try:
+        if isinstance(value, str):
+            value.encode("utf-8")
+    except UnicodeEncodeError:
+        # JSON's "\ud800" is a lone half of a UTF-16 pair: no text, and nothing can store, log or send it.
+        raise ValueError(f"{value[:40]!r} is not valid Unicode text (a lone surrogate)") from None
+    return value
+
+
+TargetId = Annotated[str, Field(max_length=MAX_TARGET_LENGTH), BeforeValidator(_unicode_text)]
+
+
 class SourceSpec(PluginSpec):
-    targets: Annotated[list[str], Field(min_length=1)]
+    targets: Annotated[list[TargetId], Field(min_length=1)]
 
     @field_validator("targets")
     @classmethod

@@ -20,6 +20,7 @@ from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
 from teckochecker.config.models import JOB_NAME, JOB_NAME_RULE, ActionSpec, ConfigFile, JobSpec, PluginSpec, SourceSpec
+from teckochecker.config.registered import PATH_PATTERN
 from teckochecker.plugin_api import OptionsModel
 from teckochecker.plugins import PluginRegistry
 
@@ -97,6 +98,10 @@ def _config_model(registry: PluginRegistry) -> type[BaseModel]:
         name=(str | None, None),  # a job's own name always wins over a template's
         source=(dict[str, Any], Field(default_factory=dict)),
         actions=(actions, Field(default_factory=list)),
+        overridable=(
+            list[Annotated[str, Field(pattern=PATH_PATTERN)] | OverridableEntry],
+            Field(default_factory=list, description=_OVERRIDABLE),
+        ),
     )
     return create_model(
         "TeckoCheckerConfig",
@@ -105,6 +110,21 @@ def _config_model(registry: PluginRegistry) -> type[BaseModel]:
         jobs=(list[Union[job, templated]], Field(default_factory=list)),  # type: ignore[valid-type]  # noqa: UP007
         templates=(dict[str, template], Field(default_factory=dict)),  # type: ignore[valid-type]
     )
+
+
+_OVERRIDABLE = (
+    "What a job registered over the API (or made by discovery) of this template may set besides its targets "
+    "and variables: interval, deadline, trigger or actions[N].OPTION (not a secret's name, not a URL)."
+)
+
+
+class OverridableEntry(BaseModel):
+    """A path a registered job may set, restricted to some values."""
+
+    model_config = {"extra": "forbid"}
+
+    path: str = Field(pattern=PATH_PATTERN)
+    one_of: list[Any] = Field(min_length=1)
 
 
 def _by_type(kind: str, options: Mapping[str, type[OptionsModel]], core: type[PluginSpec]) -> Any:

@@ -33,6 +33,15 @@ from teckochecker.config.models import (
     TriggerRule,
     WebhookSettings,
 )
+from teckochecker.config.registered import (
+    OVERRIDABLE,
+    VARIABLES,
+    Overridable,
+    file_form,
+    names_secret,
+    overridable_of,
+    shape_problems,
+)
 from teckochecker.errors import ConfigError
 from teckochecker.plugin_api import Action, OptionsModel, SecretName, Source
 from teckochecker.plugins import PluginRegistry
@@ -99,6 +108,8 @@ class Config:
     # The templates' bodies, so a job registered over the API can be validated against this config.
     template_bodies: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
+    # Per template, what a registered job may set besides its targets and variables (templates.X.overridable).
+    overridables: Mapping[str, Mapping[str, Overridable]] = field(default_factory=dict)
 
     def summary(self) -> str:
         targets = sum(len(j.source.targets) for j in self.jobs.values())
@@ -151,8 +162,12 @@ def _validate_document(
     templates = top.templates if top else {}
     template_marks = _template_marks(doc)
     discoveries = _discoveries(doc, templates, registry, secrets, defaults, diagnostics)
+    overridables = _overridables(doc, templates, registry, diagnostics)
+    reserved = _operator_secrets(top) if top is not None else {}
+    diagnostics += _template_secret_problems(doc, templates, registry, reserved)
     jobs: dict[str, JobDefinition] = {}
     for raw in raw_jobs:
+        diagnostics += _job_secret_problems(raw, templates, registry, reserved)
         raw = _with_template(raw, templates, template_marks, diagnostics)
         job, problems = _validate_job(raw.data, raw.path, raw.doc, registry, secrets, defaults, echo_secrets=True)
         diagnostics.extend(problems)
@@ -188,8 +203,88 @@ def _validate_document(
         discoveries=discoveries,
         template_bodies=dict(top.templates),
         webhooks=top.webhooks,
+        overridables=overridables,
     )
     return config, []
+
+
+def _overridables(
+    doc: Document, templates: Mapping[str, Any], registry: PluginRegistry, diagnostics: list[Diagnostic]
+) -> dict[str, dict[str, Overridable]]:
+    found = {}
+    for name, template in templates.items():
+        if not isinstance(template, dict):
+            continue
+        declared, problems = overridable_of(template.get(OVERRIDABLE), template, registry)
+        for inner, message in problems:
+            where = ("templates", name, OVERRIDABLE, *inner)
+            diagnostics.append(Diagnostic(doc.mark_for(where), where, message))
+        found[name] = declared
+    return found
+
+
+def _operator_secrets(top: ConfigFile) -> dict[str, str]:
+    """The secrets that hold the API's bearer tokens and the webhook signing secrets, by name → where."""
+    reserved = {name: "webhooks.secrets" for name in top.webhooks.secrets}
+    reserved |= {token.secret: "http.tokens" for token in top.http.tokens}
+    if top.http.api_token:
+        reserved[top.http.api_token] = "http.api_token"
+    return reserved
+
+
+def _template_secret_problems(
+    doc: Document, templates: Mapping[str, Any], registry: PluginRegistry, reserved: Mapping[str, str]
+) -> list[Diagnostic]:
+    problems = []
+    for name, template in templates.items():
+        if isinstance(template, dict):
+            problems += _plugin_secret_problems(template, template, ("templates", name), doc, registry, reserved)
+    return problems
+
+
+def _job_secret_problems(
+    raw: _RawJob, templates: Mapping[str, Any], registry: PluginRegistry, reserved: Mapping[str, str]
+) -> list[Diagnostic]:
+    """Only what the job writes itself: what it takes from its template is reported at the template."""
+    if not isinstance(raw.data, dict):
+        return []
+    name = raw.data.get("template")
+    template = templates.get(name) if isinstance(name, str) else None
+    return _plugin_secret_problems(raw.data, template or {}, raw.path, raw.doc, registry, reserved)
+
+
+def _plugin_secret_problems(
+    own: Mapping[str, Any],
+    template: Mapping[str, Any],
+    path: Path,
+    doc: Document,
+    registry: PluginRegistry,
+    reserved: Mapping[str, str],
+) -> list[Diagnostic]:
+    """A plugin option of ``own`` (a job or template) that names a secret holding a bearer token or a webhook
+    signing secret: a job could otherwise send the operator's credential to wherever its plugin connects."""
+    if not reserved:
+        return []
+    parts: list[tuple[Path, Any, Any]] = []
+    source, base = own.get("source"), template.get("source")
+    if isinstance(source, dict):
+        kind = source.get("type", base.get("type") if isinstance(base, dict) else None)
+        parts.append(((*path, "source"), source, registry.sources.get(kind) if isinstance(kind, str) else None))
+    actions = own.get("actions")
+    for index, action in enumerate(actions if isinstance(actions, list) else []):
+        if isinstance(action, dict) and isinstance(action.get("type"), str):
+            parts.append(((*path, "actions", index), action, registry.actions.get(action["type"])))
+    problems = []
+    for where, part, cls in parts:
+        for option, value in part.items() if cls is not None else ():
+            if isinstance(value, str) and value in reserved and names_secret(cls.Options, str(option)):
+                at = (*where, option)
+                message = (
+                    f"secret {value!r} holds a credential of the daemon itself ({reserved[value]}); "
+                    "a job's plugin may never send it anywhere: give the job a secret of its own"
+                )
+                problems.append(Diagnostic(doc.mark_for(at), at, message))
+    return problems
 
 
 # The name a template with discover: is checked under, as if it were a job with one target.
@@ -213,7 +308,7 @@ def _discoveries(
         path: Path = ("templates", name)
         rule, problems = _validate_model(DiscoverSpec, template["discover"], (*path, "discover"), doc)
         diagnostics.extend(problems)
-        raw = {k: v for k, v in template.items() if k != "discover"}
+        raw = {k: v for k, v in template.items() if k not in ("discover", OVERRIDABLE)}
         source = raw["source"] if isinstance(raw.get("source"), dict) else {}
         probe = {**raw, "name": _PROBE_NAME, "source": {**source, "targets": ["probe"]}}
         job, problems = _validate_job(probe, path, doc, registry, secrets, defaults, echo_secrets=True)
@@ -229,19 +324,77 @@ def _discoveries(
     return found
 
 
+def registered_shape_problems(body: Any, config: Config, registry: PluginRegistry, *, where: str) -> list[Diagnostic]:
+    """What a registered body (origin api or discovered) sets that only a file may: it names a template and
+    sets only its targets, variables and what the template declares overridable (config/registered.py)."""
+    doc = Document(where, body, {})
+    if not isinstance(body, dict):
+        return [Diagnostic(doc.mark_for(()), (), "a registered job is a JSON object: a template and its targets")]
+    name = body.get("template")
+    if name is None:
+        message = (
+            "a registered job names a template from the files (defined: "
+            f"{', '.join(sorted(config.template_bodies)) or 'none'}) and sets its targets"
+        )
+        return [Diagnostic(doc.mark_for(("template",)), ("template",), message)]
+    template = config.template_bodies.get(name) if isinstance(name, str) else None
+    if template is None:
+        return []  # an unknown template is the validator's to report, with the defined ones
+    problems = shape_problems(body, name, template, config.overridables.get(name, {}), registry)
+    return [Diagnostic(doc.mark_for(path), path, message) for path, message in problems]
+
+
 def validate_job_body(
     body: Any, config: Config, registry: PluginRegistry, *, where: str
 ) -> tuple[JobDefinition | None, list[Diagnostic]]:
-    """One job given as data (registered over the API, or stored), validated exactly as a job in the
-    config's files would be, against its templates, secrets and defaults. Diagnostic paths are relative to
-    the body (``source.targets[2]``); ``where`` names it in place of a file. Unknown secret names are not
-    echoed back: a caller who pasted a value where a name belongs must not see it in the answer."""
+    """One registered job (over the API, or stored), validated exactly as a job in the config's files
+    would be, against its templates, secrets and defaults, once its shape is one a registered job may have
+    (``registered_shape_problems``). Diagnostic paths are relative to the body (``source.targets[2]``);
+    ``where`` names it in place of a file. Unknown secret names are not echoed back: a caller who pasted a
+    value where a name belongs must not see it in the answer."""
     doc = Document(where, body, {})
-    diagnostics: list[Diagnostic] = []
-    raw = _with_template(_RawJob(body, (), doc), config.template_bodies, {}, diagnostics)
+    diagnostics = registered_shape_problems(body, config, registry, where=where)
+    if not isinstance(body, dict) or "template" not in body:
+        return None, diagnostics
+    # What the body may set is still checked, so the answer lists every problem at once.
+    body = _without(body, [d.path for d in diagnostics])
+    template = config.template_bodies.get(body["template"])
+    job = file_form(body, template, registry) if template is not None else body
+    raw = _with_template(_RawJob(job, (), doc), config.template_bodies, {}, diagnostics)
     job, problems = _validate_job(raw.data, (), doc, registry, config.secrets, config.defaults, echo_secrets=False)
+    if VARIABLES in body:
+        problems = _as_body_variables(problems)
     diagnostics += problems
     return (None if diagnostics else job), diagnostics
+
+
+def _as_body_variables(problems: list[Diagnostic]) -> list[Diagnostic]:
+    """A problem with the variables an action got is one of the body's ``variables`` (merged into each action
+    that takes them): named there, and once, not once per action."""
+    found: dict[tuple[Path, str], Diagnostic] = {}
+    for problem in problems:
+        path = problem.path
+        if len(path) >= 3 and path[0] == "actions" and path[2] == VARIABLES:
+            problem = Diagnostic(problem.mark, (VARIABLES, *path[3:]), problem.message)
+        found.setdefault((problem.path, problem.message), problem)
+    return list(found.values())
+
+
+def _without(body: dict[str, Any], paths: list[Path]) -> dict[str, Any]:
+    """``body`` without the values at ``paths`` (copied where they are taken out; the rest is shared)."""
+    copy = dict(body)
+    for path in paths:
+        parent: Any = copy
+        for part in path[:-1]:
+            child = parent[part]
+            child = dict(child) if isinstance(child, dict) else list(child)
+            parent[part] = child
+            parent = child
+        if path and isinstance(parent, dict):
+            parent.pop(path[-1], None)
+        elif path and isinstance(parent, list) and isinstance(path[-1], int):
+            parent[path[-1]] = {}
+    return copy
 
 
 def _token_secret_problems(top: ConfigFile, doc: Document) -> list[Diagnostic]:
@@ -364,8 +517,8 @@ def _with_template(
             )
         )
         return _RawJob({k: v for k, v in raw.data.items() if k != "template"}, raw.path, raw.doc)
-    # discover: says how jobs are made of the template; it is no part of the jobs themselves.
-    merged = _deep_merge({k: v for k, v in template.items() if k != "discover"}, raw.data)
+    # discover: and overridable: say how jobs are made of the template; they are no part of the jobs themselves.
+    merged = _deep_merge({k: v for k, v in template.items() if k not in ("discover", OVERRIDABLE)}, raw.data)
     # Problems in parts that came from the template are located in the template.
     from_template = {(*raw.path, *inner): mark for inner, mark in template_marks.get(name, [])}
     # The job's own marks win; a view, not a copy: copying the whole file's marks per job was quadratic too.

@@ -68,7 +68,30 @@ class Hang:
     """Send nothing until the fake stops; then close the connection without a response."""
 
 
-Outcome = Reply | Reset | Hang
+@dataclass(frozen=True)
+class HugeReply:
+    """An answer of ``size`` body bytes (a JSON-looking filler), written in chunks as it goes and never built
+    in memory: a fake can answer 400 MB without holding them. ``chunked`` leaves out Content-Length (sent
+    with Transfer-Encoding: chunked), so only reading the body shows how large it is."""
+
+    status: int
+    size: int
+    chunked: bool = True
+    content_type: str = "application/json"
+
+
+# One chunk of filler: a JSON string's inside, so a client that parsed as it read would still be reading.
+_FILLER = b"x" * (64 * 1024)
+
+
+@dataclass(frozen=True)
+class _HugeRoute:
+    method: str | None
+    path: str
+    reply: HugeReply
+
+
+Outcome = Reply | Reset | Hang | HugeReply
 
 
 @dataclass(frozen=True)
@@ -195,6 +218,8 @@ class _Handler(BaseHTTPRequestHandler):
         elif isinstance(outcome, Hang):
             self.server.stopping.wait(MAX_HANG_SECONDS)
             self.close_connection = True
+        elif isinstance(outcome, HugeReply):
+            self._write_huge(outcome)
         else:
             delay = outcome.delay + self.server.latency()
             if delay > 0 and self.server.stopping.wait(delay):
@@ -225,6 +250,25 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self.wfile.write(head + (b"" if self.command == "HEAD" else body))
 
+    def _write_huge(self, reply: HugeReply) -> None:
+        head = [f"HTTP/1.1 {reply.status} {REASONS.get(reply.status, 'Status')}", f"content-type: {reply.content_type}"]
+        head.append("transfer-encoding: chunked" if reply.chunked else f"content-length: {reply.size}")
+        # A client that stops reading closes the connection; the next write then fails, and that is the end.
+        self.close_connection = True
+        head.append("connection: close")
+        self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
+        left = reply.size
+        try:
+            while left > 0 and not self.server.stopping.is_set():
+                chunk = _FILLER[: min(left, len(_FILLER))]
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if reply.chunked else chunk)
+                left -= len(chunk)
+        finally:
+            # What the client took before it closed (plus what the sockets' buffers hold): says whether it drained.
+            self.server.count_huge_bytes(reply.size - left)
+        if reply.chunked:
+            self.wfile.write(b"0\r\n\r\n")
+
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True  # handler threads never keep the test process alive
@@ -245,6 +289,7 @@ class _Server(ThreadingHTTPServer):
         self.fake_handler = handler
         self.stopping = stopping
         self._connections: set[socket.socket] = set()
+        self.huge_bytes_written = 0
         self._conn_lock = threading.Lock()
         super().__init__(("127.0.0.1", port), _Handler)
 
@@ -253,6 +298,10 @@ class _Server(ThreadingHTTPServer):
         if isinstance(sys.exc_info()[1], ConnectionError):
             return
         super().handle_error(request, client_address)
+
+    def count_huge_bytes(self, count: int) -> None:
+        with self._conn_lock:
+            self.huge_bytes_written += count
 
     def track(self, conn: socket.socket) -> None:
         with self._conn_lock:
@@ -306,6 +355,9 @@ class _Listener:
         self._server = None
         self._thread = None
 
+    def huge_bytes_written(self) -> int:
+        return self._server.huge_bytes_written if self._server is not None else 0
+
     @property
     def url(self) -> str:
         if not self.port:
@@ -337,6 +389,7 @@ class LoopbackFake:
         self._record = record_requests
         self._running = False
         self._request_total = 0
+        self._huge: list[_HugeRoute] = []
         self.requests: list[RecordedRequest] = []
 
     def start(self) -> Self:
@@ -377,12 +430,48 @@ class LoopbackFake:
         with self._lock:  # random.Random is not meant to be shared by threads unlocked
             return self._latency.sample(self._rng)
 
+    def answer_huge(
+        self,
+        path: str,
+        size: int,
+        *,
+        status: int = 200,
+        method: str | None = None,
+        chunked: bool = True,
+        content_type: str = "application/json",
+    ) -> None:
+        """From now on answer every request to ``path`` (and ``method``, when given) with ``size`` body bytes
+        and ``status``, streamed (see HugeReply); a path ending in ``*`` matches every path it starts.
+        ``stop_huge`` turns it off."""
+        route = _HugeRoute(method.upper() if method else None, path, HugeReply(status, size, chunked, content_type))
+        with self._lock:
+            self._huge.append(route)
+
+    def huge_bytes_written(self) -> int:
+        """Body bytes of huge answers written so far (on every listener; reset when the fake restarts)."""
+        return sum(listener.huge_bytes_written() for listener in self._listeners.values())
+
+    def stop_huge(self) -> None:
+        with self._lock:
+            self._huge.clear()
+
+    def _huge_reply(self, request: RecordedRequest) -> HugeReply | None:
+        with self._lock:
+            for route in self._huge:
+                if route.method not in (None, request.method):
+                    continue
+                prefix = route.path.removesuffix("*")
+                if request.path == route.path or (route.path.endswith("*") and request.path.startswith(prefix)):
+                    return route.reply
+        return None
+
     def _receive(self, request: RecordedRequest) -> Outcome:
         with self._lock:
             self._request_total += 1
             if self._record:
                 self.requests.append(request)
-        return self.handle(request)
+        huge = self._huge_reply(request)
+        return huge if huge is not None else self.handle(request)
 
     def handle(self, request: RecordedRequest) -> Outcome:
         raise NotImplementedError

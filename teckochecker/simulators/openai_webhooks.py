@@ -133,3 +133,17 @@ class WebhookSender:
             if self._stopping.wait(pause):
                 return
             pause = min(pause * 2, MAX_RETRY)
+
+
+def flood_unknown_batches(sender: WebhookSender, *, per_minute: float, seconds: float) -> int:
+    """Queue signed ``batch.completed`` events for batches nobody created, evenly spaced at ``per_minute`` for
+    ``seconds`` (what an attacker holding the signing secret, or a busy shared account, could send). Blocks
+    for ``seconds``; returns how many were queued. Each id is new, so no delivery is a duplicate."""
+    gap = 60.0 / per_minute
+    started = time.monotonic()
+    sent = 0
+    while (due := started + sent * gap) < started + seconds:
+        time.sleep(max(0.0, due - time.monotonic()))
+        sender.send(batch_event(f"batch_unknown_{secrets.token_hex(8)}", "completed", int(time.time())))
+        sent += 1
+    return sent

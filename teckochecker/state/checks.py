@@ -27,7 +27,7 @@ from teckochecker.plugin_api import CheckReport, Observation, TargetState
 from teckochecker.state import schema
 from teckochecker.state.events import EventKind, append_event, event_row
 from teckochecker.state.holds import group_hold
-from teckochecker.state.models import JobState, RunState, first_observation, request_counts
+from teckochecker.state.models import EXCERPT, JobState, RunState, first_observation, request_counts
 
 
 @dataclass(frozen=True)
@@ -232,10 +232,11 @@ class _GroupWriter:
             return {"consecutive_failures": 0, "last_error": None}
         count = len(report.transient_errors)
         sample = dict(list(report.transient_errors.items())[:20])
+        data: dict[str, Any] = {"errors": sample}
+        if excerpts := {target: report.excerpts[target] for target in sample if target in report.excerpts}:
+            data[EXCERPT] = excerpts  # what the vendor said, for readers with a token (web/routes.py)
         self._events.append(
-            event_row(
-                row.id, now, EventKind.CHECK_FAILED, f"{count} target(s) could not be checked", {"errors": sample}
-            )
+            event_row(row.id, now, EventKind.CHECK_FAILED, f"{count} target(s) could not be checked", data)
         )
         return {
             "consecutive_failures": row.consecutive_failures + 1,

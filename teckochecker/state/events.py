@@ -23,6 +23,7 @@ class EventKind(str, enum.Enum):
     DEFINITION_CHANGED = "definition_changed"
     TARGETS_ADDED = "targets_added"
     TARGETS_IGNORED = "targets_ignored"
+    TARGETS_REMOVED = "targets_removed"
     # A discovered job's group of batches: first listed, grew, complete, late batches; or bad metadata
     GROUP_CHANGED = "group_changed"
     GROUP_FAILED = "group_failed"

@@ -32,7 +32,7 @@ from sqlalchemy import event
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
 
-from teckochecker.errors import Fenced
+from teckochecker.errors import Fenced, StateStoreUnavailable
 from teckochecker.state import schema
 from teckochecker.state.heartbeat import FRESH_FOR
 
@@ -118,6 +118,12 @@ class Fence:
                 (LEADER_ROW, epoch, self._holder),
             )
             held = cursor.fetchone() is not None
+        except conn.dialect.loaded_dbapi.Error as exc:
+            # The lease row could not be read (a lock or statement timeout, a dropped connection): the write is
+            # refused and rolled back, but nothing says the lease passed, so the epoch is kept: the replica
+            # loop decides that from its renewals (replicas.py).
+            first_line = str(exc).strip().split("\n")[0]
+            raise StateStoreUnavailable(f"write refused: the leader lease could not be read: {first_line}") from None
         finally:
             cursor.close()
         if not held:

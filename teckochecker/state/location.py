@@ -30,7 +30,10 @@ def resolve_state_url(configured: str | None, environ: Mapping[str, str], cwd: P
 
 
 def sqlite_path(url: str) -> Path | None:
-    parsed = make_url(url)
+    try:
+        parsed = make_url(url)
+    except ArgumentError:  # no SQLite file; opening it says what is wrong with the URL (schema.create_engine)
+        return None
     if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
         return None
     return Path(parsed.database)

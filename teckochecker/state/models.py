@@ -200,6 +200,11 @@ def first_observation(now: dt.datetime, deadline: float) -> FirstObservation:
     return FirstObservation(first_observed_at=now, deadline_at=now + dt.timedelta(seconds=deadline))
 
 
+# The key, in a run's details and in its events' data, of the start of a refusing server's answer: kept apart
+# from the message, so that the views without a token can leave it out (web/routes.py).
+EXCERPT = "excerpt"
+
+
 def request_counts(details: object) -> RequestCounts | None:
     """A target's request counts, from the ``request_counts`` a source reports in its details: the one
     reading behind `status`, the API, the status page, the stored columns and the batch_requests metric,

@@ -186,6 +186,9 @@ def migration_transaction(engine: Engine) -> Iterator[Connection]:
         try:
             with conn.begin():
                 if engine.dialect.name == "postgresql":
+                    # A schema upgrade may wait for another replica's and rewrite big tables: no session timeout.
+                    conn.execute(sa.text("SET LOCAL lock_timeout = 0"))
+                    conn.execute(sa.text("SET LOCAL statement_timeout = 0"))
                     conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
                 yield conn
                 if sqlite:

@@ -4,6 +4,7 @@ short transaction of its own, committed before or after the downstream call as t
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from typing import Any
 
 import sqlalchemy as sa
@@ -14,7 +15,7 @@ from teckochecker import rules
 from teckochecker.plugin_api import ActionResult, Cancellation, TargetState
 from teckochecker.state import schema
 from teckochecker.state.events import EventKind, append_event
-from teckochecker.state.models import JobState, RunState
+from teckochecker.state.models import EXCERPT, JobState, RunState
 
 # run_finished ends a run without a downstream result: refused at the start, or no longer resolvable.
 _FINISHED_RUN_EVENTS = {RunState.REJECTED: EventKind.ACTION_REJECTED, RunState.FAILED: EventKind.ACTION_FAILED}
@@ -81,7 +82,14 @@ class RunTransitions:
             _arm_watch(conn, run, now, watch_until, watch_next)
 
     def run_not_started(
-        self, run_id: int, message: str, *, now: dt.datetime, next_try_at: dt.datetime, presumed: bool = False
+        self,
+        run_id: int,
+        message: str,
+        *,
+        now: dt.datetime,
+        next_try_at: dt.datetime,
+        presumed: bool = False,
+        excerpt: str | None = None,
     ) -> None:
         """A non-start: back to PENDING for a new attempt. ``presumed``: searches found nothing, but the index
         may lag longer than we waited, so the next start leaves a duplicate watch behind."""
@@ -98,6 +106,7 @@ class RunTransitions:
                     attempt=run.attempt + 1,
                     next_try_at=next_try_at,
                     message=message,
+                    details=_with_excerpt(run.details, excerpt),
                     search_empty_count=0,
                     intent_at=None,
                     updated_at=now,
@@ -109,9 +118,12 @@ class RunTransitions:
                 now,
                 EventKind.ACTION_NOT_STARTED,
                 f"action {run.action_index} ({run.action_type}) did not start: {message}; trying again",
+                _excerpt_data(excerpt),
             )
 
-    def run_in_doubt(self, run_id: int, message: str, *, now: dt.datetime, next_try_at: dt.datetime) -> None:
+    def run_in_doubt(
+        self, run_id: int, message: str, *, now: dt.datetime, next_try_at: dt.datetime, excerpt: str | None = None
+    ) -> None:
         with self._engine.begin() as conn:
             run = _run_row(conn, run_id)
             if run.state not in (RunState.SENDING.value, RunState.IN_DOUBT.value):
@@ -119,7 +131,13 @@ class RunTransitions:
             conn.execute(
                 sa.update(schema.runs)
                 .where(schema.runs.c.id == run_id)
-                .values(state=RunState.IN_DOUBT.value, message=message, next_try_at=next_try_at, updated_at=now)
+                .values(
+                    state=RunState.IN_DOUBT.value,
+                    message=message,
+                    details=_with_excerpt(run.details, excerpt),
+                    next_try_at=next_try_at,
+                    updated_at=now,
+                )
             )
             append_event(
                 conn,
@@ -128,6 +146,7 @@ class RunTransitions:
                 EventKind.ACTION_IN_DOUBT,
                 f"action {run.action_index} ({run.action_type}) may or may not have started ({message}); "
                 "searching downstream before any new start",
+                _excerpt_data(excerpt),
             )
 
     def run_search_empty(self, run_id: int, *, now: dt.datetime, next_try_at: dt.datetime, counts: bool = True) -> int:
@@ -223,14 +242,22 @@ class RunTransitions:
                 },
             )
 
-    def run_finished(self, run_id: int, state: RunState, message: str, *, now: dt.datetime) -> None:
+    def run_finished(
+        self, run_id: int, state: RunState, message: str, *, now: dt.datetime, excerpt: str | None = None
+    ) -> None:
         """End a run without a downstream result (rejected, or unresolvable)."""
         with self._engine.begin() as conn:
             run = _run_row(conn, run_id)
             conn.execute(
                 sa.update(schema.runs)
                 .where(schema.runs.c.id == run_id)
-                .values(state=state.value, message=message, finished_at=now, updated_at=now)
+                .values(
+                    state=state.value,
+                    message=message,
+                    details=_with_excerpt(run.details, excerpt),
+                    finished_at=now,
+                    updated_at=now,
+                )
             )
             append_event(
                 conn,
@@ -238,6 +265,7 @@ class RunTransitions:
                 now,
                 _FINISHED_RUN_EVENTS[state],
                 f"action {run.action_index} ({run.action_type}) {state.value}: {message}",
+                _excerpt_data(excerpt),
             )
 
     def run_progress(self, run_id: int, result: ActionResult, *, now: dt.datetime) -> None:
@@ -259,13 +287,20 @@ class RunTransitions:
                     {"external_id": result.external_id, "status": result.vendor_status, "outcome": state.value},
                 )
 
-    def defer_run(self, run_id: int, message: str, *, now: dt.datetime, next_try_at: dt.datetime) -> None:
+    def defer_run(
+        self, run_id: int, message: str, *, now: dt.datetime, next_try_at: dt.datetime, excerpt: str | None = None
+    ) -> None:
         with self._engine.begin() as conn:
             run = _run_row(conn, run_id)
             conn.execute(
                 sa.update(schema.runs)
                 .where(schema.runs.c.id == run_id)
-                .values(next_try_at=next_try_at, message=message, updated_at=now)
+                .values(
+                    next_try_at=next_try_at,
+                    message=message,
+                    details=_with_excerpt(run.details, excerpt),
+                    updated_at=now,
+                )
             )
             append_event(
                 conn,
@@ -273,6 +308,7 @@ class RunTransitions:
                 now,
                 EventKind.ACTION_ERROR,
                 f"action {run.action_index} ({run.action_type}): {message}; trying again",
+                _excerpt_data(excerpt),
             )
 
     def finish_job_if_done(self, name: str, *, now: dt.datetime) -> JobState | None:
@@ -352,6 +388,16 @@ def _arm_watch(
         f"searching for a duplicate until {until:%Y-%m-%d %H:%M:%S}Z",
         {"until": until.isoformat()},
     )
+
+
+def _with_excerpt(details: Mapping[str, Any] | None, excerpt: str | None) -> dict[str, Any]:
+    """The run's details with the excerpt of the answer behind its new message (none: the old one goes)."""
+    kept = {key: value for key, value in (details or {}).items() if key != EXCERPT}
+    return {**kept, EXCERPT: excerpt} if excerpt else kept
+
+
+def _excerpt_data(excerpt: str | None) -> dict[str, Any] | None:
+    return {EXCERPT: excerpt} if excerpt else None
 
 
 def _run_row(conn: Connection, run_id: int) -> Row[Any]:

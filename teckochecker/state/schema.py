@@ -7,11 +7,16 @@ change a table here, add a revision there (docs/architecture.md, "Schema changes
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import ArgumentError
+
+from teckochecker.config.models import DEFAULT_STORE_TIMEOUT, StateSettings, state_url_problem
+from teckochecker.errors import StateStoreError
 
 OPEN_RUN_STATES = ("sending", "in_doubt")
 
@@ -190,14 +195,45 @@ events = sa.Table(
 )
 
 
-def create_engine(url: str, *, readonly: bool = False) -> Engine:
-    if url.startswith("sqlite"):
-        engine = sa.create_engine(url, connect_args={"timeout": 10.0})
-        _configure_sqlite(engine, "BEGIN" if readonly else "BEGIN IMMEDIATE")
-        return engine
-    # A server that vanished without closing the connection (a host lost, a partition) must surface as an
-    # error within seconds, not after the kernel's default two hours, or a leader's step would hang on it.
-    return sa.create_engine(url, pool_pre_ping=True, connect_args=dict(POSTGRES_CONNECT_ARGS))
+@dataclass(frozen=True)
+class StoreTimeouts:
+    """PostgreSQL's lock_timeout and statement_timeout, in seconds, for every session (state.lock_timeout and
+    state.statement_timeout). The server cancels the statement and aborts its transaction: nothing of it is
+    committed, so the caller knows the outcome for certain and may retry (unlike a timeout on the client)."""
+
+    lock: float = DEFAULT_STORE_TIMEOUT
+    statement: float = DEFAULT_STORE_TIMEOUT
+
+    @classmethod
+    def of(cls, settings: StateSettings) -> StoreTimeouts:
+        return cls(settings.lock_timeout, settings.statement_timeout)
+
+    def options(self, given: str | None) -> str:
+        """libpq's ``options`` with these settings; any the URL gives come after them, so they win."""
+        ours = f"-c lock_timeout={round(self.lock * 1000)} -c statement_timeout={round(self.statement * 1000)}"
+        return f"{ours} {given}" if given else ours
+
+
+def create_engine(url: str, *, readonly: bool = False, timeouts: StoreTimeouts | None = None) -> Engine:
+    """Raises StateStoreError (one line) for a URL with no driver here: every command that opens the store
+    comes through here, whether its URL came from a config file or --state-url."""
+    if (problem := state_url_problem(url)) is not None:
+        raise StateStoreError(problem)
+    try:
+        if url.startswith("sqlite"):
+            engine = sa.create_engine(url, connect_args={"timeout": 10.0})
+            _configure_sqlite(engine, "BEGIN" if readonly else "BEGIN IMMEDIATE")
+            return engine
+        # A server that vanished without closing the connection (a host lost, a partition) must surface as an
+        # error within seconds, not after the kernel's default two hours, or a leader's step would hang on it.
+        given = sa.engine.make_url(url).query.get("options")
+        options = (timeouts or StoreTimeouts()).options(given if isinstance(given, str) else None)
+        return sa.create_engine(url, pool_pre_ping=True, connect_args={**POSTGRES_CONNECT_ARGS, "options": options})
+    except ImportError as exc:  # the driver is not installed
+        raise StateStoreError(f"cannot load the state store's driver ({url.partition(':')[0]}): {exc}") from None
+    except ArgumentError:
+        # Not the exception: its text quotes the whole URL, password and all.
+        raise StateStoreError(f"the state store URL ({url.partition(':')[0]}) is not a valid SQLAlchemy URL") from None
 
 
 # libpq settings for every PostgreSQL connection: give up connecting after 10 s, and notice a dead peer on

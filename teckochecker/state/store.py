@@ -32,6 +32,7 @@ from teckochecker.state.events import EventKind, append_event
 from teckochecker.state.leadership import UNFENCED
 from teckochecker.state.location import sqlite_path
 from teckochecker.state.models import (
+    EXCERPT,
     Duplicate,
     DuplicateWatch,
     Event,
@@ -76,6 +77,8 @@ class JobPlan:
     name: str
     fingerprint: str
     targets: Sequence[str]
+    # Seconds from the first observation to the deadline; a changed one moves a watching job's deadline.
+    deadline: float | None = None
 
 
 class StateStore(RunTransitions):
@@ -88,7 +91,13 @@ class StateStore(RunTransitions):
 
     @classmethod
     def open(
-        cls, url: str, *, readonly: bool = False, redact: Redact | None = None, upgrade: bool = True
+        cls,
+        url: str,
+        *,
+        readonly: bool = False,
+        redact: Redact | None = None,
+        upgrade: bool = True,
+        timeouts: schema.StoreTimeouts | None = None,
     ) -> StateStore:
         """``redact`` masks secret values in every text the store writes (the daemon's Redactor.redact).
 
@@ -98,7 +107,7 @@ class StateStore(RunTransitions):
         if readonly and path is not None and not path.exists():
             raise NoStateStore(f"no state store at {path} (has the daemon run with this config?)")
         try:
-            engine = schema.create_engine(url, readonly=readonly)
+            engine = schema.create_engine(url, readonly=readonly, timeouts=timeouts)
             if redact is not None:
                 redact_writes(engine, redact)
             store = cls(engine)
@@ -152,8 +161,11 @@ class StateStore(RunTransitions):
             return conn.execute(sa.select(m.c.value).where(m.c.key == key)).scalar()
 
     def ping(self) -> None:
+        """Reads the tables every job and every PUT needs: a table locked by hand fails this (after the lock
+        timeout on PostgreSQL), where SELECT 1 answered and /readyz said ready."""
         with self._engine.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
+            conn.execute(sa.select(schema.jobs.c.id).limit(1)).all()
+            conn.execute(sa.select(schema.registered_jobs.c.name).limit(1)).all()
 
     def _prepare_schema(self, upgrade: bool) -> None:
         try:
@@ -225,11 +237,31 @@ class StateStore(RunTransitions):
             changes["fingerprint"] = plan.fingerprint
             append_event(conn, row.id, now, EventKind.DEFINITION_CHANGED, "job definition changed")
         known = {
-            t for (t,) in conn.execute(sa.select(schema.targets.c.target).where(schema.targets.c.job_id == row.id))
+            t: position
+            for t, position in conn.execute(
+                sa.select(schema.targets.c.target, schema.targets.c.position).where(schema.targets.c.job_id == row.id)
+            )
         }
+        watching = row.state == JobState.WATCHING.value
+        if watching:
+            # A watching job watches what its definition lists now: a target taken out goes with its facts,
+            # so the trigger never waits for it and no action hears of it. A job that fired keeps them all.
+            wanted = set(plan.targets)
+            gone = [t for t in known if t not in wanted]
+            if gone:
+                _delete_targets(conn, row.id, gone)
+                append_event(
+                    conn,
+                    row.id,
+                    now,
+                    EventKind.TARGETS_REMOVED,
+                    f"{len(gone)} target(s) removed",
+                    {"targets": gone[:20]},
+                )
+            changes |= _moved_deadline(row, plan)
         added = [t for t in plan.targets if t not in known]
-        if added and row.state == JobState.WATCHING.value:
-            _insert_targets(conn, row.id, added, len(known))
+        if added and watching:
+            _insert_targets(conn, row.id, added, max(known.values(), default=-1) + 1)
             append_event(
                 conn, row.id, now, EventKind.TARGETS_ADDED, f"{len(added)} target(s) added", {"targets": added}
             )
@@ -501,8 +533,17 @@ class StateStore(RunTransitions):
             append_event(conn, int(job_id), now, kind, message, data)
             return True
 
-    def fail_job(self, name: str, reason: str, *, now: dt.datetime, kind: EventKind = EventKind.JOB_FAILED) -> None:
-        """End a job that has not fired as failed (deadline passed, credentials rejected, ...)."""
+    def fail_job(
+        self,
+        name: str,
+        reason: str,
+        *,
+        now: dt.datetime,
+        kind: EventKind = EventKind.JOB_FAILED,
+        excerpt: str | None = None,
+    ) -> None:
+        """End a job that has not fired as failed (deadline passed, credentials rejected, ...). ``excerpt``: what
+        the refusing vendor said, kept in the event's data apart from the reason (web/routes.py)."""
         with self._engine.begin() as conn:
             row = conn.execute(sa.select(schema.jobs).where(schema.jobs.c.name == name)).one()
             if row.state != JobState.WATCHING.value:
@@ -514,7 +555,22 @@ class StateStore(RunTransitions):
                     state=JobState.FAILED.value, finished_at=now, updated_at=now, last_error=reason, next_check_at=None
                 )
             )
-            append_event(conn, row.id, now, kind, f"job failed: {reason}", {"state": JobState.FAILED.value})
+            data = {"state": JobState.FAILED.value, **({EXCERPT: excerpt} if excerpt else {})}
+            append_event(conn, row.id, now, kind, f"job failed: {reason}", data)
+
+
+def _delete_targets(conn: Connection, job_id: int, names: Sequence[str]) -> None:
+    t = schema.targets
+    for start in range(0, len(names), 500):  # bounded statements: a job may lose thousands at once
+        conn.execute(sa.delete(t).where(t.c.job_id == job_id, t.c.target.in_(names[start : start + 500])))
+
+
+def _moved_deadline(row: Row[Any], plan: JobPlan) -> dict[str, Any]:
+    """A watching job's deadline runs from its first observation: a changed ``deadline`` moves it."""
+    if plan.deadline is None or row.first_observed_at is None or row.deadline_at is None:
+        return {}
+    deadline_at = row.first_observed_at + dt.timedelta(seconds=plan.deadline)
+    return {"deadline_at": deadline_at} if abs((deadline_at - row.deadline_at).total_seconds()) > 0.001 else {}
 
 
 def _insert_targets(conn: Connection, job_id: int, names: Sequence[str], start: int) -> None:

@@ -10,6 +10,12 @@ within a lane is kept; across lanes no caller relies on it (each awaits its own 
 It is also where a failing store becomes one error type: every database-level failure (server down,
 database dropped, file unreadable, disk full) leaves here as StateStoreUnavailable, with the driver's
 message and never the URL's password, so callers (the HTTP API answers 503) need not know SQLAlchemy.
+
+A stuck store (PostgreSQL cancelled a call for waiting on a lock or running too long: state.lock_timeout,
+state.statement_timeout) fails the calls behind it at once, for PROBE_EVERY, instead of each waiting out its
+own timeout: behind a held lock a queue of N calls took N timeouts, and an API request queued behind them
+got no answer. Then one call is tried again; the first that succeeds ends it. A call failed that way was
+not run at all, which its caller handles as it does any outage (nothing of it is committed).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import functools
 import itertools
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from typing import Any, ParamSpec, TypeVar
@@ -30,12 +37,15 @@ from teckochecker.errors import StateStoreUnavailable
 P = ParamSpec("P")
 T = TypeVar("T")
 MASK = "***"
+# SQLSTATEs of a statement the server cancelled: lock_not_available (lock_timeout), query_canceled.
+TIMED_OUT = frozenset({"55P03", "57014"})
+PROBE_EVERY = 1.0
 URGENT, NORMAL = 0, 1
 _Call = tuple[int, int, Callable[[], Any] | None, "Future[Any] | None"]
 
 
 class StoreWorker:
-    def __init__(self, hidden: Iterable[str] = ()) -> None:
+    def __init__(self, hidden: Iterable[str] = (), *, probe_every: float = PROBE_EVERY) -> None:
         """``hidden``: strings never to repeat in an error (the store URL's password)."""
         # One thread: writes are serialized anyway (SQLite has one writer).
         self._calls: queue.PriorityQueue[_Call] = queue.PriorityQueue()
@@ -46,6 +56,10 @@ class StoreWorker:
         self._closed = False
         # close() runs on another thread: nothing may be queued behind the stop marker, never to be answered.
         self._closing = threading.Lock()
+        # Why the store is stuck (the last timeout's message) and until when calls fail untried; the thread's own.
+        self._probe_every = probe_every
+        self._stuck: str | None = None
+        self._untried_until = 0.0
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         return await self._submit(NORMAL, functools.partial(fn, *args, **kwargs))
@@ -72,12 +86,22 @@ class StoreWorker:
                 return
             if not future.set_running_or_notify_cancel():  # its caller was cancelled while it waited
                 continue
+            if self._stuck is not None and time.monotonic() < self._untried_until:
+                future.set_exception(StateStoreUnavailable(f"{self._stuck} (a moment ago; not tried)"))
+                continue
             try:
                 result = call()
             except BaseException as exc:
+                self._note_failure(exc)
                 future.set_exception(exc)
             else:
+                self._stuck = None
                 future.set_result(result)
+
+    def _note_failure(self, exc: BaseException) -> None:
+        if isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) in TIMED_OUT:
+            self._stuck = self._describe(exc)
+            self._untried_until = time.monotonic() + self._probe_every
 
     def _describe(self, exc: DBAPIError) -> str:
         # The driver's first line: without SQLAlchemy's SQL echo (which may hold values) and background link.

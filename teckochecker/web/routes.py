@@ -19,18 +19,26 @@ from prometheus_client import make_asgi_app
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from teckochecker import __version__
 from teckochecker.config.models import JOB_NAME, JOB_NAME_RULE
-from teckochecker.control import DaemonControl, Problem, Refusal, reload_status_to_dict
+from teckochecker.control import BearerToken, DaemonControl, Problem, Refusal, reload_status_to_dict
 from teckochecker.errors import StateStoreUnavailable, TeckoCheckerError
 from teckochecker.metrics import Metrics
 from teckochecker.secrets.resolving import Redactor
-from teckochecker.state.models import Event, JobSnapshot, PutOutcome, RunSnapshot, TargetSnapshot, request_counts
+from teckochecker.state.models import (
+    EXCERPT,
+    Event,
+    JobSnapshot,
+    PutOutcome,
+    RunSnapshot,
+    TargetSnapshot,
+    request_counts,
+)
 from teckochecker.web.statuspage import render_page
 
 MAX_BODY_BYTES = 64 * 1024
@@ -124,7 +132,8 @@ class _Api:
 
     async def jobs(self, request: Request) -> Response:
         jobs = await self._control.jobs()
-        return _json({"jobs": [job_to_json(job, self._control.next_run(job.name)) for job in jobs]})
+        excerpts = self._has_token(request)
+        return _json({"jobs": [job_to_json(job, self._control.next_run(job.name), excerpts=excerpts) for job in jobs]})
 
     async def job_resource(self, request: Request) -> Response:
         if request.method == "PUT":
@@ -139,10 +148,15 @@ class _Api:
             return limit
         name = request.path_params["name"]
         job = await self._control.job(name) if _could_be_a_job(name) else None
+        # A stored registered job that is not run (held, or no longer valid) says why, run before or not.
+        held = self._control.registry_note(name) if _could_be_a_job(name) else None
         if job is None:
-            return error_response(404, f"no job named {name!r}", _path(request))
+            return error_response(404, f"no job named {name!r}" + (f" runs: {held}" if held else ""), _path(request))
         events = await self._control.events(name, limit)
-        return _json(job_to_json(job, self._control.next_run(name), events))
+        body = job_to_json(job, self._control.next_run(name), events, excerpts=self._has_token(request))
+        if held is not None:
+            body["held"] = held
+        return _json(body)
 
     async def status_page(self, request: Request) -> Response:
         jobs = []
@@ -240,13 +254,10 @@ class _Api:
     def _authorize(self, request: Request, scope: str) -> Response | None:
         """None if the caller's token has ``scope``; else the 403/401 answer. Which error comes first
         matters: with no token configured nobody can be authorized, so say how to turn the endpoints on."""
-        tokens = self._control.bearer_tokens()
         path = _path(request)
-        if not tokens:
+        if not self._control.bearer_tokens():
             return error_response(403, _ENABLE_HINT, path)
-        given = _bearer_token(request.headers.get("authorization"))
-        # Every token is compared (constant time each), so the answer's timing says nothing about which matched.
-        matched = [t for t in tokens if given is not None and hmac.compare_digest(given, t.value.encode("utf-8"))]
+        matched = self._matching_tokens(request)
         if not matched:
             return error_response(
                 401,
@@ -257,6 +268,17 @@ class _Api:
         if not any(scope in t.scopes for t in matched):
             return error_response(403, f"this token may not {scope} (its scopes are set under http.tokens)", path)
         return None
+
+    def _matching_tokens(self, request: Request) -> list[BearerToken]:
+        given = _bearer_token(request.headers.get("authorization"))
+        # Every token is compared (constant time each), so the answer's timing says nothing about which matched.
+        tokens = self._control.bearer_tokens()
+        return [t for t in tokens if given is not None and hmac.compare_digest(given, t.value.encode("utf-8"))]
+
+    def _has_token(self, request: Request) -> bool:
+        """Whether the caller sent any configured token: only then do the reading endpoints show what a
+        refusing server answered (its excerpt); without one they show the status and the host only."""
+        return bool(self._matching_tokens(request))
 
     def _audit(self, action: str, name: str, request: Request, result: str, level: int = logging.INFO) -> None:
         # Never the token, not even a prefix; %r keeps a hostile job name on one line.
@@ -303,7 +325,10 @@ def _events_limit(request: Request) -> int | Response:
 # ----- JSON shapes (the API contract; api_client.py reads them back) -----
 
 
-def job_to_json(job: JobSnapshot, next_check: dt.datetime | None, events: list[Event] | None = None) -> dict[str, Any]:
+def job_to_json(
+    job: JobSnapshot, next_check: dt.datetime | None, events: list[Event] | None = None, *, excerpts: bool = False
+) -> dict[str, Any]:
+    """The job as the API shows it; ``excerpts``: with what refusing servers answered (readers with a token)."""
     totals = {"total": 0, "completed": 0, "failed": 0}
     for counts in filter(None, (request_counts(t.details) for t in job.targets)):
         for kind in totals:
@@ -328,15 +353,15 @@ def job_to_json(job: JobSnapshot, next_check: dt.datetime | None, events: list[E
         "targets_done": job.done_count,
         "targets_total": len(job.targets),
         "requests": totals,
-        "targets": [target_to_json(t) for t in job.targets],
-        "runs": [run_to_json(r) for r in job.runs],
+        "targets": [target_to_json(t, excerpts=excerpts) for t in job.targets],
+        "runs": [run_to_json(r, excerpts=excerpts) for r in job.runs],
     }
     if events is not None:
-        body["events"] = [event_to_json(e) for e in events]
+        body["events"] = [event_to_json(e, excerpts=excerpts) for e in events]
     return body
 
 
-def target_to_json(target: TargetSnapshot) -> dict[str, Any]:
+def target_to_json(target: TargetSnapshot, *, excerpts: bool = False) -> dict[str, Any]:
     counts = request_counts(target.details)
     return {
         "target": target.target,
@@ -353,11 +378,11 @@ def target_to_json(target: TargetSnapshot) -> dict[str, Any]:
             "failed": counts.failed,
             "label": counts.label,
         },
-        "details": target.details,
+        "details": target.details if excerpts else _without_excerpt(target.details),
     }
 
 
-def run_to_json(run: RunSnapshot) -> dict[str, Any]:
+def run_to_json(run: RunSnapshot, *, excerpts: bool = False) -> dict[str, Any]:
     return {
         "id": run.id,
         "action_index": run.action_index,
@@ -375,7 +400,7 @@ def run_to_json(run: RunSnapshot) -> dict[str, Any]:
         "url": run.external_url,
         "vendor_status": run.vendor_status,
         "message": run.message,
-        "details": run.details,
+        "details": run.details if excerpts else _without_excerpt(run.details),
         # Set only after a start that followed an in-doubt outcome: until when duplicates are searched for.
         "duplicate_watch_until": _time(run.watch.until) if run.watch and run.watch.armed_at else None,
         "duplicates": [
@@ -385,8 +410,15 @@ def run_to_json(run: RunSnapshot) -> dict[str, Any]:
     }
 
 
-def event_to_json(event: Event) -> dict[str, Any]:
-    return {"at": _time(event.at), "kind": event.kind, "message": event.message, "data": event.data}
+def event_to_json(event: Event, *, excerpts: bool = False) -> dict[str, Any]:
+    data = event.data if excerpts else _without_excerpt(event.data)
+    return {"at": _time(event.at), "kind": event.kind, "message": event.message, "data": data}
+
+
+def _without_excerpt(details: Mapping[str, Any]) -> Mapping[str, Any]:
+    # A refusing server's words (state.models.EXCERPT) are for the log and for readers with a token: the
+    # server may be anything a URL points at (a metadata service answering with credentials).
+    return {key: value for key, value in details.items() if key != EXCERPT} if EXCERPT in details else details
 
 
 def _time(value: dt.datetime | None) -> str | None:
@@ -482,6 +514,8 @@ class _CatchAll:
 
         try:
             await self._app(scope, receive, tracking_send)
+        except ClientDisconnect:
+            pass  # the client left while its body was read: no bug, and the listener has logged the line
         except Exception:
             self._logger.exception("HTTP %s %s failed (a bug)", scope.get("method"), scope.get("path"))
             if not started:

@@ -3,10 +3,10 @@
 The daemon owns the process: its signals (SIGTERM/SIGINT/SIGHUP), its logging and its shutdown order.
 So uvicorn gets a socket we bound ourselves, no signal handlers, and no logging config of its own.
 
-The listener is bounded so that clients can never exhaust the daemon's file descriptors (which its state
-store, HTTP clients and config watcher need too): at most MAX_CONNECTIONS open connections; a new one
-beyond that pushes out the connection idle the longest, or, if every connection is mid-request, gets a 503
-and is closed. A connection must send its first request within FIRST_REQUEST_TIMEOUT.
+The listener holds its own limits (web/limits.py), so that clients can never exhaust the daemon's file
+descriptors (which its state store, HTTP clients and config watcher need too) nor hold it with slow requests:
+at most MAX_CONNECTIONS open connections, each request fully arrived within REQUEST_DEADLINE of its first
+byte, and at the cap the slowest incomplete (or longest idle) connection makes room for a new one.
 """
 
 from __future__ import annotations
@@ -20,12 +20,11 @@ import resource
 import socket
 from collections.abc import Iterator
 
-import h11
 import uvicorn
 from starlette.types import ASGIApp
-from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from teckochecker.errors import TeckoCheckerError
+from teckochecker.web.limits import Listener, guarded_protocol, tracking
 
 STOP_TIMEOUT = 2.0
 # How often the idle server wakes to refresh its Date header (uvicorn wakes ten times as often).
@@ -37,50 +36,12 @@ START_TIMEOUT = 5.0
 MAX_CONNECTIONS = 200
 # Also how many connections one accept burst takes from the kernel before the cap can act on them.
 LISTEN_BACKLOG = 128
-FIRST_REQUEST_TIMEOUT = 10.0
+# A request's line, headers and body must all have arrived this long after its first byte (a new
+# connection's: after its accept), however slowly they trickle in; later, a 408.
+REQUEST_DEADLINE = 10.0
 KEEP_ALIVE_TIMEOUT = 5.0
 # The request line plus headers must fit (h11's default, made explicit); bigger is refused with a 4xx.
 MAX_HEADER_BYTES = 16 * 1024
-_BUSY_BODY = b'{"error": "too many open connections; try again shortly", "path": ""}'
-_BUSY = (
-    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n"
-    b"connection: close\r\ncontent-length: " + str(len(_BUSY_BODY)).encode() + b"\r\n\r\n" + _BUSY_BODY
-)
-
-
-class _BoundedH11Protocol(H11Protocol):
-    """uvicorn's HTTP/1.1 protocol with the connection cap and the first-request timeout (module docstring)."""
-
-    max_connections = MAX_CONNECTIONS
-    first_request_timeout = FIRST_REQUEST_TIMEOUT
-    _last_active = 0.0
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._last_active = self.loop.time()
-        live = [c for c in self.connections if isinstance(c, _BoundedH11Protocol) and not c.transport.is_closing()]
-        if len(live) > self.max_connections:
-            idle = [c for c in live if c is not self and c.idle]
-            if not idle:
-                logging.getLogger("teckochecker.http").warning(
-                    "HTTP: %d connections, all busy: refusing a new one with 503", len(live) - 1
-                )
-                transport.write(_BUSY)
-                transport.close()
-                return
-            min(idle, key=lambda c: c._last_active).transport.close()
-        # uvicorn only times out a connection after its first response; one that never asks must go too.
-        self.timeout_keep_alive_task = self.loop.call_later(self.first_request_timeout, self.timeout_keep_alive_handler)
-
-    def data_received(self, data: bytes) -> None:
-        self._last_active = self.loop.time()
-        super().data_received(data)
-
-    @property
-    def idle(self) -> bool:
-        """No request under way: none received yet (or only part of its headers), or the last one answered."""
-        answered = self.cycle is None or self.cycle.response_complete
-        return answered and self.conn.their_state in (h11.IDLE, h11.DONE)
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -125,16 +86,16 @@ class WebServer:
         logger: logging.Logger,
         *,
         max_connections: int | None = None,
-        first_request_timeout: float = FIRST_REQUEST_TIMEOUT,
+        request_deadline: float = REQUEST_DEADLINE,
         name: str = "HTTP",
         exposure: str = "job data and metrics are readable by anyone who can reach it",
     ) -> None:
-        """``max_connections``: None for MAX_CONNECTIONS or fewer under a low descriptor limit (connection_cap).
+        """``max_connections``: None for MAX_CONNECTIONS; fewer under a low descriptor limit (connection_cap).
         ``name`` and ``exposure`` word the log lines (a second listener, the webhook receiver, has its own)."""
         self._name = name
         self._exposure = exposure
         self._max_connections = max_connections
-        self._first_request_timeout = first_request_timeout
+        self._request_deadline = request_deadline
         self._app = app
         self._host = host
         self._port = port
@@ -159,10 +120,12 @@ class WebServer:
         """Bind and serve in the background; raises TeckoCheckerError if the address cannot be used."""
         sock = _bind(self._host, self._port)
         self._bound_port = sock.getsockname()[1]
-        cap = self._max_connections or connection_cap(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
-        limits = {"max_connections": cap, "first_request_timeout": self._first_request_timeout}
+        cap = connection_cap(resource.getrlimit(resource.RLIMIT_NOFILE)[0], self._max_connections)
+        listener = Listener(
+            cap, self._request_deadline, MAX_HEADER_BYTES, self._name, logging.getLogger("teckochecker.http")
+        )
         config = uvicorn.Config(
-            self._app,
+            tracking(self._app, listener),
             host=self._host,
             port=self._bound_port,
             log_level="warning",
@@ -174,7 +137,8 @@ class WebServer:
             proxy_headers=False,
             server_header=False,
             timeout_graceful_shutdown=1,
-            http=type("_Bounded", (_BoundedH11Protocol,), limits),
+            http=guarded_protocol(listener),
+            ws="none",  # no WebSocket upgrade: it would hand the connection to a protocol outside the guard
             backlog=min(LISTEN_BACKLOG, cap),
             timeout_keep_alive=int(KEEP_ALIVE_TIMEOUT),
             h11_max_incomplete_event_size=MAX_HEADER_BYTES,
@@ -230,12 +194,14 @@ class WebServer:
         self._server = self._task = None
 
 
-def connection_cap(fd_limit: int) -> int:
-    """MAX_CONNECTIONS, or fewer under a low file descriptor limit: a quarter of it for open connections and
-    a quarter for one accept burst leave half for the store, the HTTP clients and the watcher."""
+def connection_cap(fd_limit: int, wanted: int | None = None) -> int:
+    """``wanted`` (MAX_CONNECTIONS if None), or fewer under a low file descriptor limit: a quarter of it for
+    open connections and a quarter for one accept burst leave half for the store, the HTTP clients and the
+    watcher."""
+    wanted = wanted or MAX_CONNECTIONS
     if fd_limit == resource.RLIM_INFINITY or fd_limit <= 0:
-        return MAX_CONNECTIONS
-    return max(8, min(MAX_CONNECTIONS, fd_limit // 4))
+        return wanted
+    return min(wanted, max(8, fd_limit // 4))
 
 
 def _bind(host: str, port: int) -> socket.socket:

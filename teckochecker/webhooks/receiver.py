@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from teckochecker.clock import Clock
+from teckochecker.config.models import MAX_TARGET_LENGTH
 from teckochecker.errors import SecretError
 from teckochecker.metrics import Metrics
 from teckochecker.webhooks.deliveries import DeliveryOutcome, RecentIds
@@ -154,8 +155,11 @@ def _batch_event(body: bytes) -> tuple[str | None, str]:
         and isinstance(event.get("created_at"), int)
         and isinstance(data, dict)
         and isinstance(data.get("id"), str)
-        and data["id"]
+        and 0 < len(data["id"]) <= MAX_TARGET_LENGTH
     ):
-        raise Rejected(DeliveryOutcome.MALFORMED, "not an event: id, type, created_at and data.id are required")
+        raise Rejected(
+            DeliveryOutcome.MALFORMED,
+            f"not an event: id, type, created_at and data.id (at most {MAX_TARGET_LENGTH} characters) are required",
+        )
     kind: str = event["type"]
     return (data["id"] if kind in BATCH_EVENTS else None), kind

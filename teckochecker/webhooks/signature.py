@@ -40,6 +40,8 @@ TOLERANCE = 300.0
 MAX_SIGNATURES = 16
 _MESSAGE_ID = re.compile(r"^[\x21-\x7e]{1,256}$")
 _TIMESTAMP = re.compile(r"^[0-9]{1,12}$")
+# The last second of the year 9999, the last a datetime holds.
+MAX_TIMESTAMP = 253_402_300_799
 
 
 class Rejected(Exception):
@@ -111,6 +113,9 @@ class SignatureVerifier:
         if not given:
             raise Rejected(DeliveryOutcome.BAD_SIGNATURE, "no v1 signature in the webhook-signature header")
         timestamp = int(timestamp_text)
+        if timestamp > MAX_TIMESTAMP:
+            # No clock's delivery: past the year 9999 it is not even a date the signature can be computed for.
+            raise Rejected(DeliveryOutcome.MALFORMED, "webhook-timestamp is not a time (unix seconds)")
         if not self._matches(message_id, timestamp, text, given):
             raise Rejected(DeliveryOutcome.BAD_SIGNATURE, "no signature matches a configured signing secret")
         skew = self._clock.now().timestamp() - timestamp

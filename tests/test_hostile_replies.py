@@ -76,6 +76,8 @@ def openai_source(openai: FakeOpenAI, batch: str, *, list_batches: bool) -> str:
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, daemon: DaemonProcess) -> Any:
+    # The timeout counts from the daemon's start: on a loaded machine its imports alone can take seconds.
+    daemon.wait_for("teckochecker started", 60)
     deadline = time.monotonic() + timeout
     while not (value := predicate()):
         if daemon.proc.poll() is not None:

@@ -261,6 +261,7 @@ def _verified_but_not_actionable() -> list[tuple[str, bytes]]:
         ("no data at all", b'{"id":"e4","type":"response.completed","created_at":1}'),
         ("not JSON", b"{nope"),
         ("JSON but not an object", b'["batch.completed"]'),
+        ("nested past the JSON parser's depth", b"[" * 60_000),
         ("no type", b'{"id":"e5","data":{"id":"batch_abc123"}}'),
         ("batch event without data.id", b'{"id":"e6","type":"batch.completed","created_at":1,"data":{}}'),
         ("batch event, data not an object", b'{"id":"e7","type":"batch.failed","created_at":1,"data":[1]}'),

@@ -157,7 +157,7 @@ def _batch_event(body: bytes) -> tuple[str | None, str | None]:
     and the event type (None when the verified body is not a JSON object with a string ``type``)."""
     try:
         event: Any = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: '[' nested past the parser's depth (not a 500)
         return None, None
     if not isinstance(event, dict) or not isinstance(event.get("type"), str):
         return None, None

@@ -205,6 +205,12 @@ def test_details_pass_the_results_url_on(fake: FakeAnthropic, clients: Clients) 
     assert request.headers["x-api-key"] == API_KEY and request.headers["anthropic-version"] == "2023-06-01"
 
 
+def test_a_configured_anthropic_version_is_the_header_sent(fake: FakeAnthropic, clients: Clients) -> None:
+    batch_id = fake.add_batch(requests=1)
+    check(clients, make_source(clients, fake, anthropic_version="2024-01-01"), [batch_id])
+    assert fake.requests[-1].headers["anthropic-version"] == "2024-01-01"
+
+
 def test_undocumented_status_keeps_polling_and_warns(
     fake: FakeAnthropic, clients: Clients, caplog: pytest.LogCaptureFixture
 ) -> None:

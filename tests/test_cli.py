@@ -361,3 +361,34 @@ def test_a_password_in_the_url_is_never_echoed(plugin_env: dict[str, str], tmp_p
     line = refused(run_cli(*command, "--url", f"http://ops:pa55-CANARY@127.0.0.1:{port}", env=env, cwd=tmp_path))
     assert line.startswith(f"teckochecker: error: cannot reach the daemon at http://ops:***@127.0.0.1:{port}: ")
     assert "pa55" not in line
+
+
+def test_validate_config_refuses_a_webhook_secret_run_would_refuse_where_it_can_read_it(
+    plugin_env: dict[str, str], tmp_path: Path
+) -> None:
+    whole = "whsec_RdvaYFYUXuIFuEbvZHwMfYFhUf7aMYjYcmM24+Aj40c="
+    bare = whole.removeprefix("whsec_")
+    config = tmp_path / "hooks.yaml"
+    config.write_text(
+        "webhooks:\n"
+        "  port: 8090\n"
+        "  secrets: [fine, bare, elsewhere]\n"
+        "secrets:\n"
+        "  fine: {env: HOOK_FINE}\n"
+        "  bare: {env: HOOK_BARE}\n"
+        "  elsewhere: {env: HOOK_ON_THE_SERVER}\n"
+        "jobs: []\n"
+    )
+    env = {**plugin_env, "HOOK_FINE": whole, "HOOK_BARE": bare}
+    out = run_cli("validate-config", str(config), env=env, cwd=tmp_path)
+    assert out.returncode == 1, out.stdout
+    assert out.stderr.splitlines() == [
+        f"{config}:3:19: webhooks.secrets[1]: secret 'bare' is not a webhook signing secret: paste the whole "
+        "value OpenAI shows, starting with 'whsec_'",
+        "1 problem(s) found",
+    ]
+    assert bare not in out.stdout + out.stderr
+    # The same value where `run` would accept it; an unreadable one ('elsewhere') is not judged here.
+    out = run_cli("validate-config", str(config), env={**env, "HOOK_BARE": whole}, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"{config}: OK")

@@ -13,6 +13,7 @@ import legacy_schema
 import psycopg
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.operations import Operations
 from alembic.runtime.migration import MigrationContext
@@ -72,6 +73,9 @@ def fill_like_a_running_daemon(url: str) -> None:
     # Today's store code reads tc_registered_jobs (a discovered job's hold) while it records a check: lend it
     # the table for the fill and take it away again, so the store keeps the legacy shape.
     schema.registered_jobs.create(engine)
+    # Likewise tc_jobs.origin (revision 0004), which sync_jobs writes.
+    with engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE tc_jobs ADD COLUMN origin VARCHAR(16) DEFAULT 'file' NOT NULL"))
     store = StateStore(engine)
     try:
         store.sync_jobs([JobPlan("fired", "fp1", ["a", "b"]), JobPlan("waiting", "fp2", ["c"])], T0)
@@ -88,6 +92,8 @@ def fill_like_a_running_daemon(url: str) -> None:
             run_id = conn.execute(sa.select(schema.runs.c.id)).scalar_one()
         assert store.begin_run(run_id, now=T0 + dt.timedelta(minutes=3))
         schema.registered_jobs.drop(engine)
+        with engine.begin() as conn:
+            conn.execute(sa.text("ALTER TABLE tc_jobs DROP COLUMN origin"))
     finally:
         store.close()
 
@@ -154,6 +160,45 @@ def test_a_store_made_with_the_registered_jobs_table_is_stamped_at_that_revision
     store.close()
     assert store.schema_upgrade is not None and store.schema_upgrade.before.revision == "0002"
     assert stamped(url) == [HEAD]
+
+
+def test_jobs_at_0003_take_the_origin_of_their_registered_row(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    engine = schema.create_engine(url)
+    try:
+        with revisions.migration_transaction(engine) as conn:
+            command.upgrade(revisions.alembic_config(conn), "0003")
+        with engine.begin() as conn:
+            for name in ("nightly", "group_1", "from_file"):
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO tc_jobs (name, fingerprint, state, removed, paused, created_at, updated_at, "
+                        "consecutive_failures) VALUES (:n, 'f', 'watching', false, false, :t, :t, 0)"
+                    ),
+                    {"n": name, "t": T0},
+                )
+            for name, origin in (("nightly", "api"), ("group_1", "discovered")):
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO tc_registered_jobs (name, origin, body, fingerprint, created_at, updated_at, "
+                        "details) VALUES (:n, :o, '{}', 'f', :t, :t, '{}')"
+                    ),
+                    {"n": name, "o": origin, "t": T0},
+                )
+    finally:
+        engine.dispose()
+    store = StateStore.open(url)
+    try:
+        assert stamped(url) == [HEAD]
+        store.remove_registered_job("nightly")
+        store.sync_jobs([JobPlan("group_1", "f", []), JobPlan("from_file", "f", [])], T0)
+        assert {job.name: job.origin.value for job in store.jobs()} == {
+            "nightly": "api",
+            "group_1": "discovered",
+            "from_file": "file",
+        }
+    finally:
+        store.close()
 
 
 def test_tables_without_a_known_mark_are_refused_untouched(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import datetime as dt
 import pytest
 
 from teckochecker.state.models import JobOrigin, PutOutcome
-from teckochecker.state.store import StateStore
+from teckochecker.state.store import JobPlan, StateStore
 
 T0 = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
 T1 = T0 + dt.timedelta(minutes=1)
@@ -64,6 +64,24 @@ def test_remove(store: StateStore) -> None:
     assert store.registered_jobs() == []
     assert store.registry_version() != before
     assert store.remove_registered_job("nightly") is False
+
+
+def test_a_removed_registered_job_keeps_its_origin(store: StateStore) -> None:
+    store.put_registered_job("nightly", JobOrigin.API, BODY, now=T0)
+    store.put_registered_job("group_1", JobOrigin.DISCOVERED, BODY, now=T0)
+    plans = [JobPlan(n, "f", ["batch_1"]) for n in ("nightly", "group_1", "from_file")]
+    store.sync_jobs(plans, T0)
+    store.remove_registered_job("nightly")
+    store.remove_registered_job("group_1")
+    store.sync_jobs([], T1)  # what the daemon does next: the jobs are gone from its definitions
+    jobs = {job.name: (job.origin, job.removed) for job in store.jobs()}
+    assert jobs == {
+        "nightly": (JobOrigin.API, True),
+        "group_1": (JobOrigin.DISCOVERED, True),
+        "from_file": (JobOrigin.FILE, True),
+    }
+    nightly = store.job("nightly")
+    assert nightly is not None and nightly.origin is JobOrigin.API
 
 
 def test_another_process_sees_a_put(state_url: str) -> None:

@@ -154,7 +154,9 @@ def test_a_watching_job_gains_targets_and_delete_removes_it(running, setup: Setu
 
     gone = client.delete("/api/v1/jobs/grow", headers=REGISTER)
     assert gone.status_code == 200 and gone.json() == {"job": "grow", "removed": True}
-    assert client.get("/api/v1/jobs/grow").json()["removed"] is True  # its history is kept
+    kept = client.get("/api/v1/jobs/grow").json()
+    # Its history is kept, and still says where the job came from (it said "file" once its row was gone).
+    assert (kept["removed"], kept["origin"]) == (True, "api")
     assert client.delete("/api/v1/jobs/grow", headers=REGISTER).status_code == 404
     assert "registered jobs applied: 0 added, 0 changed, 1 removed" in daemon.output
 

@@ -16,7 +16,7 @@ import pytest
 from daemon import DaemonProcess
 from fakes import FakeKeboola, FakeOpenAI
 
-from teckochecker.simulators.openai_webhooks import sign
+from teckochecker.simulators.openai_webhooks import other_event, sign
 
 OPENAI_KEY = "sk-CANARYopenaiKEY0123456789abcdef"
 KEBOOLA_TOKEN = "kbc-CANARY-token-4242-zyxwvutsrq"
@@ -153,6 +153,35 @@ def test_a_webhook_fires_a_job_that_polls_every_15_minutes(
     finally:
         daemon.stop()
     assert HOOK_SECRET not in daemon.output and HOOK_SECRET[6:] not in daemon.output
+
+
+def test_verified_events_of_other_kinds_are_acknowledged_once_and_change_nothing(
+    tmp_path: Path, openai: FakeOpenAI, keboola: FakeKeboola, env: dict[str, str]
+) -> None:
+    batch = openai.add_batch(status="in_progress", webhooks=False)
+    daemon = DaemonProcess(write_config(tmp_path, openai, keboola, [batch], "15m"), env, tmp_path)
+    try:
+        hook_url = daemon.http_url(listener="webhook receiver") + "/webhooks/openai"
+        sender = openai.send_webhooks(hook_url, HOOK_SECRET, workers=1)
+        wait_until(lambda: len(lists(openai)) == 1, 20, "the first poll", daemon)
+        now = int(time.time())
+        events = [
+            other_event("realtime.call.incoming", {"call_id": "rtc_1", "sip_headers": []}, now),
+            other_event("live.call.incoming", {"call_id": "lc_1"}, now),
+            other_event("safety_identifier.blocked", "user_1234", now),
+            other_event("batch.completed", {"batch": batch}, now),  # a batch event without data.id
+        ]
+        for event in events:
+            sender.send(event)
+        wait_until(lambda: sender.idle(), 30, "the deliveries", daemon)
+        # Each answered 2xx on its first attempt: the fake (like OpenAI) retries nothing.
+        assert [(a.event.type, a.attempt, a.status) for a in sender.attempts] == [(e.type, 1, 200) for e in events]
+        counts = delivery_counts(daemon.http_url() + "/metrics")
+        assert counts["unwatched"] == 4 and counts["malformed"] == 0 and counts["accepted"] == 0
+        assert gets_of(openai, batch) == [] and len(lists(openai)) == 1 and posts(keboola) == []
+        assert daemon.output.count("has no usable data.id") == 1
+    finally:
+        daemon.stop()
 
 
 def test_a_webhook_that_never_comes_is_caught_by_the_next_poll(

@@ -30,15 +30,16 @@ from teckochecker.cli.report import (
 )
 from teckochecker.cli.secrets import register_secrets_commands
 from teckochecker.clock import SystemClock
+from teckochecker.config.diagnostics import Diagnostic
 from teckochecker.config.loader import load_file
 from teckochecker.config.location import CONFIG_ENV, SYSTEM_CONFIG, find_config
 from teckochecker.config.validate import Config, load_config
 from teckochecker.control import RELOAD_META, reload_status_from_json
-from teckochecker.errors import ConfigError, NoStateStore, StateStoreError, TeckoCheckerError
+from teckochecker.errors import ConfigError, NoStateStore, SecretError, StateStoreError, TeckoCheckerError
 from teckochecker.logs import setup_logging
 from teckochecker.plugins import PluginRegistry, load_plugins
 from teckochecker.plugintrace import tracing_requested
-from teckochecker.secrets.resolving import Redactor
+from teckochecker.secrets.resolving import Redactor, SecretResolver
 from teckochecker.state.heartbeat import HEARTBEAT_META, heartbeat_from_json
 from teckochecker.state.leadership import ReplicaInfo, list_replicas
 from teckochecker.state.location import SingleInstanceLock, ensure_parent, resolve_state_url, sqlite_path
@@ -241,8 +242,35 @@ def _config_path(args: argparse.Namespace, environ: Mapping[str, str]) -> Path:
 
 def cmd_validate(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     config, _ = _load(args, environ, args.path)
+    problems = _webhook_secret_problems(config, environ)
+    if problems:
+        raise ConfigError(problems)
     print(config.summary())
     return EXIT_OK
+
+
+def _webhook_secret_problems(config: Config, environ: Mapping[str, str]) -> list[Diagnostic]:
+    """What `run` refuses at start about the receiver's signing secrets (a value that is not a whole
+    ``whsec_`` one), for each value readable here. A value not readable here (another machine's variable,
+    file or credential) says nothing: `teckochecker secrets check` is the command for that."""
+    if not config.webhooks.enabled:
+        return []
+    from teckochecker.webhooks.signature import signing_key  # only when a receiver is configured
+
+    resolver = SecretResolver(config.secrets, environ, Redactor())
+    problems: list[Diagnostic] = []
+    for index, name in enumerate(config.webhooks.secrets):
+        try:
+            value = resolver(name)
+        except SecretError:
+            continue
+        try:
+            signing_key(name, value)
+        except SecretError as exc:
+            document, _ = load_file(Path(config.file))
+            where: tuple[str | int, ...] = ("webhooks", "secrets", index)
+            problems.append(Diagnostic(document.mark_for(where), where, str(exc)))
+    return problems
 
 
 def cmd_run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:

@@ -33,7 +33,7 @@ TIMEOUT = 10.0
 class WebhookEvent:
     message_id: str  # webhook-id: the same on every attempt
     body: bytes
-    batch_id: str
+    batch_id: str  # empty for an event that concerns no batch
     type: str
     created: float  # time.monotonic() when the batch reached the status (for latency figures)
 
@@ -70,6 +70,21 @@ def batch_event(batch_id: str, status: str, created_at: int) -> WebhookEvent:
     }
     encoded = json.dumps(body, separators=(",", ":")).encode()
     return WebhookEvent("wh_" + secrets.token_hex(16), encoded, batch_id, kind, time.monotonic())
+
+
+def other_event(kind: str, data: object, created_at: int) -> WebhookEvent:
+    """A signed event of another kind than a batch's (``realtime.call.incoming``, ``live.call.incoming``,
+    ``safety_identifier.blocked``, ...): OpenAI sends those to the same endpoint, with a ``data`` of other
+    fields or no object at all. ``batch_id`` is empty: it concerns no batch."""
+    body = {
+        "id": "evt_" + secrets.token_hex(16),
+        "object": "event",
+        "created_at": created_at,
+        "type": kind,
+        "data": data,
+    }
+    encoded = json.dumps(body, separators=(",", ":")).encode()
+    return WebhookEvent("wh_" + secrets.token_hex(16), encoded, "", kind, time.monotonic())
 
 
 class WebhookSender:

@@ -67,6 +67,9 @@ jobs = sa.Table(
     sa.Column("finished_at", UTCDateTime),
     sa.Column("last_error", sa.Text),
     sa.Column("consecutive_failures", sa.Integer, nullable=False, default=0),
+    # Where the job came from (file, api, discovered), kept after it is removed: a registered job's row in
+    # tc_registered_jobs is deleted with it, and its history must still say it was not a file's.
+    sa.Column("origin", sa.String(16), nullable=False, server_default="file"),
 )
 
 targets = sa.Table(

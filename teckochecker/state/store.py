@@ -190,12 +190,14 @@ class StateStore(RunTransitions):
         plans = list(plans)
         with self._engine.begin() as conn:
             existing = {row.name: row for row in conn.execute(sa.select(schema.jobs))}
+            origins = _origins(conn)
             for plan in plans:
                 row = existing.get(plan.name)
+                origin = origins.get(plan.name, JobOrigin.FILE)
                 if row is None:
-                    self._insert_job(conn, plan, now)
+                    self._insert_job(conn, plan, origin, now)
                 else:
-                    self._update_job(conn, row, plan, now)
+                    self._update_job(conn, row, plan, origin, now)
             configured = {p.name for p in plans}
             for name, row in existing.items():
                 if name not in configured and not row.removed:
@@ -210,10 +212,11 @@ class StateStore(RunTransitions):
                         "job is no longer in the configuration; its history is kept",
                     )
 
-    def _insert_job(self, conn: Connection, plan: JobPlan, now: dt.datetime) -> None:
+    def _insert_job(self, conn: Connection, plan: JobPlan, origin: JobOrigin, now: dt.datetime) -> None:
         inserted = conn.execute(
             sa.insert(schema.jobs).values(
                 name=plan.name,
+                origin=origin.value,
                 fingerprint=plan.fingerprint,
                 state=JobState.WATCHING.value,
                 removed=False,
@@ -228,8 +231,10 @@ class StateStore(RunTransitions):
         _insert_targets(conn, job_id, plan.targets, 0)
         append_event(conn, job_id, now, EventKind.REGISTERED, f"job registered with {len(plan.targets)} target(s)")
 
-    def _update_job(self, conn: Connection, row: Row[Any], plan: JobPlan, now: dt.datetime) -> None:
+    def _update_job(self, conn: Connection, row: Row[Any], plan: JobPlan, origin: JobOrigin, now: dt.datetime) -> None:
         changes: dict[str, Any] = {}
+        if row.origin != origin.value:
+            changes["origin"] = origin.value
         if row.removed:
             changes["removed"] = False
             append_event(conn, row.id, now, EventKind.RESTORED, "job is back in the configuration")
@@ -644,7 +649,8 @@ def _job_snapshot(
 ) -> JobSnapshot:
     return JobSnapshot(
         name=row.name,
-        origin=origins.get(row.name, JobOrigin.FILE),
+        # The registry first (a job registered a moment ago, not yet synced); a removed job keeps its own.
+        origin=origins.get(row.name) or (JobOrigin(row.origin) if row.removed else JobOrigin.FILE),
         state=JobState(row.state),
         fingerprint=row.fingerprint,
         removed=bool(row.removed),

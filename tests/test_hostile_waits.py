@@ -140,6 +140,22 @@ def test_following_a_keboola_job_told_to_retry_at_once_waits_at_least_a_second(
     assert len(keboola.jobs_for(COMPONENT, "101")) == 1
 
 
+def test_a_keboola_create_told_to_retry_at_once_waits_at_least_a_second(
+    tmp_path: Path, anthropic: FakeAnthropic, keboola: FakeKeboola, env: dict[str, str]
+) -> None:
+    batch = anthropic.add_batch()
+    anthropic.end(batch)
+    keboola.answer_always("/jobs", too_many_requests(retry_after="0"), method="POST")
+    config = write_config(tmp_path, anthropic, batch, list_batches=False, action=keboola_action(keboola))
+    daemon = DaemonProcess(config, env, tmp_path)
+    try:
+        sent = requests_in_window(lambda: keboola.requests_to("/jobs", "POST"), daemon)
+        assert 1 <= sent <= WINDOW + 2, f"{sent} creates in {WINDOW:.0f} s"
+    finally:
+        assert daemon.stop()[0] == 0
+    assert keboola.jobs_for(COMPONENT, "101") == []
+
+
 def test_a_listing_that_is_no_listing_writes_one_event_not_one_per_attempt(
     tmp_path: Path, anthropic: FakeAnthropic, keboola: FakeKeboola, env: dict[str, str]
 ) -> None:

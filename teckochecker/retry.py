@@ -11,6 +11,9 @@ BACKOFF_BASE = 1.0
 BACKOFF_CAP = 60.0
 # A vendor asking for more than this is clamped: the job is checked again by then anyway.
 RETRY_AFTER_MAX = 15 * 60.0
+# No wait after a failure is shorter, whatever the vendor says (``retry-after: 0``, a date in the past):
+# a reply must never set the pace of the daemon's requests.
+WAIT_FLOOR = 1.0
 
 # Statuses where trying the same request again later may work (as the OpenAI SDK and our design note say).
 TRANSIENT_STATUSES = frozenset({408, 409, 429})
@@ -36,10 +39,16 @@ def backoff_delay(
     cap: float = BACKOFF_CAP,
     rng: random.Random | None = None,
 ) -> float:
-    """The wait before the next try: the vendor's Retry-After when given, else full jitter."""
-    if retry_after is not None:
-        return max(0.0, min(retry_after, RETRY_AFTER_MAX))
-    return full_jitter(attempt, base=base, cap=cap, rng=rng)
+    """The wait before the next try: the only place where a vendor's hint becomes a wait.
+
+    Our own back-off (full jitter, growing with ``attempt``) and the vendor's ``Retry-After``, whichever
+    is longer, never under ``WAIT_FLOOR`` and never over ``RETRY_AFTER_MAX``: a vendor may lengthen the
+    wait, up to a ceiling, but not shorten it.
+    """
+    ours = max(WAIT_FLOOR, full_jitter(attempt, base=base, cap=cap, rng=rng))
+    if retry_after is None or retry_after != retry_after:  # NaN says nothing
+        return ours
+    return min(max(ours, retry_after), RETRY_AFTER_MAX)
 
 
 def parse_retry_after(headers: Mapping[str, str], now: dt.datetime | None = None) -> float | None:

@@ -19,6 +19,8 @@ import pytest
 from fakes import FakeKeboola, FakeOpenAI, Latency, Step, response_violations
 from openai.types import Batch
 
+from teckochecker.simulators._http import too_many_requests
+
 CONTRACTS = Path(__file__).parent / "contracts"
 EXAMPLES = json.loads((CONTRACTS / "openai-batch-examples.json").read_text())
 KEY = "sk-test-key"
@@ -725,3 +727,19 @@ def test_a_stopped_fake_refuses_connections_and_restarts_on_the_same_port(http: 
             http.get(url, headers=AUTH)
         fake.start()
         assert http.get(url, headers=AUTH).status_code == 200
+
+
+def test_a_path_answered_always_keeps_its_answer_until_turned_off_and_every_request_is_counted() -> None:
+    with FakeOpenAI(api_key="sk-test") as fake:
+        batch = fake.add_batch()
+        path = f"/v1/batches/{batch}"
+        fake.answer_always(path, too_many_requests(retry_after="0"), method="GET")
+        headers = {"Authorization": "Bearer sk-test"}
+        with httpx.Client(base_url=fake.base_url.removesuffix("/v1"), headers=headers) as client:
+            answers = [client.get(path) for _ in range(5)]
+            assert [(a.status_code, a.headers["retry-after"]) for a in answers] == [(429, "0")] * 5
+            assert client.get("/v1/batches").status_code == 200  # only that path
+            fake.stop_answering()
+            assert client.get(path).status_code == 200
+        assert fake.requests_to(path) == 6 and fake.requests_to("/v1/batches") == 1
+        assert fake.requests_to(path, "POST") == 0

@@ -27,7 +27,7 @@ from teckochecker_openai.throttle import MAX_IN_FLIGHT, AccountThrottle
 
 from teckochecker.errors import PermanentError, TransientError
 from teckochecker.plugin_api import CheckReport, PluginContext, SecretName, SharedRegistry, TargetState
-from teckochecker.retry import RETRY_AFTER_MAX
+from teckochecker.retry import RETRY_AFTER_MAX, WAIT_FLOOR
 
 API_KEY = "sk-CANARY-openai-5f0e1d2c3b4a59687766554433221100"
 T = TypeVar("T")
@@ -276,9 +276,16 @@ def test_rate_limit_is_transient_and_honours_the_largest_wait(fake: FakeOpenAI, 
 
 def test_retry_after_ms_alone(fake: FakeOpenAI, clients: Clients) -> None:
     batch_id = fake.add_batch()
+    fake.inject(429, headers={"retry-after-ms": "2500"})
+    report = check(clients, make_source(clients, fake.base_url), batch_id)
+    assert report.retry_after == 2.5 and set(report.transient_errors) == {batch_id}
+
+
+def test_retry_after_ms_below_the_floor_waits_the_floor(fake: FakeOpenAI, clients: Clients) -> None:
+    batch_id = fake.add_batch()
     fake.inject(429, headers={"retry-after-ms": "250"})
     report = check(clients, make_source(clients, fake.base_url), batch_id)
-    assert report.retry_after == 0.25 and set(report.transient_errors) == {batch_id}
+    assert report.retry_after == WAIT_FLOOR and set(report.transient_errors) == {batch_id}
 
 
 def test_html_gateway_error_is_transient(fake: FakeOpenAI, clients: Clients) -> None:

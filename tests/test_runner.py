@@ -373,6 +373,28 @@ def test_a_failing_check_is_logged_once_per_change_not_once_per_tick(make, caplo
     ]
 
 
+def test_a_failing_check_writes_one_event_per_change_not_one_per_attempt(make) -> None:
+    h = make()
+    for attempt in range(5):
+        h.status.write_text(json.dumps({"__error__": "transient", "__message__": f"HTTP 503 (attempt {attempt})"}))
+        h.tick()
+        h.clock.advance(61)
+    assert h.kinds().count("check_failed") == 1
+    assert h.snap().consecutive_failures == 5  # every attempt still counts
+    h.status.write_text(json.dumps({"__error__": "transient", "__message__": "connection refused"}))
+    h.tick()
+    h.clock.advance(61)
+    assert h.kinds().count("check_failed") == 2  # another reason: another condition
+    h.set(a="running", b="running")
+    h.tick()
+    h.clock.advance(61)
+    h.tick()
+    assert h.snap().consecutive_failures == 0
+    h.status.write_text(json.dumps({"__error__": "transient", "__message__": "connection refused"}))
+    h.tick()
+    assert h.kinds().count("check_failed") == 3  # failing again after a recovery is news
+
+
 def test_per_target_reasons_are_summarised_and_compared_without_the_target(make, caplog) -> None:
     caplog.set_level(logging.INFO, logger="test")
     h = make()

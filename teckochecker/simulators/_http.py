@@ -11,6 +11,7 @@ recording, prompt stop with idle or hanging connections) lives here.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import email.utils
 import json
@@ -85,10 +86,17 @@ _FILLER = b"x" * (64 * 1024)
 
 
 @dataclass(frozen=True)
-class _HugeRoute:
+class _Route:
     method: str | None
     path: str
-    reply: HugeReply
+    reply: Reply | HugeReply
+
+    def matches(self, request: RecordedRequest) -> bool:
+        """Same method (when given) and path; a path ending in ``*`` matches every path it starts."""
+        if self.method not in (None, request.method):
+            return False
+        prefix = self.path.removesuffix("*")
+        return request.path == self.path or (self.path.endswith("*") and request.path.startswith(prefix))
 
 
 Outcome = Reply | Reset | Hang | HugeReply
@@ -141,6 +149,21 @@ REASONS = {
     503: "Service Unavailable",
     504: "Gateway Timeout",
 }
+
+
+def too_many_requests(
+    *, retry_after: str | None = None, retry_after_ms: str | None = None, retry_at: float | None = None
+) -> Reply:
+    """A 429 whose wait hint is whatever a test wants: ``retry-after`` as given (``"0"``, ``"-5"``,
+    ``"soon"``), ``retry-after-ms``, or ``retry_at`` (unix seconds, maybe in the past) as an HTTP date."""
+    headers: dict[str, str] = {}
+    if retry_after is not None:
+        headers["retry-after"] = retry_after
+    if retry_after_ms is not None:
+        headers["retry-after-ms"] = retry_after_ms
+    if retry_at is not None:
+        headers["retry-after"] = email.utils.formatdate(retry_at, usegmt=True)
+    return json_reply(429, {"error": {"type": "rate_limit_error", "message": "slow down"}}, headers)
 
 
 def json_reply(status: int, payload: Any, headers: dict[str, str] | None = None) -> Reply:
@@ -389,7 +412,10 @@ class LoopbackFake:
         self._record = record_requests
         self._running = False
         self._request_total = 0
-        self._huge: list[_HugeRoute] = []
+        self._huge: list[_Route] = []
+        self._fixed: list[_Route] = []
+        # (method, path) → requests received, kept even when requests are not recorded.
+        self._per_path: collections.Counter[tuple[str, str]] = collections.Counter()
         self.requests: list[RecordedRequest] = []
 
     def start(self) -> Self:
@@ -443,7 +469,7 @@ class LoopbackFake:
         """From now on answer every request to ``path`` (and ``method``, when given) with ``size`` body bytes
         and ``status``, streamed (see HugeReply); a path ending in ``*`` matches every path it starts.
         ``stop_huge`` turns it off."""
-        route = _HugeRoute(method.upper() if method else None, path, HugeReply(status, size, chunked, content_type))
+        route = _Route(method.upper() if method else None, path, HugeReply(status, size, chunked, content_type))
         with self._lock:
             self._huge.append(route)
 
@@ -455,23 +481,39 @@ class LoopbackFake:
         with self._lock:
             self._huge.clear()
 
-    def _huge_reply(self, request: RecordedRequest) -> HugeReply | None:
+    def answer_always(self, path: str, reply: Reply, *, method: str | None = None) -> None:
+        """From now on answer every request to ``path`` (and ``method``, when given) with ``reply``, forever
+        (e.g. ``too_many_requests(retry_after="0")``); a path ending in ``*`` matches every path it starts.
+        ``stop_answering`` turns it off."""
         with self._lock:
-            for route in self._huge:
-                if route.method not in (None, request.method):
-                    continue
-                prefix = route.path.removesuffix("*")
-                if request.path == route.path or (route.path.endswith("*") and request.path.startswith(prefix)):
+            self._fixed.append(_Route(method.upper() if method else None, path, reply))
+
+    def stop_answering(self) -> None:
+        with self._lock:
+            self._fixed.clear()
+
+    def requests_to(self, path: str, method: str = "GET") -> int:
+        """Requests received for exactly ``method`` and ``path`` (query left out) since the fake was made."""
+        with self._lock:
+            return self._per_path[(method.upper(), path)]
+
+    def _route_reply(self, routes: list[_Route], request: RecordedRequest) -> Reply | HugeReply | None:
+        with self._lock:
+            for route in routes:
+                if route.matches(request):
                     return route.reply
         return None
 
     def _receive(self, request: RecordedRequest) -> Outcome:
         with self._lock:
             self._request_total += 1
+            self._per_path[(request.method, request.path)] += 1
             if self._record:
                 self.requests.append(request)
-        huge = self._huge_reply(request)
-        return huge if huge is not None else self.handle(request)
+        for routes in (self._fixed, self._huge):
+            if (reply := self._route_reply(routes, request)) is not None:
+                return reply
+        return self.handle(request)
 
     def handle(self, request: RecordedRequest) -> Outcome:
         raise NotImplementedError

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
 from teckochecker import rules
+from teckochecker.conditions import reason_key
 from teckochecker.config.models import Condition, TriggerRule
 from teckochecker.errors import StateStoreError
 from teckochecker.plugin_api import CheckReport, Observation, TargetState
@@ -230,18 +231,19 @@ class _GroupWriter:
     def _check_errors(self, row: Row[Any], report: CheckReport, now: dt.datetime) -> dict[str, Any]:
         if not report.transient_errors:
             return {"consecutive_failures": 0, "last_error": None}
-        count = len(report.transient_errors)
-        sample = dict(list(report.transient_errors.items())[:20])
-        data: dict[str, Any] = {"errors": sample}
-        if excerpts := {target: report.excerpts[target] for target in sample if target in report.excerpts}:
-            data[EXCERPT] = excerpts  # what the vendor said, for readers with a token (web/routes.py)
-        self._events.append(
-            event_row(row.id, now, EventKind.CHECK_FAILED, f"{count} target(s) could not be checked", data)
-        )
-        return {
-            "consecutive_failures": row.consecutive_failures + 1,
-            "last_error": _first_error(report.transient_errors),
-        }
+        error = _first_error(report.transient_errors)
+        # One record per change of condition, not per attempt: the same failure again adds no event (the
+        # job's failure count and the metrics still count every attempt).
+        if not (row.consecutive_failures and _same_condition(row.last_error, error, report.transient_errors)):
+            count = len(report.transient_errors)
+            sample = dict(list(report.transient_errors.items())[:20])
+            data: dict[str, Any] = {"errors": sample}
+            if excerpts := {target: report.excerpts[target] for target in sample if target in report.excerpts}:
+                data[EXCERPT] = excerpts  # what the vendor said, for readers with a token (web/routes.py)
+            self._events.append(
+                event_row(row.id, now, EventKind.CHECK_FAILED, f"{count} target(s) could not be checked", data)
+            )
+        return {"consecutive_failures": row.consecutive_failures + 1, "last_error": error}
 
 
 def _fire(
@@ -282,6 +284,11 @@ def _fire(
                 EventKind.ACTION_SKIPPED,
                 f"action {action.index} ({action.type}) skipped: condition {action.when.value} does not hold",
             )
+
+
+def _same_condition(before: str | None, now: str, members: Iterable[str]) -> bool:
+    """Whether two failures are one condition: the same reason, whichever target and count it names."""
+    return before is not None and reason_key(before, members) == reason_key(now, members)
 
 
 def _first_error(errors: Mapping[str, str]) -> str:

@@ -23,9 +23,10 @@ import httpx
 import pytest
 from daemon import DaemonProcess
 from fakes import FakeAnthropic, FakeAzureOpenAI, FakeKeboola, FakeOpenAI, FakeWebhookReceiver
+from hostile_servers import HostileStack, Listener, Redirector
 
 from teckochecker.plugin_api import Origin
-from teckochecker.simulators._http import LoopbackFake, Outcome, RecordedRequest, json_reply
+from teckochecker.simulators._http import RecordedRequest
 
 COMPONENT = "kds-team.app-custom-python"
 CANARIES = {
@@ -40,50 +41,6 @@ CANARIES = {
     "receiver": "whsec_CANARYwebhooksRECEIVERsecret0123",
 }
 WAIT = 30.0
-
-
-class Listener(LoopbackFake):
-    """Someone else's server: records every request, answers like a helpful vendor would."""
-
-    def __init__(self) -> None:
-        super().__init__(("listener",))
-
-    @property
-    def url(self) -> str:
-        return self._url("listener")
-
-    def handle(self, request: RecordedRequest) -> Outcome:
-        return json_reply(200, {"services": [{"id": "queue", "url": self.url}], "id": "1"})
-
-
-class HostileStack(LoopbackFake):
-    """A Keboola stack (named in the files) whose index names ``queue`` as its Queue API."""
-
-    def __init__(self, queue: str) -> None:
-        super().__init__(("stack",))
-        self.queue = queue
-
-    @property
-    def url(self) -> str:
-        return self._url("stack")
-
-    def handle(self, request: RecordedRequest) -> Outcome:
-        return json_reply(200, {"services": [{"id": "queue", "url": self.queue}]})
-
-
-class Redirector(LoopbackFake):
-    """A vendor endpoint (named in the files) that answers everything with a 307 to ``location``."""
-
-    def __init__(self, location: str) -> None:
-        super().__init__(("redirector",))
-        self.location = location
-
-    @property
-    def url(self) -> str:
-        return self._url("redirector")
-
-    def handle(self, request: RecordedRequest) -> Outcome:
-        return json_reply(307, {}, headers={"location": self.location})
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from fakes import FakeAnthropic, FakeKeboola, FakeOpenAI
+from hostile_servers import Listener, Redirector
 from plugin_context import Clients, FixedClock
 from pydantic import ValidationError
 from teckochecker_anthropic.source import AnthropicBatchOptions, AnthropicBatchSource
@@ -31,39 +32,9 @@ from teckochecker.plugin_api import SIGNED_WITH, Origin, PluginContext
 from teckochecker.plugins import PluginRegistry
 from teckochecker.secret_bindings import SecretBindings, secret_bindings
 from teckochecker.secrets.resolving import Redactor, SecretResolver
-from teckochecker.simulators._http import LoopbackFake, Outcome, RecordedRequest, json_reply
 
 KEY = "sk-guard-test-key-0123456789"
 COMPONENT = "kds-team.app-custom-python"
-
-
-class Listener(LoopbackFake):
-    """Someone else's server: records whatever reaches it, answers 200."""
-
-    def __init__(self) -> None:
-        super().__init__(("listener",))
-
-    @property
-    def url(self) -> str:
-        return self._url("listener")
-
-    def handle(self, request: RecordedRequest) -> Outcome:
-        return json_reply(200, {})
-
-
-class Redirector(LoopbackFake):
-    """A named server that answers every request with a 307 to ``location``."""
-
-    def __init__(self, location: str) -> None:
-        super().__init__(("redirector",))
-        self.location = location
-
-    @property
-    def url(self) -> str:
-        return self._url("redirector")
-
-    def handle(self, request: RecordedRequest) -> Outcome:
-        return json_reply(307, {}, headers={"location": self.location})
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -291,3 +291,24 @@ def test_a_target_taken_out_is_no_longer_waited_for_or_passed_downstream(
     sent = variables(started)
     assert (sent["batch_ids_completed"], sent["batch_ids_failed"]) == (json.dumps([p2]).replace(" ", ""), "[]")
     assert (sent["batch_count_total"], sent["batch_count_failed"]) == ("1", "0")
+
+
+def test_text_no_encoding_can_hold_and_a_template_no_key_can_be_are_422s(
+    running: tuple[DaemonProcess, httpx.Client],
+) -> None:
+    """JSON's "\\ud800" (half of a UTF-16 pair) in a variable's key or value, or a template that is a list,
+    was a 500 and a traceback: the body reached the store's fingerprint, or a dict lookup, unchecked."""
+    daemon, client = running
+    sent = {
+        "variables.'\\ud800'": '{"template": "classify", "source": {"targets": ["b1"]}, "variables": {"\\ud800": "x"}}',
+        "variables.run": '{"template": "classify", "source": {"targets": ["b1"]}, "variables": {"run": "\\ud800"}}',
+        "template": '{"template": ["classify"], "source": {"targets": ["b1"]}}',
+    }
+    for path, raw in sent.items():
+        answer = client.put(
+            "/api/v1/jobs/hostile", content=raw, headers={**PIPELINE, "content-type": "application/json"}
+        )
+        assert answer.status_code == 422, answer.text
+        assert path in [problem["path"] for problem in answer.json()["problems"]], answer.text
+    assert client.get("/api/v1/jobs/hostile").status_code == 404
+    assert "Traceback" not in daemon.output

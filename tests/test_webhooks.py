@@ -213,6 +213,8 @@ def _bad_deliveries() -> list[tuple[str, bytes, dict[str, str], int, str]]:
         ("oversized", b"x" * (MAX_BODY_BYTES + 1), good, 413, "malformed"),
         ("not UTF-8", b"\xff\xfe", signed(b"{}"), 400, "malformed"),
         ("signed but not JSON", b"{nope", signed(b"{nope"), 400, "malformed"),
+        # Nested past the JSON parser's depth: a RecursionError, not a ValueError (it was a 500).
+        ("signed, nested 5000 deep", b"[" * 5000 + b"]" * 5000, signed(b"[" * 5000 + b"]" * 5000), 400, "malformed"),
         (
             "signed, data.id no vendor's ID",
             event("batch_" + "x" * 300),

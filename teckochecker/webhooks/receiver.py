@@ -145,7 +145,7 @@ def _batch_event(body: bytes) -> tuple[str | None, str]:
     verified body is not an event at all (required: id, type, created_at, data.id)."""
     try:
         event: Any = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: '[' nested past the parser's depth (it was a 500)
         raise Rejected(DeliveryOutcome.MALFORMED, "the body is not JSON") from None
     data = event.get("data") if isinstance(event, dict) else None
     if not (

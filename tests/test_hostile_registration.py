@@ -312,3 +312,13 @@ def test_text_no_encoding_can_hold_and_a_template_no_key_can_be_are_422s(
         assert path in [problem["path"] for problem in answer.json()["problems"]], answer.text
     assert client.get("/api/v1/jobs/hostile").status_code == 404
     assert "Traceback" not in daemon.output
+
+
+def test_a_key_given_twice_in_a_body_is_refused(running: tuple[DaemonProcess, httpx.Client]) -> None:
+    """The last of two keys won, silently: a body whose meaning depends on which parser reads it."""
+    daemon, client = running
+    raw = b'{"template": "classify", "source": {"targets": ["b1"]}, "source": {"targets": ["b2"]}}'
+    answer = client.put("/api/v1/jobs/twice", content=raw, headers={**PIPELINE, "content-type": "application/json"})
+    assert answer.status_code == 400 and "'source' appears twice" in answer.json()["error"], answer.text
+    assert client.get("/api/v1/jobs/twice").status_code == 404
+    assert "Traceback" not in daemon.output

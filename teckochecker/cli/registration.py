@@ -102,7 +102,8 @@ def _call(
     try:
         with httpx.Client(timeout=TIMEOUT, transport=transport, trust_env=False) as client:
             response = client.request(method, url, headers=headers, json=body)
-    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+    # UnicodeError: a host no IDNA encoding takes (xn--, a..b), found only when the request is made.
+    except (httpx.HTTPError, httpx.InvalidURL, UnicodeError) as exc:
         shown = shown_url(str(exc)) or type(exc).__name__
         raise TeckoCheckerError(f"cannot reach the daemon at {shown_url(base_url)}: {shown}") from exc
     try:

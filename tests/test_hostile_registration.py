@@ -322,3 +322,10 @@ def test_a_key_given_twice_in_a_body_is_refused(running: tuple[DaemonProcess, ht
     assert answer.status_code == 400 and "'source' appears twice" in answer.json()["error"], answer.text
     assert client.get("/api/v1/jobs/twice").status_code == 404
     assert "Traceback" not in daemon.output
+
+
+def test_jobs_export_writes_a_stored_body_whose_template_is_no_name_as_it_is(world: World) -> None:
+    world.store_row("odd", {"template": {"name": "classify"}, "source": {"targets": ["b1"]}})
+    exported = run_cli("--config", str(world.config), "jobs", "export", env=world.env, cwd=world.dir)
+    assert exported.returncode == 0, exported.stderr
+    assert "name: odd" in exported.stdout and "Traceback" not in exported.stderr

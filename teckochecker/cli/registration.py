@@ -136,7 +136,9 @@ def export_yaml(
 
 def _as_file_job(job: RegisteredJob, config: Config, registry: PluginRegistry) -> dict[str, Any]:
     body = {"name": job.name, **job.body}
-    template = config.template_bodies.get(body.get("template"))  # type: ignore[arg-type]
+    name = body.get("template")
+    # A stored body's template may be a list or an object, which no dict key can be (it was a traceback).
+    template = config.template_bodies.get(name) if isinstance(name, str) else None
     if template is None or registered_shape_problems(body, config, registry, where=job.name):
         return body  # held, or its template is gone: as stored, for a person to mend
     return file_form(body, template, registry)

@@ -274,6 +274,8 @@ def test_text_no_encoding_can_hold_in_a_vendors_answer_is_stored_escaped(
     of the job, with a traceback, on every tick: the job never saw its batches end."""
     batch = openai.add_batch(status="in_progress")
     openai.set_status(batch, "failed", errors=[{"code": "bad\ud800", "message": "refused \ud800", "line": 1}])
+    # First an outage whose error envelope holds one too: a transient error, with its excerpt, stored.
+    openai.inject(500, body=b'{"error": {"message": "down \\ud800", "type": "server_error"}}', batch_id=batch)
     with FakeWebhookReceiver(secret=HOOK_SECRET) as receiver:
         config = write_config(
             tmp_path,

@@ -9,7 +9,6 @@ import dataclasses
 import datetime as dt
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from teckochecker.conditions import ConditionKind, ConditionLog
 from teckochecker.errors import PermanentError, TransientError
@@ -22,6 +21,7 @@ from teckochecker.state.events import EventKind
 from teckochecker.state.models import EXCERPT, JobSnapshot, JobState
 from teckochecker.state.store import CheckToRecord
 from teckochecker.triggering import ActionDriver
+from teckochecker.vendor_replies import storable
 from teckochecker.watchcache import WatchCache
 
 
@@ -187,12 +187,12 @@ class JobRunner:
                 self._log.warning(
                     "job %s: target %s has an undocumented status %r", job.name, obs.target, obs.vendor_status
                 )
-        excerpts = {t: _storable(e) for t, e in report.excerpts.items() if t in report.transient_errors}
+        excerpts = {t: storable(e) for t, e in report.excerpts.items() if t in report.transient_errors}
         self._log_excerpts(job.name, excerpts)
         for obs in observations:
             if isinstance(excerpt := obs.details.get(EXCERPT), str):
                 self._log_excerpts(job.name, {obs.target: excerpt})
-        return CheckReport(observations, _storable(report.transient_errors), report.retry_after, excerpts)
+        return CheckReport(observations, storable(report.transient_errors), report.retry_after, excerpts)
 
     def _log_excerpts(self, job_name: str, excerpts: Mapping[str, str]) -> None:
         """What vendors said about targets: kept out of the stored messages, so logged here (the log's sinks
@@ -210,22 +210,5 @@ class JobRunner:
 
 def _storable_observation(obs: Observation) -> Observation:
     return dataclasses.replace(
-        obs, vendor_status=_storable(obs.vendor_status), message=_storable(obs.message), details=_storable(obs.details)
+        obs, vendor_status=storable(obs.vendor_status), message=storable(obs.message), details=storable(obs.details)
     )
-
-
-def _storable(value: Any) -> Any:
-    """``value`` with each string no encoding can hold escaped (``\\ud800``). A vendor's JSON may hold
-    ``"\\ud800"``, half of a UTF-16 pair, in any field: stored as it is, it failed the check's commit (and the
-    commit of every check grouped with it) on every tick."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return value.encode("utf-8", "backslashreplace").decode("utf-8")
-        return value
-    if isinstance(value, Mapping):
-        return {_storable(key): _storable(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_storable(item) for item in value]
-    return value

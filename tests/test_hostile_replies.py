@@ -290,3 +290,20 @@ def test_text_no_encoding_can_hold_in_a_vendors_answer_is_stored_escaped(
         finally:
             assert daemon.stop()[0] == 0
         assert "Traceback" not in daemon.output
+
+
+def test_text_no_encoding_can_hold_in_a_keboola_jobs_answer_is_stored_escaped(
+    tmp_path: Path, openai: FakeOpenAI, keboola: FakeKeboola, env: dict[str, str]
+) -> None:
+    """The same in the Keboola job's error while it is followed: its progress failed to commit, on every read."""
+    batch = openai.add_batch(status="completed")
+    keboola.set_outcome(COMPONENT, "101", "error", message="boom \ud800")
+    config = write_config(tmp_path, openai_source(openai, batch, list_batches=False), keboola_action(keboola))
+    daemon = DaemonProcess(config, env, tmp_path)
+    try:
+        wait_until(lambda: job(daemon)["final"], 30, "the job's end", daemon)
+        (run,) = job(daemon)["runs"]
+        assert run["state"] == "failed" and "\\ud800" in json.dumps(run), run
+    finally:
+        assert daemon.stop()[0] == 0
+    assert "Traceback" not in daemon.output

@@ -25,7 +25,7 @@ from typing import Any
 
 from teckochecker.config.discovery import DiscoverSpec
 from teckochecker.config.durations import format_duration
-from teckochecker.config.models import MAX_TARGETS_PER_JOB, is_job_name
+from teckochecker.config.models import CONTROL_CHARACTERS, MAX_TARGET_LENGTH, MAX_TARGETS_PER_JOB, is_job_name
 from teckochecker.plugin_api import ListedTarget
 
 # Kept in a group's details for people to see; the rest are only counted.
@@ -111,7 +111,23 @@ def sighting(rule: DiscoverSpec, listed: ListedTarget) -> Sighting | None:
     if not value:
         return None
     count = metadata.get(rule.count_key) if rule.count_key else None
+    if not (_storable_target(listed.target) and _text(value) and (count is None or _text(count))):
+        # A vendor's reply may hold JSON's "\ud800" (half of a UTF-16 pair): nothing can store it, and one such
+        # batch stopped every pass of the template. An ID no job could hold is no group's.
+        return None
     return Sighting(listed.target, value, count)
+
+
+def _storable_target(target: str) -> bool:
+    return _text(target) and len(target) <= MAX_TARGET_LENGTH and not CONTROL_CHARACTERS.search(target)
+
+
+def _text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def job_name(rule: DiscoverSpec, value: str) -> str | None:

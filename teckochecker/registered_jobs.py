@@ -217,6 +217,9 @@ def body_problems(name: str, body: Any, redactor: Redactor) -> tuple[Problem, ..
         problems.append(
             Problem("secrets", "a job names secrets defined in the daemon's config; it never declares or carries them")
         )
+    for path in _not_text(body, ()):
+        # JSON's "\ud800" is half of a UTF-16 pair: Python holds it, nothing can store, log or send it (it was a 500).
+        problems.append(Problem(path, "is not valid Unicode text (a lone surrogate)"))
     for path, text in _strings(body, ()):
         # A value the daemon resolved, or the shape of a token or an Authorization header: refused, not stored.
         if redactor.redact(text) != text:
@@ -249,6 +252,29 @@ def _strings(value: Any, path: tuple[str | int, ...]) -> Iterator[tuple[str, str
     elif isinstance(value, list):
         for index, item in enumerate(value):
             yield from _strings(item, (*path, index))
+
+
+def _not_text(value: Any, path: tuple[str | int, ...]) -> Iterator[str]:
+    """The paths of the keys and strings in ``value`` that cannot be encoded as UTF-8."""
+    if isinstance(value, str) and not _encodable(value):
+        yield format_path(path)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if not _encodable(str(key)):
+                yield format_path((*path, str(key)))
+            else:
+                yield from _not_text(item, (*path, str(key)))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _not_text(item, (*path, index))
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class RegisteredJobs:

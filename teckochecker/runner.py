@@ -5,6 +5,7 @@ A tick is a plain coroutine over (job, store, clock): it could run under a lease
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from teckochecker.conditions import ConditionKind, ConditionLog
 from teckochecker.errors import PermanentError, TransientError
 from teckochecker.groupcommit import CheckRecorder
-from teckochecker.plugin_api import CheckReport
+from teckochecker.plugin_api import CheckReport, Observation
 from teckochecker.retry import backoff_delay
 from teckochecker.runtime import JobRuntime
 from teckochecker.services import TickServices
@@ -20,6 +21,7 @@ from teckochecker.state.events import EventKind
 from teckochecker.state.models import EXCERPT, JobSnapshot, JobState
 from teckochecker.state.store import CheckToRecord
 from teckochecker.triggering import ActionDriver
+from teckochecker.vendor_replies import storable
 from teckochecker.watchcache import WatchCache
 
 
@@ -179,18 +181,18 @@ class JobRunner:
             self._log.exception("job %s: source plugin %s failed", job.name, job.definition.source.type)
             return CheckReport(transient_errors=dict.fromkeys(pending, f"source plugin error: {exc}"))
         wanted = set(pending)
-        observations = tuple(o for o in report.observations if o.target in wanted)
+        observations = tuple(_storable_observation(o) for o in report.observations if o.target in wanted)
         for obs in observations:
             if obs.state.value == "unknown":
                 self._log.warning(
                     "job %s: target %s has an undocumented status %r", job.name, obs.target, obs.vendor_status
                 )
-        excerpts = {t: e for t, e in report.excerpts.items() if t in report.transient_errors}
+        excerpts = {t: storable(e) for t, e in report.excerpts.items() if t in report.transient_errors}
         self._log_excerpts(job.name, excerpts)
         for obs in observations:
             if isinstance(excerpt := obs.details.get(EXCERPT), str):
                 self._log_excerpts(job.name, {obs.target: excerpt})
-        return CheckReport(observations, report.transient_errors, report.retry_after, excerpts)
+        return CheckReport(observations, storable(report.transient_errors), report.retry_after, excerpts)
 
     def _log_excerpts(self, job_name: str, excerpts: Mapping[str, str]) -> None:
         """What vendors said about targets: kept out of the stored messages, so logged here (the log's sinks
@@ -204,3 +206,9 @@ class JobRunner:
         snap = await self._db.run_urgent(self._store.job, name)
         assert snap is not None
         return snap
+
+
+def _storable_observation(obs: Observation) -> Observation:
+    return dataclasses.replace(
+        obs, vendor_status=storable(obs.vendor_status), message=storable(obs.message), details=storable(obs.details)
+    )

@@ -20,6 +20,7 @@ Webhooks receiver on ``webhook-id``) skips the search: IN_DOUBT goes back to PEN
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from teckochecker.retry import backoff_delay
 from teckochecker.runtime import JobRuntime
 from teckochecker.services import TickServices
 from teckochecker.state.models import JobSnapshot, RunSnapshot, RunState
+from teckochecker.vendor_replies import storable
 
 # Look at a fired job this often while nothing else is due.
 IDLE_RECHECK = 10.0
@@ -362,6 +364,7 @@ class ActionDriver:
             await self._fail(run, f"cannot follow {run.external_id}: {exc}", exc.excerpt)
             return 0.0
         self._failures.pop(run.id, None)
+        result = _storable_result(result)
         await self._db.run(self._store.run_progress, run.id, result, now=self._clock.now())
         self._record_finish(action, result)
         return 0.0 if result.outcome.is_finished else action.follow_interval
@@ -454,3 +457,12 @@ def _search_since(run: RunSnapshot) -> dt.datetime:
 def _watch_interval(action: Action, searches: int) -> float:
     spacing = max(action.search_lag, MIN_SEARCH_SPACING)
     return float(min(WATCH_MAX_INTERVAL, spacing * 2 ** min(searches, 30)))
+
+
+def _storable_result(result: ActionResult) -> ActionResult:
+    return dataclasses.replace(
+        result,
+        vendor_status=storable(result.vendor_status),
+        message=storable(result.message),
+        details=storable(result.details),
+    )

@@ -34,3 +34,20 @@ def masked(text: str, secret: str) -> str:
 def describe(exc: Exception) -> str:
     """A transport error in one line: its type, and its text when it has one."""
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def storable(value: Any) -> Any:
+    """``value`` with each string no encoding can hold escaped (``\\ud800``). A vendor's JSON may hold
+    ``"\\ud800"``, half of a UTF-16 pair, in any field: stored as it is, it failed the commit of a check (and
+    of every check grouped with it) or of an action's progress, on every try."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+        return value
+    if isinstance(value, Mapping):
+        return {storable(key): storable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [storable(item) for item in value]
+    return value

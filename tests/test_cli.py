@@ -341,6 +341,9 @@ def test_a_bad_token_in_the_environment_is_one_line_without_it(plugin_env: dict[
         ("http://127.0.0.1:99999", "not a valid URL: 'http://127.0.0.1:99999' (Port out of range 0-65535)"),
         ("http://ops:pa55-CANARY@[::1", "not a valid URL: 'http://ops:***@[::1' (Invalid IPv6 URL)"),
         ("ftp://ops:pa55-CANARY@127.0.0.1", "not an http(s) URL: 'ftp://ops:***@127.0.0.1'"),
+        # A host no IDNA encoding takes fails only when the request is made (it was a traceback).
+        ("http://ops:pa55-CANARY@xn--", "cannot reach the daemon at http://ops:***@xn--: "),
+        ("http://a..b", "cannot reach the daemon at http://a..b: "),
     ],
 )
 @pytest.mark.parametrize("command", [["status"], ["jobs", "remove", "j"]])

@@ -236,3 +236,33 @@ def test_a_flood_of_webhooks_for_unknown_batches_never_stops_the_sweep(
             sender.stop()
         code, _ = daemon.stop()
     assert code == 0 and "Traceback" not in daemon.output and "KeyError" not in daemon.output
+
+
+def test_a_listed_batch_no_job_can_hold_is_passed_over_and_discovery_goes_on(
+    tmp_path: Path, openai_fake: FakeOpenAI, keboola: FakeKeboola, plugin_env: dict[str, str]
+) -> None:
+    """A listing that holds JSON's "\\ud800" in an ID (nothing can store it) stopped every pass of the
+    template with a traceback, so no group of it was ever found again."""
+    env = {**plugin_env, "OPENAI_API_KEY": OPENAI_KEY, "KEBOOLA_STORAGE_TOKEN": KEBOOLA_TOKEN}
+
+    def metadata(group: str) -> dict[str, str]:
+        return {"teckochecker_template": "classify", "teckochecker_job": group, "teckochecker_batches": "1"}
+
+    openai_fake.add_batch("batch_\ud800", status="completed", metadata=metadata("lone-1"))
+    openai_fake.add_batch("batch_" + "x" * 300, status="completed", metadata=metadata("long-1"))
+    good = openai_fake.add_batch(status="completed", metadata=metadata("good-1"))
+    daemon = DaemonProcess(write_config(tmp_path, openai_fake, keboola), env, tmp_path)
+    try:
+        api = daemon.http_url() + "/api/v1/jobs"
+
+        def completed() -> dict[str, Any] | None:
+            response = httpx.get(f"{api}/good-1", timeout=5)
+            return response.json() if response.status_code == 200 and response.json()["state"] == "completed" else None
+
+        done = wait_until(completed, daemon, "good-1 completed")
+        assert [t["target"] for t in done["targets"]] == [good]
+        names = {job["name"] for job in httpx.get(api, timeout=5).json()["jobs"]}
+        assert names == {"good-1"}
+    finally:
+        code, _ = daemon.stop()
+    assert code == 0 and "Traceback" not in daemon.output

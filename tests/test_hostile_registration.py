@@ -291,3 +291,41 @@ def test_a_target_taken_out_is_no_longer_waited_for_or_passed_downstream(
     sent = variables(started)
     assert (sent["batch_ids_completed"], sent["batch_ids_failed"]) == (json.dumps([p2]).replace(" ", ""), "[]")
     assert (sent["batch_count_total"], sent["batch_count_failed"]) == ("1", "0")
+
+
+def test_text_no_encoding_can_hold_and_a_template_no_key_can_be_are_422s(
+    running: tuple[DaemonProcess, httpx.Client],
+) -> None:
+    """JSON's "\\ud800" (half of a UTF-16 pair) in a variable's key or value, or a template that is a list,
+    was a 500 and a traceback: the body reached the store's fingerprint, or a dict lookup, unchecked."""
+    daemon, client = running
+    sent = {
+        "variables.'\\ud800'": '{"template": "classify", "source": {"targets": ["b1"]}, "variables": {"\\ud800": "x"}}',
+        "variables.run": '{"template": "classify", "source": {"targets": ["b1"]}, "variables": {"run": "\\ud800"}}',
+        "template": '{"template": ["classify"], "source": {"targets": ["b1"]}}',
+    }
+    for path, raw in sent.items():
+        answer = client.put(
+            "/api/v1/jobs/hostile", content=raw, headers={**PIPELINE, "content-type": "application/json"}
+        )
+        assert answer.status_code == 422, answer.text
+        assert path in [problem["path"] for problem in answer.json()["problems"]], answer.text
+    assert client.get("/api/v1/jobs/hostile").status_code == 404
+    assert "Traceback" not in daemon.output
+
+
+def test_a_key_given_twice_in_a_body_is_refused(running: tuple[DaemonProcess, httpx.Client]) -> None:
+    """The last of two keys won, silently: a body whose meaning depends on which parser reads it."""
+    daemon, client = running
+    raw = b'{"template": "classify", "source": {"targets": ["b1"]}, "source": {"targets": ["b2"]}}'
+    answer = client.put("/api/v1/jobs/twice", content=raw, headers={**PIPELINE, "content-type": "application/json"})
+    assert answer.status_code == 400 and "'source' appears twice" in answer.json()["error"], answer.text
+    assert client.get("/api/v1/jobs/twice").status_code == 404
+    assert "Traceback" not in daemon.output
+
+
+def test_jobs_export_writes_a_stored_body_whose_template_is_no_name_as_it_is(world: World) -> None:
+    world.store_row("odd", {"template": {"name": "classify"}, "source": {"targets": ["b1"]}})
+    exported = run_cli("--config", str(world.config), "jobs", "export", env=world.env, cwd=world.dir)
+    assert exported.returncode == 0, exported.stderr
+    assert "name: odd" in exported.stdout and "Traceback" not in exported.stderr

@@ -267,3 +267,45 @@ def test_a_refusal_body_is_shown_only_with_a_token_and_logged(
             assert "SECRET-EXCERPT" in daemon.output
         finally:
             assert daemon.stop()[0] == 0
+
+
+def test_text_no_encoding_can_hold_in_a_vendors_answer_is_stored_escaped(
+    tmp_path: Path, openai: FakeOpenAI, env: dict[str, str]
+) -> None:
+    """JSON's "\\ud800" (half of a UTF-16 pair) in a batch's status or error failed the commit of every check
+    of the job, with a traceback, on every tick: the job never saw its batches end."""
+    batch = openai.add_batch(status="in_progress")
+    openai.set_status(batch, "failed", errors=[{"code": "bad\ud800", "message": "refused \ud800", "line": 1}])
+    # First an outage whose error envelope holds one too: a transient error, with its excerpt, stored.
+    openai.inject(500, body=b'{"error": {"message": "down \\ud800", "type": "server_error"}}', batch_id=batch)
+    with FakeWebhookReceiver(secret=HOOK_SECRET) as receiver:
+        config = write_config(
+            tmp_path,
+            openai_source(openai, batch, list_batches=False),
+            f'{{type: webhook, url: "{receiver.url}", secret: hook, when: any_failed}}',
+        )
+        daemon = DaemonProcess(config, env, tmp_path)
+        try:
+            wait_until(lambda: receiver.deliveries, 30, "the delivery of the failed batch", daemon)
+            (target,) = job(daemon)["targets"]
+            assert target["state"] == "failed" and "\\ud800" in target["message"], target
+        finally:
+            assert daemon.stop()[0] == 0
+        assert "Traceback" not in daemon.output
+
+
+def test_text_no_encoding_can_hold_in_a_keboola_jobs_answer_is_stored_escaped(
+    tmp_path: Path, openai: FakeOpenAI, keboola: FakeKeboola, env: dict[str, str]
+) -> None:
+    """The same in the Keboola job's error while it is followed: its progress failed to commit, on every read."""
+    batch = openai.add_batch(status="completed")
+    keboola.set_outcome(COMPONENT, "101", "error", message="boom \ud800")
+    config = write_config(tmp_path, openai_source(openai, batch, list_batches=False), keboola_action(keboola))
+    daemon = DaemonProcess(config, env, tmp_path)
+    try:
+        wait_until(lambda: job(daemon)["final"], 30, "the job's end", daemon)
+        (run,) = job(daemon)["runs"]
+        assert run["state"] == "failed" and "\\ud800" in json.dumps(run), run
+    finally:
+        assert daemon.stop()[0] == 0
+    assert "Traceback" not in daemon.output

@@ -66,7 +66,8 @@ def _get(base_url: str, path: str, transport: httpx.BaseTransport | None) -> Any
         # trust_env=False: an HTTP(S)_PROXY meant for the internet must not swallow a loopback daemon.
         with httpx.Client(timeout=TIMEOUT, transport=transport, trust_env=False) as client:
             response = client.get(root + path, headers={"Accept": "application/json"})
-    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+    # UnicodeError: a host no IDNA encoding takes (xn--, a..b), found only when the request is made.
+    except (httpx.HTTPError, httpx.InvalidURL, UnicodeError) as exc:
         raise TeckoCheckerError(f"cannot reach the daemon at {shown_url(base_url)}: {_describe(exc)}") from exc
     try:
         body = response.json()
@@ -98,7 +99,7 @@ def shown_url(url: str) -> str:
     return _PASSWORD.sub(r"\1***@", url)
 
 
-def _describe(exc: httpx.HTTPError | httpx.InvalidURL) -> str:
+def _describe(exc: httpx.HTTPError | httpx.InvalidURL | UnicodeError) -> str:
     return shown_url(str(exc)) or type(exc).__name__
 
 

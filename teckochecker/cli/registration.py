@@ -102,7 +102,8 @@ def _call(
     try:
         with httpx.Client(timeout=TIMEOUT, transport=transport, trust_env=False) as client:
             response = client.request(method, url, headers=headers, json=body)
-    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+    # UnicodeError: a host no IDNA encoding takes (xn--, a..b), found only when the request is made.
+    except (httpx.HTTPError, httpx.InvalidURL, UnicodeError) as exc:
         shown = shown_url(str(exc)) or type(exc).__name__
         raise TeckoCheckerError(f"cannot reach the daemon at {shown_url(base_url)}: {shown}") from exc
     try:
@@ -135,7 +136,9 @@ def export_yaml(
 
 def _as_file_job(job: RegisteredJob, config: Config, registry: PluginRegistry) -> dict[str, Any]:
     body = {"name": job.name, **job.body}
-    template = config.template_bodies.get(body.get("template"))  # type: ignore[arg-type]
+    name = body.get("template")
+    # A stored body's template may be a list or an object, which no dict key can be (it was a traceback).
+    template = config.template_bodies.get(name) if isinstance(name, str) else None
     if template is None or registered_shape_problems(body, config, registry, where=job.name):
         return body  # held, or its template is gone: as stored, for a person to mend
     return file_form(body, template, registry)

@@ -358,7 +358,8 @@ def validate_job_body(
         return None, diagnostics
     # What the body may set is still checked, so the answer lists every problem at once.
     body = _without(body, [d.path for d in diagnostics])
-    template = config.template_bodies.get(body["template"])
+    # A hostile body's template may be a list or an object, which no dict key can be.
+    template = config.template_bodies.get(body["template"]) if isinstance(body["template"], str) else None
     job = file_form(body, template, registry) if template is not None else body
     raw = _with_template(_RawJob(job, (), doc), config.template_bodies, {}, diagnostics)
     job, problems = _validate_job(raw.data, (), doc, registry, config.secrets, config.defaults, echo_secrets=False)

@@ -188,7 +188,7 @@ class _Api:
             self._audit("register", name, request, "refused (422: name)")
             return _refusal(Refusal(422, "invalid job name", (Problem("name", JOB_NAME_RULE),)), path)
         try:
-            body = json.loads(await request.body())
+            body = json.loads(await request.body(), object_pairs_hook=_without_duplicate_keys)
         except (ValueError, RecursionError) as exc:  # RecursionError: '[' nested past the parser's depth
             self._audit("register", name, request, "refused (400: not JSON)")
             return error_response(400, f"the body is not JSON: {str(exc)[:200]}", path)
@@ -296,6 +296,16 @@ def _refusal(refusal: Refusal, path: str) -> Response:
 def _could_be_a_job(name: str) -> bool:
     # The config only accepts names of this shape, so anything else is a 404 without asking the daemon.
     return JOB_NAME.fullmatch(name) is not None  # fullmatch: "$" alone would let "name\n" through
+
+
+def _without_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A key given twice has no one meaning (the last wins for json, the first for some proxies): refused."""
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise ValueError(f"the key {key[:40]!r} appears twice in one object")
+        found[key] = value
+    return found
 
 
 def _path(request: Request) -> str:

@@ -69,12 +69,15 @@ class OutboundGuard:
         except ValueError:  # not http(s): no secret is bound there
             origin = None
         # A value defined under two names may go where either name may go: the files allowed that value there.
+        # Unless one of them is the daemon's own credential (an API token, a webhook signing secret): that
+        # value goes nowhere, whatever other name it is also given.
+        daemon_own = self._bindings.daemon_own
         refused = sorted(
             {
                 name
                 for names in carried
                 for name in names
-                if origin is None or not any(self._bindings.allows(n, origin) for n in names)
+                if origin is None or names & daemon_own or not any(self._bindings.allows(n, origin) for n in names)
             }
         )
         if not refused:

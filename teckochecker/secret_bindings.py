@@ -34,6 +34,9 @@ class SecretBindings:
 
     by_secret: Mapping[str, frozenset[Origin]] = field(default_factory=dict)
     named: frozenset[Origin] = frozenset()
+    # The secrets behind http.api_token, http.tokens and webhooks.secrets: their values go nowhere, even when
+    # the same value is also defined under a job's secret name.
+    daemon_own: frozenset[str] = frozenset()
 
     def origins(self, secret: str) -> frozenset[Origin]:
         return self.by_secret.get(secret, frozenset())
@@ -66,7 +69,10 @@ def secret_bindings(config: Config, registry: PluginRegistry) -> SecretBindings:
         named |= origins
         for secret in secrets:
             by_secret.setdefault(secret, set()).update(origins)
-    return SecretBindings({name: frozenset(origins) for name, origins in by_secret.items()}, frozenset(named))
+    daemon_own = frozenset({token.secret for token in config.http.bearer_tokens()} | set(config.webhooks.secrets))
+    return SecretBindings(
+        {name: frozenset(origins) for name, origins in by_secret.items()}, frozenset(named), daemon_own
+    )
 
 
 def _file_parts(config: Config, registry: PluginRegistry) -> Iterator[OptionsModel]:

@@ -128,6 +128,7 @@ def test_each_secret_is_bound_to_the_origins_of_the_parts_that_name_it(
     }
     for never_sent in ("legacy", "pipeline", "receiver", "spare"):
         assert bindings.origins(never_sent) == frozenset(), never_sent
+    assert bindings.daemon_own == {"legacy", "pipeline", "receiver"}
     assert bindings.names_host("127.0.0.1", 8001) and bindings.names_host("QUEUE.eu.example.com", 8443)
     assert not bindings.names_host("127.0.0.1", 8002)
 
@@ -251,6 +252,19 @@ def test_a_value_defined_under_two_names_goes_where_either_may_go() -> None:
         )
         assert response.status_code != 200  # the fake wants "Bearer ...": what matters is that it was sent
         assert len(fake.requests) == 1
+
+
+def test_the_daemons_own_credential_goes_nowhere_even_under_a_jobs_secret_name() -> None:
+    """The same value defined as an API token and as a job's key: the job's binding does not let it out."""
+    with FakeOpenAI(api_key=KEY) as fake:
+        bindings = binding("openai_copy", fake.base_url)
+        guard = guard_for(SecretBindings(bindings.by_secret, bindings.named, frozenset({"operator"})))
+        guard.learn("operator", KEY)
+        guard.learn("openai_copy", KEY)
+        pool = HttpClientPool(2, Metrics(), guard=guard)
+        with pytest.raises(SecretNotBound, match="operator"):
+            asyncio.run(fetch(pool, fake.base_url, "batches", headers={"Authorization": f"Bearer {KEY}"}))
+        assert fake.requests == []
 
 
 def test_a_value_too_short_to_be_a_credential_is_not_looked_for() -> None:

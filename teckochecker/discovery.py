@@ -16,7 +16,7 @@ Each change is one write of the job's row in tc_registered_jobs (body and group 
 which the daemon rebuilds its job definitions. What must wait for that rebuild (an event in the job's log,
 failing the job, the check at once) is kept and retried every second until the job is there.
 
-The listing's order: OpenAI does not document it (llm-batch-apis.md §2, "[?]"); it is newest first in every
+The listing's order: OpenAI does not document it (docs/vendors.md: unconfirmed); it is newest first in every
 example and in practice. A sweep reads pages while they hold batches created since the newest one an earlier
 sweep saw, at most ``max_pages``. If the order were different, every batch on the pages read is still
 grouped; only a batch beyond them would be found by a later sweep, or not at all — hence the page bound is a

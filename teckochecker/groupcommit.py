@@ -1,7 +1,7 @@
 """Checks recorded together: the ``record_check`` calls that arrive while one transaction is being written
 go into the next one, as one ``StateStore.record_checks`` (group commit).
 
-On SQLite every commit is an fsync (``synchronous=FULL``, design/reliability.md §3) and the store has one
+On SQLite every commit is an fsync (``synchronous=FULL``, docs/reliability.md, SQLite) and the store has one
 writer thread, so one transaction per check caps the daemon at a few hundred checks with news per second.
 A burst of webhooks (every batch finishing within a minute) is exactly that; grouped, a burst costs a few
 commits. Nothing waits on purpose: a lone check is written at once, alone. Each job's observations and its

@@ -1,4 +1,4 @@
-"""The trigger state machine: start each action once, even across crashes (design/reliability.md §1.3).
+"""The trigger state machine: start each action once, even across crashes (docs/reliability.md).
 
     PENDING ──intent committed──▶ SENDING ──start ok──▶ RUNNING ──follow──▶ SUCCEEDED / FAILED
        ▲                            │  │

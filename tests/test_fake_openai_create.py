@@ -1,5 +1,5 @@
 """The fake OpenAI's create call: batch metadata on create and in list/get, within the contract's limits
-(llm-batch-apis.md §1: at most 16 pairs, keys of at most 64 characters, values of at most 512), driven by
+(docs/vendors.md, OpenAI batches: at most 16 pairs, keys of at most 64 characters, values of at most 512), driven by
 the official SDK the way a pipeline would call it."""
 
 from __future__ import annotations

@@ -164,7 +164,7 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
 
 
 def test_systemd_analyze_security_exposure(tmp_path: Path) -> None:
-    # reliability.md §6.3 targets an exposure below 2.0 (verify prints 0-10; --threshold counts tenths).
+    # docs/reliability.md (systemd hardening): exposure below 2.0 (verify prints 0-10; --threshold counts tenths).
     tool = require_tool("systemd-analyze")
     copy = _local_copy(tmp_path)
     result = subprocess.run(

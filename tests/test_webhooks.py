@@ -1,4 +1,4 @@
-"""OpenAI webhooks, in process: the signature vectors of llm-batch-apis.md §4, every kind of bad delivery
+"""OpenAI webhooks, in process: the signature vectors of docs/vendors.md, webhooks, every kind of bad delivery
 (status, counter, nothing hinted), replays, unwatched batches, the config keys, and the fake's deliveries."""
 
 from __future__ import annotations

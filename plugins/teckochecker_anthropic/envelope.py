@@ -1,7 +1,7 @@
 """Anthropic's JSON error envelope: what makes an error response Anthropic's own answer.
 
 ``{"type": "error", "error": {"type": "not_found_error", "message": "..."}, "request_id": "req_..."}``
-(llm-batch-apis.md §5). Only such a body is the vendor speaking; an HTML page or other JSON comes from
+(docs/vendors.md, Anthropic). Only such a body is the vendor speaking; an HTML page or other JSON comes from
 something in between and says nothing about the key or the batch.
 """
 

@@ -1,6 +1,6 @@
 """Anthropic Message Batch statuses and what each one means to TeckoChecker.
 
-``processing_status`` says only whether a batch has ended (llm-batch-apis.md §5); how it ended is in its
+``processing_status`` says only whether a batch has ended (docs/vendors.md, Anthropic); how it ended is in its
 ``request_counts``, which stay 0 until the whole batch has ended. The rule for an ended batch, first match:
 
 1. some request ``canceled``  → CANCELLED (someone cancelled the batch; what finished before is kept)

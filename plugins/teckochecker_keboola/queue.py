@@ -1,7 +1,7 @@
 """Talking to the Keboola Queue API: finding it, and reading its answers.
 
 The Queue API lives on its own host. The stack's Storage API index names it; guessing it from the
-connection host is only the fallback (keboola-queue-api.md §1).
+connection host is only the fallback (docs/vendors.md, Keboola).
 """
 
 from __future__ import annotations

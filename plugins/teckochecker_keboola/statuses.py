@@ -6,7 +6,7 @@ from types import MappingProxyType
 
 from teckochecker.plugin_api import ActionOutcome
 
-# keboola-queue-api.md §3. "warning" is a finished job whose child failed: our policy is success with
+# docs/vendors.md, Keboola. "warning" is a finished job whose child failed: our policy is success with
 # warnings, so the job counts as done but stays visible. "cancelled" did nothing, yet the run we wanted
 # did not happen either, so it is a failure.
 JOB_STATUSES = MappingProxyType(

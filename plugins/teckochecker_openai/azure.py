@@ -1,6 +1,6 @@
 """The ``azure_openai_batch`` source: OpenAI batches on an Azure OpenAI resource.
 
-Azure serves the same Batch objects as OpenAI (llm-batch-apis.md §3), so this is the ``openai_batch`` source
+Azure serves the same Batch objects as OpenAI (docs/vendors.md, Azure), so this is the ``openai_batch`` source
 with Azure's addressing and credentials:
 
 - ``endpoint`` is the resource URL as the Azure portal shows it (``https://<resource>.openai.azure.com``);

@@ -10,7 +10,7 @@ for yet (a new job, a start).
 
 A sweep stops as soon as it has seen every batch wanted when it began, or when its pages have gone past the
 oldest of them (by ``created_at``: OpenAI lists newest first, which is undocumented, see
-shared/contracts/llm-batch-apis.md §2; so the order is only used to stop early, never trusted), or after a
+docs/vendors.md, OpenAI listing; so the order is only used to stop early, never trusted), or after a
 page budget. A wanted batch that such a sweep did not show is one the listing cannot reach (older than the
 pages go, not where the order says, deleted; a budget running out while new batches kept arriving, as at a
 start, counts only for batches wanted for ``UNREACHED_FOR``): only those are fetched one by one

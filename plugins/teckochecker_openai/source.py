@@ -484,7 +484,7 @@ def _details(batch: Mapping[str, Any]) -> dict[str, Any]:
         "endpoint": batch.get("endpoint"),
         "model": batch.get("model"),
         "request_counts": batch.get("request_counts"),
-        # Some clients see "" for "no file" (llm-batch-apis.md §6); the action must never send "" on.
+        # Some clients see "" for "no file" (docs/vendors.md, OpenAI batches); the action must never send "" on.
         "output_file_id": batch.get("output_file_id") or None,
         "error_file_id": batch.get("error_file_id") or None,
         "errors": _error_list(batch),

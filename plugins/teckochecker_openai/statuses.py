@@ -6,7 +6,7 @@ from types import MappingProxyType
 
 from teckochecker.plugin_api import TargetState
 
-# Every status the OpenAI SDK and spec document (llm-batch-apis.md §1). "cancelling" is not terminal:
+# Every status the OpenAI SDK and spec document (docs/vendors.md, OpenAI batches). "cancelling" is not terminal:
 # a cancelled batch may still finish partial work for up to 10 minutes, so it is RUNNING until "cancelled".
 BATCH_STATUSES = MappingProxyType(
     {

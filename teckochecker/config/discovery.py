@@ -1,7 +1,7 @@
 """A template's ``discover:`` section: which listed batches make jobs of that template, how they are grouped,
 and when a group is complete. Validated here; acted on by teckochecker/discovery.py.
 
-OpenAI's metadata limits (llm-batch-apis.md §1) bound what can be matched: 16 pairs, keys of at most 64
+OpenAI's metadata limits (docs/vendors.md, OpenAI batches) bound what can be matched: 16 pairs, keys of at most 64
 characters, values of at most 512. A rule that could never match a real batch is refused at load.
 """
 

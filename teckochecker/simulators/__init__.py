@@ -1,7 +1,7 @@
 """Simulated vendor APIs on 127.0.0.1: OpenAI's Batch API (also behind Azure's URLs), Anthropic's Message
 Batches, a Keboola stack (connection + Queue API) and a Standard Webhooks receiver.
 
-Real HTTP servers that follow shared/contracts to the letter. The tests drive the daemon against them, and
+Real HTTP servers that follow the facts in docs/vendors.md to the letter. The tests drive the daemon against them, and
 `teckochecker demo` lets a user without credentials or network watch the daemon work.
 """
 

@@ -1,4 +1,4 @@
-"""A fake Anthropic Message Batches API on 127.0.0.1, following shared/contracts/llm-batch-apis.md §5.
+"""A fake Anthropic Message Batches API on 127.0.0.1, following docs/vendors.md, Anthropic.
 
 Routes: GET /v1/messages/batches?limit=&after_id=&before_id= (newest first), GET /v1/messages/batches/{id},
 POST /v1/messages/batches/{id}/cancel, DELETE /v1/messages/batches/{id}, GET /v1/messages/batches/{id}/results

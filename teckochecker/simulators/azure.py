@@ -1,4 +1,4 @@
-"""A fake Azure OpenAI resource's batch API on 127.0.0.1, following shared/contracts/llm-batch-apis.md §3.
+"""A fake Azure OpenAI resource's batch API on 127.0.0.1, following docs/vendors.md, Azure.
 
 Both URL shapes of one resource: the classic ``{endpoint}/openai/batches?api-version=YYYY-MM-DD`` (a missing
 or unknown api-version is Azure's 404 "Resource not found") and the v1 ``{endpoint}/openai/v1/batches``.

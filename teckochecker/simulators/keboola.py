@@ -1,6 +1,6 @@
 """A fake Keboola stack on 127.0.0.1: the connection host (service discovery) and the Queue API host.
 
-Follows shared/contracts/keboola-queue-api.md (§1 to §5, §9). Given the Queue API OpenAPI document
+Follows docs/vendors.md, Keboola. Given the Queue API OpenAPI document
 (`openapi_spec`, tests/contracts/keboola-queue-openapi.yaml in the tests), it checks every queue request
 against it with openapi-core; requests that do not validate are listed in `contract_violations`, and an
 invalid POST /jobs body is also answered 400.

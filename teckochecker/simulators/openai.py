@@ -1,4 +1,4 @@
-"""A fake OpenAI Batch API on 127.0.0.1, following shared/contracts/llm-batch-apis.md §1, §2, §6, §7.
+"""A fake OpenAI Batch API on 127.0.0.1, following docs/vendors.md, the OpenAI sections.
 
 Routes: POST /v1/batches (create, with metadata), GET /v1/batches/{id}, GET /v1/batches?limit=&after=,
 POST /v1/batches/{id}/cancel. Create checks the contract's limits (metadata: at most 16 pairs, string keys of

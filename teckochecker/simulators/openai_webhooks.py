@@ -1,4 +1,4 @@
-"""The fake OpenAI's webhook deliveries (shared/contracts/llm-batch-apis.md §4).
+"""The fake OpenAI's webhook deliveries (docs/vendors.md, webhooks).
 
 When a batch reaches completed, failed, expired or cancelled, the fake POSTs a thin, signed event
 (``{"id","object":"event","type":"batch.<status>","created_at","data":{"id"}}``) to the configured URL,

@@ -1,4 +1,4 @@
-"""A webhook receiver on 127.0.0.1 that does what Standard Webhooks asks of one (llm-batch-apis.md §4):
+"""A webhook receiver on 127.0.0.1 that does what Standard Webhooks asks of one (docs/vendors.md, webhooks):
 verify ``webhook-signature`` over ``id.timestamp.body`` with the shared secret, refuse a timestamp outside
 ±5 minutes, and deduplicate on ``webhook-id`` (a repeated id is acknowledged and not processed again).
 

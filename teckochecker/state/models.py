@@ -32,7 +32,7 @@ class JobOrigin(str, enum.Enum):
 
 
 class RunState(str, enum.Enum):
-    """One action of one job, through the effectively-once protocol (design/reliability.md §1.3)."""
+    """One action of one job, through the effectively-once protocol (docs/reliability.md, Starting an action once)."""
 
     PENDING = "pending"  # decided (the outbox row); not yet attempted, or a definite non-start
     SENDING = "sending"  # intent committed; the start call may be under way

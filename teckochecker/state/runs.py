@@ -1,4 +1,4 @@
-"""Action runs through the effectively-once protocol (design/reliability.md §1.3): each transition is one
+"""Action runs through the effectively-once protocol (docs/reliability.md): each transition is one
 short transaction of its own, committed before or after the downstream call as the protocol says."""
 
 from __future__ import annotations

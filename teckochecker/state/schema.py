@@ -1,5 +1,5 @@
 """Tables, and engines set up for a daemon: SQLite in WAL with synchronous=FULL and BEGIN IMMEDIATE
-(design/reliability.md §3), PostgreSQL as is.
+(docs/reliability.md, SQLite), PostgreSQL as is.
 
 What the code reads and writes. A database gets there through the revisions in state/migrations/versions/:
 change a table here, add a revision there (docs/architecture.md, "Schema changes")."""
@@ -257,7 +257,7 @@ def _configure_sqlite(engine: Engine, begin: str) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        # FULL, not NORMAL: a committed trigger intent must survive power loss (design/reliability.md §3).
+        # FULL, not NORMAL: a committed trigger intent must survive power loss (docs/reliability.md, SQLite).
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA busy_timeout=10000")
         cursor.execute("PRAGMA foreign_keys=ON")

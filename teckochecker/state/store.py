@@ -1,7 +1,7 @@
 """The state store: every read and write of TeckoChecker's state goes through here.
 
 Each public method is one short transaction. Nothing here does network I/O, so no transaction is ever
-open across an HTTP call (design/reliability.md §1.3). Methods are synchronous; the daemon runs them on
+open across an HTTP call (docs/reliability.md). Methods are synchronous; the daemon runs them on
 one worker thread so the event loop never blocks on an fsync.
 """
 

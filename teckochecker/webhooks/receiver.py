@@ -1,6 +1,6 @@
 """``POST /webhooks/openai``: OpenAI's batch events, verified and turned into "check this batch now".
 
-The event is a hint, never a verdict: it carries only the batch id (llm-batch-apis.md §4), so the daemon
+The event is a hint, never a verdict: it carries only the batch id (docs/vendors.md, webhooks), so the daemon
 fetches that batch through the job's own source, records what it sees and fires as a poll would. A
 delivery is answered at once; the check itself runs as the job's next tick (RunningJobs.hint), which
 serializes it with the job's polls and coalesces repeated hints for one batch. An unverified delivery

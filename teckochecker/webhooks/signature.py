@@ -1,4 +1,4 @@
-"""Standard Webhooks signatures (shared/contracts/llm-batch-apis.md §4), as OpenAI signs its webhooks.
+"""Standard Webhooks signatures (docs/vendors.md, webhooks), as OpenAI signs its webhooks.
 
 A delivery carries ``webhook-id``, ``webhook-timestamp`` (unix seconds of this attempt) and
 ``webhook-signature`` (space-separated ``v1,<base64 HMAC-SHA256>`` entries). The signed content is
